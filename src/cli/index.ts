@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+/**
+ * vitest-sandbox: the command line of vitest-pool-sandbox.
+ *
+ *   vitest-sandbox doctor [--fix]      check (and fix) what the local engine needs
+ *   vitest-sandbox serve [options]     run the local engine as a server other machines can use
+ */
+import { parseArgs } from 'node:util'
+import { doctor } from './doctor.js'
+import { serve } from './serve.js'
+
+const USAGE = `usage: vitest-sandbox <command> [options]
+
+commands:
+  doctor [--fix]     check bubblewrap, user namespaces, AppArmor, overlayfs and provider
+                     credentials; print the exact fix for each problem (--fix runs the safe ones)
+  serve              run the local sandbox engine over the process runtime protocol
+      --host H           address to listen on (default 127.0.0.1)
+      --port N           port (default 8787; 0 picks a free one)
+      --token T          bearer token for the control plane (default: $VITEST_SANDBOX_TOKEN,
+                         else a random one, printed at start)
+      --state-dir D      template layers and sandbox state (default ~/.cache/vitest-pool-sandbox)
+      --max-sandboxes N  sandboxes alive at once (default 64)
+      --allow-network    let sandboxes that ask for it (allow_internet_access) use the host network
+`
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv
+  const log = (line: string) => process.stdout.write(`${line}\n`)
+  switch (command) {
+    case 'doctor': {
+      const { values } = parseArgs({ args: rest, options: { fix: { type: 'boolean', default: false } } })
+      return doctor({ fix: values.fix!, log })
+    }
+    case 'serve': {
+      const { values } = parseArgs({
+        args: rest,
+        options: {
+          host: { type: 'string', default: '127.0.0.1' },
+          port: { type: 'string', default: '8787' },
+          token: { type: 'string' },
+          'state-dir': { type: 'string' },
+          'max-sandboxes': { type: 'string' },
+          'allow-network': { type: 'boolean', default: false },
+        },
+      })
+      return serve({
+        host: values.host!,
+        port: values.port!,
+        token: values.token ?? process.env.VITEST_SANDBOX_TOKEN,
+        stateDir: values['state-dir'],
+        maxSandboxes: values['max-sandboxes'],
+        allowNetwork: values['allow-network']!,
+        log,
+      })
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE)
+      return command === undefined ? 1 : 0
+    default:
+      process.stderr.write(`vitest-sandbox: unknown command '${command}'\n\n${USAGE}`)
+      return 1
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== -1) process.exitCode = code
+  },
+  (err) => {
+    process.stderr.write(`vitest-sandbox: ${err instanceof Error ? err.message : String(err)}\n`)
+    process.exitCode = 1
+  },
+)

@@ -1,0 +1,205 @@
+/**
+ * Filesystem layers on the host. A sandbox's root is an overlayfs: its own writable upper
+ * directory over read-only lower layers (the template's layers, then the base skeleton). Layers are
+ * immutable once written, because overlayfs forbids changing a lower directory while it is
+ * mounted; a snapshot therefore always makes a new layer and never touches an old one.
+ *
+ *   <root>/base/<hash>/      the skeleton: mount points, /etc basics, the /bin -> usr/bin links
+ *   <root>/layers/<id>/      one snapshot's files (a copy of a sandbox's upper directory)
+ *   <root>/snapshots/<id>.json  { id, name, layers: [newest first], metadata, createdAt }
+ *   <root>/sandboxes/<pid>-<engine>/<id>/{upper,work,merged}   per sandbox, deleted on kill; a
+ *      SIGKILLed engine's leftovers are deleted by the next engine that starts
+ */
+import { execFile } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import path from 'node:path'
+import { promisify } from 'node:util'
+
+const run = promisify(execFile)
+
+/** Sandbox user inside every sandbox. */
+export const SANDBOX_UID = 1000
+export const SANDBOX_HOME = '/home/sandbox'
+
+/** Top-level directories whose contents belong to the sandbox's run, never to a snapshot. */
+const EPHEMERAL = new Set(['tmp', 'proc', 'dev', 'run', 'sys'])
+
+export interface SnapshotRecord {
+  id: string
+  name?: string
+  /** Layer ids, newest first (overlayfs lowerdir order). */
+  layers: string[]
+  metadata: Record<string, string>
+  sizeBytes: number
+  createdAt: string
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+export function newId(prefix: string): string {
+  return `${prefix}_${randomBytes(9).toString('base64url').replace(/[-_]/g, 'x')}`
+}
+
+/** Overlayfs mount options are comma and colon separated: such paths cannot be layers. */
+export function assertMountablePath(p: string): void {
+  if (/[,:\\\n]/.test(p)) throw new Error(`engine state directory path ${JSON.stringify(p)} contains ',', ':' or '\\', which overlayfs mount options cannot express; set stateDir to another folder`)
+}
+
+function skeletonSpec(): { links: Record<string, string>; dirs: string[]; files: Record<string, string> } {
+  const links: Record<string, string> = {}
+  for (const name of ['bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32']) {
+    try {
+      links[name] = fs.readlinkSync(`/${name}`)
+    } catch {
+      // A real directory (bound read-only instead) or absent.
+    }
+  }
+  const dirs = ['usr', 'bin', 'sbin', 'lib', 'lib64', 'etc', 'proc', 'dev', 'tmp', 'run', 'home', SANDBOX_HOME.slice(1), '.vitest-sandbox']
+    .filter((d) => !(d in links))
+  const files: Record<string, string> = {
+    'etc/passwd': `root:x:0:0:root:/root:/bin/sh\nsandbox:x:${SANDBOX_UID}:${SANDBOX_UID}:sandbox:${SANDBOX_HOME}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n`,
+    'etc/group': `root:x:0:\nsandbox:x:${SANDBOX_UID}:\nnogroup:x:65534:\n`,
+    'etc/hosts': '127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n',
+    'etc/hostname': 'sandbox\n',
+    'etc/nsswitch.conf': 'passwd: files\ngroup: files\nhosts: files\n',
+    'etc/resolv.conf': '',
+  }
+  return { links, dirs, files }
+}
+
+export class LayerStore {
+  readonly baseDir: string
+  /** This engine's folder of sandbox upper directories. */
+  readonly sandboxesDir: string
+  constructor(readonly root: string, private readonly owner: { uid: number; gid: number }) {
+    assertMountablePath(root)
+    this.sandboxesDir = path.join(root, 'sandboxes', `${process.pid}-${randomBytes(4).toString('hex')}`)
+    this.baseDir = path.join(root, 'base', createHash('sha256').update(JSON.stringify(skeletonSpec())).digest('hex').slice(0, 16))
+  }
+
+  /** Create the directory tree and the skeleton layer (once per host layout; atomic). */
+  async init(): Promise<void> {
+    for (const d of ['base', 'layers', 'snapshots', 'sandboxes']) await fsp.mkdir(path.join(this.root, d), { recursive: true, mode: 0o755 })
+    // The sandbox's host uid must be able to reach the layers to mount them.
+    await fsp.chmod(this.root, 0o755)
+    await this.removeStaleSandboxes()
+    await fsp.mkdir(this.sandboxesDir, { mode: 0o755 })
+    if (fs.existsSync(this.baseDir)) return
+    const tmp = `${this.baseDir}.tmp-${process.pid}`
+    await fsp.rm(tmp, { recursive: true, force: true })
+    const spec = skeletonSpec()
+    for (const d of spec.dirs) await fsp.mkdir(path.join(tmp, d), { recursive: true, mode: 0o755 })
+    for (const [name, target] of Object.entries(spec.links)) await fsp.symlink(target, path.join(tmp, name))
+    for (const [name, text] of Object.entries(spec.files)) await fsp.writeFile(path.join(tmp, name), text, { mode: 0o644 })
+    await this.chownTree(tmp)
+    try {
+      await fsp.rename(tmp, this.baseDir)
+    } catch (err) {
+      // Another engine created it first: theirs is identical.
+      await fsp.rm(tmp, { recursive: true, force: true })
+      if (!fs.existsSync(this.baseDir)) throw err
+    }
+  }
+
+  /** Upper directories left by engines that died without cleaning up (their pid is gone). */
+  private async removeStaleSandboxes(): Promise<void> {
+    const dir = path.join(this.root, 'sandboxes')
+    for (const name of await fsp.readdir(dir)) {
+      const pid = Number.parseInt(name, 10)
+      if (!pid || isAlive(pid)) continue
+      await fsp.rm(path.join(dir, name), { recursive: true, force: true }).catch(() => {})
+    }
+  }
+
+  async chownTree(dir: string): Promise<void> {
+    if (process.getuid?.() !== 0) return
+    await run('chown', ['-R', '-h', `${this.owner.uid}:${this.owner.gid}`, dir])
+  }
+
+  layerDir(id: string): string {
+    return path.join(this.root, 'layers', id)
+  }
+
+  sandboxDir(id: string): string {
+    return path.join(this.sandboxesDir, id)
+  }
+
+  async getSnapshot(idOrName: string): Promise<SnapshotRecord | undefined> {
+    if (/^[\w.-]+$/.test(idOrName)) {
+      try {
+        return JSON.parse(await fsp.readFile(path.join(this.root, 'snapshots', `${idOrName}.json`), 'utf8'))
+      } catch {
+        // Not an id; maybe a name.
+      }
+    }
+    return (await this.listSnapshots()).find((s) => s.name === idOrName)
+  }
+
+  async listSnapshots(): Promise<SnapshotRecord[]> {
+    const dir = path.join(this.root, 'snapshots')
+    const out: SnapshotRecord[] = []
+    for (const f of await fsp.readdir(dir).catch(() => [])) {
+      if (!f.endsWith('.json')) continue
+      try {
+        out.push(JSON.parse(await fsp.readFile(path.join(dir, f), 'utf8')))
+      } catch {
+        // A record being written by another engine.
+      }
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+  }
+
+  /**
+   * Turn a sandbox's upper directory into a new immutable layer, stacked on the layers the
+   * sandbox started from. The copy (reflinked where the filesystem can) keeps overlayfs whiteouts
+   * and opaque markers, so deletions inside the sandbox stay deleted in the template.
+   */
+  async snapshot(upper: string, parentLayers: string[], opts: { name?: string; metadata?: Record<string, string> }): Promise<SnapshotRecord> {
+    const id = newId('snap')
+    const layer = this.layerDir(id)
+    const tmp = `${layer}.tmp`
+    await fsp.mkdir(tmp, { mode: 0o755 })
+    try {
+      const entries = (await fsp.readdir(upper)).filter((e) => !EPHEMERAL.has(e))
+      if (entries.length) await run('cp', ['-a', '--reflink=auto', ...entries.map((e) => path.join(upper, e)), `${tmp}/`])
+      await this.chownTree(tmp)
+      await fsp.rename(tmp, layer)
+    } catch (err) {
+      await fsp.rm(tmp, { recursive: true, force: true })
+      throw err
+    }
+    const { stdout } = await run('du', ['-sb', layer])
+    const record: SnapshotRecord = {
+      id,
+      name: opts.name,
+      layers: [id, ...parentLayers],
+      metadata: opts.metadata ?? {},
+      sizeBytes: Number.parseInt(stdout, 10) || 0,
+      createdAt: new Date().toISOString(),
+    }
+    const file = path.join(this.root, 'snapshots', `${id}.json`)
+    await fsp.writeFile(`${file}.tmp`, JSON.stringify(record, null, 2))
+    await fsp.rename(`${file}.tmp`, file)
+    return record
+  }
+
+  /** Delete a snapshot record; its layer goes too unless another snapshot stacks on it. */
+  async deleteSnapshot(id: string, inUse: Set<string>): Promise<boolean> {
+    const record = await this.getSnapshot(id)
+    if (!record || record.id !== id) return false
+    await fsp.rm(path.join(this.root, 'snapshots', `${id}.json`), { force: true })
+    const stillUsed = new Set(inUse)
+    for (const s of await this.listSnapshots()) for (const l of s.layers) stillUsed.add(l)
+    if (!stillUsed.has(id)) await fsp.rm(this.layerDir(id), { recursive: true, force: true })
+    return true
+  }
+}

@@ -1,0 +1,381 @@
+/**
+ * One local sandbox: a bubblewrap instance whose root is an overlayfs (its own upper directory over
+ * the template layers), running `sandbox-init` as its first process. The engine talks to the init
+ * over its stdin/stdout; processes, files and signals all go through it, so every path is resolved
+ * inside the sandbox's own view of the filesystem.
+ *
+ * The host-side command is one chain of execs, so the sandbox is a single host pid to kill:
+ *
+ *   [setpriv --reuid 65534 (when root)] unshare --user --map-root-user --mount
+ *     sh -c 'mount -t overlay ...; exec prlimit ... bwrap ... node sandbox-init.js'
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { EventEmitter } from 'node:events'
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import type { Readable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
+import type { HostInfo } from './host.js'
+import { SANDBOX_HOME, SANDBOX_UID } from './layers.js'
+import { SandboxProcess, type ExitInfo, type ProcessLink, type ProcessSpec } from './process.js'
+import { buildSeccompFilter } from './seccomp.js'
+import { debug } from '../debug.js'
+
+const log = debug('engine')
+
+/** Where this package's files appear inside every sandbox (read-only). */
+export const RUNTIME_MOUNT = '/.vitest-sandbox'
+const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+export interface SandboxLimits {
+  /** Processes (and threads) the sandbox may have at once. */
+  processes: number
+  /** Open files per process. */
+  openFiles: number
+}
+
+export interface SandboxOptions {
+  id: string
+  host: HostInfo
+  /** Lower layers, newest first; the base skeleton last. */
+  lowerDirs: string[]
+  /** Layer ids of the snapshot the sandbox started from (newest first), for snapshots of it. */
+  layers: string[]
+  stateDir: string
+  limits: SandboxLimits
+  /** Share the host's network instead of a private loopback. */
+  network: 'none' | 'host'
+  metadata: Record<string, string>
+  envs: Record<string, string>
+  template: string
+  timeoutSec: number
+}
+
+export class SandboxError extends Error {
+  constructor(message: string, readonly code: string) {
+    super(message)
+  }
+}
+
+export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
+  readonly id: string
+  readonly metadata: Record<string, string>
+  readonly envs: Record<string, string>
+  readonly template: string
+  readonly layers: string[]
+  readonly network: 'none' | 'host'
+  readonly createdAt = new Date()
+  expiresAt: Date
+  readonly processes = new Map<string, SandboxProcess>()
+  /** Why the sandbox ended, once it has. */
+  ended?: string
+  private child?: ChildProcess
+  private readonly requests = new Map<string, { resolve: (h: Header) => void; reject: (e: Error) => void; onData?: (b: Buffer) => void; onStart?: (h: Header) => void }>()
+  private nextReq = 0
+  private nextProc = 0
+  private expiry?: NodeJS.Timeout
+  private stdinWaiters: Array<() => void> = []
+
+  constructor(private readonly opts: SandboxOptions) {
+    super()
+    this.id = opts.id
+    this.metadata = opts.metadata
+    this.envs = opts.envs
+    this.template = opts.template
+    this.layers = opts.layers
+    this.network = opts.network
+    this.expiresAt = new Date(Date.now() + opts.timeoutSec * 1000)
+  }
+
+  get upperDir(): string {
+    return path.join(this.opts.stateDir, 'upper')
+  }
+
+  get running(): boolean {
+    return this.ended === undefined
+  }
+
+  /** Host pid of the sandbox (the bubblewrap process); everything in it descends from it. */
+  get hostPid(): number | undefined {
+    return this.child?.pid
+  }
+
+  /** Start bubblewrap and wait for the init's `ready` frame. */
+  async start(): Promise<void> {
+    const { stateDir, host } = this.opts
+    for (const d of ['upper', 'work', 'merged']) await fsp.mkdir(path.join(stateDir, d), { recursive: true, mode: 0o755 })
+    if (process.getuid?.() === 0) await fsp.chown(stateDir, host.uid, host.gid)
+    for (const d of ['upper', 'work', 'merged']) if (process.getuid?.() === 0) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
+
+    const [file, ...args] = this.command()
+    log('sandbox %s: %s', this.id, [file, ...args].join(' '))
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
+    this.child = child
+    const seccomp = child.stdio[3] as NodeJS.WritableStream
+    seccomp.on('error', () => {})
+    seccomp.end(buildSeccompFilter())
+
+    let stderr = ''
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000)
+      log('sandbox %s stderr: %s', this.id, d.toString().trimEnd())
+    })
+    child.stdin!.on('error', () => {})
+    child.stdin!.on('drain', () => {
+      const waiters = this.stdinWaiters
+      this.stdinWaiters = []
+      for (const w of waiters) w()
+    })
+
+    const ready = new Promise<void>((resolve, reject) => {
+      const onFrame = (h: Header, body: Buffer) => {
+        if (h.op === 'ready') return resolve()
+        this.onFrame(h, body)
+      }
+      child.stdout!.on('data', createFrameDecoder(onFrame, (err) => this.terminate(`protocol error from sandbox init: ${err.message}`)))
+      child.once('exit', (code, signal) => {
+        const reason = this.ended ?? `sandbox process exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`
+        reject(new SandboxError(`sandbox ${this.id} failed to start: ${reason}`, 'sandbox_start_failed'))
+        this.finish(reason)
+      })
+      child.once('error', (err) => reject(new SandboxError(`sandbox ${this.id} failed to start: ${err.message}`, 'sandbox_start_failed')))
+    })
+    await ready
+    this.setTimeout(this.opts.timeoutSec)
+  }
+
+  private command(): string[] {
+    const { host, lowerDirs, stateDir, limits } = this.opts
+    const merged = path.join(stateDir, 'merged')
+    const bwrap = [
+      host.prlimit, `--nproc=${limits.processes}`, `--nofile=${limits.openFiles}`, '--',
+      host.bwrap,
+      '--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session',
+      ...(this.opts.network === 'host' ? ['--share-net'] : []),
+      '--uid', String(SANDBOX_UID), '--gid', String(SANDBOX_UID), '--hostname', 'sandbox',
+      '--bind', merged, '/',
+      '--ro-bind', '/usr', '/usr',
+      ...['bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'].flatMap((d) => {
+        const p = `/${d}`
+        return fs.existsSync(p) && !fs.lstatSync(p).isSymbolicLink() ? ['--ro-bind', p, p] : []
+      }),
+      ...['/etc/ssl', '/etc/ca-certificates', '/etc/alternatives', '/etc/localtime', '/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d']
+        .flatMap((p) => ['--ro-bind-try', p, p]),
+      ...(host.nodePrefix.startsWith('/usr/') || host.nodePrefix === '/usr' ? [] : ['--ro-bind', host.nodePrefix, host.nodePrefix]),
+      '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
+      '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
+      '--proc', '/proc', '--ro-bind', '/proc/sys', '/proc/sys',
+      '--dev', '/dev',
+      '--cap-drop', 'ALL',
+      '--clearenv', '--setenv', 'PATH', this.defaultPath(), '--setenv', 'HOME', SANDBOX_HOME,
+      '--chdir', SANDBOX_HOME,
+      '--seccomp', '3',
+      '--', process.execPath, `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
+    ]
+    const mountThenExec = 'set -e; mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; shift 4; exec "$@"'
+    const chain = [
+      host.unshare, '--user', '--map-root-user', '--mount', '--',
+      '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
+      lowerDirs.join(':'), path.join(stateDir, 'upper'), path.join(stateDir, 'work'), merged,
+      ...bwrap,
+    ]
+    // Never sandbox as host root: with a root caller bubblewrap maps uid 0 straight through, and
+    // the reference measured a sandboxed root rewriting /proc/sys/kernel/core_pattern.
+    return host.setpriv
+      ? [host.setpriv, `--reuid=${host.uid}`, `--regid=${host.gid}`, '--clear-groups', '--pdeathsig', 'KILL', '--', ...chain]
+      : chain
+  }
+
+  defaultPath(): string {
+    const nodeBin = path.join(this.opts.host.nodePrefix, 'bin')
+    return DEFAULT_PATH.split(':').includes(nodeBin) ? DEFAULT_PATH : `${nodeBin}:${DEFAULT_PATH}`
+  }
+
+  private onFrame(h: Header, body: Buffer): void {
+    switch (h.op) {
+      case 'started': {
+        const p = this.processes.get(String(h.id))
+        if (p) {
+          p.pid = Number(h.pid)
+          p.emit('started')
+        }
+        return
+      }
+      case 'spawn_error': {
+        const p = this.processes.get(String(h.id))
+        if (p) {
+          p.spawnError = `${h.code}: ${h.message}`
+          p.markExited({ exitCode: 127, signal: null, error: String(h.message) })
+        }
+        return
+      }
+      case 'stdout':
+      case 'stderr':
+        return void this.processes.get(String(h.id))?.pushOutput(h.op, Buffer.from(body))
+      case 'exit':
+        return void this.processes.get(String(h.id))?.markExited(exitInfo(h.code, h.signal))
+      case 'read_start':
+        return void this.requests.get(String(h.req))?.onStart?.(h)
+      case 'data':
+        return void this.requests.get(String(h.req))?.onData?.(Buffer.from(body))
+      case 'reply': {
+        const r = this.requests.get(String(h.req))
+        if (!r) return
+        this.requests.delete(String(h.req))
+        if (h.ok) r.resolve(h)
+        else r.reject(new SandboxError(String(h.message), String(h.code)))
+        return
+      }
+      default:
+        log('sandbox %s: unexpected frame %o', this.id, h)
+    }
+  }
+
+  private assertRunning(): void {
+    if (this.ended) throw new SandboxError(`sandbox ${this.id} is not running (${this.ended})`, 'sandbox_not_running')
+  }
+
+  /** Write a frame to the init, waiting while its pipe is full. */
+  private async post(header: Header, body?: Uint8Array): Promise<void> {
+    this.assertRunning()
+    if (!this.child!.stdin!.write(encodeFrame(header, body))) {
+      await new Promise<void>((resolve) => this.stdinWaiters.push(resolve))
+    }
+  }
+
+  private request(header: Header, hooks: { onData?: (b: Buffer) => void; onStart?: (h: Header) => void } = {}): { req: string; done: Promise<Header> } {
+    const req = String(++this.nextReq)
+    const done = new Promise<Header>((resolve, reject) => this.requests.set(req, { resolve, reject, ...hooks }))
+    this.post({ ...header, req }).catch((err) => this.requests.get(req)?.reject(err))
+    return { req, done }
+  }
+
+  private readonly link: ProcessLink = {
+    stdin: (id, data) => this.post({ op: 'stdin', id }, data),
+    closeStdin: (id) => void this.post({ op: 'close_stdin', id }).catch(() => {}),
+    signal: (id, signal, group) => void this.post({ op: 'signal', id, signal, group }).catch(() => {}),
+    setPaused: (id, paused) => void this.post({ op: paused ? 'pause' : 'resume', id }).catch(() => {}),
+  }
+
+  /**
+   * Start a process. Resolves once it is running (or rejects with the reason it could not start).
+   * Its environment is the sandbox's defaults, then the sandbox-level `envs`, then `spec.env`.
+   */
+  async spawn(spec: ProcessSpec & { id?: string }): Promise<SandboxProcess> {
+    this.assertRunning()
+    const id = spec.id ?? `proc_${++this.nextProc}`
+    if (this.processes.get(id)?.running) throw new SandboxError(`a process with id ${id} is already running`, 'process_exists')
+    const env = { PATH: this.defaultPath(), HOME: SANDBOX_HOME, USER: 'sandbox', LANG: 'C.UTF-8', TMPDIR: '/tmp', ...this.envs, ...spec.env }
+    const proc = new SandboxProcess(id, { ...spec, env }, this.link)
+    this.processes.set(id, proc)
+    this.pruneExited()
+    const started = new Promise<void>((resolve, reject) => {
+      proc.once('started', () => resolve())
+      proc.once('exit', () => (proc.pid ? resolve() : reject(new SandboxError(`cannot start ${spec.cmd}: ${proc.spawnError ?? proc.exit?.error}`, 'spawn_failed'))))
+    })
+    await this.post({ op: 'spawn', id, cmd: spec.cmd, args: spec.args, cwd: spec.cwd, env, stdin: spec.stdin })
+    await started
+    return proc
+  }
+
+  /** Keep the records of at most 256 exited processes (for late reconnects and status calls). */
+  private pruneExited(): void {
+    const exited = [...this.processes.values()].filter((p) => !p.running)
+    for (const p of exited.slice(0, Math.max(0, exited.length - 256))) this.processes.delete(p.id)
+  }
+
+  /** Write a file inside the sandbox from a stream or buffer; parent directories are created. */
+  async writeFile(file: string, data: Readable | Uint8Array, mode?: number): Promise<Header> {
+    const { req, done } = this.request({ op: 'write_open', path: file, mode })
+    done.catch(() => {}) // observed below; an early error stops the upload
+    let failed = false
+    done.then(() => {}, () => (failed = true))
+    const chunks: AsyncIterable<Uint8Array> | Uint8Array[] = data instanceof Uint8Array ? [data] : data
+    for await (const chunk of chunks) {
+      if (failed) break
+      for (let off = 0; off < chunk.length; off += 1024 * 1024) {
+        await this.post({ op: 'write_chunk', req }, chunk.subarray(off, off + 1024 * 1024))
+      }
+    }
+    if (!failed) await this.post({ op: 'write_close', req })
+    return (await done).entry as Header
+  }
+
+  /** Read a file inside the sandbox; `onStart` gets its size before the first chunk. */
+  readFile(file: string, onStart: (info: { size: number }) => void, onData: (chunk: Buffer) => void): Promise<void> {
+    return this.request({ op: 'read', path: file }, { onData, onStart: (h) => onStart({ size: Number(h.size) }) }).done.then(() => {})
+  }
+
+  /** stat / list / mkdir / remove, resolved inside the sandbox. */
+  async fs(kind: 'stat' | 'list' | 'mkdir' | 'remove', file: string): Promise<Header> {
+    return this.request({ op: 'fs', kind, path: file }).done
+  }
+
+  setTimeout(seconds: number): void {
+    clearTimeout(this.expiry)
+    this.expiresAt = new Date(Date.now() + seconds * 1000)
+    this.expiry = setTimeout(() => void this.kill(`timed out after ${seconds}s`), seconds * 1000)
+    this.expiry.unref()
+  }
+
+  /** Synchronous kill for process exit handlers. */
+  killSync(): void {
+    this.terminate('engine exited')
+  }
+
+  private terminate(reason: string): void {
+    if (!this.ended) this.ended = reason
+    try {
+      this.child?.kill('SIGKILL')
+    } catch {
+      // Already gone.
+    }
+  }
+
+  private finish(reason: string): void {
+    this.ended ??= reason
+    clearTimeout(this.expiry)
+    for (const p of this.processes.values()) p.markExited({ exitCode: -9, signal: 'SIGKILL', error: `sandbox ended: ${this.ended}` })
+    for (const r of this.requests.values()) r.reject(new SandboxError(`sandbox ${this.id} ended: ${this.ended}`, 'sandbox_not_running'))
+    this.requests.clear()
+    for (const w of this.stdinWaiters) w()
+    this.stdinWaiters = []
+    this.emit('exit', this.ended)
+  }
+
+  /** Kill everything in the sandbox and delete its writable layer. */
+  async kill(reason = 'killed'): Promise<void> {
+    const child = this.child
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r))
+      this.terminate(reason)
+      await exited
+    } else {
+      this.ended ??= reason
+    }
+    await removeTree(this.opts.stateDir)
+  }
+}
+
+/** Exit codes as the runtime protocol reports them: the code, or minus the signal number. */
+function exitInfo(code: unknown, signal: unknown): ExitInfo {
+  if (typeof signal === 'string' && signal) {
+    return { exitCode: -((os.constants.signals as Record<string, number>)[signal] ?? 0), signal, error: signal === 'SIGKILL' ? 'killed' : `signal ${signal}` }
+  }
+  return { exitCode: Number(code), signal: null }
+}
+
+/** rm -rf that also copes with directories a sandbox made unreadable (chmod 000) for its owner. */
+async function removeTree(dir: string): Promise<void> {
+  try {
+    await fsp.rm(dir, { recursive: true, force: true })
+  } catch {
+    await new Promise((r) => spawn('chmod', ['-R', 'u+rwx', dir], { stdio: 'ignore' }).once('exit', r))
+    await fsp.rm(dir, { recursive: true, force: true })
+  }
+}

@@ -1,0 +1,485 @@
+/**
+ * Client for the process runtime protocol (Watasu runtime v1 plus its control plane), used by the
+ * pool for the local engine and for Watasu. HTTP goes through undici, process streams through ws.
+ *
+ *   const rt = new RuntimeClient({ url, token })
+ *   const sbx = await rt.createSandbox({ timeout: 600 })
+ *   const proc = await sbx.start({ cmd: 'node', args: ['-v'] })
+ *   proc.on('stdout', (b) => process.stdout.write(b))
+ *   const { exitCode } = await proc.exited
+ */
+import { EventEmitter } from 'node:events'
+import { Agent, request, type Dispatcher } from 'undici'
+import WebSocket from 'ws'
+import { debug } from '../debug.js'
+import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from './frames.js'
+
+const log = debug('client')
+
+export class RuntimeError extends Error {
+  constructor(
+    message: string,
+    /** HTTP status, or 0 for a transport failure. */
+    readonly status: number,
+    /** The protocol's error code, e.g. `file_not_found`, `sandbox_not_found`. */
+    readonly code: string,
+  ) {
+    super(message)
+    this.name = 'RuntimeError'
+  }
+}
+
+export interface ClientOptions {
+  /** Control-plane origin, e.g. `http://127.0.0.1:41234` (routes go under `/v1`). */
+  url: string
+  /** Bearer token of the control plane. */
+  token: string
+  /** Attempts for a request answered 429/502/503/504 or not answered at all. @default 4 */
+  retries?: number
+  dispatcher?: Dispatcher
+}
+
+export interface SandboxInfo {
+  id: string
+  template_id?: string
+  state?: string
+  metadata: Record<string, string>
+  started_at?: string
+  end_at?: string
+  allow_internet_access?: boolean
+}
+
+export interface SnapshotInfo {
+  id: string
+  name: string | null
+  size_bytes: number
+  created_at: string
+  metadata: Record<string, string>
+}
+
+export interface EntryInfo {
+  name: string
+  path: string
+  type: 'file' | 'dir' | 'symlink'
+  bytes: number
+  mode: number
+  modified_time: string
+  symlink_target: string | null
+}
+
+type Body = string | Uint8Array | AsyncIterable<Uint8Array> | NodeJS.ReadableStream
+
+const RETRY_STATUS = new Set([429, 502, 503, 504])
+
+class Http {
+  constructor(private readonly base: string, private readonly token: string, private readonly retries: number, private readonly dispatcher: Dispatcher) {}
+
+  async call(method: Dispatcher.HttpMethod, path: string, opts: { json?: unknown; body?: Body; raw?: boolean; retry?: boolean } = {}): Promise<{ status: number; body: Dispatcher.ResponseData['body'] }> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.token}` }
+    let body: Body | undefined = opts.body
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json'
+      body = JSON.stringify(opts.json)
+    } else if (body !== undefined) {
+      headers['content-type'] = 'application/octet-stream'
+    }
+    // A streamed body cannot be sent twice, so only buffered requests are retried.
+    const canRetry = opts.retry !== false && (body === undefined || typeof body === 'string' || body instanceof Uint8Array)
+    for (let attempt = 1; ; attempt++) {
+      let res: Dispatcher.ResponseData
+      try {
+        res = await request(`${this.base}${path}`, { method, headers, body: body as Dispatcher.DispatchOptions['body'], dispatcher: this.dispatcher })
+      } catch (err) {
+        if (!canRetry || attempt >= this.retries) throw new RuntimeError(`${method} ${this.base}${path} failed: ${(err as Error).message}`, 0, (err as { code?: string }).code ?? 'network_error')
+        await backoff(attempt)
+        continue
+      }
+      if (res.statusCode < 400) return { status: res.statusCode, body: res.body }
+      const text = await res.body.text()
+      if (canRetry && RETRY_STATUS.has(res.statusCode) && attempt < this.retries) {
+        log('%s %s: %d, retrying (attempt %d)', method, path, res.statusCode, attempt)
+        await backoff(attempt, Number(res.headers['retry-after']))
+        continue
+      }
+      let parsed: { error?: unknown; message?: unknown } = {}
+      try {
+        parsed = JSON.parse(text)
+      } catch {
+        parsed = { message: text }
+      }
+      const code = typeof parsed.error === 'string' ? parsed.error : `http_${res.statusCode}`
+      throw new RuntimeError(`${method} ${path}: ${String(parsed.message ?? text) || `status ${res.statusCode}`}`, res.statusCode, code)
+    }
+  }
+
+  async json<T>(method: Dispatcher.HttpMethod, path: string, json?: unknown): Promise<T> {
+    const res = await this.call(method, path, { json })
+    const text = await res.body.text()
+    return (text ? JSON.parse(text) : {}) as T
+  }
+}
+
+function backoff(attempt: number, retryAfterSec?: number): Promise<void> {
+  const ms = Number.isFinite(retryAfterSec) && retryAfterSec! > 0 ? retryAfterSec! * 1000 : Math.min(5000, 200 * 2 ** (attempt - 1)) * (0.5 + Math.random())
+  return new Promise((r) => setTimeout(r, ms))
+}
+
+/** The control plane: create, list, kill and snapshot sandboxes. */
+export class RuntimeClient {
+  private readonly http: Http
+  private readonly dispatcher: Dispatcher
+  constructor(private readonly opts: ClientOptions) {
+    this.dispatcher = opts.dispatcher ?? new Agent({ keepAliveTimeout: 10_000 })
+    this.http = new Http(`${opts.url.replace(/\/+$/, '')}/v1`, opts.token, opts.retries ?? 4, this.dispatcher)
+  }
+
+  async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean } = {}): Promise<SandboxClient> {
+    const res = await this.http.json<{ sandbox: SandboxInfo; session: { data_plane_url: string; token: string } }>('POST', '/sandboxes', {
+      template: opts.template ?? 'base',
+      timeout: opts.timeout ?? 300,
+      metadata: opts.metadata ?? {},
+      envs: opts.envs ?? {},
+      allow_internet_access: opts.allowInternetAccess ?? false,
+    })
+    return new SandboxClient(res.sandbox, res.session, this.opts.retries ?? 4, this.dispatcher)
+  }
+
+  /** A data-plane client for an existing sandbox (a fresh session via resume). */
+  async connect(id: string): Promise<SandboxClient> {
+    const res = await this.http.json<{ sandbox: SandboxInfo; session: { data_plane_url: string; token: string } }>('POST', `/sandboxes/${encodeURIComponent(id)}/resume`, {})
+    return new SandboxClient(res.sandbox, res.session, this.opts.retries ?? 4, this.dispatcher)
+  }
+
+  async listSandboxes(metadata: Record<string, string> = {}): Promise<SandboxInfo[]> {
+    const out: SandboxInfo[] = []
+    let next: string | null = null
+    do {
+      const q = new URLSearchParams(Object.entries(metadata).map(([k, v]): [string, string] => [`query[metadata][${k}]`, v]))
+      if (next) q.set('next_token', next)
+      const res: { sandboxes: SandboxInfo[]; next_token?: string | null } = await this.http.json('GET', `/sandboxes?${q}`)
+      out.push(...res.sandboxes)
+      next = res.next_token ?? null
+    } while (next)
+    return out
+  }
+
+  async getSandbox(id: string): Promise<SandboxInfo> {
+    return (await this.http.json<{ sandbox: SandboxInfo }>('GET', `/sandboxes/${encodeURIComponent(id)}`)).sandbox
+  }
+
+  /** Kill a sandbox; false if it was already gone. */
+  async killSandbox(id: string): Promise<boolean> {
+    try {
+      await this.http.json('DELETE', `/sandboxes/${encodeURIComponent(id)}`)
+      return true
+    } catch (err) {
+      if (err instanceof RuntimeError && err.status === 404) return false
+      throw err
+    }
+  }
+
+  async setTimeout(id: string, seconds: number): Promise<void> {
+    await this.http.json('POST', `/sandboxes/${encodeURIComponent(id)}/timeout`, { timeout: seconds })
+  }
+
+  async snapshot(id: string, opts: { name?: string; metadata?: Record<string, string> } = {}): Promise<SnapshotInfo> {
+    const res = await this.http.json<{ sandbox_checkpoint: SnapshotInfo }>('POST', `/sandboxes/${encodeURIComponent(id)}/snapshots`, opts)
+    return res.sandbox_checkpoint
+  }
+
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    return (await this.http.json<{ snapshots: SnapshotInfo[] }>('GET', '/sandbox_snapshots')).snapshots
+  }
+
+  async deleteSnapshot(id: string): Promise<boolean> {
+    try {
+      await this.http.json('DELETE', `/sandbox_snapshots/${encodeURIComponent(id)}`)
+      return true
+    } catch (err) {
+      if (err instanceof RuntimeError && err.status === 404) return false
+      throw err
+    }
+  }
+
+  async health(): Promise<Record<string, unknown>> {
+    return this.http.json('GET', '/health')
+  }
+
+  async close(): Promise<void> {
+    if (!this.opts.dispatcher) await this.dispatcher.close()
+  }
+}
+
+export interface StartOptions {
+  cmd: string
+  args?: string[]
+  cwd?: string
+  env?: Record<string, string>
+  /** Keep stdin open for `write`. @default false */
+  stdin?: boolean
+  /** Kill the process after this many ms (0: never). @default 0 */
+  timeoutMs?: number
+  /** A stable id of your choosing; the server picks one otherwise. */
+  id?: string
+}
+
+/** The data plane of one sandbox: files and processes. */
+export class SandboxClient {
+  readonly id: string
+  private readonly http: Http
+  readonly wsBase: string
+
+  constructor(readonly info: SandboxInfo, readonly session: { data_plane_url: string; token: string }, retries: number, dispatcher: Dispatcher) {
+    this.id = info.id
+    this.http = new Http(`${session.data_plane_url.replace(/\/+$/, '')}/runtime/v1`, session.token, retries, dispatcher)
+    this.wsBase = session.data_plane_url.replace(/^http/, 'ws').replace(/\/+$/, '')
+  }
+
+  async writeFile(path: string, data: Body): Promise<EntryInfo> {
+    const res = await this.http.call('PUT', `/files?path=${encodeURIComponent(path)}`, { body: data })
+    return (JSON.parse(await res.body.text()) as { file: EntryInfo }).file
+  }
+
+  async readFile(path: string): Promise<Buffer> {
+    const res = await this.http.call('GET', `/files?path=${encodeURIComponent(path)}`)
+    return Buffer.from(await res.body.arrayBuffer())
+  }
+
+  async stat(path: string): Promise<EntryInfo> {
+    return (await this.http.json<{ file: EntryInfo }>('GET', `/files/stat?path=${encodeURIComponent(path)}`)).file
+  }
+
+  async list(path: string): Promise<EntryInfo[]> {
+    return (await this.http.json<{ entries: EntryInfo[] }>('GET', `/directories?path=${encodeURIComponent(path)}`)).entries
+  }
+
+  async mkdir(path: string): Promise<void> {
+    await this.http.json('POST', `/directories?path=${encodeURIComponent(path)}`, {})
+  }
+
+  async remove(path: string): Promise<void> {
+    await this.http.json('DELETE', `/files?path=${encodeURIComponent(path)}`)
+  }
+
+  /** Start a process; resolves once the server says it is running. */
+  start(opts: StartOptions): Promise<RemoteProcess> {
+    const proc = new RemoteProcess(this, undefined)
+    return proc.open({
+      type: 'start',
+      id: opts.id,
+      cmd: opts.cmd,
+      args: opts.args ?? [],
+      cwd: opts.cwd,
+      environment: opts.env ?? {},
+      envs: opts.env ?? {},
+      stdin: opts.stdin ?? false,
+      timeout_ms: opts.timeoutMs ?? 0,
+    })
+  }
+
+  /** Attach to a running (or finished) process, replaying output from cursor `since`. */
+  attach(pid: string, since = 0): Promise<RemoteProcess> {
+    return new RemoteProcess(this, pid).reconnect(since)
+  }
+
+  async processes(): Promise<Array<{ id: string; status: string; exit_code: number | null }>> {
+    return (await this.http.json<{ processes: Array<{ id: string; status: string; exit_code: number | null }> }>('GET', '/process')).processes
+  }
+
+  async kill(pid: string, signal = 'SIGKILL'): Promise<void> {
+    await this.http.json('DELETE', `/process/${encodeURIComponent(pid)}?signal=${signal}&kill_group=true`)
+  }
+
+  /** Run a command to completion and collect its output. */
+  async run(cmd: string, args: string[] = [], opts: Omit<StartOptions, 'cmd' | 'args'> & { input?: Uint8Array | string } = {}): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+    const proc = await this.start({ ...opts, cmd, args, stdin: opts.input !== undefined })
+    const out: Buffer[] = []
+    const err: Buffer[] = []
+    proc.on('stdout', (b) => out.push(b))
+    proc.on('stderr', (b) => err.push(b))
+    if (opts.input !== undefined) {
+      await proc.write(typeof opts.input === 'string' ? Buffer.from(opts.input) : opts.input)
+      await proc.closeStdin()
+    }
+    const { exitCode } = await proc.exited
+    return { exitCode, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }
+  }
+
+  authHeaders(): Record<string, string> {
+    return { authorization: `Bearer ${this.session.token}` }
+  }
+}
+
+export interface ProcessExit {
+  exitCode: number
+  error: string | null
+  signal: string | null
+}
+
+/**
+ * A process in a sandbox over its WebSocket. Emits `stdout` / `stderr` with Buffers in order. A
+ * dropped socket is reopened with `since=` the next cursor (up to 12 times), so no output is lost
+ * or repeated across reconnects.
+ */
+export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffer]; reconnect: [number] }> {
+  pid?: string
+  readonly exited: Promise<ProcessExit>
+  private resolveExit!: (e: ProcessExit) => void
+  private rejectExit!: (e: Error) => void
+  private ws?: WebSocket
+  private nextCursor = 0
+  private done = false
+  private acks: Array<{ type: 'stdin_ack' | 'close_stdin_ack'; resolve: () => void; reject: (e: Error) => void }> = []
+
+  constructor(private readonly sandbox: SandboxClient, pid: string | undefined) {
+    super()
+    this.pid = pid
+    this.exited = new Promise((resolve, reject) => {
+      this.resolveExit = resolve
+      this.rejectExit = reject
+    })
+    this.exited.catch(() => {}) // callers that never await exit must not crash the host
+  }
+
+  /** Open a socket, send `first` if given, resolve at `started`. */
+  private connectSocket(path: string, first?: ClientFrame): Promise<this> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(`${this.sandbox.wsBase}${path}`, { headers: this.sandbox.authHeaders(), maxPayload: MAX_WS_FRAME })
+      this.ws = ws
+      let started = false
+      ws.on('unexpected-response', (_req, res) => {
+        let text = ''
+        res.on('data', (d: Buffer) => (text += d))
+        res.on('end', () => {
+          let code = `http_${res.statusCode}`
+          let message = text
+          try {
+            const j = JSON.parse(text)
+            code = j.error ?? code
+            message = j.message ?? text
+          } catch {
+            // Not JSON.
+          }
+          reject(new RuntimeError(message || `WebSocket upgrade refused (${res.statusCode})`, res.statusCode ?? 0, code))
+        })
+      })
+      ws.on('open', () => first && ws.send(JSON.stringify(first)))
+      ws.on('message', (data) => {
+        let frame: ServerFrame
+        try {
+          frame = JSON.parse(data.toString())
+        } catch {
+          return
+        }
+        if (!started) {
+          if (frame.type === 'started') {
+            started = true
+            this.pid = String(frame.pid)
+            resolve(this)
+          } else if (frame.type === 'error') {
+            reject(new RuntimeError(frame.message, 400, frame.code))
+          }
+          return
+        }
+        this.onFrame(frame)
+      })
+      ws.on('error', (err) => {
+        if (!started) reject(new RuntimeError(err.message, 0, 'network_error'))
+      })
+      ws.on('close', () => {
+        if (!started) return reject(new RuntimeError('process socket closed before the process started', 0, 'closed'))
+        if (this.ws === ws) this.onClose()
+      })
+    })
+  }
+
+  open(start: ClientFrame): Promise<this> {
+    return this.connectSocket('/runtime/v1/process', start)
+  }
+
+  reconnect(since: number): Promise<this> {
+    this.nextCursor = since
+    return this.connectSocket(`/runtime/v1/process/${encodeURIComponent(this.pid!)}/connect?since=${since}`)
+  }
+
+  private onFrame(frame: ServerFrame): void {
+    switch (frame.type) {
+      case 'stdout':
+      case 'stderr':
+        if (frame.cursor < this.nextCursor) return // already delivered before a reconnect
+        this.nextCursor = frame.cursor + 1
+        return void this.emit(frame.type, Buffer.from(frame.data, 'base64'))
+      case 'stdin_ack':
+      case 'close_stdin_ack': {
+        const i = this.acks.findIndex((a) => a.type === frame.type)
+        if (i >= 0) this.acks.splice(i, 1)[0].resolve()
+        return
+      }
+      case 'exit':
+        this.done = true
+        for (const a of this.acks) a.reject(new RuntimeError('process exited', 0, 'exited'))
+        this.acks = []
+        this.resolveExit({ exitCode: frame.exit_code, error: frame.error, signal: frame.signal ?? null })
+        this.ws?.close()
+        return
+      case 'error': {
+        const err = new RuntimeError(frame.message, 400, frame.code)
+        const ack = this.acks.shift()
+        if (ack) ack.reject(err)
+        else log('process %s: %s', this.pid, frame.message)
+        return
+      }
+    }
+  }
+
+  private async onClose(): Promise<void> {
+    if (this.done) return
+    for (const a of this.acks) a.reject(new RuntimeError('process socket closed', 0, 'closed'))
+    this.acks = []
+    const delays = [0, 250, 500, 1000, 2000, 2000, 2000, 2000, 2000, 2000, 2000, 2000]
+    let lastError: unknown
+    for (const [i, delay] of delays.entries()) {
+      await new Promise((r) => setTimeout(r, delay))
+      try {
+        this.emit('reconnect', i + 1)
+        await this.reconnect(this.nextCursor)
+        return
+      } catch (err) {
+        lastError = err
+        // A 404 means the sandbox or process is gone: no point in retrying.
+        if (err instanceof RuntimeError && (err.status === 404 || err.status === 401)) break
+      }
+    }
+    this.done = true
+    this.rejectExit(new RuntimeError(`lost the connection to process ${this.pid} in sandbox ${this.sandbox.id}: ${(lastError as Error)?.message}`, 0, 'connection_lost'))
+  }
+
+  private sendWithAck(frame: ClientFrame, type: 'stdin_ack' | 'close_stdin_ack'): Promise<void> {
+    if (this.done) return Promise.reject(new RuntimeError(`process ${this.pid} has exited`, 0, 'exited'))
+    return new Promise((resolve, reject) => {
+      this.acks.push({ type, resolve, reject })
+      this.ws!.send(JSON.stringify(frame), (err) => err && reject(err))
+    })
+  }
+
+  /** Write to stdin; resolves when the sandbox has passed the bytes to the process. */
+  write(data: Uint8Array | string): Promise<void> {
+    const buf = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data)
+    return this.sendWithAck({ type: 'stdin', data: buf.toString('base64') }, 'stdin_ack')
+  }
+
+  closeStdin(): Promise<void> {
+    return this.sendWithAck({ type: 'close_stdin' }, 'close_stdin_ack')
+  }
+
+  /** Signal the process (and its group) over the socket. */
+  signal(signal = 'SIGTERM'): void {
+    this.ws?.send(JSON.stringify({ type: 'signal', signal }))
+  }
+
+  /** Drop the socket without killing the process. */
+  disconnect(): void {
+    this.done = true
+    this.ws?.close()
+  }
+}

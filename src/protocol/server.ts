@@ -1,0 +1,603 @@
+/**
+ * The process runtime protocol server for the local engine: Watasu's control plane
+ * (`/v1/sandboxes...`) and runtime v1 data plane (`/runtime/v1/...`) on one HTTP origin.
+ *
+ * - Control routes take the server's bearer token (the "API key").
+ * - Data-plane routes take a sandbox's session token, which also selects the sandbox: Watasu's data
+ *   plane URLs carry no sandbox id, so the token is the only way to know which sandbox is meant,
+ *   and one sandbox's token can never reach another sandbox.
+ *
+ * Deviations from Watasu's wire format are listed in docs/protocol.md.
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import os from 'node:os'
+import { createGunzip } from 'node:zlib'
+import { WebSocketServer, type WebSocket } from 'ws'
+import type { Engine } from '../engine/engine.js'
+import type { SnapshotRecord } from '../engine/layers.js'
+import type { SandboxProcess } from '../engine/process.js'
+import { SandboxError, type LocalSandbox } from '../engine/sandbox.js'
+import { debug } from '../debug.js'
+import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from './frames.js'
+
+const log = debug('server')
+
+export interface ServerOptions {
+  /** @default '127.0.0.1' */
+  host?: string
+  /** 0 picks a free port. @default 0 */
+  port?: number
+  /** Bearer token for the control plane. @default a random 32-byte token */
+  token?: string
+  /** Honour `allow_internet_access: true` by giving such sandboxes the host's network. @default false */
+  allowNetwork?: boolean
+  /** Largest file a PUT may upload, in bytes. @default 4 GiB */
+  maxUploadBytes?: number
+  /** Seconds between WebSocket pings; a peer that misses two is dropped. @default 30 */
+  keepaliveSec?: number
+}
+
+export interface RunningServer {
+  url: string
+  token: string
+  server: http.Server
+  close(): Promise<void>
+}
+
+class HttpError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message)
+  }
+}
+
+/** Map an engine or in-sandbox error to the status and code Watasu's SDKs understand. */
+function toHttpError(err: unknown): HttpError {
+  if (err instanceof HttpError) return err
+  const code = (err as { code?: string }).code ?? ''
+  const message = (err as Error).message ?? String(err)
+  const table: Record<string, [number, string]> = {
+    ENOENT: [404, 'file_not_found'],
+    ENOTDIR: [400, 'invalid_argument'],
+    EISDIR: [400, 'invalid_argument'],
+    EINVAL: [400, 'invalid_argument'],
+    EACCES: [403, 'permission_denied'],
+    EPERM: [403, 'permission_denied'],
+    EROFS: [403, 'read_only_path'],
+    ENOSPC: [507, 'not_enough_space'],
+    EDQUOT: [507, 'not_enough_space'],
+    sandbox_not_found: [404, 'sandbox_not_found'],
+    sandbox_not_running: [404, 'sandbox_not_found'],
+    template_not_found: [404, 'template_not_found'],
+    sandbox_limit: [429, 'sandbox_limit'],
+    invalid_argument: [400, 'invalid_argument'],
+    sandbox_start_failed: [500, 'sandbox_start_failed'],
+    engine_closed: [503, 'sandbox_overloaded'],
+    spawn_failed: [400, 'spawn_failed'],
+    process_exists: [409, 'process_exists'],
+  }
+  const [status, mapped] = table[code] ?? [500, 'internal_error']
+  return new HttpError(status, mapped, message)
+}
+
+function tokenMatches(given: string | undefined, expected: string): boolean {
+  if (!given) return false
+  const a = Buffer.from(given)
+  const b = Buffer.from(expected)
+  return a.length === b.length && timingSafeEqual(a, b)
+}
+
+function bearer(req: http.IncomingMessage): string | undefined {
+  const h = req.headers.authorization
+  return h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}
+
+async function readJson(req: http.IncomingMessage, limit = 1024 * 1024): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += chunk.length
+    if (size > limit) throw new HttpError(413, 'payload_too_large', `request body over ${limit} bytes`)
+    chunks.push(chunk)
+  }
+  if (!size) return {}
+  let body: unknown
+  try {
+    body = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch (err) {
+    throw new HttpError(400, 'invalid_json', `request body is not JSON: ${(err as Error).message}`)
+  }
+  if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'invalid_json', 'request body must be a JSON object')
+  return body as Record<string, unknown>
+}
+
+function stringRecord(value: unknown, field: string): Record<string, string> {
+  if (value === undefined || value === null) return {}
+  if (typeof value !== 'object' || Array.isArray(value)) throw new HttpError(400, 'invalid_argument', `${field} must be an object of strings`)
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]))
+}
+
+function requirePath(url: URL): string {
+  const p = url.searchParams.get('path')
+  if (!p) throw new HttpError(400, 'invalid_argument', 'query parameter "path" is required')
+  return p
+}
+
+export async function startServer(engine: Engine, opts: ServerOptions = {}): Promise<RunningServer> {
+  const token = opts.token ?? randomBytes(32).toString('base64url')
+  const maxUpload = opts.maxUploadBytes ?? 4 * 1024 ** 3
+  const sessions = new Map<string, string>() // session token -> sandbox id
+  const sessionOf = new Map<string, string>() // sandbox id -> session token
+  let baseUrl = ''
+
+  const sessionFor = (s: LocalSandbox) => {
+    let t = sessionOf.get(s.id)
+    if (!t) {
+      t = randomBytes(32).toString('base64url')
+      sessionOf.set(s.id, t)
+      sessions.set(t, s.id)
+      s.once('exit', () => {
+        sessions.delete(t!)
+        sessionOf.delete(s.id)
+      })
+    }
+    return { data_plane_url: baseUrl, token: t, envd_access_token: t }
+  }
+
+  const sandboxJson = (s: LocalSandbox) => ({
+    id: s.id,
+    sandbox_id: s.id,
+    template_id: s.template,
+    state: 'ready',
+    metadata: s.metadata,
+    started_at: s.createdAt.toISOString(),
+    end_at: s.expiresAt.toISOString(),
+    allow_internet_access: s.network === 'host',
+    cpu_count: os.availableParallelism(),
+    memory_mb: Math.round(os.totalmem() / 1024 / 1024),
+  })
+
+  const snapshotJson = (r: SnapshotRecord, sandboxId?: string) => ({
+    id: r.id,
+    snapshot_id: r.id,
+    sandbox_id: sandboxId ?? r.metadata.sandbox_id,
+    name: r.name ?? null,
+    names: r.name ? [r.name] : [],
+    status: 'ready',
+    size_bytes: r.sizeBytes,
+    created_at: r.createdAt,
+    metadata: r.metadata,
+  })
+
+  const sandboxOr404 = (id: string) => {
+    const s = engine.get(id)
+    if (!s) throw new HttpError(404, 'sandbox_not_found', `sandbox ${id} not found`)
+    return s
+  }
+
+  async function control(req: http.IncomingMessage, res: http.ServerResponse, url: URL, parts: string[]): Promise<void> {
+    if (!tokenMatches(bearer(req), token)) throw new HttpError(401, 'unauthorized', 'missing or wrong bearer token for the control plane')
+    const [, resource, id, action] = parts // parts[0] === 'v1'
+    const method = req.method
+    if (resource === 'health' && method === 'GET') {
+      return sendJson(res, 200, { ok: true, engine: 'local', bwrap: engine.host.bwrapVersion, sandboxes: engine.list().length })
+    }
+    if (resource === 'sandboxes' && !id && method === 'POST') {
+      const body = await readJson(req)
+      const timeout = body.timeout === undefined ? 300 : Number(body.timeout)
+      if (!Number.isFinite(timeout)) throw new HttpError(400, 'invalid_argument', `timeout must be a number of seconds (got ${JSON.stringify(body.timeout)})`)
+      if (body.template !== undefined && typeof body.template !== 'string') throw new HttpError(400, 'invalid_argument', 'template must be a string')
+      const s = await engine.createSandbox({
+        template: (body.template as string | undefined) ?? 'base',
+        timeoutSec: timeout,
+        metadata: stringRecord(body.metadata, 'metadata'),
+        envs: stringRecord(body.envs, 'envs'),
+        network: body.allow_internet_access === true && opts.allowNetwork ? 'host' : 'none',
+      })
+      return sendJson(res, 201, { sandbox: sandboxJson(s), session: sessionFor(s) })
+    }
+    if (resource === 'sandboxes' && !id && method === 'GET') {
+      const filter: Record<string, string> = {}
+      for (const [k, v] of url.searchParams) {
+        const m = /^query\[metadata\]\[(.+)\]$/.exec(k)
+        if (m) filter[m[1]] = v
+      }
+      const all = engine.list(filter)
+      const limit = Math.max(1, Math.min(1000, Number(url.searchParams.get('limit')) || 1000))
+      const start = Number(url.searchParams.get('next_token')) || 0
+      const page = all.slice(start, start + limit)
+      return sendJson(res, 200, { sandboxes: page.map(sandboxJson), next_token: start + limit < all.length ? String(start + limit) : null })
+    }
+    if (resource === 'sandboxes' && id && !action && method === 'GET') return sendJson(res, 200, { sandbox: sandboxJson(sandboxOr404(id)) })
+    if (resource === 'sandboxes' && id && !action && method === 'DELETE') {
+      if (!(await engine.kill(id))) throw new HttpError(404, 'sandbox_not_found', `sandbox ${id} not found`)
+      return sendJson(res, 200, { deleted: true })
+    }
+    if (resource === 'sandboxes' && id && action === 'timeout' && method === 'POST') {
+      const s = sandboxOr404(id)
+      const body = await readJson(req)
+      const timeout = Number(body.timeout)
+      if (!Number.isFinite(timeout) || timeout <= 0) throw new HttpError(400, 'invalid_argument', `timeout must be a positive number of seconds (got ${JSON.stringify(body.timeout)})`)
+      s.setTimeout(timeout)
+      return sendJson(res, 200, { sandbox: sandboxJson(s) })
+    }
+    if (resource === 'sandboxes' && id && action === 'resume' && method === 'POST') {
+      const s = sandboxOr404(id)
+      const body = await readJson(req)
+      if (body.timeout !== undefined) s.setTimeout(Number(body.timeout))
+      return sendJson(res, 200, { sandbox: sandboxJson(s), session: sessionFor(s) })
+    }
+    if (resource === 'sandboxes' && id && action === 'snapshots' && method === 'POST') {
+      sandboxOr404(id)
+      const body = await readJson(req)
+      if (body.name !== undefined && typeof body.name !== 'string') throw new HttpError(400, 'invalid_argument', 'name must be a string')
+      const record = await engine.snapshot(id, { name: body.name as string | undefined, metadata: { ...stringRecord(body.metadata, 'metadata'), sandbox_id: id } })
+      return sendJson(res, 201, { sandbox_checkpoint: snapshotJson(record, id) })
+    }
+    if (resource === 'sandbox_snapshots' && !id && method === 'GET') {
+      const sandboxId = url.searchParams.get('sandbox_id')
+      const all = (await engine.listSnapshots()).filter((r) => !sandboxId || r.metadata.sandbox_id === sandboxId)
+      return sendJson(res, 200, { snapshots: all.map((r) => snapshotJson(r)), next_token: null })
+    }
+    if (resource === 'sandbox_snapshots' && id && !action && method === 'DELETE') {
+      if (!(await engine.deleteSnapshot(id))) throw new HttpError(404, 'snapshot_not_found', `snapshot ${id} not found`)
+      return sendJson(res, 200, { deleted: true })
+    }
+    throw new HttpError(404, 'not_found', `no route ${method} ${url.pathname}`)
+  }
+
+  function sandboxForSession(req: http.IncomingMessage): LocalSandbox {
+    const t = bearer(req)
+    const id = t ? sessions.get(t) : undefined
+    if (!id) throw new HttpError(401, 'unauthorized', 'missing or unknown session token for the data plane')
+    return sandboxOr404(id)
+  }
+
+  function processStatus(p: SandboxProcess) {
+    const status = p.running ? 'running' : p.exit!.error === 'timeout' ? 'timed_out' : p.exit!.signal ? 'killed' : p.exit!.exitCode === 0 ? 'succeeded' : 'failed'
+    return {
+      pid: p.id,
+      id: p.id,
+      os_pid: p.pid,
+      cmd: p.spec.cmd,
+      command: p.spec.cmd,
+      args: p.spec.args,
+      cwd: p.spec.cwd ?? null,
+      tag: p.spec.tag ?? null,
+      user: 'sandbox',
+      pty: false,
+      status,
+      started_at: new Date(p.startedAt).toISOString(),
+      exit_code: p.exit?.exitCode ?? null,
+      error: p.exit?.error ?? null,
+    }
+  }
+
+  const processOr404 = (s: LocalSandbox, pid: string) => {
+    const p = s.processes.get(pid)
+    if (!p) throw new HttpError(404, 'process_not_found', `process ${pid} not found in sandbox ${s.id}`)
+    return p
+  }
+
+  async function data(req: http.IncomingMessage, res: http.ServerResponse, url: URL, parts: string[]): Promise<void> {
+    const s = sandboxForSession(req)
+    const [, , resource, sub, action] = parts // runtime, v1, ...
+    const method = req.method
+    if (resource === 'files' && !sub) {
+      const file = requirePath(url)
+      if (method === 'GET') {
+        let started = false
+        try {
+          await s.readFile(
+            file,
+            ({ size }) => {
+              started = true
+              res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size })
+            },
+            (chunk) => res.write(chunk),
+          )
+        } catch (err) {
+          if (started) return void res.destroy(err as Error) // mid-body: the client sees a short read
+          throw err
+        }
+        return void res.end()
+      }
+      if (method === 'PUT' || method === 'POST') {
+        const declared = Number(req.headers['content-length'] ?? 0)
+        if (declared > maxUpload) throw new HttpError(413, 'payload_too_large', `upload of ${declared} bytes is over the server's limit of ${maxUpload} bytes`)
+        // Python's SDK sends gzip=true without content-encoding; TS sends both. Gunzip once.
+        const gz = url.searchParams.get('gzip') === 'true' || req.headers['content-encoding'] === 'gzip'
+        const source = gz ? req.pipe(createGunzip()) : req
+        let seen = 0
+        const limited = (async function* () {
+          for await (const chunk of source) {
+            seen += chunk.length
+            if (seen > maxUpload) throw new HttpError(413, 'payload_too_large', `upload is over the server's limit of ${maxUpload} bytes`)
+            yield chunk as Buffer
+          }
+        })()
+        const entry = await s.writeFile(file, limited as unknown as import('node:stream').Readable)
+        return sendJson(res, 200, { file: entry })
+      }
+      if (method === 'DELETE') {
+        await s.fs('remove', file)
+        return sendJson(res, 200, {})
+      }
+    }
+    if (resource === 'files' && sub === 'stat' && method === 'GET') return sendJson(res, 200, { file: (await s.fs('stat', requirePath(url))).entry })
+    if (resource === 'directories' && method === 'GET') return sendJson(res, 200, { entries: (await s.fs('list', requirePath(url))).entries })
+    if (resource === 'directories' && method === 'POST') {
+      await readJson(req)
+      return sendJson(res, 200, { file: (await s.fs('mkdir', requirePath(url))).entry })
+    }
+    if (resource === 'process' && !sub && method === 'GET') {
+      return sendJson(res, 200, { processes: [...s.processes.values()].map(processStatus) })
+    }
+    if (resource === 'process' && sub) {
+      const p = processOr404(s, sub)
+      if (!action && method === 'GET') return sendJson(res, 200, processStatus(p))
+      if (!action && method === 'DELETE') {
+        const signal = normalizeSignal(url.searchParams.get('signal') ?? 'SIGTERM')
+        const group = url.searchParams.get('kill_group') !== 'false'
+        const grace = Number(url.searchParams.get('grace_ms') ?? 0)
+        p.kill(signal, group)
+        if (grace > 0 && signal !== 'SIGKILL') setTimeout(() => p.kill('SIGKILL', group), grace).unref()
+        return sendJson(res, 200, processStatus(p))
+      }
+      if (action === 'signal' && method === 'POST') {
+        const body = await readJson(req)
+        p.kill(normalizeSignal(String(body.signal ?? 'SIGTERM')), body.kill_group !== false)
+        return sendJson(res, 200, processStatus(p))
+      }
+      if (action === 'output' && method === 'GET') {
+        const since = Math.max(0, Number(url.searchParams.get('since') ?? 0) || 0)
+        const limit = Number(url.searchParams.get('limit_bytes') ?? 0) || Infinity
+        const events = []
+        let bytes = 0
+        for (const e of p.eventsSince(since)) {
+          if (bytes + e.data.length > limit && events.length) break
+          bytes += e.data.length
+          events.push({ cursor: e.cursor, type: e.type, data: e.data.toString('base64') })
+        }
+        return sendJson(res, 200, {
+          pid: p.id,
+          status: processStatus(p).status,
+          exit_code: p.exit?.exitCode ?? null,
+          next_cursor: events.length ? events[events.length - 1].cursor + 1 : Math.max(since, p.truncatedBefore),
+          truncated_before_cursor: since < p.truncatedBefore,
+          first_retained_cursor: p.truncatedBefore,
+          events,
+        })
+      }
+    }
+    throw new HttpError(404, 'not_found', `no route ${method} ${url.pathname}`)
+  }
+
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost')
+    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
+    const handler = parts[0] === 'v1' ? control : parts[0] === 'runtime' && parts[1] === 'v1' ? data : undefined
+    const work = handler ? handler(req, res, url, parts) : Promise.reject(new HttpError(404, 'not_found', `no route ${req.method} ${url.pathname}`))
+    work.catch((err) => {
+      const e = toHttpError(err)
+      if (e.status >= 500) log('%s %s failed: %s', req.method, url.pathname, (err as Error).stack)
+      if (res.headersSent) return void res.destroy()
+      // Drain what the client is still sending so it reads the error instead of a reset.
+      req.resume()
+      sendJson(res, e.status, { error: e.code, message: e.message })
+    })
+  })
+
+  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_WS_FRAME })
+  server.on('upgrade', (req, socket, head) => {
+    const url = new URL(req.url ?? '/', 'http://localhost')
+    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
+    const reject = (status: number, code: string, message: string) => {
+      const text = JSON.stringify({ error: code, message })
+      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`)
+    }
+    let sandbox: LocalSandbox
+    try {
+      sandbox = sandboxForSession(req)
+    } catch (err) {
+      const e = toHttpError(err)
+      return reject(e.status, e.code, e.message)
+    }
+    const isStart = parts.length === 3 && parts[0] === 'runtime' && parts[1] === 'v1' && parts[2] === 'process'
+    const isConnect = parts.length === 5 && parts[0] === 'runtime' && parts[2] === 'process' && parts[4] === 'connect'
+    if (!isStart && !isConnect) return reject(404, 'not_found', `no WebSocket route ${url.pathname}`)
+    let existing: SandboxProcess | undefined
+    if (isConnect) {
+      existing = sandbox.processes.get(parts[3])
+      if (!existing) return reject(404, 'process_not_found', `process ${parts[3]} not found in sandbox ${sandbox.id}`)
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const session = new ProcessSession(ws, sandbox, opts.keepaliveSec ?? 30)
+      if (existing) session.attach(existing, Math.max(0, Number(url.searchParams.get('since') ?? 0) || 0))
+    })
+  })
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve())
+  })
+  const addr = server.address() as AddressInfo
+  const hostPart = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address
+  baseUrl = `http://${hostPart}:${addr.port}`
+  log('listening on %s', baseUrl)
+  return {
+    url: baseUrl,
+    token,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const ws of wss.clients) ws.terminate()
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+function normalizeSignal(sig: string): string {
+  const upper = sig.toUpperCase()
+  const name = upper.startsWith('SIG') ? upper : `SIG${upper}`
+  if (!(name in os.constants.signals)) throw new HttpError(400, 'invalid_argument', `unknown signal ${JSON.stringify(sig)}`)
+  return name
+}
+
+/**
+ * One process WebSocket: either it starts a process (first frame `start`) or it attaches to one
+ * (`/connect?since=`). Output is broadcast to every attached socket; closing a socket never
+ * kills the process.
+ */
+class ProcessSession {
+  private proc?: SandboxProcess
+  private alive = true
+  private readonly ping: NodeJS.Timeout
+  private paused = false
+  private readonly onOutput = (e: { cursor: number; type: string; data: Buffer }) => this.send({ type: e.type as 'stdout', data: e.data.toString('base64'), cursor: e.cursor })
+  private readonly onExit = () => this.sendExit()
+
+  constructor(private readonly ws: WebSocket, private readonly sandbox: LocalSandbox, keepaliveSec: number) {
+    this.send({ type: 'ready' })
+    ws.on('pong', () => (this.alive = true))
+    this.ping = setInterval(() => {
+      if (!this.alive) return void ws.terminate()
+      this.alive = false
+      ws.ping()
+    }, keepaliveSec * 1000)
+    ws.on('message', (data, isBinary) => void this.onMessage(data as Buffer, isBinary))
+    ws.on('close', () => this.detach())
+    ws.on('error', () => this.detach())
+  }
+
+  private send(frame: ServerFrame): void {
+    if (this.ws.readyState !== this.ws.OPEN) return
+    this.ws.send(JSON.stringify(frame), () => {
+      // Resume once the socket has drained: a slow reader throttles the process, never the engine.
+      if (this.paused && this.ws.bufferedAmount < 256 * 1024) {
+        this.paused = false
+        this.proc?.resume(this)
+      }
+    })
+    if (!this.paused && this.ws.bufferedAmount > 1024 * 1024 && this.proc) {
+      this.paused = true
+      this.proc.pause(this)
+    }
+  }
+
+  private fail(code: string, message: string): void {
+    this.send({ type: 'error', code, message })
+    this.ws.close(1008, code)
+  }
+
+  attach(proc: SandboxProcess, since: number): void {
+    this.proc = proc
+    this.send({ type: 'started', pid: proc.id })
+    for (const e of proc.eventsSince(since)) this.onOutput(e)
+    if (!proc.running) return this.sendExit()
+    proc.on('output', this.onOutput)
+    proc.once('exit', this.onExit)
+  }
+
+  private sendExit(): void {
+    const exit = this.proc!.exit!
+    this.send({ type: 'exit', exit_code: exit.exitCode, error: exit.error ?? null, signal: exit.signal })
+    this.ws.close(1000)
+  }
+
+  private detach(): void {
+    clearInterval(this.ping)
+    if (!this.proc) return
+    this.proc.off('output', this.onOutput)
+    this.proc.off('exit', this.onExit)
+    this.proc.resume(this)
+  }
+
+  private async onMessage(data: Buffer, isBinary: boolean): Promise<void> {
+    let frame: ClientFrame
+    try {
+      if (isBinary) throw new Error('binary frames are not part of the protocol; send JSON text frames')
+      frame = JSON.parse(data.toString('utf8'))
+      if (!frame || typeof frame !== 'object' || typeof frame.type !== 'string') throw new Error('a frame must be a JSON object with a string "type"')
+    } catch (err) {
+      return this.fail('invalid_frame', (err as Error).message)
+    }
+    try {
+      switch (frame.type) {
+        case 'start':
+          return await this.start(frame)
+        case 'stdin': {
+          if (!this.proc) return this.fail('not_started', 'stdin before start')
+          if (typeof frame.data !== 'string') return this.fail('invalid_frame', 'stdin frame needs base64 "data"')
+          await this.proc.write(Buffer.from(frame.data, 'base64'))
+          return this.send({ type: 'stdin_ack', pid: this.proc.id })
+        }
+        case 'close_stdin':
+          if (!this.proc) return this.fail('not_started', 'close_stdin before start')
+          this.proc.closeStdin()
+          return this.send({ type: 'close_stdin_ack', pid: this.proc.id })
+        case 'signal':
+          if (!this.proc) return this.fail('not_started', 'signal before start')
+          return this.proc.kill(normalizeSignal(String(frame.signal ?? 'SIGTERM')), frame.kill_group !== false)
+        case 'resize':
+          return // no PTYs in local sandboxes; accepted so PTY-capable clients do not fail
+        case 'ping':
+          return this.send({ type: 'pong' })
+        default:
+          return this.fail('unknown_type', `unknown frame type ${JSON.stringify((frame as { type: string }).type)}`)
+      }
+    } catch (err) {
+      const e = toHttpError(err)
+      this.send({ type: 'error', code: e.code, message: e.message })
+    }
+  }
+
+  private async start(frame: Extract<ClientFrame, { type: 'start' }>): Promise<void> {
+    if (this.proc) return this.fail('already_started', 'this socket already has a process')
+    if (typeof frame.cmd !== 'string' || !frame.cmd) return this.fail('invalid_frame', 'start needs a string "cmd"')
+    if (frame.args !== undefined && (!Array.isArray(frame.args) || frame.args.some((a) => typeof a !== 'string'))) {
+      return this.fail('invalid_frame', 'start "args" must be an array of strings')
+    }
+    if (frame.pty) return this.fail('unsupported', 'local sandboxes have no PTYs; start the process without "pty"')
+    const env = stringRecordOrNull(frame.environment ?? frame.envs)
+    if (env === null) return this.fail('invalid_frame', 'start "environment" must be an object of strings')
+    let proc: SandboxProcess
+    try {
+      proc = await this.sandbox.spawn({
+        id: typeof frame.id === 'string' && frame.id ? frame.id : undefined,
+        cmd: frame.cmd,
+        args: frame.args ?? [],
+        cwd: typeof frame.cwd === 'string' ? frame.cwd : undefined,
+        env,
+        stdin: frame.stdin === true,
+        tag: typeof frame.tag === 'string' ? frame.tag : undefined,
+      })
+    } catch (err) {
+      const e = toHttpError(err)
+      return this.fail(e.code, e.message)
+    }
+    const timeout = Number(frame.timeout_ms ?? 0)
+    if (timeout > 0) {
+      const timer = setTimeout(() => {
+        if (proc.running) proc.markTimeout()
+      }, timeout)
+      timer.unref()
+      proc.once('exit', () => clearTimeout(timer))
+    }
+    this.attach(proc, 0)
+  }
+}
+
+function stringRecordOrNull(value: unknown): Record<string, string> | null {
+  if (value === undefined || value === null) return {}
+  if (typeof value !== 'object' || Array.isArray(value)) return null
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]))
+}

@@ -1,0 +1,283 @@
+/**
+ * Escape attempts: each test is one attack a malicious test file could make from inside a local
+ * sandbox, run for real against bubblewrap, with the result the attacker gets.
+ */
+import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { RuntimeClient, type SandboxClient } from '../src/protocol/client.js'
+import { hostProcessesMatching, startTestEngine, tempDir, waitFor } from './support/engine.js'
+
+let env: Awaited<ReturnType<typeof startTestEngine>>
+let sbx: SandboxClient
+const hostDir = tempDir('host')
+const workspace = path.join(hostDir, 'workspace')
+const sibling = path.join(hostDir, 'sibling')
+const HOST_SECRET = `host-secret-${process.pid}-${Date.now()}`
+
+/** Run a shell script in the sandbox. */
+async function sh(script: string, s = sbx) {
+  return s.run('/bin/sh', ['-c', script])
+}
+
+/** Run a Node script in the sandbox. */
+async function node(script: string, s = sbx) {
+  return s.run('node', ['-e', script])
+}
+
+beforeAll(async () => {
+  process.env.VPS_HOST_SECRET = HOST_SECRET
+  fs.mkdirSync(workspace, { recursive: true })
+  fs.mkdirSync(sibling, { recursive: true })
+  fs.writeFileSync(path.join(sibling, 'secret.txt'), HOST_SECRET)
+  fs.writeFileSync(path.join(os.homedir(), `.vps-secret-${process.pid}`), HOST_SECRET)
+  env = await startTestEngine({ limits: { processes: 64 } })
+  sbx = await env.client.createSandbox({ timeout: 300, metadata: { suite: 'escape' } })
+  // The sandbox is given the workspace (at the host's path) and nothing else.
+  await sbx.writeFile(path.join(workspace, 'index.js'), 'module.exports = 1\n')
+})
+
+afterAll(async () => {
+  delete process.env.VPS_HOST_SECRET
+  fs.rmSync(path.join(os.homedir(), `.vps-secret-${process.pid}`), { force: true })
+  fs.rmSync(hostDir, { recursive: true, force: true })
+  await env?.close()
+})
+
+describe('escape attempts: host files', () => {
+  it('reading /etc/shadow finds no such file', async () => {
+    const r = await sh('cat /etc/shadow')
+    expect(r.exitCode).not.toBe(0)
+    expect(r.stderr).toMatch(/No such file/)
+  })
+
+  it("reading the host user's home (~/.ssh, a secret file) finds nothing", async () => {
+    const home = os.homedir()
+    const r = await sh(`ls -a ${home}/.ssh; cat ${home}/.vps-secret-${process.pid}; ls ${home}`)
+    expect(r.stdout).not.toContain(HOST_SECRET)
+    expect(r.stderr).toMatch(/No such file/)
+  })
+
+  it("the workspace's siblings on the host are absent, by absolute and by ../ path", async () => {
+    const r = await sh(`cat ${sibling}/secret.txt; cd ${workspace} && cat ../sibling/secret.txt; ls ${hostDir}`)
+    expect(r.stdout).not.toContain(HOST_SECRET)
+    expect(r.stdout.trim()).toBe('workspace') // only what it was given
+  })
+
+  it('the file API resolves ../ and absolute paths inside the sandbox, never on the host', async () => {
+    await expect(sbx.readFile('/etc/shadow')).rejects.toMatchObject({ status: 404, code: 'file_not_found' })
+    await expect(sbx.readFile(`${sibling}/secret.txt`)).rejects.toMatchObject({ status: 404 })
+    await expect(sbx.readFile(`${workspace}/../sibling/secret.txt`)).rejects.toMatchObject({ status: 404 })
+    const before = fs.readFileSync('/etc/hostname', 'utf8')
+    await sbx.writeFile('../../../../../../etc/hostname', 'pwned\n')
+    expect(fs.readFileSync('/etc/hostname', 'utf8')).toBe(before)
+    expect((await sbx.readFile('/etc/hostname')).toString()).toBe('pwned\n') // its own copy
+  })
+
+  it('a symlink pointing out of the sandbox leads nowhere', async () => {
+    await sh(`ln -s ${sibling}/secret.txt /home/sandbox/link && ln -s /proc/1/root/etc/shadow /home/sandbox/link2`)
+    await expect(sbx.readFile('/home/sandbox/link')).rejects.toMatchObject({ status: 404 })
+    await expect(sbx.readFile('/home/sandbox/link2')).rejects.toMatchObject({ status: 404 })
+    const r = await sh('cat /home/sandbox/link')
+    expect(r.stdout).not.toContain(HOST_SECRET)
+  })
+
+  it('the system directories are read-only', async () => {
+    const r = await sh('touch /usr/bin/pwned; echo x > /etc/ssl/pwned')
+    expect(r.stderr).toMatch(/Read-only file system/)
+    await expect(sbx.writeFile('/usr/local/bin/pwned', 'x')).rejects.toMatchObject({ status: 403 })
+    expect(fs.existsSync('/usr/bin/pwned')).toBe(false)
+  })
+
+  it('writing /proc/sys (core_pattern, drop_caches) fails and the host value is unchanged', async () => {
+    const before = fs.readFileSync('/proc/sys/kernel/core_pattern', 'utf8')
+    const r = await sh('echo "|/tmp/pwn" > /proc/sys/kernel/core_pattern; echo 1 > /proc/sys/vm/drop_caches')
+    expect(r.stderr).toMatch(/Read-only file system|Permission denied/)
+    expect(fs.readFileSync('/proc/sys/kernel/core_pattern', 'utf8')).toBe(before)
+  })
+
+  it('/sys and host devices are absent', async () => {
+    const r = await sh('ls /sys; ls /dev')
+    expect(r.stderr).toMatch(/\/sys.*No such file/)
+    expect(r.stdout.split(/\s+/)).not.toContain('vda')
+  })
+})
+
+describe('escape attempts: processes, identity, kernel', () => {
+  it('no host environment variable reaches the sandbox', async () => {
+    const r = await node('console.log(JSON.stringify(process.env))')
+    expect(r.stdout).not.toContain(HOST_SECRET)
+    expect(Object.keys(JSON.parse(r.stdout)).sort()).toEqual(['HOME', 'LANG', 'PATH', 'TMPDIR', 'USER'])
+    const init = await sh('cat /proc/1/environ /proc/2/environ /proc/*/cmdline 2>/dev/null | tr "\\0" "\\n"')
+    expect(init.stdout).not.toContain(HOST_SECRET)
+    expect(init.stdout).not.toContain(env.handle.token)
+  })
+
+  it('host processes are invisible and cannot be signalled', async () => {
+    const r = await sh(`ls /proc | grep -E '^[0-9]+$' | wc -l; kill -0 ${process.pid}`)
+    expect(Number(r.stdout.trim())).toBeLessThan(10)
+    expect(r.stderr).toMatch(/No such process/)
+  })
+
+  it('runs without capabilities, with no_new_privs, and as an unprivileged host uid', async () => {
+    const r = await sh('grep -E "^(CapEff|CapBnd|NoNewPrivs|Seccomp):" /proc/self/status; id -u')
+    expect(r.stdout).toMatch(/CapEff:\s+0000000000000000/)
+    expect(r.stdout).toMatch(/CapBnd:\s+0000000000000000/)
+    expect(r.stdout).toMatch(/NoNewPrivs:\s+1/)
+    const sandbox = env.handle.engine.get(sbx.id)!
+    const hostUid = Number(/^Uid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${sandbox.hostPid}/status`, 'utf8'))![1])
+    expect(hostUid).not.toBe(0)
+    if (process.getuid!() === 0) expect(hostUid).toBe(65534)
+  })
+
+  it('seccomp is in place and refuses user namespaces and ptrace-class calls', async () => {
+    const r = await sh('grep Seccomp: /proc/self/status; unshare --user --map-root-user id; unshare --user id')
+    expect(r.stdout).toMatch(/Seccomp:\s+2/)
+    expect(r.stdout).not.toMatch(/uid=0/)
+    expect(r.stderr).toMatch(/Operation not permitted/)
+  })
+
+  it('mount and chroot are refused', async () => {
+    const r = await sh('mount -t tmpfs none /tmp; chroot / true')
+    expect(r.stderr).toMatch(/permission denied|Operation not permitted|must be superuser/i)
+  })
+
+  it('no file descriptors leak in from the engine process', async () => {
+    // An engine whose own parent leaked it a descriptor on a secret file (fd 40, not close-on-exec;
+    // a low number would be reused by the engine's own pipes before any sandbox starts).
+    const state = tempDir('fd-state')
+    const secretFile = path.join(hostDir, 'fd-secret.txt')
+    fs.writeFileSync(secretFile, HOST_SECRET)
+    const fd = fs.openSync(secretFile, 'r')
+    const child = spawn(process.execPath, [path.join(import.meta.dirname, 'support/engine-process.mjs'), state], { stdio: ['ignore', 'pipe', 'inherit', ...Array(37).fill('ignore'), fd] })
+    fs.closeSync(fd)
+    try {
+      const line = await new Promise<string>((resolve) => child.stdout!.once('data', (d) => resolve(d.toString())))
+      const { url, token } = JSON.parse(line)
+      const client = new RuntimeClient({ url, token })
+      const s = await client.createSandbox()
+      // Every descriptor of every process in the sandbox: where it points, and the content of
+      // those that are regular files (pipes are skipped: reading them would block).
+      const r = await sh('for f in /proc/[0-9]*/fd/*; do readlink "$f"; [ -f "$f" ] && head -c 1000 "$f"; done 2>/dev/null', s)
+      expect(r.stdout).toMatch(/socket:|pipe:/) // the listing itself worked
+      expect(r.stdout).not.toContain(HOST_SECRET)
+      expect(r.stdout).not.toContain('fd-secret')
+      await client.close()
+    } finally {
+      child.kill('SIGTERM')
+      await new Promise((r) => child.once('exit', r))
+      fs.rmSync(state, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('escape attempts: network', () => {
+  it("cannot reach a TCP server on the host's loopback", async () => {
+    const server = net.createServer((c) => c.end(HOST_SECRET))
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    const { port } = server.address() as net.AddressInfo
+    try {
+      const r = await node(`require('net').connect(${port}, '127.0.0.1').on('data', d => console.log(String(d))).on('error', e => console.log(e.code))`)
+      expect(r.stdout.trim()).toBe('ECONNREFUSED')
+    } finally {
+      server.close()
+    }
+  })
+
+  it('cannot reach an abstract unix socket on the host', async () => {
+    const name = `\0vps-abstract-${process.pid}`
+    const server = net.createServer((c) => c.end(HOST_SECRET))
+    await new Promise<void>((r) => server.listen(name, r))
+    try {
+      const r = await node(`require('net').connect(${JSON.stringify(name)}).on('data', d => console.log(String(d))).on('error', e => console.log(e.code))`)
+      expect(r.stdout.trim()).toBe('ECONNREFUSED')
+    } finally {
+      server.close()
+    }
+  })
+
+  it('has only a loopback interface, which works inside the sandbox', async () => {
+    const r = await node(`
+      console.log(Object.keys(require('os').networkInterfaces()).join(','))
+      const s = require('net').createServer(c => c.end('own-loopback')).listen(0, '127.0.0.1', () => {
+        require('net').connect(s.address().port, '127.0.0.1').on('data', d => { console.log(String(d)); s.close() })
+      })`)
+    expect(r.stdout.trim().split('\n')).toEqual(['lo', 'own-loopback'])
+  })
+})
+
+describe('escape attempts: resources and lifetime', () => {
+  it('a fork bomb ends inside the sandbox and the host keeps working', async () => {
+    const s = await env.client.createSandbox()
+    const bomb = await s.start({ cmd: '/bin/sh', args: ['-c', 'b() { b | b & }; b; sleep 5'] })
+    bomb.on('stderr', () => {})
+    await new Promise((r) => setTimeout(r, 1500))
+    // The host can still start processes while the bomb is at its limit.
+    const host = spawnSync('/bin/true')
+    expect(host.status).toBe(0)
+    const sandbox = env.handle.engine.get(s.id)!
+    const inside = (await sh('ls /proc | grep -cE "^[0-9]+$"', s).catch(() => ({ stdout: 'failed' }))).stdout
+    // Either it could not even start a shell (all 64 slots taken) or it sees at most its limit.
+    if (inside !== 'failed' && /^\d+/.test(inside)) expect(Number(inside)).toBeLessThanOrEqual(70)
+    const hostPid = sandbox.hostPid!
+    await env.client.killSandbox(s.id)
+    expect(fs.existsSync(`/proc/${hostPid}`)).toBe(false)
+  })
+
+  it('killing a sandbox kills everything in it, including detached background processes', async () => {
+    const s = await env.client.createSandbox()
+    const marker = `3${Date.now() % 100000}.25`
+    await sh(`setsid sleep ${marker} </dev/null >/dev/null 2>&1 & nohup sleep ${marker} >/dev/null 2>&1 &`, s)
+    await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 2, 5000, 'the background sleeps')
+    await env.client.killSandbox(s.id)
+    await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 0, 5000, 'no sleeps left')
+  })
+
+  it('a sandbox past its timeout is killed', async () => {
+    const s = await env.client.createSandbox({ timeout: 1 })
+    const marker = `4${Date.now() % 100000}.5`
+    await sh(`sleep ${marker} & echo started`, s)
+    await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 0, 5000, 'expiry')
+    await expect(env.client.getSandbox(s.id)).rejects.toMatchObject({ status: 404 })
+  })
+
+  it('a sandbox never outlives the engine process, even when the engine is SIGKILLed', async () => {
+    const state = tempDir('kill-state')
+    const child = spawn(process.execPath, [path.join(import.meta.dirname, 'support/engine-process.mjs'), state], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const marker = `5${Date.now() % 100000}.75`
+    try {
+      const { url, token } = JSON.parse(await new Promise<string>((resolve) => child.stdout!.once('data', (d) => resolve(d.toString()))))
+      const client = new RuntimeClient({ url, token })
+      const s = await client.createSandbox()
+      await sh(`setsid sleep ${marker} </dev/null >/dev/null 2>&1 & echo ok`, s)
+      await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 1, 5000, 'the sleep')
+      await client.close()
+      child.kill('SIGKILL')
+      await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 0, 5000, 'the sandbox to die with the engine')
+    } finally {
+      child.kill('SIGKILL')
+      fs.rmSync(state, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('escape attempts: other sandboxes', () => {
+  it("cannot see another sandbox's files, processes or loopback", async () => {
+    const a = await env.client.createSandbox()
+    const b = await env.client.createSandbox()
+    await a.writeFile('/tmp/a-secret', HOST_SECRET)
+    const server = await a.start({ cmd: 'node', args: ['-e', `require('net').createServer(c => c.end('${HOST_SECRET}')).listen(45678, '127.0.0.1', () => console.log('up'))`] })
+    await new Promise<void>((r) => server.on('stdout', () => r()))
+    const r = await node(`
+      require('fs').readFile('/tmp/a-secret', (e) => console.log(e ? e.code : 'READ'))
+      require('net').connect(45678, '127.0.0.1').on('data', d => console.log(String(d))).on('error', e => console.log(e.code))`, b)
+    expect(r.stdout.split('\n').sort().filter(Boolean)).toEqual(['ECONNREFUSED', 'ENOENT'])
+    const ps = await sh('cat /proc/[0-9]*/cmdline | tr "\\0" " "', b)
+    expect(ps.stdout).not.toContain('45678')
+    await env.client.killSandbox(a.id)
+    await env.client.killSandbox(b.id)
+  })
+})

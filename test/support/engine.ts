@@ -1,0 +1,52 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { startLocalEngine, type EngineOptions, type LocalEngineHandle } from '../../src/engine/index.js'
+import { RuntimeClient } from '../../src/protocol/client.js'
+
+export function tempDir(prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `vps-${prefix}-`))
+  fs.chmodSync(dir, 0o755)
+  return dir
+}
+
+/** A real engine and protocol server on loopback, with its own state folder, and a client. */
+export async function startTestEngine(opts: EngineOptions & { allowNetwork?: boolean } = {}): Promise<{ handle: LocalEngineHandle; client: RuntimeClient; stateDir: string; close: () => Promise<void> }> {
+  const stateDir = opts.stateDir ?? tempDir('state')
+  const handle = await startLocalEngine({ ...opts, stateDir })
+  const client = new RuntimeClient({ url: handle.url, token: handle.token })
+  return {
+    handle,
+    client,
+    stateDir,
+    close: async () => {
+      await client.close()
+      await handle.close()
+      fs.rmSync(stateDir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** Host processes whose command line contains `marker` (to prove a sandbox left nothing behind). */
+export function hostProcessesMatching(marker: string): number[] {
+  const pids: number[] = []
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue
+    try {
+      const cmd = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').replace(/\0/g, ' ')
+      if (cmd.includes(marker)) pids.push(Number(name))
+    } catch {
+      // Exited while we looked.
+    }
+  }
+  return pids
+}
+
+export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + timeoutMs
+  while (Date.now() < end) {
+    if (await cond()) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`)
+}
