@@ -347,6 +347,7 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
       const ws = new WebSocket(`${this.sandbox.wsBase}${path}`, { headers: this.sandbox.authHeaders(), maxPayload: MAX_WS_FRAME })
       this.ws = ws
       let started = false
+      let held: ServerFrame[] | undefined
       ws.on('unexpected-response', (_req, res) => {
         let text = ''
         res.on('data', (d: Buffer) => (text += d))
@@ -375,20 +376,29 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
           if (frame.type === 'started') {
             started = true
             this.pid = String(frame.pid)
+            // Frames in the same TCP chunk as 'started' are parsed before the caller's `await`
+            // resumes; hold them until it has had the chance to add its listeners.
+            held = []
+            setImmediate(() => {
+              for (const f of held!) this.onFrame(f)
+              held = undefined
+            })
             resolve(this)
           } else if (frame.type === 'error') {
             reject(new RuntimeError(frame.message, 400, frame.code))
           }
           return
         }
-        this.onFrame(frame)
+        if (held) held.push(frame)
+        else this.onFrame(frame)
       })
       ws.on('error', (err) => {
         if (!started) reject(new RuntimeError(err.message, 0, 'network_error'))
       })
       ws.on('close', () => {
         if (!started) return reject(new RuntimeError('process socket closed before the process started', 0, 'closed'))
-        if (this.ws === ws) this.onClose()
+        // After any held frames (an 'exit' among them means there is nothing to reconnect to).
+        if (this.ws === ws) setImmediate(() => void this.onClose())
       })
     })
   }

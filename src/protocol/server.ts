@@ -102,11 +102,12 @@ function sendJson(res: http.ServerResponse, status: number, body: unknown): void
 async function readJson(req: http.IncomingMessage, limit = 1024 * 1024): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = []
   let size = 0
+  // Read to the end even when over the limit, so the connection stays usable for the 413.
   for await (const chunk of req) {
     size += chunk.length
-    if (size > limit) throw new HttpError(413, 'payload_too_large', `request body over ${limit} bytes`)
-    chunks.push(chunk)
+    if (size <= limit) chunks.push(chunk)
   }
+  if (size > limit) throw new HttpError(413, 'payload_too_large', `request body over ${limit} bytes`)
   if (!size) return {}
   let body: unknown
   try {

@@ -50,3 +50,22 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs 
   }
   throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`)
 }
+
+/** Host pids of every process below `root` (to count what a sandbox is running). */
+export function descendants(root: number): number[] {
+  const children = new Map<number, number[]>()
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8')
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(name)])
+    } catch {
+      // Exited while we looked.
+    }
+  }
+  const out: number[] = []
+  const queue = [root]
+  while (queue.length) for (const c of children.get(queue.shift()!) ?? []) out.push(c), queue.push(c)
+  return out
+}
