@@ -3,13 +3,14 @@
  * problem, the exact command that fixes it. With `--fix` it runs the fixes it safely can (installing
  * bubblewrap as root, lifting Ubuntu's AppArmor user-namespace restriction) and checks again.
  */
-import { execFileSync, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { Engine } from '../engine/engine.js'
 import { detectHost, installHint, parseVersion, ROOT_DROP_ID, which } from '../engine/host.js'
 import { PROVIDER_ENV } from '../providers/credentials.js'
+import { DEFAULT_PATH } from '../engine/sandbox.js'
 
 export interface Check {
   name: string
@@ -36,7 +37,7 @@ function asSandboxUser(args: string[]): string[] {
 }
 
 function runQuiet(args: string[], cwd?: string): { ok: boolean; output: string } {
-  const r = spawnSync(args[0], args.slice(1), { encoding: 'utf8', cwd, timeout: 15_000 })
+  const r = spawnSync(args[0], args.slice(1), { encoding: 'utf8', cwd, timeout: 15_000, env: { PATH: DEFAULT_PATH } })
   return { ok: r.status === 0, output: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}`.trim() }
 }
 
@@ -101,7 +102,9 @@ export async function runChecks(): Promise<Check[]> {
     })
   }
 
-  const userns = runQuiet(asSandboxUser(['unshare', '--user', '--map-root-user', 'true']))
+  const unshare = which('unshare')
+  if (!unshare) return finish(checks)
+  const userns = runQuiet(asSandboxUser([unshare, '--user', '--map-root-user', process.execPath, '-e', '0']))
   if (!userns.ok) {
     const inContainer = fs.existsSync('/.dockerenv') || /docker|kubepods|containerd/.test(read('/proc/1/cgroup') ?? '')
     checks.push({
@@ -117,9 +120,9 @@ export async function runChecks(): Promise<Check[]> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vitest-sandbox-doctor-'))
     try {
       for (const d of ['lower', 'upper', 'work', 'merged']) fs.mkdirSync(path.join(dir, d))
-      if (isRoot) execFileSync('chown', ['-R', `${ROOT_DROP_ID}:${ROOT_DROP_ID}`, dir])
+      if (isRoot) for (const d of ['', 'lower', 'upper', 'work', 'merged']) fs.chownSync(path.join(dir, d), ROOT_DROP_ID, ROOT_DROP_ID)
       fs.chmodSync(dir, 0o755)
-      const overlay = runQuiet(asSandboxUser(['unshare', '--user', '--map-root-user', '--mount', 'sh', '-c', `mount -t overlay overlay -o lowerdir=${dir}/lower,upperdir=${dir}/upper,workdir=${dir}/work,userxattr ${dir}/merged`]))
+      const overlay = runQuiet(asSandboxUser([unshare, '--user', '--map-root-user', '--mount', '/bin/sh', '-c', `mount -t overlay overlay -o lowerdir=${dir}/lower,upperdir=${dir}/upper,workdir=${dir}/work,userxattr ${dir}/merged`]))
       checks.push(overlay.ok
         ? { name: 'overlayfs', ok: true, detail: 'overlayfs mounts inside a user namespace (templates are shared, never copied)' }
         : { name: 'overlayfs', ok: false, detail: `overlayfs cannot be mounted in a user namespace: ${overlay.output}`, fix: 'use a kernel >= 5.11 (unprivileged overlayfs with userxattr)' })
@@ -151,6 +154,11 @@ export async function runChecks(): Promise<Check[]> {
     }
   }
 
+  return finish(checks)
+}
+
+/** The provider credential lines close every report. */
+function finish(checks: Check[]): Check[] {
   for (const [provider, vars] of Object.entries(PROVIDER_ENV)) {
     const set = vars.find((v) => process.env[v])
     checks.push({ name: provider, ok: true, info: true, detail: set ? `${set} is set` : `${vars[0]} not set (needed only for ${provider}())` })

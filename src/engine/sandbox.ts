@@ -80,6 +80,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   private nextProc = 0
   private expiry?: NodeJS.Timeout
   private stdinWaiters: Array<() => void> = []
+  private killing?: Promise<void>
 
   constructor(private readonly opts: SandboxOptions) {
     super()
@@ -348,8 +349,13 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     this.emit('exit', this.ended)
   }
 
-  /** Kill everything in the sandbox and delete its writable layer. */
-  async kill(reason = 'killed'): Promise<void> {
+  /** Kill everything in the sandbox and delete its writable layer (once, however often called). */
+  kill(reason = 'killed'): Promise<void> {
+    this.killing ??= this.doKill(reason)
+    return this.killing
+  }
+
+  private async doKill(reason: string): Promise<void> {
     const child = this.child
     if (child && child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once('exit', r))

@@ -1,0 +1,73 @@
+/** The `vitest-sandbox` command: doctor's findings and fixes, and `serve` as a real server. */
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { RuntimeClient } from '../src/protocol/client.js'
+import { hostProcessesMatching, tempDir, waitFor } from './support/engine.js'
+
+const CLI = path.resolve(import.meta.dirname, '../dist/cli/index.js')
+
+describe('vitest-sandbox doctor', () => {
+  it('passes on a machine with bubblewrap and runs a real sandbox', () => {
+    const r = spawnSync(process.execPath, [CLI, 'doctor'], { encoding: 'utf8' })
+    expect(r.stdout).toMatch(/✔ bubblewrap: .*bwrap \d+\.\d+/)
+    expect(r.stdout).toMatch(/✔ sandbox: started a sandbox and ran node v\d+/)
+    expect(r.stdout).toMatch(/· watasu: WATASU_API_KEY/)
+    expect(r.stdout).toMatch(/The local sandbox engine is ready/)
+    expect(r.status).toBe(0)
+  })
+
+  it('names the missing bubblewrap and the command that installs it', () => {
+    const bin = tempDir('doctor-bin')
+    for (const tool of ['unshare', 'prlimit', 'setpriv', 'sh']) fs.symlinkSync(execFileSync('which', [tool], { encoding: 'utf8' }).trim(), path.join(bin, tool))
+    try {
+      const r = spawnSync(process.execPath, [CLI, 'doctor'], { encoding: 'utf8', env: { PATH: bin } })
+      expect(r.stdout).toMatch(/✘ bubblewrap: bwrap is not installed\n {4}fix: .*apt-get install -y bubblewrap/)
+      expect(r.stdout).toMatch(/1 problem\(s\)/)
+      expect(r.status).toBe(1)
+    } finally {
+      fs.rmSync(bin, { recursive: true, force: true })
+    }
+  })
+
+  it('rejects unknown commands and bad serve options with the accepted values', () => {
+    const bad = spawnSync(process.execPath, [CLI, 'serv'], { encoding: 'utf8' })
+    expect(bad.status).toBe(1)
+    expect(bad.stderr).toMatch(/unknown command 'serv'[\s\S]*usage: vitest-sandbox/)
+    const port = spawnSync(process.execPath, [CLI, 'serve', '--port', 'eighty'], { encoding: 'utf8' })
+    expect(port.status).toBe(1)
+    expect(port.stderr).toMatch(/--port must be a whole number from 0 to 65535 \(got 'eighty'\)/)
+    const token = spawnSync(process.execPath, [CLI, 'serve', '--token', 'short'], { encoding: 'utf8' })
+    expect(token.stderr).toMatch(/--token must be at least 16 characters/)
+  })
+})
+
+describe('vitest-sandbox serve', () => {
+  it('serves the engine with the given token and kills every sandbox on SIGTERM', async () => {
+    const state = tempDir('serve')
+    const token = 'a-token-of-32-characters-for-tests'
+    const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--token', token, '--state-dir', state], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout!.on('data', (d) => (out += d))
+    try {
+      await waitFor(() => /listening on (http:\S+)/.test(out), 10_000, 'the server to listen')
+      expect(out).toContain('token: (as given)')
+      const url = /listening on (http:\S+)/.exec(out)![1]
+      const client = new RuntimeClient({ url, token })
+      const s = await client.createSandbox()
+      const marker = `6${Date.now() % 100000}.5`
+      await s.run('/bin/sh', ['-c', `setsid sleep ${marker} </dev/null >/dev/null 2>&1 &`])
+      await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 1, 5000, 'the sleep')
+      await client.close()
+      child.kill('SIGTERM')
+      const code = await new Promise((r) => child.once('exit', r))
+      expect(code).toBe(0)
+      expect(out).toMatch(/SIGTERM: killing all sandboxes/)
+      expect(hostProcessesMatching(`sleep ${marker}`)).toEqual([])
+    } finally {
+      child.kill('SIGKILL')
+      fs.rmSync(state, { recursive: true, force: true })
+    }
+  })
+})
