@@ -60,7 +60,7 @@ export class Engine {
     this.host = host
     this.layers = layers
     this.maxSandboxes = opts.maxSandboxes ?? 64
-    this.limits = { processes: 1024, openFiles: 4096, ...opts.limits }
+    this.limits = { processes: opts.limits?.processes ?? 1024, openFiles: opts.limits?.openFiles ?? 4096 }
     this.maxTimeoutSec = opts.maxTimeoutSec ?? 86400
     // Sandboxes die with the engine: bubblewrap's --die-with-parent covers a crash or SIGKILL,
     // this covers a normal exit.

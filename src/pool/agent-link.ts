@@ -1,0 +1,188 @@
+/**
+ * Host side of one sandbox's agent: one process stream (the runtime protocol's stdin/stdout)
+ * carrying every worker of that sandbox as a channel. Outgoing frames are batched per tick into
+ * one stdin write; a heartbeat turns a silent link into a loss after `heartbeatTimeoutMs`.
+ */
+import type { RemoteProcess } from '../protocol/client.js'
+import { createDeframer, frame, jsonFrame, Kind } from '../sandbox-runtime/wire.js'
+import { debug } from '../debug.js'
+
+const log = debug('link')
+
+export interface ChannelHandlers {
+  spawned(pid: number): void
+  failed(message: string): void
+  data(bytes: Buffer): void
+  stdout(bytes: Buffer): void
+  stderr(bytes: Buffer): void
+  exit(code: number | null, signal: string | null): void
+  /** The link itself died (sandbox or connection lost). */
+  lost(reason: string): void
+}
+
+export interface ForkSpec {
+  entry: string
+  args: string[]
+  execArgv: string[]
+  env: Record<string, string>
+  cwd: string
+}
+
+export class AgentLink {
+  private readonly channels = new Map<number, ChannelHandlers>()
+  private nextChannel = 1
+  private queue: Buffer[] = []
+  private writing: Promise<void> = Promise.resolve()
+  private flushScheduled = false
+  private lastPong = Date.now()
+  private readonly heartbeat: NodeJS.Timeout
+  lostReason?: string
+  readonly hello: Promise<{ node: string; v8: string }>
+
+  constructor(private readonly proc: RemoteProcess, heartbeatMs = 5000, heartbeatTimeoutMs = 30_000) {
+    let helloResolve!: (v: { node: string; v8: string }) => void
+    let helloReject!: (e: Error) => void
+    this.hello = new Promise((res, rej) => {
+      helloResolve = res
+      helloReject = rej
+    })
+    this.hello.catch(() => {})
+    const onFrame = (channel: number, kind: number, payload: Buffer) => {
+      if (channel === 0) {
+        if (kind === Kind.HELLO) helloResolve(JSON.parse(payload.toString()))
+        else if (kind === Kind.PONG) this.lastPong = Date.now()
+        return
+      }
+      const h = this.channels.get(channel)
+      if (!h) return
+      switch (kind) {
+        case Kind.SPAWNED:
+          return h.spawned(JSON.parse(payload.toString()).pid)
+        case Kind.FAILED:
+          this.channels.delete(channel)
+          return h.failed(JSON.parse(payload.toString()).message)
+        case Kind.FROM_WORKER:
+          return h.data(payload)
+        case Kind.STDOUT:
+          return h.stdout(Buffer.from(payload))
+        case Kind.STDERR:
+          return h.stderr(Buffer.from(payload))
+        case Kind.EXIT: {
+          this.channels.delete(channel)
+          const { code, signal } = JSON.parse(payload.toString())
+          return h.exit(code, signal)
+        }
+      }
+    }
+    const deframe = createDeframer(onFrame)
+    proc.on('stdout', (chunk) => {
+      try {
+        deframe(chunk)
+      } catch (err) {
+        this.lose(`the agent sent a corrupt frame: ${(err as Error).message}`)
+      }
+    })
+    // The agent writes nothing to stderr itself; anything there is Node dying.
+    let stderr = ''
+    proc.on('stderr', (b) => (stderr = (stderr + b.toString()).slice(-4000)))
+    proc.exited.then(
+      ({ exitCode, error }) => {
+        const why = `the agent exited (${error ?? `code ${exitCode}`})${stderr ? `: ${stderr.trim()}` : ''}`
+        helloReject(new Error(why))
+        this.lose(why)
+      },
+      (err: Error) => {
+        helloReject(err)
+        this.lose(err.message)
+      },
+    )
+    this.heartbeat = setInterval(() => {
+      if (Date.now() - this.lastPong > heartbeatTimeoutMs) {
+        this.lose(`no heartbeat from the agent for ${Math.round((Date.now() - this.lastPong) / 1000)}s`)
+        return
+      }
+      this.send(frame(0, Kind.PING))
+    }, heartbeatMs)
+    this.heartbeat.unref()
+  }
+
+  get alive(): boolean {
+    return this.lostReason === undefined
+  }
+
+  get channelCount(): number {
+    return this.channels.size
+  }
+
+  private send(buf: Buffer): void {
+    if (!this.alive) return
+    this.queue.push(buf)
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => {
+      this.flushScheduled = false
+      const batch = Buffer.concat(this.queue)
+      this.queue = []
+      // Writes are acknowledged in order; chaining keeps them ordered while the next batch
+      // accumulates, so throughput adapts to the round-trip time.
+      this.writing = this.writing.then(() => this.proc.write(batch)).catch((err) => this.lose(`writing to the agent failed: ${err.message}`))
+    })
+  }
+
+  /** Fork a worker; resolves with its channel id once it has a pid. */
+  fork(spec: ForkSpec, handlers: ChannelHandlers): { channel: number; started: Promise<number> } {
+    const channel = this.nextChannel++
+    let started!: Promise<number>
+    started = new Promise((resolve, reject) => {
+      this.channels.set(channel, {
+        ...handlers,
+        spawned: (pid) => {
+          handlers.spawned(pid)
+          resolve(pid)
+        },
+        failed: (message) => {
+          handlers.failed(message)
+          reject(new Error(message))
+        },
+        lost: (reason) => {
+          handlers.lost(reason)
+          reject(new Error(reason))
+        },
+      })
+    })
+    started.catch(() => {})
+    if (!this.alive) {
+      const h = this.channels.get(channel)!
+      this.channels.delete(channel)
+      h.lost(this.lostReason!)
+    } else {
+      this.send(jsonFrame(channel, Kind.FORK, spec))
+    }
+    return { channel, started }
+  }
+
+  toWorker(channel: number, bytes: Uint8Array): void {
+    this.send(frame(channel, Kind.TO_WORKER, bytes))
+  }
+
+  kill(channel: number, signal: string): void {
+    this.send(jsonFrame(channel, Kind.KILL, { signal }))
+  }
+
+  lose(reason: string): void {
+    if (this.lostReason !== undefined) return
+    this.lostReason = reason
+    log('link lost: %s', reason)
+    clearInterval(this.heartbeat)
+    const channels = [...this.channels.values()]
+    this.channels.clear()
+    for (const h of channels) h.lost(reason)
+    this.proc.disconnect()
+  }
+
+  close(): void {
+    clearInterval(this.heartbeat)
+    this.lostReason ??= 'closed'
+    this.proc.disconnect()
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * The fleet of one Vitest run: the provider session, the template, the packed workspace, and up
+ * to `sandboxes` sandboxes created lazily, each running one agent with `concurrency` worker
+ * slots. Workers go to the least-loaded sandbox. Everything is killed when Vitest closes.
+ */
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ResolvedOptions } from './options.js'
+import { AgentLink } from './agent-link.js'
+import { runScript, STAGING } from './sandbox-exec.js'
+import { ensureTemplate } from '../template/template.js'
+import { collectWorkspace, findWorkspaceRoot, type Workspace } from '../workspace/collect.js'
+import { packFiles } from '../workspace/pack.js'
+import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
+import { debug } from '../debug.js'
+
+const log = debug('fleet')
+const RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime')
+const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js']
+
+export interface SandboxHost {
+  index: number
+  sandbox: ProviderSandbox
+  link: AgentLink
+  active: number
+  /** Files this sandbox has run, for the summary. */
+  files: number
+}
+
+export interface Lease {
+  host: SandboxHost
+  release(): void
+}
+
+export interface FleetLogger {
+  log(text: string): void
+  error(text: string): void
+}
+
+export class Fleet {
+  readonly runId = `vps-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`
+  readonly providerName: string
+  workspace!: Workspace
+  private session?: ProviderSession
+  private template?: string
+  private tarFile?: string
+  private initializing?: Promise<void>
+  private readonly hosts: SandboxHost[] = []
+  private creating = 0
+  private readonly waiters: Array<() => void> = []
+  private closed = false
+
+  constructor(private readonly opts: ResolvedOptions, private readonly projectRoot: string, private readonly logger: FleetLogger) {
+    this.providerName = opts.provider.name
+  }
+
+  get slots(): number {
+    return this.opts.sandboxes * this.opts.concurrency
+  }
+
+  /** Connect, find or build the template, pack the workspace. Once. */
+  init(): Promise<void> {
+    this.initializing ??= (async () => {
+      const root = findWorkspaceRoot(this.projectRoot)
+      this.workspace = await collectWorkspace(root, this.opts.workspace)
+      this.session = await this.opts.provider.connect()
+      this.template = await ensureTemplate(this.session, { root, setup: this.opts.setup }, (line) => this.logger.log(line), this.labels())
+      this.tarFile = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')), 'workspace.tar')
+      await pipeToFile(packFiles(root, this.workspace.files), this.tarFile)
+      log('run %s: workspace %s (%d files, %d bytes), template %s', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template)
+    })()
+    return this.initializing
+  }
+
+  private labels(): Record<string, string> {
+    return { 'vitest-sandbox-run': this.runId }
+  }
+
+  /** A worker slot on the least-loaded sandbox, creating sandboxes up to the limit. */
+  async lease(): Promise<Lease> {
+    await this.init()
+    for (;;) {
+      if (this.closed) throw new Error('the sandbox pool is closed')
+      const live = this.hosts.filter((h) => h.link.alive)
+      const free = live.filter((h) => h.active < this.opts.concurrency).sort((a, b) => a.active - b.active)[0]
+      // Prefer a new sandbox over stacking a second worker on a busy one, while there is room.
+      if (live.length + this.creating < this.opts.sandboxes && (!free || free.active > 0)) {
+        this.creating++
+        try {
+          const host = await this.startSandbox(this.hosts.length)
+          this.hosts.push(host)
+        } finally {
+          this.creating--
+        }
+        continue
+      }
+      if (free) {
+        free.active++
+        free.files++
+        let released = false
+        return {
+          host: free,
+          release: () => {
+            if (released) return
+            released = true
+            free.active--
+            this.waiters.shift()?.()
+          },
+        }
+      }
+      await new Promise<void>((r) => this.waiters.push(r))
+    }
+  }
+
+  private async startSandbox(index: number): Promise<SandboxHost> {
+    const root = this.workspace.root
+    const sandbox = await this.session!.createSandbox({ template: this.template, timeoutSec: this.opts.timeout, labels: this.labels(), network: this.opts.network === 'allow' })
+    try {
+      for (const f of RUNTIME_FILES) await sandbox.upload(`${STAGING}/${f}`, await fsp.readFile(path.join(RUNTIME_DIR, f)))
+      await sandbox.upload(`${STAGING}/package.json`, Buffer.from('{"type":"module"}\n'))
+      await sandbox.upload(`${STAGING}/workspace.tar`, fs.createReadStream(this.tarFile!))
+      await runScript(sandbox, `mkdir -p '${root}' && tar -xf ${STAGING}/workspace.tar -C '${root}' && rm ${STAGING}/workspace.tar`, '/')
+      const agent = await sandbox.start({ cmd: 'node', args: [`${STAGING}/agent.js`], cwd: root, stdin: true })
+      const link = new AgentLink(agent)
+      await link.hello
+      log('sandbox %s ready (%s)', sandbox.id, this.providerName)
+      return { index, sandbox, link, active: 0, files: 0 }
+    } catch (err) {
+      await sandbox.kill().catch(() => {})
+      throw new Error(`sandbox: could not start sandbox ${sandbox.id} (${this.providerName}): ${(err as Error).message}`)
+    }
+  }
+
+  /** Kill every sandbox and close the provider session. Safe to call more than once. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    for (const w of this.waiters.splice(0)) w()
+    await this.initializing?.catch(() => {})
+    await Promise.all(this.hosts.map(async (h) => {
+      h.link.close()
+      await h.sandbox.kill().catch(() => {})
+    }))
+    await this.session?.close().catch(() => {})
+    if (this.tarFile) await fsp.rm(path.dirname(this.tarFile), { recursive: true, force: true })
+  }
+}
+
+async function pipeToFile(source: AsyncIterable<Uint8Array>, file: string): Promise<void> {
+  const out = fs.createWriteStream(file)
+  for await (const chunk of source) if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()))
+  await new Promise<void>((resolve, reject) => {
+    out.once('error', reject)
+    out.end(() => resolve())
+  })
+}

@@ -1,0 +1,118 @@
+/**
+ * The options of `sandbox()`, documented for editors, and their validation: every problem is
+ * found before any sandbox exists, and the message names the option, the value and what is
+ * accepted.
+ */
+import type { WorkspaceOptions } from '../workspace/collect.js'
+import { local } from '../providers/local.js'
+import type { SandboxProvider } from '../providers/types.js'
+
+export interface TemplateOptions {
+  /**
+   * Commands the template runs once after the dependencies are in place (e.g. a build step).
+   * The template is keyed by the lockfile, the Node version and these commands.
+   * @default []
+   */
+  setup?: string[]
+}
+
+export interface SandboxPoolOptions {
+  /** Where sandboxes come from. @default local() */
+  provider?: SandboxProvider
+  /** How many sandboxes to fan test files out to. @default 1 */
+  sandboxes?: number
+  /** Test files at once per sandbox. @default the host's CPU count - 1 (at least 1) */
+  concurrency?: number
+  /** The cached template snapshot: dependencies installed once, reused by every run. */
+  template?: TemplateOptions
+  /** What of the workspace is sent (on top of .gitignore rules). */
+  workspace?: WorkspaceOptions
+  /**
+   * Host environment variables forwarded to test workers, by name. Nothing else of the host's
+   * environment crosses (Vitest's own variables and `test.env` do).
+   * @default []
+   */
+  env?: string[]
+  /** 'none': loopback only; 'allow': the network. @default 'none' */
+  network?: 'none' | 'allow'
+  /** Seconds a sandbox may live (its provider TTL: nothing outlives a crashed host). @default 600 */
+  timeout?: number
+}
+
+export interface ResolvedOptions {
+  provider: SandboxProvider
+  sandboxes: number
+  concurrency: number
+  setup: string[]
+  workspace: WorkspaceOptions
+  env: string[]
+  network: 'none' | 'allow'
+  timeout: number
+}
+
+const KNOWN = ['provider', 'sandboxes', 'concurrency', 'template', 'workspace', 'env', 'network', 'timeout'] as const
+
+export class SandboxOptionsError extends Error {
+  constructor(message: string) {
+    super(`sandbox(): ${message}`)
+    this.name = 'SandboxOptionsError'
+  }
+}
+
+function show(v: unknown): string {
+  try {
+    return typeof v === 'string' ? `'${v}'` : JSON.stringify(v) ?? String(v)
+  } catch {
+    return String(v)
+  }
+}
+
+function stringArray(name: string, v: unknown): string[] {
+  if (v === undefined) return []
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new SandboxOptionsError(`${name} must be an array of strings (got ${show(v)})`)
+  return v
+}
+
+function wholeNumber(name: string, v: unknown, min: number, max: number, fallback: number): number {
+  if (v === undefined) return fallback
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new SandboxOptionsError(`${name} must be a whole number from ${min} to ${max} (got ${show(v)})`)
+  return v
+}
+
+export function resolveOptions(input: unknown, defaultConcurrency: number): ResolvedOptions {
+  if (input === undefined) input = {}
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new SandboxOptionsError(`options must be an object (got ${show(input)})`)
+  const o = input as Record<string, unknown>
+  for (const key of Object.keys(o)) {
+    if (!(KNOWN as readonly string[]).includes(key)) throw new SandboxOptionsError(`unknown option '${key}'; the options are ${KNOWN.join(', ')}`)
+  }
+  const provider = o.provider ?? local()
+  if (typeof provider !== 'object' || provider === null || typeof (provider as SandboxProvider).connect !== 'function') {
+    throw new SandboxOptionsError(`provider must be a provider such as local() or watasu() (got ${show(provider)})`)
+  }
+  const template = (o.template ?? {}) as Record<string, unknown>
+  if (typeof template !== 'object' || Array.isArray(template)) throw new SandboxOptionsError(`template must be an object like { setup: ['npm ci'] } (got ${show(o.template)})`)
+  for (const key of Object.keys(template)) if (key !== 'setup') throw new SandboxOptionsError(`unknown option 'template.${key}'; the only template option is setup`)
+  const workspace = (o.workspace ?? {}) as Record<string, unknown>
+  if (typeof workspace !== 'object' || Array.isArray(workspace)) throw new SandboxOptionsError(`workspace must be an object like { include: ['**'], exclude: [] } (got ${show(o.workspace)})`)
+  for (const key of Object.keys(workspace)) {
+    if (!['include', 'exclude', 'maxBytes'].includes(key)) throw new SandboxOptionsError(`unknown option 'workspace.${key}'; the workspace options are include, exclude, maxBytes`)
+  }
+  const network = o.network ?? 'none'
+  if (network !== 'none' && network !== 'allow') throw new SandboxOptionsError(`network must be 'none' or 'allow' (got ${show(network)})`)
+  if (o.sandboxes === 'auto') throw new SandboxOptionsError("sandboxes: 'auto' (sizing from recorded durations) is not available yet; give a number")
+  return {
+    provider: provider as SandboxProvider,
+    sandboxes: wholeNumber('sandboxes', o.sandboxes, 1, 1000, 1),
+    concurrency: wholeNumber('concurrency', o.concurrency, 1, 256, defaultConcurrency),
+    setup: stringArray('template.setup', template.setup),
+    workspace: {
+      include: workspace.include === undefined ? undefined : stringArray('workspace.include', workspace.include),
+      exclude: stringArray('workspace.exclude', workspace.exclude),
+      maxBytes: wholeNumber('workspace.maxBytes', workspace.maxBytes, 1, Number.MAX_SAFE_INTEGER, 512 * 1024 * 1024),
+    },
+    env: stringArray('env', o.env),
+    network,
+    timeout: wholeNumber('timeout', o.timeout, 10, 7 * 24 * 3600, 600),
+  }
+}

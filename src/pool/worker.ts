@@ -1,0 +1,206 @@
+/**
+ * SandboxPoolWorker: Vitest's PoolWorker for one test file, backed by a worker process inside a
+ * sandbox (a channel on that sandbox's agent link). It relays Vitest's messages, V8-serialized,
+ * and answers on the host what must happen on the host:
+ *
+ * - snapshot reads and writes (`-u`, inline and file snapshots), limited to files the sandbox
+ *   was given, so a test can neither read nor write anything else on the host;
+ * - module code: a `fetch` answer carrying the source of a host file outside the workspace (say
+ *   `import('/etc/shadow?raw')`) is replaced by an error, since the host's Vite would otherwise
+ *   read any file for the sandbox.
+ */
+import { EventEmitter } from 'node:events'
+import fsp from 'node:fs/promises'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import v8 from 'node:v8'
+import type { PoolOptions, PoolWorker, WorkerRequest } from 'vitest/node'
+import type { Fleet, Lease } from './fleet.js'
+import { createMessageSplitter, lengthPrefixed } from '../sandbox-runtime/wire.js'
+import { STAGING } from './sandbox-exec.js'
+import { debug } from '../debug.js'
+
+const log = debug('worker')
+const SNAPSHOT_ENVIRONMENT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime/snapshot-environment.js')
+const SIGKILL_AFTER_MS = 500
+
+function isInside(root: string, p: string): boolean {
+  const rel = path.relative(root, p)
+  return !rel.startsWith('..') && !path.isAbsolute(rel)
+}
+
+/** Vitest's own variables always reach workers; the host's reach them only when named in `env`. */
+function workerEnv(env: Partial<NodeJS.ProcessEnv>, forward: string[]): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const [key, value] of Object.entries(env)) {
+    if (value === undefined) continue
+    // A key the host process does not have (or has with another value) was added by Vitest or by
+    // the project's `test.env`; an identical one is just the host's environment leaking through.
+    if (forward.includes(key) || process.env[key] !== value) out[key] = value
+  }
+  return out
+}
+
+type RpcFrame = { t?: string; i?: string | number; m?: string; r?: any; e?: unknown }
+
+export class SandboxPoolWorker implements PoolWorker {
+  readonly name = 'sandbox'
+  private readonly events = new EventEmitter()
+  private lease?: Lease
+  private channel?: number
+  private exited?: Promise<void>
+  private markExited?: () => void
+  private stopping = false
+  private inTask = false
+  private currentFile?: string
+  private readonly fetchRequests = new Set<string | number>()
+  private readonly stdout: NodeJS.WritableStream
+  private readonly stderr: NodeJS.WritableStream
+
+  constructor(private readonly fleet: Fleet, private readonly options: PoolOptions, private readonly forwardEnv: string[]) {
+    this.events.setMaxListeners(0)
+    this.stdout = options.project.vitest.logger.outputStream
+    this.stderr = options.project.vitest.logger.errorStream
+  }
+
+  on(event: string, callback: (...args: any[]) => void): void {
+    this.events.on(event, callback)
+  }
+
+  off(event: string, callback: (...args: any[]) => void): void {
+    this.events.off(event, callback)
+  }
+
+  deserialize(data: unknown): unknown {
+    return data
+  }
+
+  async start(): Promise<void> {
+    this.lease = await this.fleet.lease()
+    const { host } = this.lease
+    this.exited = new Promise((r) => (this.markExited = r))
+    const root = this.fleet.workspace.root
+    const { channel, started } = host.link.fork(
+      {
+        entry: `${STAGING}/worker.js`,
+        args: [path.join(this.options.distPath, 'worker.js')],
+        execArgv: this.options.execArgv,
+        env: workerEnv(this.options.env, this.forwardEnv),
+        // Where forks would run it: the host's cwd (the same path exists in the sandbox).
+        cwd: isInside(root, process.cwd()) ? process.cwd() : root,
+      },
+      {
+        spawned: () => {},
+        failed: () => this.markExited?.(),
+        data: createMessageSplitter((payload) => this.onWorkerMessage(v8.deserialize(payload))),
+        stdout: (b) => this.stdout.write(b),
+        stderr: (b) => this.stderr.write(b),
+        exit: (code, signal) => {
+          this.markExited?.()
+          this.events.emit('exit', code, signal)
+        },
+        lost: (reason) => {
+          this.markExited?.()
+          const error = new Error(`sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) was lost${this.currentFile ? ` while running ${path.relative(root, this.currentFile)}` : ''}: ${reason}`)
+          if (this.inTask && !this.stopping) this.events.emit('error', error)
+          else log('%s', error.message)
+        },
+      },
+    )
+    this.channel = channel
+    try {
+      await started
+    } catch (err) {
+      throw new Error(`could not start a test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}): ${(err as Error).message}`)
+    }
+  }
+
+  private onWorkerMessage(message: any): void {
+    if (message?.__sandbox_pool__) return void this.answerHostCall(message)
+    if (message?.t === 'q' && (message.m === 'fetch' || message.m === 'fetchWarmModules') && message.i !== undefined) this.fetchRequests.add(message.i)
+    if (message?.__vitest_worker_response__ && message.type === 'testfileFinished') this.inTask = false
+    this.events.emit('message', message)
+  }
+
+  send(message: WorkerRequest | RpcFrame): void {
+    const m = message as any
+    if (m?.__vitest_worker_request__) {
+      if (m.type === 'start' && !m.context.config.snapshotEnvironment) m.context.config.snapshotEnvironment = SNAPSHOT_ENVIRONMENT
+      if (m.type === 'run' || m.type === 'collect') {
+        this.inTask = true
+        this.currentFile = m.context.files?.[0]?.filepath
+      }
+    } else if (m?.t === 's' && this.fetchRequests.delete(m.i)) {
+      message = this.screenModule(m)
+    }
+    if (this.channel === undefined || !this.lease) return
+    this.lease.host.link.toWorker(this.channel, lengthPrefixed(v8.serialize(message)))
+  }
+
+  /** Code for a file the sandbox was not given never leaves the host. */
+  private screenModule(frame: RpcFrame): RpcFrame {
+    const results = Array.isArray(frame.r) ? frame.r : [frame.r]
+    for (const r of results) {
+      const file: unknown = r?.code !== undefined ? r.file : undefined
+      if (typeof file === 'string' && path.isAbsolute(file) && !this.mayRead(file)) {
+        return { t: 's', i: frame.i, e: new Error(`vitest-pool-sandbox: ${file} is outside the workspace given to the sandbox (or ignored by .gitignore / workspace.exclude), so its content stays on the host`) }
+      }
+    }
+    return frame
+  }
+
+  private mayRead(file: string): boolean {
+    // Vitest's own runtime and this package's snapshot environment are served as code too.
+    if (file === SNAPSHOT_ENVIRONMENT || file.startsWith(path.dirname(this.options.distPath) + path.sep)) return true
+    const { workspace } = this.fleet
+    const rel = path.relative(workspace.root, file)
+    if (rel.startsWith('..') || path.isAbsolute(rel)) return false
+    return workspace.includes(rel.split(path.sep).join('/')) || rel.split(path.sep).includes('node_modules')
+  }
+
+  private async answerHostCall(msg: { id: number; op: string; args: unknown[] }): Promise<void> {
+    let reply: Record<string, unknown>
+    try {
+      const file = String(msg.args[0])
+      const rel = path.relative(this.fleet.workspace.root, file)
+      if (!path.isAbsolute(file) || rel.startsWith('..') || path.isAbsolute(rel) || !this.fleet.workspace.includes(rel.split(path.sep).join('/'))) {
+        throw new Error(`${msg.op} of ${file}: snapshots must be inside the workspace given to the sandbox (${this.fleet.workspace.root}) and not ignored`)
+      }
+      let result: unknown = null
+      switch (msg.op) {
+        case 'snapshot:read':
+          result = await fsp.readFile(file, 'utf8').catch((e) => (e.code === 'ENOENT' ? null : Promise.reject(e)))
+          break
+        case 'snapshot:write':
+          await fsp.mkdir(path.dirname(file), { recursive: true })
+          await fsp.writeFile(file, String(msg.args[1]), 'utf8')
+          break
+        case 'snapshot:remove':
+          await fsp.rm(file, { force: true })
+          break
+        case 'snapshot:mkdir':
+          await fsp.mkdir(file, { recursive: true })
+          break
+        default:
+          throw new Error(`unknown host call ${msg.op}`)
+      }
+      reply = { __sandbox_pool__: true, id: msg.id, result }
+    } catch (err) {
+      reply = { __sandbox_pool__: true, id: msg.id, error: (err as Error).message }
+    }
+    if (this.channel !== undefined && this.lease) this.lease.host.link.toWorker(this.channel, lengthPrefixed(v8.serialize(reply)))
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true
+    const lease = this.lease
+    if (!lease || this.channel === undefined) return
+    if (lease.host.link.alive) {
+      lease.host.link.kill(this.channel, 'SIGTERM')
+      const timer = setTimeout(() => lease.host.link.kill(this.channel!, 'SIGKILL'), SIGKILL_AFTER_MS)
+      await this.exited
+      clearTimeout(timer)
+    }
+    lease.release()
+  }
+}

@@ -1,0 +1,34 @@
+/**
+ * `local()`: the embedded sandbox engine (bubblewrap on Linux), started in-process on an
+ * ephemeral loopback port with a random token. Nothing to sign up for; the default provider.
+ */
+import { startLocalEngine } from '../engine/index.js'
+import { RuntimeClient } from '../protocol/client.js'
+import { runtimeProtocolSession } from './runtime-protocol.js'
+import type { SandboxProvider } from './types.js'
+
+export interface LocalProviderOptions {
+  /**
+   * Folder for template layers and sandbox state; templates persist there across runs.
+   * @default `~/.cache/vitest-pool-sandbox` (`/var/cache/vitest-pool-sandbox` as root)
+   */
+  stateDir?: string
+  /** Processes (and threads) one sandbox may have at once. @default 1024 */
+  maxProcesses?: number
+  /** Open files per process. @default 4096 */
+  maxOpenFiles?: number
+}
+
+export function local(options: LocalProviderOptions = {}): SandboxProvider {
+  return {
+    name: 'local',
+    async connect() {
+      const engine = await startLocalEngine({
+        stateDir: options.stateDir,
+        limits: { processes: options.maxProcesses, openFiles: options.maxOpenFiles },
+      })
+      const client = new RuntimeClient({ url: engine.url, token: engine.token })
+      return runtimeProtocolSession(client, engine.close)
+    },
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * The one small interface every provider implements. Everything else (fleet, retries, packing,
+ * templates, the agent link) is shared code above it.
+ */
+import type { RemoteProcess, StartOptions } from '../protocol/client.js'
+
+export interface CreateOptions {
+  /** Template (snapshot) id to start from; omitted for the provider's base image. */
+  template?: string
+  /** Seconds the sandbox may live; the provider kills it after that (no leaks on a host crash). */
+  timeoutSec: number
+  /** Labels to find the sandbox by later (e.g. the run id). */
+  labels: Record<string, string>
+  /** Let the sandbox reach the network. */
+  network: boolean
+}
+
+export interface ProviderSandbox {
+  readonly id: string
+  /** Write a file inside the sandbox (parents created). */
+  upload(path: string, body: AsyncIterable<Uint8Array> | Uint8Array): Promise<void>
+  /** Start a process with streaming stdio and an exit code. */
+  start(opts: StartOptions): Promise<RemoteProcess>
+  /** Freeze this sandbox's files into a reusable template; returns its id. */
+  snapshot(name: string): Promise<string>
+  kill(): Promise<void>
+}
+
+export interface ProviderSession {
+  createSandbox(opts: CreateOptions): Promise<ProviderSandbox>
+  /** The id of a template built earlier under this name, if the provider still has it. */
+  findTemplate(name: string): Promise<string | undefined>
+  /** Sandboxes carrying all these labels (to clean up after a crashed run). */
+  listSandboxes(labels: Record<string, string>): Promise<string[]>
+  killSandbox(id: string): Promise<void>
+  close(): Promise<void>
+}
+
+export interface SandboxProvider {
+  /** Shown in messages: "sandbox sbx_1 (local) was lost while running a.test.ts". */
+  readonly name: string
+  /** Start or connect; fails with a clear message (missing key: the variable's name). */
+  connect(): Promise<ProviderSession>
+}

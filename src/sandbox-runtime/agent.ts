@@ -1,0 +1,76 @@
+/**
+ * The agent: one per sandbox, started by the pool through the provider's process API. It forks a
+ * Vitest worker per test file, relays each worker's private channel and stdio as frames on its
+ * own stdin/stdout, reports exits, and answers pings (the host's heartbeat). It never looks inside
+ * the worker's messages. When its stdin ends (the host is gone) it kills every worker and exits.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import net from 'node:net'
+import { createDeframer, frame, jsonFrame, Kind } from './wire.js'
+
+const out = new net.Socket({ fd: 1, readable: false, writable: true })
+const input = new net.Socket({ fd: 0, readable: true, writable: false })
+const workers = new Map<number, { child: ChildProcess; channel: net.Socket }>()
+
+function send(buf: Buffer): void {
+  out.write(buf)
+}
+
+function fork(id: number, spec: { entry: string; args: string[]; execArgv: string[]; env: Record<string, string>; cwd: string }): void {
+  let child: ChildProcess
+  try {
+    child = spawn(process.execPath, [...spec.execArgv, spec.entry, ...spec.args], {
+      cwd: spec.cwd,
+      env: spec.env,
+      // fd 3 is the worker's private channel: user code writes to stdout/stderr, never to it.
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    })
+  } catch (err) {
+    return send(jsonFrame(id, Kind.FAILED, { message: (err as Error).message }))
+  }
+  const channel = child.stdio[3] as net.Socket
+  workers.set(id, { child, channel })
+  child.once('error', (err) => {
+    if (!child.pid) {
+      workers.delete(id)
+      send(jsonFrame(id, Kind.FAILED, { message: err.message }))
+    }
+  })
+  child.once('spawn', () => send(jsonFrame(id, Kind.SPAWNED, { pid: child.pid })))
+  child.stdout!.on('data', (d: Buffer) => send(frame(id, Kind.STDOUT, d)))
+  child.stderr!.on('data', (d: Buffer) => send(frame(id, Kind.STDERR, d)))
+  channel.on('data', (d: Buffer) => send(frame(id, Kind.FROM_WORKER, d)))
+  channel.on('error', () => {})
+  // 'close' comes after stdout/stderr and the channel have drained: output precedes the exit.
+  child.once('close', (code, signal) => {
+    workers.delete(id)
+    send(jsonFrame(id, Kind.EXIT, { code, signal }))
+  })
+}
+
+function onFrame(id: number, kind: number, payload: Buffer): void {
+  switch (kind) {
+    case Kind.FORK:
+      return fork(id, JSON.parse(payload.toString()))
+    case Kind.TO_WORKER:
+      return void workers.get(id)?.channel.write(Buffer.from(payload))
+    case Kind.KILL: {
+      const w = workers.get(id)
+      if (w) w.child.kill(JSON.parse(payload.toString()).signal ?? 'SIGKILL')
+      return
+    }
+    case Kind.PING:
+      return send(frame(0, Kind.PONG, payload))
+  }
+}
+
+function shutdown(): never {
+  for (const { child } of workers.values()) child.kill('SIGKILL')
+  process.exit(0)
+}
+
+input.on('data', createDeframer(onFrame))
+input.on('end', shutdown)
+input.on('error', shutdown)
+out.on('error', shutdown)
+send(jsonFrame(0, Kind.HELLO, { node: process.versions.node, v8: process.versions.v8, pid: process.pid }))

@@ -1,0 +1,97 @@
+/**
+ * The agent link: one byte stream per sandbox (the agent's stdin/stdout, carried by the runtime
+ * protocol) multiplexing every worker in that sandbox.
+ *
+ *   frame = [u32 length of the rest][u32 channel][u8 kind][payload]
+ *
+ * Channel 0 is the agent itself; channel N > 0 is one worker. Worker payloads (`DATA`) are opaque
+ * to the agent: the worker and the host frame and encode them (see `codec.ts`), the agent only
+ * relays bytes. Runs inside sandboxes: Node built-ins only.
+ */
+
+export const Kind = {
+  // host -> agent
+  FORK: 1, // JSON { entry, args, execArgv, env, cwd }
+  TO_WORKER: 2, // bytes for the worker's private channel (fd 3)
+  KILL: 3, // JSON { signal }
+  PING: 4,
+  // agent -> host
+  HELLO: 10, // JSON { node, v8, pid }
+  FROM_WORKER: 11, // bytes from the worker's private channel
+  STDOUT: 12,
+  STDERR: 13,
+  EXIT: 14, // JSON { code, signal }
+  SPAWNED: 15, // JSON { pid }
+  PONG: 16,
+  FAILED: 17, // JSON { message } (the fork itself failed)
+} as const
+
+export const MAX_FRAME = 64 * 1024 * 1024
+
+export function frame(channel: number, kind: number, payload?: Uint8Array): Buffer {
+  const len = payload?.length ?? 0
+  const head = Buffer.allocUnsafe(9)
+  head.writeUInt32BE(5 + len, 0)
+  head.writeUInt32BE(channel, 4)
+  head.writeUInt8(kind, 8)
+  return len ? Buffer.concat([head, payload!]) : head
+}
+
+export function jsonFrame(channel: number, kind: number, value: unknown): Buffer {
+  return frame(channel, kind, Buffer.from(JSON.stringify(value)))
+}
+
+/** Reassembles frames from chunks; throws on a length over MAX_FRAME (the stream is corrupt). */
+export function createDeframer(onFrame: (channel: number, kind: number, payload: Buffer) => void): (chunk: Buffer) => void {
+  let pending: Buffer[] = []
+  let size = 0
+  let needed = 4
+  return (chunk) => {
+    pending.push(chunk)
+    size += chunk.length
+    if (size < needed) return
+    const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending, size)
+    let off = 0
+    while (buf.length - off >= 4) {
+      const len = buf.readUInt32BE(off)
+      if (len < 5 || len > MAX_FRAME) throw new Error(`agent link: bad frame length ${len}`)
+      if (buf.length - off < 4 + len) break
+      onFrame(buf.readUInt32BE(off + 4), buf.readUInt8(off + 8), buf.subarray(off + 9, off + 4 + len))
+      off += 4 + len
+    }
+    const rest = buf.subarray(off)
+    pending = rest.length ? [rest] : []
+    size = rest.length
+    needed = rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 4
+  }
+}
+
+/** Length-prefixed messages on a worker's private channel: [u32 length][payload]. */
+export function lengthPrefixed(payload: Uint8Array): Buffer {
+  const head = Buffer.allocUnsafe(4)
+  head.writeUInt32BE(payload.length, 0)
+  return Buffer.concat([head, payload])
+}
+
+export function createMessageSplitter(onMessage: (payload: Buffer) => void): (chunk: Buffer) => void {
+  let pending: Buffer[] = []
+  let size = 0
+  let needed = 4
+  return (chunk) => {
+    pending.push(chunk)
+    size += chunk.length
+    if (size < needed) return
+    const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending, size)
+    let off = 0
+    while (buf.length - off >= 4) {
+      const len = buf.readUInt32BE(off)
+      if (buf.length - off < 4 + len) break
+      onMessage(buf.subarray(off + 4, off + 4 + len))
+      off += 4 + len
+    }
+    const rest = buf.subarray(off)
+    pending = rest.length ? [rest] : []
+    size = rest.length
+    needed = rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 4
+  }
+}

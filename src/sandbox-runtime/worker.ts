@@ -1,0 +1,76 @@
+/**
+ * Entry of one Vitest worker inside a sandbox: `node [execArgv] worker.js <vitest/worker path>`.
+ * It talks to the host over fd 3 only ([u32 length][V8-serialized message]), so user code that
+ * writes to stdout/stderr can never corrupt the channel. Like Vitest's forks worker it adds no
+ * console output, no globals, no process listeners and no environment variables; the one trace it
+ * leaves is a non-enumerable symbol on `process` that the host-snapshot environment uses.
+ */
+import net from 'node:net'
+import { pathToFileURL } from 'node:url'
+import v8 from 'node:v8'
+import { createMessageSplitter, lengthPrefixed } from './wire.js'
+
+export const HOST_CALL = Symbol.for('vitest-pool-sandbox.host-call')
+
+const exit = process.exit.bind(process) // Vitest stubs process.exit while tests run
+const vitestWorker = process.argv[2]
+const { init, runBaseTests, setupEnvironment } = await import(pathToFileURL(vitestWorker).href)
+
+const channel = new net.Socket({ fd: 3, readable: true, writable: true })
+const listeners = new Set<(msg: unknown) => void>()
+const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>()
+let nextCall = 0
+
+function post(msg: unknown): void {
+  channel.write(lengthPrefixed(v8.serialize(msg)))
+}
+
+channel.on(
+  'data',
+  createMessageSplitter((payload) => {
+    const msg = v8.deserialize(payload) as { __sandbox_pool__?: true; id: number; result?: unknown; error?: string }
+    if (msg && msg.__sandbox_pool__) {
+      const call = pending.get(msg.id)
+      pending.delete(msg.id)
+      if (msg.error !== undefined) call?.reject(new Error(msg.error))
+      else call?.resolve(msg.result)
+      return
+    }
+    // Deliver asynchronously: Vitest 4.1's init registers its listener before declaring the state
+    // it reads, so a synchronous first delivery would hit a temporal dead zone.
+    queueMicrotask(() => {
+      for (const l of [...listeners]) l(msg)
+    })
+  }),
+)
+// The host is gone: nothing left to report to.
+channel.on('error', () => exit(1))
+channel.on('close', () => exit(0))
+
+Object.defineProperty(process, HOST_CALL, {
+  enumerable: false,
+  value: (op: string, ...args: unknown[]) =>
+    new Promise((resolve, reject) => {
+      const id = ++nextCall
+      pending.set(id, { resolve, reject })
+      post({ __sandbox_pool__: true, id, op, args })
+    }),
+})
+
+init({
+  post,
+  on: (fn: (msg: unknown) => void) => void listeners.add(fn),
+  off: (fn: (msg: unknown) => void) => void listeners.delete(fn),
+  teardown: () => listeners.clear(),
+  runTests: (state: unknown, traces: unknown) => run('run', state, traces),
+  collectTests: (state: unknown, traces: unknown) => run('collect', state, traces),
+  setup: setupEnvironment,
+})
+
+async function run(method: 'run' | 'collect', state: unknown, traces: unknown): Promise<void> {
+  try {
+    await runBaseTests(method, state, traces)
+  } finally {
+    process.exit = exit
+  }
+}
