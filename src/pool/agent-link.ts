@@ -180,9 +180,8 @@ export class AgentLink {
     this.proc.disconnect()
   }
 
+  /** Close the link on purpose (the run is over); workers still open are told it is gone. */
   close(): void {
-    clearInterval(this.heartbeat)
-    this.lostReason ??= 'closed'
-    this.proc.disconnect()
+    this.lose('the sandbox pool closed')
   }
 }

@@ -141,6 +141,10 @@ export class Fleet {
     this.closed = true
     for (const w of this.waiters.splice(0)) w()
     await this.initializing?.catch(() => {})
+    // Vitest closes its pool (stopping the last workers) at the same time as it calls onClose:
+    // let those workers say goodbye before their sandboxes go.
+    const deadline = Date.now() + 10_000
+    while (this.hosts.some((h) => h.active > 0 && h.link.alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     await Promise.all(this.hosts.map(async (h) => {
       h.link.close()
       await h.sandbox.kill().catch(() => {})

@@ -29,14 +29,20 @@ function isInside(root: string, p: string): boolean {
   return !rel.startsWith('..') && !path.isAbsolute(rel)
 }
 
-/** Vitest's own variables always reach workers; the host's reach them only when named in `env`. */
-function workerEnv(env: Partial<NodeJS.ProcessEnv>, forward: string[]): Record<string, string> {
+/** Variables Vitest sets for its workers (it also sets some of them in its own process). */
+const VITEST_KEYS = new Set(['TEST', 'VITEST', 'NODE_ENV', 'VITEST_MODE', 'FORCE_TTY'])
+
+/**
+ * Vitest's own variables and the project's `test.env` reach workers; the host's environment
+ * reaches them only for the names listed in `env`.
+ */
+export function workerEnv(env: Partial<NodeJS.ProcessEnv>, forward: string[], configured: Set<string>): Record<string, string> {
   const out: Record<string, string> = {}
   for (const [key, value] of Object.entries(env)) {
     if (value === undefined) continue
-    // A key the host process does not have (or has with another value) was added by Vitest or by
-    // the project's `test.env`; an identical one is just the host's environment leaking through.
-    if (forward.includes(key) || process.env[key] !== value) out[key] = value
+    // A key the host process does not have (or has with another value) was added by Vitest for
+    // this worker; an identical one is the host's environment leaking through.
+    if (forward.includes(key) || configured.has(key) || VITEST_KEYS.has(key) || process.env[key] !== value) out[key] = value
   }
   return out
 }
@@ -85,7 +91,7 @@ export class SandboxPoolWorker implements PoolWorker {
         entry: `${STAGING}/worker.js`,
         args: [path.join(this.options.distPath, 'worker.js')],
         execArgv: this.options.execArgv,
-        env: workerEnv(this.options.env, this.forwardEnv),
+        env: workerEnv(this.options.env, this.forwardEnv, new Set([...Object.keys(this.options.project.vitest.config.env ?? {}), ...Object.keys(this.options.project.config.env ?? {})])),
         // Where forks would run it: the host's cwd (the same path exists in the sandbox).
         cwd: isInside(root, process.cwd()) ? process.cwd() : root,
       },
