@@ -97,16 +97,16 @@ export class SandboxPoolWorker implements PoolWorker {
       },
       {
         spawned: () => {},
-        failed: () => this.markExited?.(),
+        failed: () => this.finished(),
         data: createMessageSplitter((payload) => this.onWorkerMessage(v8.deserialize(payload))),
         stdout: (b) => this.stdout.write(b),
         stderr: (b) => this.stderr.write(b),
         exit: (code, signal) => {
-          this.markExited?.()
+          this.finished()
           this.events.emit('exit', code, signal)
         },
         lost: (reason) => {
-          this.markExited?.()
+          this.finished()
           const error = new Error(`sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) was lost${this.currentFile ? ` while running ${path.relative(root, this.currentFile)}` : ''}: ${reason}`)
           if (this.inTask && !this.stopping) this.events.emit('error', error)
           else log('%s', error.message)
@@ -119,6 +119,15 @@ export class SandboxPoolWorker implements PoolWorker {
     } catch (err) {
       throw new Error(`could not start a test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}): ${(err as Error).message}`)
     }
+  }
+
+  /**
+   * The worker process is gone: free its slot now. Vitest does not call stop() for a worker that
+   * exited unexpectedly, so waiting for stop() would leak the slot.
+   */
+  private finished(): void {
+    this.markExited?.()
+    this.lease?.release()
   }
 
   private onWorkerMessage(message: any): void {

@@ -1,0 +1,105 @@
+/**
+ * `pool: sandbox()` against real Vitest: each fixture project runs with the sandbox pool and with
+ * `pool: 'forks'`, and the reports must agree test by test.
+ */
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { sandbox } from '../src/index.js'
+import { REPO, runFixture, testsOf } from './support/vitest-run.js'
+
+describe('sandbox pool vs forks', () => {
+  it('reports the feature fixture exactly as forks does', async () => {
+    const env = { VPS_FORWARDED: 'forwarded-value' }
+    const [forks, sbx] = await Promise.all([runFixture('features', { pool: 'forks', env }), runFixture('features', { pool: 'sandbox', env })])
+    expect(forks.json, forks.output).toBeDefined()
+    expect(sbx.json, sbx.output).toBeDefined()
+    const expected = testsOf(forks.json)
+    expect(Object.keys(expected).length).toBeGreaterThan(20)
+    expect(testsOf(sbx.json)).toEqual(expected)
+    expect(sbx.code).toBe(forks.code)
+    // What the JSON report leaves out: console output and unhandled errors, attributed the same way.
+    for (const text of ['a log line from a test', 'an error line from a test', 'Unhandled Rejection', 'nobody handles this', "code: 'E_UNHANDLED'", 'process.exit unexpectedly called with "3"', 'stdout | test/console.test.ts > logs to stdout and stderr']) {
+      expect(forks.output).toContain(text)
+      expect(sbx.output).toContain(text)
+    }
+    expect(sbx.output).not.toMatch(/Timeout terminating|Failed to terminate/)
+  })
+
+  it('reports a worker that dies as forks does, and the run goes on', async () => {
+    const [forks, sbx] = await Promise.all([runFixture('crash', { pool: 'forks' }), runFixture('crash', { pool: 'sandbox' })])
+    expect(testsOf(sbx.json)).toEqual(testsOf(forks.json))
+    expect(sbx.code).toBe(1)
+    expect(forks.output).toContain('[vitest-pool]: Worker forks emitted error')
+    expect(sbx.output).toContain('[vitest-pool]: Worker sandbox emitted error')
+    expect(sbx.output).toMatch(/Worker exited unexpectedly/)
+    expect(testsOf(sbx.json)['fixtures/crash/test/ok.test.ts > still runs'].status).toBe('passed')
+  })
+})
+
+describe('host-owned files', () => {
+  it('vitest -u updates .snap files, inline snapshots and file snapshots on the host', async () => {
+    const dir = path.join(REPO, 'fixtures/update/test')
+    const files = ['update.test.ts', '__snapshots__/update.test.ts.snap', 'files/out.txt'].map((f) => path.join(dir, f))
+    const originals = files.map((f) => fs.readFileSync(f, 'utf8'))
+    try {
+      const stale = await runFixture('update')
+      expect(stale.json.numFailedTests, stale.output).toBe(3)
+      expect(files.map((f) => fs.readFileSync(f, 'utf8'))).toEqual(originals) // nothing written without -u
+      const updated = await runFixture('update', { args: ['-u'] })
+      expect(updated.json.numPassedTests, updated.output).toBe(3)
+      expect(updated.output).toMatch(/3 updated/)
+      const [test, snap, file] = files.map((f) => fs.readFileSync(f, 'utf8'))
+      expect(test).toContain('toMatchInlineSnapshot(`"new inline"`)')
+      expect(snap).toContain('"version": 2')
+      expect(file).toBe('new file content\n')
+      const again = await runFixture('update')
+      expect(again.json.numPassedTests, again.output).toBe(3)
+    } finally {
+      files.forEach((f, i) => fs.writeFileSync(f, originals[i]))
+    }
+  })
+})
+
+describe('attacks from test code', () => {
+  it('keeps host secrets, host files and the host network away from tests', async () => {
+    const secretFile = path.join(REPO, 'fixtures/attack/secret.env')
+    const homeSecret = path.join(os.homedir(), '.vps-attack-secret')
+    fs.writeFileSync(secretFile, 'API_KEY=attack-secret-in-workspace\n')
+    fs.writeFileSync(homeSecret, 'attack-secret-in-home\n')
+    const server = net.createServer((c) => c.end('attack-secret-over-tcp'))
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    try {
+      const run = await runFixture('attack', { env: { VPS_ATTACK_SECRET: 'attack-secret-in-env', VPS_ATTACK_PORT: String((server.address() as net.AddressInfo).port) } })
+      const tests = testsOf(run.json)
+      expect(Object.values(tests).filter((t) => t.status !== 'passed'), run.output).toEqual([])
+      expect(Object.keys(tests).length).toBe(7)
+      expect(fs.existsSync('/tmp/vps-attack-written')).toBe(false)
+    } finally {
+      server.close()
+      fs.rmSync(secretFile, { force: true })
+      fs.rmSync(homeSecret, { force: true })
+    }
+  })
+})
+
+describe('options', () => {
+  it('rejects unknown options and bad values before any sandbox exists, naming the fix', () => {
+    const cases: Array<[unknown, RegExp]> = [
+      [{ sandbox: 2 }, /unknown option 'sandbox'; the options are provider, sandboxes, concurrency/],
+      [{ sandboxes: 0 }, /sandboxes must be a whole number from 1 to 1000 \(got 0\)/],
+      [{ concurrency: 1.5 }, /concurrency must be a whole number/],
+      [{ network: 'open' }, /network must be 'none' or 'allow' \(got 'open'\)/],
+      [{ env: 'CI' }, /env must be an array of strings \(got 'CI'\)/],
+      [{ template: { setup: 'npm ci' } }, /template.setup must be an array of strings/],
+      [{ template: { image: 'x' } }, /unknown option 'template.image'/],
+      [{ workspace: { includes: ['**'] } }, /unknown option 'workspace.includes'/],
+      [{ provider: 'local' }, /provider must be a provider such as local\(\)/],
+      [{ timeout: 5 }, /timeout must be a whole number from 10/],
+      [{ sandboxes: 'auto' }, /'auto'.*not available yet/],
+    ]
+    for (const [options, message] of cases) expect(() => sandbox(options as never)).toThrow(message)
+  })
+})
