@@ -145,6 +145,10 @@ export class Fleet {
     // let those workers say goodbye before their sandboxes go.
     const deadline = Date.now() + 10_000
     while (this.hosts.some((h) => h.active > 0 && h.link.alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    if (this.hosts.length) {
+      const each = this.hosts.map((h) => `${h.sandbox.id} ${h.files} file${h.files === 1 ? '' : 's'}${h.link.alive ? '' : ` (lost: ${h.link.lostReason})`}`)
+      this.logger.log(`sandbox: ${this.hosts.length} sandbox${this.hosts.length === 1 ? '' : 'es'} (${this.providerName}): ${each.join(', ')}`)
+    }
     await Promise.all(this.hosts.map(async (h) => {
       h.link.close()
       await h.sandbox.kill().catch(() => {})
