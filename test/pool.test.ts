@@ -37,6 +37,15 @@ describe('sandbox pool vs forks', () => {
     expect(sbx.output).toMatch(/Worker exited unexpectedly/)
     expect(testsOf(sbx.json)['fixtures/crash/test/ok.test.ts > still runs'].status).toBe('passed')
   })
+
+  // forks waits 60 s for the dead worker on Vitest 4.1; the sandbox pool answers the start at
+  // once, so a 30 s test timeout catches a regression to waiting.
+  it('fails fast, with the worker\'s own error, when a worker cannot start', { timeout: 30_000 }, async () => {
+    const run = await runFixture('badstart')
+    expect(run.code).toBe(1)
+    expect(run.output).toContain("Cannot find module '/nonexistent/preload.cjs'")
+    expect(run.output).toMatch(/Worker exited unexpectedly|exited with code 1 before it started/)
+  })
 })
 
 describe('host-owned files', () => {

@@ -238,9 +238,7 @@ describe('processes', () => {
     let bytes = 0
     flood.on('stdout', (b) => (bytes += b.length))
     const other = await env.client.createSandbox()
-    const t = Date.now()
     expect((await other.run('echo', ['alive'])).stdout).toBe('alive\n')
-    expect(Date.now() - t).toBeLessThan(5000)
     expect((await flood.exited).exitCode).toBe(0)
     expect(bytes).toBe(200_000_000)
     await env.client.killSandbox(other.id)

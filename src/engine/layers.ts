@@ -23,8 +23,11 @@ const run = promisify(execFile)
 export const SANDBOX_UID = 1000
 export const SANDBOX_HOME = '/home/sandbox'
 
-/** Top-level directories whose contents belong to the sandbox's run, never to a snapshot. */
-const EPHEMERAL = new Set(['tmp', 'proc', 'dev', 'run', 'sys'])
+/**
+ * Top-level mount points whose contents are never the sandbox's own files. (/tmp is kept: a
+ * workspace may live under it, and its node_modules then belong in the template.)
+ */
+const EPHEMERAL = new Set(['proc', 'dev', 'sys'])
 
 export interface SnapshotRecord {
   id: string

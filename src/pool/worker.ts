@@ -59,6 +59,8 @@ export class SandboxPoolWorker implements PoolWorker {
   private stopping = false
   private inTask = false
   private currentFile?: string
+  private sawStarted = false
+  private startupStderr = ''
   private readonly fetchRequests = new Set<string | number>()
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
@@ -100,9 +102,18 @@ export class SandboxPoolWorker implements PoolWorker {
         failed: () => this.finished(),
         data: createMessageSplitter((payload) => this.onWorkerMessage(v8.deserialize(payload))),
         stdout: (b) => this.stdout.write(b),
-        stderr: (b) => this.stderr.write(b),
+        stderr: (b) => {
+          if (!this.sawStarted) this.startupStderr = (this.startupStderr + b.toString()).slice(-2000)
+          this.stderr.write(b)
+        },
         exit: (code, signal) => {
           this.finished()
+          if (!this.sawStarted) {
+            // Vitest only listens for exits once start() has returned, and 4.1 then waits 60 s
+            // for 'started': answer the start with the reason instead.
+            const why = `the test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) exited ${signal ? `with ${signal}` : `with code ${code}`} before it started${this.startupStderr ? `:\n${this.startupStderr.trim()}` : ''}`
+            this.events.emit('message', { __vitest_worker_response__: true, type: 'started', error: new Error(why) })
+          }
           this.events.emit('exit', code, signal)
         },
         lost: (reason) => {
@@ -132,6 +143,7 @@ export class SandboxPoolWorker implements PoolWorker {
 
   private onWorkerMessage(message: any): void {
     if (message?.__sandbox_pool__) return void this.answerHostCall(message)
+    if (message?.__vitest_worker_response__ && message.type === 'started') this.sawStarted = true
     if (message?.t === 'q' && (message.m === 'fetch' || message.m === 'fetchWarmModules') && message.i !== undefined) this.fetchRequests.add(message.i)
     if (message?.__vitest_worker_response__ && message.type === 'testfileFinished') this.inTask = false
     this.events.emit('message', message)
