@@ -15,7 +15,7 @@ import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
 import { runScript, STAGING } from '../pool/sandbox-exec.js'
 
 /** Bumped when the template layout changes, so old templates are not reused. */
-const FORMAT = 1
+const FORMAT = 2
 
 /** Inside node_modules, caches that must not be frozen into a template. */
 const CACHE_DIRS = ['**/node_modules/.vite/**', '**/node_modules/.vitest/**', '**/node_modules/.cache/**']
