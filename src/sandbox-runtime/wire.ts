@@ -43,27 +43,11 @@ export function jsonFrame(channel: number, kind: number, value: unknown): Buffer
 
 /** Reassembles frames from chunks; throws on a length over MAX_FRAME (the stream is corrupt). */
 export function createDeframer(onFrame: (channel: number, kind: number, payload: Buffer) => void): (chunk: Buffer) => void {
-  let pending: Buffer[] = []
-  let size = 0
-  let needed = 4
-  return (chunk) => {
-    pending.push(chunk)
-    size += chunk.length
-    if (size < needed) return
-    const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending, size)
-    let off = 0
-    while (buf.length - off >= 4) {
-      const len = buf.readUInt32BE(off)
-      if (len < 5 || len > MAX_FRAME) throw new Error(`agent link: bad frame length ${len}`)
-      if (buf.length - off < 4 + len) break
-      onFrame(buf.readUInt32BE(off + 4), buf.readUInt8(off + 8), buf.subarray(off + 9, off + 4 + len))
-      off += 4 + len
-    }
-    const rest = buf.subarray(off)
-    pending = rest.length ? [rest] : []
-    size = rest.length
-    needed = rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 4
-  }
+  // A frame is a length-prefixed message whose body starts with the channel and the kind.
+  return createMessageSplitter((body) => {
+    if (body.length < 5) throw new Error(`agent link: bad frame length ${body.length}`)
+    onFrame(body.readUInt32BE(0), body.readUInt8(4), body.subarray(5))
+  }, MAX_FRAME)
 }
 
 /** Length-prefixed messages on a worker's private channel: [u32 length][payload]. */
@@ -73,7 +57,11 @@ export function lengthPrefixed(payload: Uint8Array): Buffer {
   return Buffer.concat([head, payload])
 }
 
-export function createMessageSplitter(onMessage: (payload: Buffer) => void): (chunk: Buffer) => void {
+/**
+ * Splits a byte stream of [u32 length][payload] messages. Chunks are joined only once a whole
+ * message is there (joining on every chunk would be quadratic for large messages).
+ */
+export function createMessageSplitter(onMessage: (payload: Buffer) => void, maxLength = Infinity): (chunk: Buffer) => void {
   let pending: Buffer[] = []
   let size = 0
   let needed = 4
@@ -85,6 +73,7 @@ export function createMessageSplitter(onMessage: (payload: Buffer) => void): (ch
     let off = 0
     while (buf.length - off >= 4) {
       const len = buf.readUInt32BE(off)
+      if (len > maxLength) throw new Error(`message of ${len} bytes is over the limit of ${maxLength}`)
       if (buf.length - off < 4 + len) break
       onMessage(buf.subarray(off + 4, off + 4 + len))
       off += 4 + len
