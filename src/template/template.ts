@@ -8,14 +8,13 @@
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import fg from 'fast-glob'
-import { lockfilesOf, type WorkspaceFile } from '../workspace/collect.js'
+import { listFiles, lockfilesOf, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
 import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
 import { runScript, STAGING } from '../pool/sandbox-exec.js'
 
 /** Bumped when the template layout changes, so old templates are not reused. */
-const FORMAT = 2
+const FORMAT = 3
 
 /** Inside node_modules, caches that must not be frozen into a template. */
 const CACHE_DIRS = ['**/node_modules/.vite/**', '**/node_modules/.vitest/**', '**/node_modules/.cache/**']
@@ -45,14 +44,8 @@ export function templateName(spec: TemplateSpec): string {
   return `vitest-sandbox-${templateKey(spec)}`
 }
 
-async function dependencyFiles(root: string): Promise<WorkspaceFile[]> {
-  const entries = await fg('**/node_modules/**', { cwd: root, dot: true, onlyFiles: true, followSymbolicLinks: false, ignore: CACHE_DIRS, stats: true })
-  return entries.map((e) => {
-    const st = e.stats!
-    const file: WorkspaceFile = { path: e.path, size: st.isSymbolicLink() ? 0 : st.size, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs }
-    if (st.isSymbolicLink()) file.link = fs.readlinkSync(path.join(root, e.path))
-    return file
-  })
+function dependencyFiles(root: string): Promise<WorkspaceFile[]> {
+  return listFiles(root, ['**/node_modules/**'], CACHE_DIRS)
 }
 
 export interface BuildProgress {

@@ -65,6 +65,23 @@ export async function gitignoreMatcher(root: string): Promise<(rel: string) => b
   }
 }
 
+/**
+ * Regular files and symbolic links (kept as links, never followed: node_modules/.bin and
+ * workspace packages are links) matching `patterns`, sorted by path.
+ */
+export async function listFiles(root: string, patterns: string[], ignorePatterns: string[]): Promise<WorkspaceFile[]> {
+  // onlyFiles would drop symlinks (their dirent is not a file), so filter with lstat instead.
+  const paths = await fg(patterns, { cwd: root, dot: true, onlyFiles: false, followSymbolicLinks: false, ignore: ignorePatterns })
+  const files: WorkspaceFile[] = []
+  for (const rel of paths) {
+    const abs = path.join(root, rel)
+    const st = fs.lstatSync(abs)
+    if (st.isSymbolicLink()) files.push({ path: rel, size: 0, mode: 0o777, mtimeMs: st.mtimeMs, link: fs.readlinkSync(abs) })
+    else if (st.isFile()) files.push({ path: rel, size: st.size, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs })
+  }
+  return files.sort((a, b) => (a.path < b.path ? -1 : 1))
+}
+
 export class WorkspaceTooLargeError extends Error {}
 
 export interface Workspace {
@@ -79,18 +96,8 @@ export async function collectWorkspace(root: string, opts: WorkspaceOptions = {}
   const ignored = await gitignoreMatcher(root)
   const exclude = [...ALWAYS_EXCLUDED, ...(opts.exclude ?? [])]
   const include = opts.include ?? ['**']
-  const entries = await fg(include, { cwd: root, dot: true, onlyFiles: true, followSymbolicLinks: false, ignore: exclude, stats: true })
-  const files: WorkspaceFile[] = []
-  let bytes = 0
-  for (const e of entries) {
-    if (ignored(e.path)) continue
-    const st = e.stats!
-    const file: WorkspaceFile = { path: e.path, size: st.isSymbolicLink() ? 0 : st.size, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs }
-    if (st.isSymbolicLink()) file.link = fs.readlinkSync(path.join(root, e.path))
-    files.push(file)
-    bytes += file.size
-  }
-  files.sort((a, b) => (a.path < b.path ? -1 : 1))
+  const files = (await listFiles(root, include, exclude)).filter((f) => !ignored(f.path))
+  const bytes = files.reduce((n, f) => n + f.size, 0)
   const max = opts.maxBytes ?? 512 * 1024 * 1024
   if (bytes > max) throw new WorkspaceTooLargeError(tooLargeMessage(root, files, bytes, max))
   const included = new Set(files.map((f) => f.path))

@@ -13,10 +13,10 @@ export interface FixtureRun {
 }
 
 /** Run Vitest on a fixture project (as a user would, in its own process) with the JSON reporter too. */
-export async function runFixture(name: string, opts: { pool?: 'forks' | 'sandbox'; args?: string[]; env?: Record<string, string> } = {}): Promise<FixtureRun> {
+export async function runFixture(name: string, opts: { pool?: 'forks' | 'sandbox'; args?: string[]; env?: Record<string, string>; node?: string; vitest?: string } = {}): Promise<FixtureRun> {
   const cwd = path.join(REPO, 'fixtures', name)
   const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vps-run-')), 'report.json')
-  const child = spawn(process.execPath, [VITEST, 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${out}`, ...(opts.args ?? [])], {
+  const child = spawn(opts.node ?? process.execPath, [opts.vitest ?? VITEST, 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${out}`, ...(opts.args ?? [])], {
     cwd,
     env: { ...process.env, VPS_POOL: opts.pool ?? 'sandbox', NO_COLOR: '1', FORCE_COLOR: '0', CI: 'true', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
