@@ -178,7 +178,11 @@ export class AgentLink {
     this.channels.clear()
     for (const h of channels) h.lost(reason)
     this.proc.disconnect()
+    this.onLost?.(reason)
   }
+
+  /** Called once when the link is lost (the fleet kills what is left of the sandbox). */
+  onLost?: (reason: string) => void
 
   /** Close the link on purpose (the run is over); workers still open are told it is gone. */
   close(): void {

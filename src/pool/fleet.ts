@@ -54,7 +54,7 @@ export class Fleet {
   private readonly waiters: Array<() => void> = []
   private closed = false
 
-  constructor(private readonly opts: ResolvedOptions, private readonly projectRoot: string, private readonly logger: FleetLogger) {
+  constructor(private readonly opts: ResolvedOptions, private readonly projectRoot: string, readonly logger: FleetLogger) {
     this.providerName = opts.provider.name
   }
 
@@ -126,6 +126,10 @@ export class Fleet {
       await runScript(sandbox, `mkdir -p '${root}' && tar -xf ${STAGING}/workspace.tar -C '${root}' && rm ${STAGING}/workspace.tar`, '/')
       const agent = await sandbox.start({ cmd: 'node', args: [`${STAGING}/agent.js`], cwd: root, stdin: true })
       const link = new AgentLink(agent)
+      link.onLost = (reason) => {
+        log('sandbox %s (%s) lost: %s', sandbox.id, this.providerName, reason)
+        if (!this.closed) void sandbox.kill().catch(() => {})
+      }
       await link.hello
       log('sandbox %s ready (%s)', sandbox.id, this.providerName)
       return { index, sandbox, link, active: 0, files: 0 }

@@ -23,6 +23,10 @@ import { debug } from '../debug.js'
 const log = debug('worker')
 const SNAPSHOT_ENVIRONMENT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime/snapshot-environment.js')
 const SIGKILL_AFTER_MS = 500
+/** Reruns of one file after its sandbox was lost (before it reported any result). */
+const MAX_RERUNS = 2
+/** Worker-to-host RPC calls that report results: after one of them a file is not rerun. */
+const RESULT_METHODS = new Set(['onCollected', 'onTaskUpdate', 'onAfterSuiteRun', 'snapshotSaved', 'onTaskArtifactRecord', 'onTestBenchmark'])
 
 function isInside(root: string, p: string): boolean {
   const rel = path.relative(root, p)
@@ -61,6 +65,12 @@ export class SandboxPoolWorker implements PoolWorker {
   private currentFile?: string
   private sawStarted = false
   private startupStderr = ''
+  private attempt = 0
+  private replaying = false
+  private replayStarted?: () => void
+  private resultsSeen = false
+  private startRequest?: WorkerRequest
+  private runRequest?: WorkerRequest
   private readonly fetchRequests = new Set<string | number>()
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
@@ -84,10 +94,20 @@ export class SandboxPoolWorker implements PoolWorker {
   }
 
   async start(): Promise<void> {
+    await this.launch()
+  }
+
+  /** Lease a slot and fork a worker on it; used for the start and for a rerun after a loss. */
+  private async launch(): Promise<void> {
     this.lease = await this.fleet.lease()
     const { host } = this.lease
     this.exited = new Promise((r) => (this.markExited = r))
+    this.sawStarted = false
+    this.startupStderr = ''
     const root = this.fleet.workspace.root
+    const attempt = this.attempt
+    // Events of a worker that was replaced after a loss are dropped.
+    const current = () => attempt === this.attempt
     const { channel, started } = host.link.fork(
       {
         entry: `${STAGING}/worker.js`,
@@ -99,16 +119,18 @@ export class SandboxPoolWorker implements PoolWorker {
       },
       {
         spawned: () => {},
-        failed: () => this.finished(),
-        data: createMessageSplitter((payload) => this.onWorkerMessage(v8.deserialize(payload))),
-        stdout: (b) => this.stdout.write(b),
+        failed: () => current() && this.finished(),
+        data: createMessageSplitter((payload) => current() && this.onWorkerMessage(v8.deserialize(payload))),
+        stdout: (b) => current() && this.stdout.write(b),
         stderr: (b) => {
+          if (!current()) return
           if (!this.sawStarted) this.startupStderr = (this.startupStderr + b.toString()).slice(-2000)
           this.stderr.write(b)
         },
         exit: (code, signal) => {
+          if (!current()) return
           this.finished()
-          if (!this.sawStarted) {
+          if (!this.sawStarted && !this.replaying) {
             // Vitest only listens for exits once start() has returned, and 4.1 then waits 60 s
             // for 'started': answer the start with the reason instead.
             const why = `the test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) exited ${signal ? `with ${signal}` : `with code ${code}`} before it started${this.startupStderr ? `:\n${this.startupStderr.trim()}` : ''}`
@@ -116,12 +138,7 @@ export class SandboxPoolWorker implements PoolWorker {
           }
           this.events.emit('exit', code, signal)
         },
-        lost: (reason) => {
-          this.finished()
-          const error = new Error(`sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) was lost${this.currentFile ? ` while running ${path.relative(root, this.currentFile)}` : ''}: ${reason}`)
-          if (this.inTask && !this.stopping) this.events.emit('error', error)
-          else log('%s', error.message)
-        },
+        lost: (reason) => current() && this.onLost(host.sandbox.id, reason),
       },
     )
     this.channel = channel
@@ -130,6 +147,37 @@ export class SandboxPoolWorker implements PoolWorker {
     } catch (err) {
       throw new Error(`could not start a test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}): ${(err as Error).message}`)
     }
+  }
+
+  /**
+   * The sandbox (or the link to it) died under this worker. A file that has not reported any
+   * result yet is rerun on another sandbox (at most MAX_RERUNS times): the recorded `start` and
+   * `run` requests are replayed to a new worker there. Otherwise the file fails with an error
+   * that names the provider, the sandbox and the file.
+   */
+  private onLost(sandboxId: string, reason: string): void {
+    this.finished()
+    const file = this.currentFile ? path.relative(this.fleet.workspace.root, this.currentFile) : undefined
+    if (this.inTask && !this.stopping && !this.resultsSeen && this.attempt < MAX_RERUNS && this.startRequest && this.runRequest) {
+      this.attempt++
+      this.fleet.logger.log(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost before ${file ?? 'the file'} reported results (${reason}); running it again on another sandbox (rerun ${this.attempt} of ${MAX_RERUNS})`)
+      void this.rerun().catch((err) => this.events.emit('error', new Error(`could not rerun ${file} after sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost: ${(err as Error).message}`)))
+      return
+    }
+    const error = new Error(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost${file ? ` while running ${file}` : ''}: ${reason}`)
+    if (this.inTask && !this.stopping) this.events.emit('error', error)
+    else log('%s', error.message)
+  }
+
+  private async rerun(): Promise<void> {
+    this.replaying = true
+    await this.launch()
+    // The host already has its 'started': the new worker's is swallowed in onWorkerMessage, and
+    // the run request waits for it, as Vitest itself waits before sending 'run'.
+    const started = new Promise<void>((resolve) => (this.replayStarted = resolve))
+    this.transmit(this.startRequest!)
+    await started
+    this.transmit(this.runRequest!)
   }
 
   /**
@@ -143,7 +191,15 @@ export class SandboxPoolWorker implements PoolWorker {
 
   private onWorkerMessage(message: any): void {
     if (message?.__sandbox_pool__) return void this.answerHostCall(message)
-    if (message?.__vitest_worker_response__ && message.type === 'started') this.sawStarted = true
+    if (message?.__vitest_worker_response__ && message.type === 'started') {
+      this.sawStarted = true
+      if (this.replaying) {
+        this.replaying = false
+        this.replayStarted?.()
+        return
+      }
+    }
+    if (message?.t === 'q' && RESULT_METHODS.has(message.m)) this.resultsSeen = true
     if (message?.t === 'q' && (message.m === 'fetch' || message.m === 'fetchWarmModules') && message.i !== undefined) this.fetchRequests.add(message.i)
     if (message?.__vitest_worker_response__ && message.type === 'testfileFinished') this.inTask = false
     this.events.emit('message', message)
@@ -152,14 +208,23 @@ export class SandboxPoolWorker implements PoolWorker {
   send(message: WorkerRequest | RpcFrame): void {
     const m = message as any
     if (m?.__vitest_worker_request__) {
-      if (m.type === 'start' && !m.context.config.snapshotEnvironment) m.context.config.snapshotEnvironment = SNAPSHOT_ENVIRONMENT
+      if (m.type === 'start') {
+        if (!m.context.config.snapshotEnvironment) m.context.config.snapshotEnvironment = SNAPSHOT_ENVIRONMENT
+        this.startRequest = m
+      }
       if (m.type === 'run' || m.type === 'collect') {
         this.inTask = true
+        this.resultsSeen = false
+        this.runRequest = m
         this.currentFile = m.context.files?.[0]?.filepath
       }
     } else if (m?.t === 's' && this.fetchRequests.delete(m.i)) {
       message = this.screenModule(m)
     }
+    this.transmit(message)
+  }
+
+  private transmit(message: unknown): void {
     if (this.channel === undefined || !this.lease) return
     this.lease.host.link.toWorker(this.channel, lengthPrefixed(v8.serialize(message)))
   }
@@ -215,7 +280,7 @@ export class SandboxPoolWorker implements PoolWorker {
     } catch (err) {
       reply = { __sandbox_pool__: true, id: msg.id, error: (err as Error).message }
     }
-    if (this.channel !== undefined && this.lease) this.lease.host.link.toWorker(this.channel, lengthPrefixed(v8.serialize(reply)))
+    this.transmit(reply)
   }
 
   async stop(): Promise<void> {
