@@ -37,10 +37,10 @@ export class AgentLink {
   private lastPong = Date.now()
   private readonly heartbeat: NodeJS.Timeout
   lostReason?: string
-  readonly hello: Promise<{ node: string; v8: string }>
+  readonly hello: Promise<{ node: string; v8: string; pid: number }>
 
   constructor(private readonly proc: RemoteProcess, heartbeatMs = 5000, heartbeatTimeoutMs = 30_000) {
-    let helloResolve!: (v: { node: string; v8: string }) => void
+    let helloResolve!: (v: { node: string; v8: string; pid: number }) => void
     let helloReject!: (e: Error) => void
     this.hello = new Promise((res, rej) => {
       helloResolve = res
