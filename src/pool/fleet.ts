@@ -13,7 +13,7 @@ import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
 import { runScript, STAGING } from './sandbox-exec.js'
 import { ensureTemplate } from '../template/template.js'
-import { collectWorkspace, findWorkspaceRoot, type Workspace } from '../workspace/collect.js'
+import { collectWorkspace, findWorkspaceRoot, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
 import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
 import { debug } from '../debug.js'
@@ -139,6 +139,39 @@ export class Fleet {
     }
   }
 
+  /**
+   * Watch mode: before a rerun, send the warm sandboxes only what changed in the workspace since
+   * the last upload (changed and new files as a tar, deleted files by name). Module code is always
+   * fresh (it comes over RPC); this keeps files that tests read from disk fresh too.
+   */
+  async sync(): Promise<void> {
+    if (!this.initializing || this.closed) return
+    await this.init()
+    const before = new Map(this.workspace.files.map((f) => [f.path, signature(f)]))
+    const next = await collectWorkspace(this.workspace.root, this.opts.workspace)
+    const changed = next.files.filter((f) => before.get(f.path) !== signature(f))
+    const present = new Set(next.files.map((f) => f.path))
+    const removed = [...before.keys()].filter((p) => !present.has(p))
+    this.workspace = next
+    if (!changed.length && !removed.length) return
+    await pipeToFile(packFiles(next.root, next.files), this.tarFile!) // for sandboxes created later
+    const live = this.hosts.filter((h) => h.link.alive)
+    const root = next.root
+    await Promise.all(
+      live.map(async (h) => {
+        await h.sandbox.upload(`${STAGING}/delta.tar`, packFiles(root, changed))
+        await h.sandbox.upload(`${STAGING}/removed.json`, Buffer.from(JSON.stringify(removed)))
+        await runScript(
+          h.sandbox,
+          `tar -xf ${STAGING}/delta.tar -C '${root}' && node -e 'const fs=require("fs"),p=require("path");for(const f of JSON.parse(fs.readFileSync(process.argv[1],"utf8")))fs.rmSync(p.join(process.argv[2],f),{force:true})' ${STAGING}/removed.json '${root}' && rm ${STAGING}/delta.tar ${STAGING}/removed.json`,
+          '/',
+        )
+      }),
+    )
+    const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`
+    this.logger.log(`sandbox: synced ${plural(changed.length, 'changed file')} and ${plural(removed.length, 'removed file')} to ${plural(live.length, 'sandbox')}`)
+  }
+
   /** Kill every sandbox and close the provider session. Safe to call more than once. */
   async close(): Promise<void> {
     if (this.closed) return
@@ -160,6 +193,10 @@ export class Fleet {
     await this.session?.close().catch(() => {})
     if (this.tarFile) await fsp.rm(path.dirname(this.tarFile), { recursive: true, force: true })
   }
+}
+
+function signature(f: WorkspaceFile): string {
+  return `${f.size}:${f.mtimeMs}:${f.mode}:${f.link ?? ''}`
 }
 
 async function pipeToFile(source: AsyncIterable<Uint8Array>, file: string): Promise<void> {

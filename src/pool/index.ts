@@ -37,6 +37,7 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
         fleets.set(vitest, fleet)
         const f = fleet
         vitest.onClose(() => f.close())
+        vitest.onTestsRerun(() => f.sync())
       }
       return new SandboxPoolWorker(fleet, poolOptions, resolved.env)
     },

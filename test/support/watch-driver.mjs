@@ -1,0 +1,25 @@
+// Drives Vitest in watch mode through its public API: one run, a change on disk, one rerun.
+// Prints one JSON line per run with the state of every test, then exits.
+import fs from 'node:fs'
+import path from 'node:path'
+import { createVitest } from 'vitest/node'
+
+const root = process.argv[2]
+const data = path.join(root, 'data')
+fs.mkdirSync(data, { recursive: true })
+fs.writeFileSync(path.join(data, 'value.txt'), 'v1')
+fs.writeFileSync(path.join(data, 'gone.txt'), 'present')
+
+const vitest = await createVitest('test', { root, watch: true, reporters: ['default'] })
+const states = () => vitest.state.getTestModules().flatMap((m) => [...m.children.allTests()].map((t) => `${t.name}: ${t.result().state}`))
+try {
+  await vitest.start()
+  console.log(`RUN1 ${JSON.stringify(states())}`)
+  fs.writeFileSync(path.join(data, 'value.txt'), 'v2')
+  fs.rmSync(path.join(data, 'gone.txt'))
+  await vitest.rerunFiles()
+  console.log(`RUN2 ${JSON.stringify(states())}`)
+} finally {
+  await vitest.close()
+  fs.rmSync(data, { recursive: true, force: true })
+}
