@@ -11,21 +11,28 @@ import { sandbox } from '../src/index.js'
 import { REPO, runFixture, testsOf } from './support/vitest-run.js'
 
 describe('sandbox pool vs forks', () => {
-  it('reports the feature fixture exactly as forks does', async () => {
+  // devalue is the codec for sandboxes on another Node major; forcing it here runs it for real.
+  it('reports the feature fixture exactly as forks does, with the v8 and the devalue codec', async () => {
     const env = { VPS_FORWARDED: 'forwarded-value' }
-    const [forks, sbx] = await Promise.all([runFixture('features', { pool: 'forks', env }), runFixture('features', { pool: 'sandbox', env })])
+    const [forks, ...sandboxed] = await Promise.all([
+      runFixture('features', { pool: 'forks', env }),
+      runFixture('features', { pool: 'sandbox', env }),
+      runFixture('features', { pool: 'sandbox', env: { ...env, VITEST_SANDBOX_CODEC: 'devalue' } }),
+    ])
     expect(forks.json, forks.output).toBeDefined()
-    expect(sbx.json, sbx.output).toBeDefined()
     const expected = testsOf(forks.json)
     expect(Object.keys(expected).length).toBeGreaterThan(20)
-    expect(testsOf(sbx.json)).toEqual(expected)
-    expect(sbx.code).toBe(forks.code)
-    // What the JSON report leaves out: console output and unhandled errors, attributed the same way.
-    for (const text of ['a log line from a test', 'an error line from a test', 'Unhandled Rejection', 'nobody handles this', "code: 'E_UNHANDLED'", 'process.exit unexpectedly called with "3"', 'stdout | test/console.test.ts > logs to stdout and stderr']) {
-      expect(forks.output).toContain(text)
-      expect(sbx.output).toContain(text)
+    for (const sbx of sandboxed) {
+      expect(sbx.json, sbx.output).toBeDefined()
+      expect(testsOf(sbx.json)).toEqual(expected)
+      expect(sbx.code).toBe(forks.code)
+      // What the JSON report leaves out: console output and unhandled errors, attributed the same way.
+      for (const text of ['a log line from a test', 'an error line from a test', 'Unhandled Rejection', 'nobody handles this', "code: 'E_UNHANDLED'", 'process.exit unexpectedly called with "3"', 'stdout | test/console.test.ts > logs to stdout and stderr']) {
+        expect(forks.output).toContain(text)
+        expect(sbx.output).toContain(text)
+      }
+      expect(sbx.output).not.toMatch(/Timeout terminating|Failed to terminate/)
     }
-    expect(sbx.output).not.toMatch(/Timeout terminating|Failed to terminate/)
   })
 
   it('reports a worker that dies as forks does, and the run goes on', async () => {

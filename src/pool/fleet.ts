@@ -13,19 +13,22 @@ import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
 import { runScript, STAGING } from './sandbox-exec.js'
 import { ensureTemplate } from '../template/template.js'
-import { collectWorkspace, findWorkspaceRoot, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
+import { collectWorkspace, findWorkspaceRoot, listFiles, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
 import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
 import { debug } from '../debug.js'
 
 const log = debug('fleet')
+const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
 const RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime')
-const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js']
+const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js', 'codec.js']
 
 export interface SandboxHost {
   index: number
   sandbox: ProviderSandbox
   link: AgentLink
+  /** Node version of the sandbox's agent (decides the codec). */
+  node: string
   active: number
   /** Files this sandbox has run, for the summary. */
   files: number
@@ -122,6 +125,10 @@ export class Fleet {
     try {
       for (const f of RUNTIME_FILES) await sandbox.upload(`${STAGING}/${f}`, await fsp.readFile(path.join(RUNTIME_DIR, f)))
       await sandbox.upload(`${STAGING}/package.json`, Buffer.from('{"type":"module"}\n'))
+      // devalue, for the codec of hosts and sandboxes on different Node majors.
+      for (const f of await listFiles(DEVALUE_DIR, ['package.json', 'src/**'], [])) {
+        await sandbox.upload(`${STAGING}/node_modules/devalue/${f.path}`, await fsp.readFile(path.join(DEVALUE_DIR, f.path)))
+      }
       await sandbox.upload(`${STAGING}/workspace.tar`, fs.createReadStream(this.tarFile!))
       await runScript(sandbox, `mkdir -p '${root}' && tar -xf ${STAGING}/workspace.tar -C '${root}' && rm ${STAGING}/workspace.tar`, '/')
       const agent = await sandbox.start({ cmd: 'node', args: [`${STAGING}/agent.js`], cwd: root, stdin: true })
@@ -130,9 +137,9 @@ export class Fleet {
         log('sandbox %s (%s) lost: %s', sandbox.id, this.providerName, reason)
         if (!this.closed) void sandbox.kill().catch(() => {})
       }
-      await link.hello
-      log('sandbox %s ready (%s)', sandbox.id, this.providerName)
-      return { index, sandbox, link, active: 0, files: 0 }
+      const { node } = await link.hello
+      log('sandbox %s ready (%s, node %s)', sandbox.id, this.providerName, node)
+      return { index, sandbox, link, node, active: 0, files: 0 }
     } catch (err) {
       await sandbox.kill().catch(() => {})
       throw new Error(`sandbox: could not start sandbox ${sandbox.id} (${this.providerName}): ${(err as Error).message}`)

@@ -13,9 +13,9 @@ import { EventEmitter } from 'node:events'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import v8 from 'node:v8'
 import type { PoolOptions, PoolWorker, WorkerRequest } from 'vitest/node'
 import type { Fleet, Lease } from './fleet.js'
+import { chooseCodec, loadCodec, type Codec, type CodecName } from '../sandbox-runtime/codec.js'
 import { createMessageSplitter, lengthPrefixed } from '../sandbox-runtime/wire.js'
 import { STAGING } from './sandbox-exec.js'
 import { debug } from '../debug.js'
@@ -27,6 +27,17 @@ const SIGKILL_AFTER_MS = 500
 const MAX_RERUNS = 2
 /** Worker-to-host RPC calls that report results: after one of them a file is not rerun. */
 const RESULT_METHODS = new Set(['onCollected', 'onTaskUpdate', 'onAfterSuiteRun', 'snapshotSaved', 'onTaskArtifactRecord', 'onTestBenchmark'])
+
+/**
+ * V8 serialization between equal Node majors, devalue otherwise. `VITEST_SANDBOX_CODEC`
+ * (v8 | devalue) forces one, to debug a codec problem.
+ */
+function codecFor(sandboxNode: string): CodecName {
+  const forced = process.env.VITEST_SANDBOX_CODEC
+  if (forced === 'v8' || forced === 'devalue') return forced
+  if (forced) throw new Error(`VITEST_SANDBOX_CODEC must be 'v8' or 'devalue' (got '${forced}')`)
+  return chooseCodec(process.versions.node, sandboxNode)
+}
 
 function isInside(root: string, p: string): boolean {
   const rel = path.relative(root, p)
@@ -69,6 +80,7 @@ export class SandboxPoolWorker implements PoolWorker {
   private replaying = false
   private replayStarted?: () => void
   private resultsSeen = false
+  private codec?: Codec
   private startRequest?: WorkerRequest
   private runRequest?: WorkerRequest
   private readonly fetchRequests = new Set<string | number>()
@@ -106,12 +118,13 @@ export class SandboxPoolWorker implements PoolWorker {
     this.startupStderr = ''
     const root = this.fleet.workspace.root
     const attempt = this.attempt
+    const codec = (this.codec = await loadCodec(codecFor(host.node)))
     // Events of a worker that was replaced after a loss are dropped.
     const current = () => attempt === this.attempt
     const { channel, started } = host.link.fork(
       {
         entry: `${STAGING}/worker.js`,
-        args: [path.join(this.options.distPath, 'worker.js')],
+        args: [path.join(this.options.distPath, 'worker.js'), codec.name],
         execArgv: this.options.execArgv,
         env: workerEnv(this.options.env, this.forwardEnv, new Set([...Object.keys(this.options.project.vitest.config.env ?? {}), ...Object.keys(this.options.project.config.env ?? {})])),
         // Where forks would run it: the host's cwd (the same path exists in the sandbox).
@@ -120,7 +133,7 @@ export class SandboxPoolWorker implements PoolWorker {
       {
         spawned: () => {},
         failed: () => current() && this.finished(),
-        data: createMessageSplitter((payload) => current() && this.onWorkerMessage(v8.deserialize(payload))),
+        data: createMessageSplitter((payload) => current() && this.onWorkerMessage(codec.decode(payload))),
         stdout: (b) => current() && this.stdout.write(b),
         stderr: (b) => {
           if (!current()) return
@@ -226,7 +239,7 @@ export class SandboxPoolWorker implements PoolWorker {
 
   private transmit(message: unknown): void {
     if (this.channel === undefined || !this.lease) return
-    this.lease.host.link.toWorker(this.channel, lengthPrefixed(v8.serialize(message)))
+    this.lease.host.link.toWorker(this.channel, lengthPrefixed(this.codec!.encode(message)))
   }
 
   /** Code for a file the sandbox was not given never leaves the host. */

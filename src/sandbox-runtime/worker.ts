@@ -1,19 +1,20 @@
 /**
- * Entry of one Vitest worker inside a sandbox: `node [execArgv] worker.js <vitest/worker path>`.
- * It talks to the host over fd 3 only ([u32 length][V8-serialized message]), so user code that
+ * Entry of one Vitest worker inside a sandbox: `node [execArgv] worker.js <vitest/worker path> <codec>`.
+ * It talks to the host over fd 3 only ([u32 length][encoded message], see codec.ts), so user code that
  * writes to stdout/stderr can never corrupt the channel. Like Vitest's forks worker it adds no
  * console output, no globals, no process listeners and no environment variables; the one trace it
  * leaves is a non-enumerable symbol on `process` that the host-snapshot environment uses.
  */
 import net from 'node:net'
 import { pathToFileURL } from 'node:url'
-import v8 from 'node:v8'
+import { loadCodec, type CodecName } from './codec.js'
 import { createMessageSplitter, lengthPrefixed } from './wire.js'
 
 export const HOST_CALL = Symbol.for('vitest-pool-sandbox.host-call')
 
 const exit = process.exit.bind(process) // Vitest stubs process.exit while tests run
 const vitestWorker = process.argv[2]
+const codec = await loadCodec((process.argv[3] ?? 'v8') as CodecName)
 const { init, runBaseTests, setupEnvironment } = await import(pathToFileURL(vitestWorker).href)
 
 const channel = new net.Socket({ fd: 3, readable: true, writable: true })
@@ -22,13 +23,13 @@ const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Err
 let nextCall = 0
 
 function post(msg: unknown): void {
-  channel.write(lengthPrefixed(v8.serialize(msg)))
+  channel.write(lengthPrefixed(codec.encode(msg)))
 }
 
 channel.on(
   'data',
   createMessageSplitter((payload) => {
-    const msg = v8.deserialize(payload) as { __sandbox_pool__?: true; id: number; result?: unknown; error?: string }
+    const msg = codec.decode(payload) as { __sandbox_pool__?: true; id: number; result?: unknown; error?: string }
     if (msg && msg.__sandbox_pool__) {
       const call = pending.get(msg.id)
       pending.delete(msg.id)
