@@ -24,10 +24,9 @@ afterAll(async () => {
 
 async function run(s: LocalSandbox, script: string): Promise<{ code: number; out: string }> {
   const p = await s.spawn({ cmd: '/bin/sh', args: ['-c', script], env: {}, stdin: false })
-  let out = ''
-  p.on('output', (e) => (out += e.data))
   const exit = p.exit ?? (await new Promise<{ exitCode: number }>((r) => p.once('exit', r)))
-  return { code: exit.exitCode, out }
+  // The process's log holds everything it wrote, including output that came before any listener.
+  return { code: exit.exitCode, out: p.eventsSince(0).map((e) => e.data.toString()).join('') }
 }
 
 function duBytes(dir: string): number {

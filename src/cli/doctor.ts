@@ -138,9 +138,8 @@ export async function runChecks(): Promise<Check[]> {
       try {
         const sandbox = await engine.createSandbox({ timeoutSec: 60 })
         const proc = await sandbox.spawn({ cmd: 'node', args: ['-e', 'process.stdout.write(process.version)'], env: {}, stdin: false })
-        let out = ''
-        proc.on('output', (e) => (out += e.data.toString()))
         const exit = await new Promise<{ exitCode: number }>((r) => (proc.exit ? r(proc.exit) : proc.once('exit', r)))
+        const out = proc.eventsSince(0).map((e) => e.data.toString()).join('')
         checks.push(exit.exitCode === 0 && out === process.version
           ? { name: 'sandbox', ok: true, detail: `started a sandbox and ran node ${out} in it` }
           : { name: 'sandbox', ok: false, detail: `node in a sandbox exited ${exit.exitCode} with "${out}"`, fix: 'run with DEBUG=vitest-pool-sandbox:* for the bubblewrap command line and its errors' })
