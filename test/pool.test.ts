@@ -91,7 +91,7 @@ describe('attacks from test code', () => {
       const run = await runFixture('attack', { env: { VPS_ATTACK_SECRET: 'attack-secret-in-env', VPS_ATTACK_PORT: String((server.address() as net.AddressInfo).port) } })
       const tests = testsOf(run.json)
       expect(Object.values(tests).filter((t) => t.status !== 'passed'), run.output).toEqual([])
-      expect(Object.keys(tests).length).toBe(7)
+      expect(Object.keys(tests).length).toBe(8)
       expect(fs.existsSync('/tmp/vps-attack-written')).toBe(false)
     } finally {
       server.close()

@@ -213,6 +213,15 @@ export class SandboxPoolWorker implements PoolWorker {
       }
     }
     if (message?.t === 'q' && RESULT_METHODS.has(message.m)) this.resultsSeen = true
+    if (message?.t === 'q' && message.m === 'onTaskArtifactRecord') {
+      const refused = this.refusedAttachment(message.a?.[1])
+      if (refused) {
+        // Vitest would copy that host file into the attachments folder, inside the workspace,
+        // where a later run's sandbox could read it.
+        if (message.i !== undefined) this.transmit({ t: 's', i: message.i, e: new Error(`vitest-pool-sandbox: attachment path ${refused} is outside the workspace given to the sandbox; attach the content as \`body\` instead`) })
+        return
+      }
+    }
     if (message?.t === 'q' && (message.m === 'fetch' || message.m === 'fetchWarmModules') && message.i !== undefined) this.fetchRequests.add(message.i)
     if (message?.__vitest_worker_response__ && message.type === 'testfileFinished') this.inTask = false
     this.events.emit('message', message)
@@ -252,6 +261,19 @@ export class SandboxPoolWorker implements PoolWorker {
       }
     }
     return frame
+  }
+
+  /** The first attachment path of an artifact that points at a host file the sandbox was not given. */
+  private refusedAttachment(artifact: any): string | undefined {
+    const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
+    for (const a of attachments) {
+      const p = a?.path
+      if (typeof p !== 'string' || /^https?:\/\//.test(p)) continue
+      const abs = path.resolve(this.options.project.config.root, p)
+      const rel = path.relative(this.fleet.workspace.root, abs)
+      if (rel.startsWith('..') || path.isAbsolute(rel) || !this.fleet.workspace.includes(rel.split(path.sep).join('/'))) return p
+    }
+    return undefined
   }
 
   private mayRead(file: string): boolean {
