@@ -22,4 +22,9 @@ it('runs a Vitest 5 project on Node 22 exactly as forks does', async () => {
   expect(sbx.code).toBe(forks.code)
   expect(sbx.output).toContain('hello from vitest 5')
   expect(sbx.output).toMatch(/sandbox: 1 sandbox \(local\)/)
+  // A second run is served from Vitest 5's module cache ({ cached, tmp } answers, inlined by the
+  // pool because the worker cannot read host cache files): same results.
+  const again = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env: { ...env, DEBUG: 'vitest-pool-sandbox:worker' } })
+  expect(again.output).toMatch(/inlined cached module/)
+  expect(testsOf(again.json)).toEqual(expected)
 })

@@ -23,8 +23,6 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
   if (process.env.VITEST_MAX_WORKERS === undefined && !workersGivenOnCommandLine()) {
     process.env.VITEST_MAX_WORKERS = String(resolved.sandboxes * resolved.concurrency)
   }
-  // Workers must receive module code, not paths of host cache files they cannot read.
-  process.env.VITEST_FS_MODULE_CACHE ??= 'false'
   const fleets = new WeakMap<object, Fleet>()
   return {
     name: 'sandbox',

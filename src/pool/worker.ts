@@ -10,6 +10,7 @@
  *   read any file for the sandbox.
  */
 import { EventEmitter } from 'node:events'
+import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -37,6 +38,23 @@ function codecFor(sandboxNode: string): CodecName {
   if (forced === 'v8' || forced === 'devalue') return forced
   if (forced) throw new Error(`VITEST_SANDBOX_CODEC must be 'v8' or 'devalue' (got '${forced}')`)
   return chooseCodec(process.versions.node, sandboxNode)
+}
+
+/** Vitest 5 stores a cached module as its code, this marker, and its source map (one line of JSON). */
+const CACHED_SOURCE_MAP = '\n//# vitestSourceMap='
+
+/**
+ * `{ cached, tmp, ...rest }` (or a warm entry `{ tmp, ...rest }`) as `{ code, sourceMap, ...rest }`:
+ * exactly what Vitest 5's worker makes of it after reading `tmp` itself.
+ */
+function inlineCached(result: Record<string, any>): Record<string, any> {
+  if (typeof result.tmp !== 'string') return result
+  const { cached: _cached, tmp, ...rest } = result
+  log('inlined cached module %s', rest.file ?? tmp)
+  const content = fs.readFileSync(tmp, 'utf8')
+  const at = content.lastIndexOf(CACHED_SOURCE_MAP)
+  if (at === -1) return { ...rest, code: content, sourceMap: undefined }
+  return { ...rest, code: content.slice(0, at), sourceMap: content.slice(at + CACHED_SOURCE_MAP.length) || undefined }
 }
 
 function isInside(root: string, p: string): boolean {
@@ -83,7 +101,7 @@ export class SandboxPoolWorker implements PoolWorker {
   private codec?: Codec
   private startRequest?: WorkerRequest
   private runRequest?: WorkerRequest
-  private readonly fetchRequests = new Set<string | number>()
+  private readonly fetchRequests = new Map<string | number, string>()
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
 
@@ -222,7 +240,7 @@ export class SandboxPoolWorker implements PoolWorker {
         return
       }
     }
-    if (message?.t === 'q' && (message.m === 'fetch' || message.m === 'fetchWarmModules') && message.i !== undefined) this.fetchRequests.add(message.i)
+    if (message?.t === 'q' && (message.m === 'fetch' || message.m === 'fetchWarmModules') && message.i !== undefined) this.fetchRequests.set(message.i, message.m)
     if (message?.__vitest_worker_response__ && message.type === 'testfileFinished') this.inTask = false
     this.events.emit('message', message)
   }
@@ -240,8 +258,10 @@ export class SandboxPoolWorker implements PoolWorker {
         this.runRequest = m
         this.currentFile = m.context.files?.[0]?.filepath
       }
-    } else if (m?.t === 's' && this.fetchRequests.delete(m.i)) {
-      message = this.screenModule(m)
+    } else if (m?.t === 's' && this.fetchRequests.has(m.i)) {
+      const method = this.fetchRequests.get(m.i)
+      this.fetchRequests.delete(m.i)
+      message = method === 'fetchWarmModules' ? this.prepareWarmModules(m) : this.prepareModule(m)
     }
     this.transmit(message)
   }
@@ -251,16 +271,31 @@ export class SandboxPoolWorker implements PoolWorker {
     this.lease.host.link.toWorker(this.channel, lengthPrefixed(this.codec!.encode(message)))
   }
 
-  /** Code for a file the sandbox was not given never leaves the host. */
-  private screenModule(frame: RpcFrame): RpcFrame {
-    const results = Array.isArray(frame.r) ? frame.r : [frame.r]
-    for (const r of results) {
-      const file: unknown = r?.code !== undefined ? r.file : undefined
-      if (typeof file === 'string' && path.isAbsolute(file) && !this.mayRead(file)) {
-        return { t: 's', i: frame.i, e: new Error(`vitest-pool-sandbox: ${file} is outside the workspace given to the sandbox (or ignored by .gitignore / workspace.exclude), so its content stays on the host`) }
-      }
+  /**
+   * A `fetch` answer, made fit for a sandbox: Vitest 5's module cache answers with the path of a
+   * host file (`{ cached, tmp }`) that the worker would read from its own disk, so its content is
+   * inlined as code; and code of a file the sandbox was not given never leaves the host.
+   */
+  private prepareModule(frame: RpcFrame): RpcFrame {
+    if (frame.e !== undefined || !frame.r || typeof frame.r !== 'object') return frame
+    const result = inlineCached(frame.r)
+    if (typeof result.file === 'string' && result.code !== undefined && path.isAbsolute(result.file) && !this.mayRead(result.file)) {
+      return { t: 's', i: frame.i, e: new Error(`vitest-pool-sandbox: ${result.file} is outside the workspace given to the sandbox (or ignored by .gitignore / workspace.exclude), so its content stays on the host`) }
     }
-    return frame
+    return { ...frame, r: result }
+  }
+
+  /** Vitest 5's batch of already transformed modules: inlined like `fetch`, screened entry by entry. */
+  private prepareWarmModules(frame: RpcFrame): RpcFrame {
+    if (frame.e !== undefined || !frame.r || typeof frame.r !== 'object') return frame
+    const out: Record<string, unknown> = {}
+    for (const [id, entry] of Object.entries(frame.r as Record<string, any>)) {
+      const result = entry && typeof entry === 'object' ? inlineCached(entry) : entry
+      // A refused entry is left out: the worker then fetches it, and gets the error from prepareModule.
+      if (typeof result?.file === 'string' && result.code !== undefined && path.isAbsolute(result.file) && !this.mayRead(result.file)) continue
+      out[id] = result
+    }
+    return { ...frame, r: out }
   }
 
   /** The first attachment path of an artifact that points at a host file the sandbox was not given. */
