@@ -113,7 +113,7 @@ export async function collectWorkspace(root: string, opts: WorkspaceOptions = {}
 }
 
 function mib(n: number): string {
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`
+  return n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 / 1024).toFixed(1)} MiB`
 }
 
 function tooLargeMessage(root: string, files: WorkspaceFile[], bytes: number, max: number): string {
