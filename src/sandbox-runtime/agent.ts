@@ -6,11 +6,21 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
+import path from 'node:path'
 import { createDeframer, frame, jsonFrame, Kind } from './wire.js'
 
 const out = new net.Socket({ fd: 1, readable: false, writable: true })
 const input = new net.Socket({ fd: 0, readable: true, writable: false })
 const workers = new Map<number, { child: ChildProcess; channel: net.Socket }>()
+
+/**
+ * The sandbox's basics every worker gets under Vitest's own variables: its HOME, USER, LANG and
+ * TMPDIR, and a PATH that starts with the workspace's node_modules/.bin (as under `npm test`) and
+ * has this Node on it. The agent runs in the workspace root.
+ */
+const baseEnv: Record<string, string> = {}
+for (const key of ['HOME', 'USER', 'LANG', 'TMPDIR']) if (process.env[key]) baseEnv[key] = process.env[key]!
+baseEnv.PATH = [`${process.cwd()}/node_modules/.bin`, path.dirname(process.execPath), process.env.PATH ?? '/usr/bin:/bin'].join(':')
 
 function send(buf: Buffer): void {
   out.write(buf)
@@ -21,7 +31,7 @@ function fork(id: number, spec: { entry: string; args: string[]; execArgv: strin
   try {
     child = spawn(process.execPath, [...spec.execArgv, spec.entry, ...spec.args], {
       cwd: spec.cwd,
-      env: spec.env,
+      env: { ...baseEnv, ...spec.env },
       // fd 3 is the worker's private channel: user code writes to stdout/stderr, never to it.
       stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
     })
