@@ -1,9 +1,10 @@
 /**
  * Framing between the engine and the init process inside each sandbox, over the init's
- * stdin/stdout pipes: `[u32 header length][u32 body length][header JSON][body bytes]`.
- * A JSON header keeps the messages readable in DEBUG logs; the raw body keeps process output and
- * file contents binary without base64 on this hop.
+ * stdin/stdout pipes: a length-prefixed message (see `sandbox-runtime/wire.ts`) holding
+ * `[u32 header length][header JSON][body bytes]`. A JSON header keeps the messages readable in
+ * DEBUG logs; the raw body keeps process output and file contents binary on this hop.
  */
+import { createMessageSplitter, lengthPrefixed } from '../sandbox-runtime/wire.js'
 
 export const MAX_HEADER = 64 * 1024
 export const MAX_BODY = 16 * 1024 * 1024
@@ -12,10 +13,9 @@ export type Header = Record<string, unknown> & { op: string }
 
 export function encodeFrame(header: Header, body?: Uint8Array): Buffer {
   const head = Buffer.from(JSON.stringify(header))
-  const prefix = Buffer.alloc(8)
+  const prefix = Buffer.alloc(4)
   prefix.writeUInt32BE(head.length, 0)
-  prefix.writeUInt32BE(body?.length ?? 0, 4)
-  return body?.length ? Buffer.concat([prefix, head, body]) : Buffer.concat([prefix, head])
+  return lengthPrefixed(body?.length ? Buffer.concat([prefix, head, body]) : Buffer.concat([prefix, head]))
 }
 
 /**
@@ -23,50 +23,27 @@ export function encodeFrame(header: Header, body?: Uint8Array): Buffer {
  * or a header that is not a JSON object is a protocol error: `onError` is called once and the
  * decoder stops, since the stream can no longer be trusted to be in sync.
  */
-export function createFrameDecoder(
-  onFrame: (header: Header, body: Buffer) => void,
-  onError: (err: Error) => void,
-): (chunk: Buffer) => void {
-  let pending: Buffer[] = []
-  let size = 0
-  let needed = 8 // bytes required before the next parse attempt
+export function createFrameDecoder(onFrame: (header: Header, body: Buffer) => void, onError: (err: Error) => void): (chunk: Buffer) => void {
   let failed = false
+  const split = createMessageSplitter((message) => {
+    const headLen = message.length >= 4 ? message.readUInt32BE(0) : -1
+    if (headLen < 0 || headLen > MAX_HEADER || 4 + headLen > message.length) throw new Error(`malformed frame (header length ${headLen})`)
+    let header: unknown
+    try {
+      header = JSON.parse(message.toString('utf8', 4, 4 + headLen))
+    } catch {
+      header = undefined
+    }
+    if (!header || typeof header !== 'object' || typeof (header as Header).op !== 'string') throw new Error('malformed frame header')
+    onFrame(header as Header, message.subarray(4 + headLen))
+  }, 4 + MAX_HEADER + MAX_BODY)
   return (chunk) => {
     if (failed) return
-    pending.push(chunk)
-    size += chunk.length
-    // Concatenate only once a whole frame (or a length prefix) is there: large bodies arrive in
-    // many small chunks, and joining them on every chunk would be quadratic.
-    if (size < needed) return
-    const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending, size)
-    let offset = 0
-    while (buf.length - offset >= 8) {
-      const headLen = buf.readUInt32BE(offset)
-      const bodyLen = buf.readUInt32BE(offset + 4)
-      if (headLen > MAX_HEADER || bodyLen > MAX_BODY) {
-        failed = true
-        onError(new Error(`frame too large (header ${headLen} bytes, body ${bodyLen} bytes)`))
-        return
-      }
-      if (buf.length - offset < 8 + headLen + bodyLen) break
-      let header: unknown
-      try {
-        header = JSON.parse(buf.toString('utf8', offset + 8, offset + 8 + headLen))
-      } catch {
-        header = undefined
-      }
-      if (!header || typeof header !== 'object' || typeof (header as Header).op !== 'string') {
-        failed = true
-        onError(new Error('malformed frame header'))
-        return
-      }
-      const start = offset + 8 + headLen
-      onFrame(header as Header, buf.subarray(start, start + bodyLen))
-      offset = start + bodyLen
+    try {
+      split(chunk)
+    } catch (err) {
+      failed = true
+      onError(err as Error)
     }
-    const rest = buf.subarray(offset)
-    pending = rest.length ? [rest] : []
-    size = rest.length
-    needed = rest.length >= 8 ? 8 + rest.readUInt32BE(0) + rest.readUInt32BE(4) : 8
   }
 }

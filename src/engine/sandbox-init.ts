@@ -5,7 +5,7 @@
  * because the host is not mounted here). It starts processes, relays their stdio as frames on its
  * own stdin/stdout, and exits when the engine's end of the pipe closes, which ends the sandbox.
  *
- * It imports nothing but Node built-ins and `frames.js`, and never writes to its own stdout
+ * It imports nothing but Node built-ins and this package's framing, and never writes to its own stdout
  * except frames.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
