@@ -24,7 +24,6 @@ const RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js', 'codec.js']
 
 export interface SandboxHost {
-  index: number
   sandbox: ProviderSandbox
   link: AgentLink
   /** Node version of the sandbox's agent (decides the codec). */
@@ -41,7 +40,6 @@ export interface Lease {
 
 export interface FleetLogger {
   log(text: string): void
-  error(text: string): void
 }
 
 export class Fleet {
@@ -94,7 +92,7 @@ export class Fleet {
       if (live.length + this.creating < this.opts.sandboxes && (!free || free.active > 0)) {
         this.creating++
         try {
-          const host = await this.startSandbox(this.hosts.length)
+          const host = await this.startSandbox()
           this.hosts.push(host)
         } finally {
           this.creating--
@@ -119,7 +117,7 @@ export class Fleet {
     }
   }
 
-  private async startSandbox(index: number): Promise<SandboxHost> {
+  private async startSandbox(): Promise<SandboxHost> {
     const root = this.workspace.root
     const sandbox = await this.session!.createSandbox({ template: this.template, timeoutSec: this.opts.timeout, labels: this.labels(), network: this.opts.network === 'allow' })
     try {
@@ -139,7 +137,7 @@ export class Fleet {
       }
       const { node } = await link.hello
       log('sandbox %s ready (%s, node %s)', sandbox.id, this.providerName, node)
-      return { index, sandbox, link, node, active: 0, files: 0 }
+      return { sandbox, link, node, active: 0, files: 0 }
     } catch (err) {
       await sandbox.kill().catch(() => {})
       throw new Error(`sandbox: could not start sandbox ${sandbox.id} (${this.providerName}): ${(err as Error).message}`)

@@ -31,7 +31,7 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
       let fleet = fleets.get(vitest)
       if (!fleet) {
         const logger = vitest.logger
-        fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t), error: (t) => logger.error(t) })
+        fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t) })
         fleets.set(vitest, fleet)
         const f = fleet
         vitest.onClose(() => f.close())

@@ -21,12 +21,6 @@ export function runtimeProtocolSession(client: RuntimeClient, close: () => Promi
     async findTemplate(name) {
       return (await client.listSnapshots()).find((s) => s.name === name)?.id
     },
-    async listSandboxes(labels) {
-      return (await client.listSandboxes(labels)).map((s) => s.id)
-    },
-    async killSandbox(id) {
-      await client.killSandbox(id)
-    },
     async close() {
       await client.close()
       await close()

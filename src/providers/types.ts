@@ -30,9 +30,6 @@ export interface ProviderSession {
   createSandbox(opts: CreateOptions): Promise<ProviderSandbox>
   /** The id of a template built earlier under this name, if the provider still has it. */
   findTemplate(name: string): Promise<string | undefined>
-  /** Sandboxes carrying all these labels (to clean up after a crashed run). */
-  listSandboxes(labels: Record<string, string>): Promise<string[]>
-  killSandbox(id: string): Promise<void>
   close(): Promise<void>
 }
 
