@@ -112,8 +112,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   async start(): Promise<void> {
     const { stateDir, host } = this.opts
     for (const d of ['upper', 'work', 'merged']) await fsp.mkdir(path.join(stateDir, d), { recursive: true, mode: 0o755 })
-    if (process.getuid?.() === 0) await fsp.chown(stateDir, host.uid, host.gid)
-    for (const d of ['upper', 'work', 'merged']) if (process.getuid?.() === 0) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
+    // As root, the dropped sandbox uid must own its layer to mount and write it.
+    if (process.getuid?.() === 0) for (const d of ['', 'upper', 'work', 'merged']) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
 
     const [file, ...args] = this.command()
     log('sandbox %s: %s', this.id, [file, ...args].join(' '))

@@ -59,10 +59,6 @@ export class Fleet {
     this.providerName = opts.provider.name
   }
 
-  get slots(): number {
-    return this.opts.sandboxes * this.opts.concurrency
-  }
-
   /** Connect, find or build the template, pack the workspace. Once. */
   init(): Promise<void> {
     this.initializing ??= (async () => {

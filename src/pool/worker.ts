@@ -1,7 +1,7 @@
 /**
  * SandboxPoolWorker: Vitest's PoolWorker for one test file, backed by a worker process inside a
- * sandbox (a channel on that sandbox's agent link). It relays Vitest's messages, V8-serialized,
- * and answers on the host what must happen on the host:
+ * sandbox (a channel on that sandbox's agent link). It relays Vitest's messages (encoded as
+ * codec.ts decides) and answers on the host what must happen on the host:
  *
  * - snapshot reads and writes (`-u`, inline and file snapshots), limited to files the sandbox
  *   was given, so a test can neither read nor write anything else on the host;
@@ -55,11 +55,6 @@ function inlineCached(result: Record<string, any>): Record<string, any> {
   const at = content.lastIndexOf(CACHED_SOURCE_MAP)
   if (at === -1) return { ...rest, code: content, sourceMap: undefined }
   return { ...rest, code: content.slice(0, at), sourceMap: content.slice(at + CACHED_SOURCE_MAP.length) || undefined }
-}
-
-function isInside(root: string, p: string): boolean {
-  const rel = path.relative(root, p)
-  return !rel.startsWith('..') && !path.isAbsolute(rel)
 }
 
 /** Variables Vitest sets for its workers (it also sets some of them in its own process). */
@@ -146,7 +141,7 @@ export class SandboxPoolWorker implements PoolWorker {
         execArgv: this.options.execArgv,
         env: workerEnv(this.options.env, this.forwardEnv, new Set([...Object.keys(this.options.project.vitest.config.env ?? {}), ...Object.keys(this.options.project.config.env ?? {})])),
         // Where forks would run it: the host's cwd (the same path exists in the sandbox).
-        cwd: isInside(root, process.cwd()) ? process.cwd() : root,
+        cwd: this.fleet.workspace.relative(process.cwd()) !== undefined ? process.cwd() : root,
       },
       {
         spawned: () => {},
@@ -279,7 +274,7 @@ export class SandboxPoolWorker implements PoolWorker {
   private prepareModule(frame: RpcFrame): RpcFrame {
     if (frame.e !== undefined || !frame.r || typeof frame.r !== 'object') return frame
     const result = inlineCached(frame.r)
-    if (typeof result.file === 'string' && result.code !== undefined && path.isAbsolute(result.file) && !this.mayRead(result.file)) {
+    if (this.refusesCode(result)) {
       return { t: 's', i: frame.i, e: new Error(`vitest-pool-sandbox: ${result.file} is outside the workspace given to the sandbox (or ignored by .gitignore / workspace.exclude), so its content stays on the host`) }
     }
     return { ...frame, r: result }
@@ -292,7 +287,7 @@ export class SandboxPoolWorker implements PoolWorker {
     for (const [id, entry] of Object.entries(frame.r as Record<string, any>)) {
       const result = entry && typeof entry === 'object' ? inlineCached(entry) : entry
       // A refused entry is left out: the worker then fetches it, and gets the error from prepareModule.
-      if (typeof result?.file === 'string' && result.code !== undefined && path.isAbsolute(result.file) && !this.mayRead(result.file)) continue
+      if (this.refusesCode(result)) continue
       out[id] = result
     }
     return { ...frame, r: out }
@@ -304,28 +299,33 @@ export class SandboxPoolWorker implements PoolWorker {
     for (const a of attachments) {
       const p = a?.path
       if (typeof p !== 'string' || /^https?:\/\//.test(p)) continue
-      const abs = path.resolve(this.options.project.config.root, p)
-      const rel = path.relative(this.fleet.workspace.root, abs)
-      if (rel.startsWith('..') || path.isAbsolute(rel) || !this.fleet.workspace.includes(rel.split(path.sep).join('/'))) return p
+      if (!this.isGiven(path.resolve(this.options.project.config.root, p))) return p
     }
     return undefined
   }
 
-  private mayRead(file: string): boolean {
-    // Vitest's own runtime and this package's snapshot environment are served as code too.
-    if (file === SNAPSHOT_ENVIRONMENT || file.startsWith(path.dirname(this.options.distPath) + path.sep)) return true
-    const { workspace } = this.fleet
-    const rel = path.relative(workspace.root, file)
-    if (rel.startsWith('..') || path.isAbsolute(rel)) return false
-    return workspace.includes(rel.split(path.sep).join('/')) || rel.split(path.sep).includes('node_modules')
+  /** A host file the sandbox was given (inside the workspace, not ignored or excluded). */
+  private isGiven(file: string): boolean {
+    const rel = this.fleet.workspace.relative(file)
+    return rel !== undefined && this.fleet.workspace.includes(rel)
+  }
+
+  /** A module answer carrying the code of a host file the sandbox may not see. */
+  private refusesCode(result: any): boolean {
+    const file = result?.file
+    if (typeof file !== 'string' || result.code === undefined || !path.isAbsolute(file)) return false
+    // Vitest's own runtime and this package's snapshot environment are served as code too, and
+    // dependencies are in the template anyway.
+    if (file === SNAPSHOT_ENVIRONMENT || file.startsWith(path.dirname(this.options.distPath) + path.sep)) return false
+    const rel = this.fleet.workspace.relative(file)
+    return !(rel !== undefined && (this.fleet.workspace.includes(rel) || rel.split('/').includes('node_modules')))
   }
 
   private async answerHostCall(msg: { id: number; op: string; args: unknown[] }): Promise<void> {
     let reply: Record<string, unknown>
     try {
       const file = String(msg.args[0])
-      const rel = path.relative(this.fleet.workspace.root, file)
-      if (!path.isAbsolute(file) || rel.startsWith('..') || path.isAbsolute(rel) || !this.fleet.workspace.includes(rel.split(path.sep).join('/'))) {
+      if (!path.isAbsolute(file) || !this.isGiven(file)) {
         throw new Error(`${msg.op} of ${file}: snapshots must be inside the workspace given to the sandbox (${this.fleet.workspace.root}) and not ignored`)
       }
       let result: unknown = null

@@ -90,6 +90,8 @@ export interface Workspace {
   bytes: number
   /** Whether a path (relative to the root) is part of what the sandbox was given. */
   includes(rel: string): boolean
+  /** An absolute host path relative to the root (with `/`), or undefined when it is outside. */
+  relative(abs: string): string | undefined
 }
 
 export async function collectWorkspace(root: string, opts: WorkspaceOptions = {}): Promise<Workspace> {
@@ -109,6 +111,10 @@ export async function collectWorkspace(root: string, opts: WorkspaceOptions = {}
     bytes,
     // A file the run creates later (a new snapshot) counts as given when it is not ignored.
     includes: (rel) => included.has(rel) || (!rel.startsWith('../') && !path.isAbsolute(rel) && !excluded(rel)),
+    relative: (abs) => {
+      const rel = path.relative(root, path.resolve(abs))
+      return rel.startsWith('..') || path.isAbsolute(rel) ? undefined : rel.split(path.sep).join('/')
+    },
   }
 }
 
