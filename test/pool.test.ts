@@ -3,8 +3,6 @@
  * `pool: 'forks'`, and the reports must agree test by test.
  */
 import fs from 'node:fs'
-import net from 'node:net'
-import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { sandbox } from '../src/index.js'
@@ -79,28 +77,6 @@ describe('host-owned files', () => {
   })
 })
 
-describe('attacks from test code', () => {
-  it('keeps host secrets, host files and the host network away from tests', async () => {
-    const secretFile = path.join(REPO, 'fixtures/attack/secret.env')
-    const homeSecret = path.join(os.homedir(), '.vps-attack-secret')
-    fs.writeFileSync(secretFile, 'API_KEY=attack-secret-in-workspace\n')
-    fs.writeFileSync(homeSecret, 'attack-secret-in-home\n')
-    const server = net.createServer((c) => c.end('attack-secret-over-tcp'))
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-    try {
-      const run = await runFixture('attack', { env: { VPS_ATTACK_SECRET: 'attack-secret-in-env', VPS_ATTACK_PORT: String((server.address() as net.AddressInfo).port) } })
-      const tests = testsOf(run.json)
-      expect(Object.values(tests).filter((t) => t.status !== 'passed'), run.output).toEqual([])
-      expect(Object.keys(tests).length).toBe(8)
-      expect(fs.existsSync('/tmp/vps-attack-written')).toBe(false)
-    } finally {
-      server.close()
-      fs.rmSync(secretFile, { force: true })
-      fs.rmSync(homeSecret, { force: true })
-    }
-  })
-})
-
 describe('options', () => {
   it('rejects unknown options and bad values before any sandbox exists, naming the fix', () => {
     const cases: Array<[unknown, RegExp]> = [
@@ -115,6 +91,8 @@ describe('options', () => {
       [{ provider: 'local' }, /provider must be a provider such as local\(\)/],
       [{ timeout: 5 }, /timeout must be a whole number from 10/],
       [{ sandboxes: 'auto' }, /'auto'.*not available yet/],
+      [{ workspace: { gitignore: 'yes' } }, /workspace.gitignore must be true or false \(got 'yes'\)/],
+      [{ allowWrite: 'src/x.ts' }, /allowWrite must be an array of strings/],
     ]
     for (const [options, message] of cases) expect(() => sandbox(options as never)).toThrow(message)
   })

@@ -40,6 +40,7 @@ export interface Lease {
 
 export interface FleetLogger {
   log(text: string): void
+  error(text: string): void
 }
 
 export class Fleet {
@@ -55,22 +56,34 @@ export class Fleet {
   private readonly waiters: Array<() => void> = []
   private closed = false
 
-  constructor(private readonly opts: ResolvedOptions, private readonly projectRoot: string, readonly logger: FleetLogger) {
+  constructor(private readonly opts: ResolvedOptions, private readonly projectRoot: string, readonly logger: FleetLogger, private readonly outputs: string[] = []) {
     this.providerName = opts.provider.name
   }
 
-  /** Connect, find or build the template, pack the workspace. Once. */
+  /**
+   * Connect, find or build the template, pack the workspace. Once. A failure is printed once, in
+   * full; every file that then cannot run says so in one line.
+   */
   init(): Promise<void> {
-    this.initializing ??= (async () => {
-      const root = findWorkspaceRoot(this.projectRoot)
-      this.workspace = await collectWorkspace(root, this.opts.workspace)
-      this.session = await this.opts.provider.connect()
-      this.template = await ensureTemplate(this.session, { root, setup: this.opts.setup }, (line) => this.logger.log(line), this.labels())
-      this.tarFile = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')), 'workspace.tar')
-      await pipeToFile(packFiles(root, this.workspace.files), this.tarFile)
-      log('run %s: workspace %s (%d files, %d bytes), template %s', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template)
-    })()
+    this.initializing ??= this.prepare().catch((err: Error) => {
+      this.logger.error(err.message)
+      throw new Error(`the sandbox pool could not start (${err.message.split('\n')[0]}); the full error is printed above`)
+    })
     return this.initializing
+  }
+
+  private async prepare(): Promise<void> {
+    const root = findWorkspaceRoot(this.projectRoot)
+    this.workspace = await collectWorkspace(root, { ...this.opts.workspace, outputs: this.outputs })
+    if (this.workspace.secrets.length) {
+      const shown = this.workspace.secrets.slice(0, 3).join(', ') + (this.workspace.secrets.length > 3 ? `, and ${this.workspace.secrets.length - 3} more` : '')
+      this.logger.log(`sandbox: not sending ${this.workspace.secrets.length} secret-like file${this.workspace.secrets.length === 1 ? '' : 's'} (${shown}); send one with sandbox({ workspace: { include: ['<name>'] } })`)
+    }
+    this.session = await this.opts.provider.connect()
+    this.template = await ensureTemplate(this.session, { root, setup: this.opts.setup }, (line) => this.logger.log(line), this.labels())
+    this.tarFile = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')), 'workspace.tar')
+    await pipeToFile(packFiles(root, this.workspace.files), this.tarFile)
+    log('run %s: workspace %s (%d files, %d bytes), template %s', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template)
   }
 
   private labels(): Record<string, string> {
@@ -149,7 +162,7 @@ export class Fleet {
     if (!this.initializing || this.closed) return
     await this.init()
     const before = new Map(this.workspace.files.map((f) => [f.path, signature(f)]))
-    const next = await collectWorkspace(this.workspace.root, this.opts.workspace)
+    const next = await collectWorkspace(this.workspace.root, { ...this.opts.workspace, outputs: this.outputs })
     const changed = next.files.filter((f) => before.get(f.path) !== signature(f))
     const present = new Set(next.files.map((f) => f.path))
     const removed = [...before.keys()].filter((p) => !present.has(p))

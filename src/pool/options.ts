@@ -25,7 +25,10 @@ export interface SandboxPoolOptions {
   concurrency?: number
   /** The cached template snapshot: dependencies installed once, reused by every run. */
   template?: TemplateOptions
-  /** What of the workspace is sent (on top of .gitignore rules). */
+  /**
+   * What of the workspace is sent: by default everything the tests would see on the host (build
+   * outputs included) except node_modules, .git, Vitest's caches, this run's outputs and secrets.
+   */
   workspace?: WorkspaceOptions
   /**
    * Host environment variables forwarded to test workers, by name. Nothing else of the host's
@@ -37,6 +40,14 @@ export interface SandboxPoolOptions {
   network?: 'none' | 'allow'
   /** Seconds a sandbox may live (its provider TTL: nothing outlives a crashed host). @default 600 */
   timeout?: number
+  /**
+   * gitignore-style patterns of workspace files that file snapshots (`toMatchFileSnapshot`) may
+   * create or change from inside a sandbox although their names look like code (`.ts`, `.js`, ...)
+   * and they are outside `__snapshots__`. Manifests, lockfiles, Vitest/Vite configs, globalSetup
+   * files, dotfiles and `node_modules` are never written from a sandbox.
+   * @default []
+   */
+  allowWrite?: string[]
 }
 
 export interface ResolvedOptions {
@@ -48,9 +59,10 @@ export interface ResolvedOptions {
   env: string[]
   network: 'none' | 'allow'
   timeout: number
+  allowWrite: string[]
 }
 
-const KNOWN = ['provider', 'sandboxes', 'concurrency', 'template', 'workspace', 'env', 'network', 'timeout'] as const
+const KNOWN = ['provider', 'sandboxes', 'concurrency', 'template', 'workspace', 'env', 'network', 'timeout', 'allowWrite'] as const
 
 export class SandboxOptionsError extends Error {
   constructor(message: string) {
@@ -96,8 +108,9 @@ export function resolveOptions(input: unknown, defaultConcurrency: number): Reso
   const workspace = (o.workspace ?? {}) as Record<string, unknown>
   if (typeof workspace !== 'object' || Array.isArray(workspace)) throw new SandboxOptionsError(`workspace must be an object like { include: ['**'], exclude: [] } (got ${show(o.workspace)})`)
   for (const key of Object.keys(workspace)) {
-    if (!['include', 'exclude', 'maxBytes'].includes(key)) throw new SandboxOptionsError(`unknown option 'workspace.${key}'; the workspace options are include, exclude, maxBytes`)
+    if (!['include', 'exclude', 'gitignore', 'maxBytes'].includes(key)) throw new SandboxOptionsError(`unknown option 'workspace.${key}'; the workspace options are include, exclude, gitignore, maxBytes`)
   }
+  if (workspace.gitignore !== undefined && typeof workspace.gitignore !== 'boolean') throw new SandboxOptionsError(`workspace.gitignore must be true or false (got ${show(workspace.gitignore)})`)
   const network = o.network ?? 'none'
   if (network !== 'none' && network !== 'allow') throw new SandboxOptionsError(`network must be 'none' or 'allow' (got ${show(network)})`)
   if (o.sandboxes === 'auto') throw new SandboxOptionsError("sandboxes: 'auto' (sizing from recorded durations) is not available yet; give a number")
@@ -107,12 +120,14 @@ export function resolveOptions(input: unknown, defaultConcurrency: number): Reso
     concurrency: wholeNumber('concurrency', o.concurrency, 1, 256, defaultConcurrency),
     setup: stringArray('template.setup', template.setup),
     workspace: {
-      include: workspace.include === undefined ? undefined : stringArray('workspace.include', workspace.include),
+      include: stringArray('workspace.include', workspace.include),
       exclude: stringArray('workspace.exclude', workspace.exclude),
+      gitignore: workspace.gitignore === true,
       maxBytes: wholeNumber('workspace.maxBytes', workspace.maxBytes, 1, Number.MAX_SAFE_INTEGER, 512 * 1024 * 1024),
     },
     env: stringArray('env', o.env),
     network,
     timeout: wholeNumber('timeout', o.timeout, 10, 7 * 24 * 3600, 600),
+    allowWrite: stringArray('allowWrite', o.allowWrite),
   }
 }

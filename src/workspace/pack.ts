@@ -1,26 +1,67 @@
 /**
  * Packs files into a tar stream (tar-stream), straight from disk, for upload into a sandbox.
  * Paths in the archive are relative; the sandbox extracts them at the host's absolute root.
+ *
+ * Each file is packed as read at one moment: its size is taken from the open descriptor, a file
+ * that grows meanwhile is cut at that size, one that shrinks is padded with zero bytes, and one
+ * that is gone (or was replaced by something other than a regular file) is left out. A log the
+ * run itself writes under the root can never fail the run.
  */
 import fs from 'node:fs'
+import fsp from 'node:fs/promises'
 import path from 'node:path'
-import { pipeline } from 'node:stream/promises'
 import tar from 'tar-stream'
 import type { WorkspaceFile } from './collect.js'
+
+const CHUNK = 1024 * 1024
 
 /** The tar stream of `files` (read from `root`), as an async iterable of chunks. */
 export function packFiles(root: string, files: Iterable<WorkspaceFile>): AsyncIterable<Uint8Array> {
   const pack = tar.pack()
   ;(async () => {
     for (const f of files) {
+      const abs = path.join(root, f.path)
       if (f.link !== undefined) {
-        pack.entry({ name: f.path, type: 'symlink', linkname: f.link, mode: 0o777 })
+        const linkname = await fsp.readlink(abs).catch(() => undefined)
+        if (linkname !== undefined) pack.entry({ name: f.path, type: 'symlink', linkname, mode: 0o777 })
         continue
       }
-      const entry = pack.entry({ name: f.path, size: f.size, mode: f.mode, mtime: new Date(f.mtimeMs) })
-      await pipeline(fs.createReadStream(path.join(root, f.path)), entry)
+      await packFile(pack, f.path, abs)
     }
     pack.finalize()
   })().catch((err) => pack.destroy(err))
   return pack as AsyncIterable<Uint8Array>
+}
+
+async function packFile(pack: tar.Pack, name: string, abs: string): Promise<void> {
+  let handle: fsp.FileHandle
+  try {
+    // O_NOFOLLOW: a file replaced by a link since it was listed is not followed out of the root.
+    handle = await fsp.open(abs, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+  } catch {
+    return // gone, or no longer a plain file
+  }
+  try {
+    const st = await handle.stat()
+    if (!st.isFile()) return
+    const size = st.size
+    let entry!: ReturnType<tar.Pack['entry']>
+    const packed = new Promise<void>((resolve, reject) => {
+      entry = pack.entry({ name, size, mode: st.mode & 0o7777, mtime: st.mtime }, (err) => (err ? reject(err) : resolve()))
+    })
+    let written = 0
+    while (written < size) {
+      const buf = Buffer.allocUnsafe(Math.min(CHUNK, size - written))
+      const { bytesRead } = await handle.read(buf, 0, buf.length, written)
+      // Shrunk since the stat: the rest is zeros, so the entry still has the size it announced.
+      if (bytesRead === 0) buf.fill(0)
+      const chunk = bytesRead === 0 ? buf : buf.subarray(0, bytesRead)
+      written += chunk.length
+      if (!entry.write(chunk)) await new Promise<void>((r) => entry.once('drain', () => r()))
+    }
+    entry.end(undefined as never)
+    await packed
+  } finally {
+    await handle.close()
+  }
 }

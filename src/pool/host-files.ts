@@ -1,0 +1,202 @@
+/**
+ * The host's file service for one test worker: snapshot reads, writes, removals and folders that
+ * the sandbox's snapshot environment asks for. Untrusted code can call it directly, so it does
+ * only what Vitest itself would do for the file that worker runs, in this run's update mode:
+ *
+ * - reads: files given to the sandbox;
+ * - `'none'` (CI): nothing changes (a write of identical content is a no-op);
+ * - `'new'`: a new `.snap` file or new entries in it, a new inline snapshot in the test file, a
+ *   new file-snapshot target;
+ * - `'all'` (`-u`): also changed and removed entries, changed inline snapshots and targets, and
+ *   removal of the test file's own obsolete `.snap` file;
+ * - never: files the host executes or reads as configuration (PROTECTED), in any mode; and a
+ *   file-snapshot target with a code-like name outside `__snapshots__` unless `allowWrite` says so
+ *   (test code chooses that path, and the host's config or globalSetup may import it).
+ */
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import path from 'node:path'
+import ignore from 'ignore'
+import { inlineSnapshotChange } from './inline-snapshots.js'
+import type { Workspace } from '../workspace/collect.js'
+
+export type UpdateMode = 'none' | 'new' | 'all'
+
+/** Basenames the host runs or reads as configuration (gitignore-style, at any depth). */
+const PROTECTED = ignore().add([
+  '*.config.*',
+  'vitest.workspace.*',
+  'vitest.projects.*',
+  'package.json',
+  'package-lock.json',
+  'npm-shrinkwrap.json',
+  'pnpm-lock.yaml',
+  'pnpm-workspace.yaml',
+  'yarn.lock',
+  'bun.lock',
+  'bun.lockb',
+  'deno.json',
+  'deno.jsonc',
+  'deno.lock',
+  'tsconfig*.json',
+  'jsconfig*.json',
+  'turbo.json',
+  'nx.json',
+  'project.json',
+  'lerna.json',
+  'rush.json',
+  'Makefile',
+  'makefile',
+  'GNUmakefile',
+  'Dockerfile*',
+  'Jenkinsfile',
+  'Taskfile.yml',
+  'justfile',
+  'azure-pipelines.yml',
+  'bitbucket-pipelines.yml',
+])
+
+/** Names that are code when something loads them (a new or changed file-snapshot target). */
+const CODE_NAME = /\.(?:[cm]?[jt]sx?|vue|svelte|astro|node|wasm|sh|bash|zsh|fish|ps1|bat|cmd|py|rb|pl|php)$/i
+
+/** The header Vitest writes at the top of every .snap file. */
+const SNAP_HEADER = /^\/\/ (?:Vitest )?Snapshot v\d+[^\n]*\n\n/
+const SNAP_ENTRY = /exports\[`((?:[^`\\]|\\[\s\S])*)`\] = `((?:[^`\\]|\\[\s\S])*)`;(?:\n\n|\n$)/y
+
+/** The entries of a .snap file as Vitest writes it, or undefined when it is not one. */
+export function parseSnapFile(content: string): Map<string, string> | undefined {
+  const header = SNAP_HEADER.exec(content)
+  if (!header) return undefined
+  const entries = new Map<string, string>()
+  let at = header[0].length
+  while (at < content.length) {
+    SNAP_ENTRY.lastIndex = at
+    const m = SNAP_ENTRY.exec(content)
+    if (!m || /\$\{/.test(m[2].replace(/\\[\s\S]/g, ''))) return undefined
+    entries.set(m[1], m[2])
+    at = SNAP_ENTRY.lastIndex
+  }
+  return entries
+}
+
+export interface HostFilesContext {
+  workspace: Workspace
+  /** The update mode of this run, as the worker was started with it. */
+  mode(): UpdateMode
+  /** The test file the worker is running. */
+  testFile(): string | undefined
+  /** .snap paths Vitest resolved for that test file. */
+  snapFiles(): Set<string>
+  /** Host files that must never be written (config files, globalSetup files). */
+  protectedFiles: Set<string>
+  /** gitignore-style patterns (`sandbox({ allowWrite })`) of code-like targets tests may write. */
+  allowWrite: string[]
+}
+
+export class HostFileRefusal extends Error {}
+
+export class HostFiles {
+  private readonly allow
+
+  constructor(private readonly ctx: HostFilesContext) {
+    this.allow = ignore().add(ctx.allowWrite)
+  }
+
+  async call(op: string, args: unknown[]): Promise<unknown> {
+    const file = typeof args[0] === 'string' ? path.resolve(args[0]) : ''
+    if (!path.isAbsolute(String(args[0] ?? '')) || !this.ctx.workspace.isGiven(file)) {
+      throw new HostFileRefusal(`${file || String(args[0])} is not a file given to the sandbox (outside ${this.ctx.workspace.root}, or left out as a secret, cache or excluded file)`)
+    }
+    switch (op) {
+      case 'snapshot:read':
+        return fsp.readFile(file, 'utf8').catch((e) => (e.code === 'ENOENT' ? null : Promise.reject(e)))
+      case 'snapshot:write':
+        return this.write(file, String(args[1]))
+      case 'snapshot:remove':
+        return this.remove(file)
+      case 'snapshot:mkdir':
+        return this.mkdir(file)
+      default:
+        throw new HostFileRefusal(`unknown host call ${op}`)
+    }
+  }
+
+  /**
+   * Vitest 5's benchmark results (`readBenchmarkResult`, `writeBenchmarkResult`): a path relative
+   * to the project root, read or written as JSON by the host. Why it is refused, if it is.
+   */
+  benchmarkRefusal(method: string, relative: unknown): string | undefined {
+    const file = path.resolve(this.ctx.workspace.root, String(relative))
+    if (!this.ctx.workspace.isGiven(file)) return `${method} of ${String(relative)}: not a file given to the sandbox`
+    if (method === 'readBenchmarkResult') return undefined
+    const protection = this.protection(file) ?? (CODE_NAME.test(file) ? 'its name looks like code' : undefined)
+    return protection ? `${method} of ${this.rel(file)} refused: ${protection}` : undefined
+  }
+
+  private rel(file: string): string {
+    return this.ctx.workspace.relative(file)!
+  }
+
+  /** Never written from a sandbox, whatever the mode. */
+  private protection(file: string): string | undefined {
+    const rel = this.rel(file)
+    if (this.ctx.protectedFiles.has(file)) return 'it is a file the host loads (a config or globalSetup file)'
+    if (rel.split('/').some((p) => p.startsWith('.'))) return 'dotfiles and dot-folders (.git, .github, ...) are configuration'
+    if (PROTECTED.ignores(rel)) return 'it is a manifest, lockfile or configuration file'
+    return undefined
+  }
+
+  private async write(file: string, content: string): Promise<void> {
+    const current = await fsp.readFile(file, 'utf8').catch((e) => (e.code === 'ENOENT' ? null : Promise.reject(e)))
+    if (current === content) return // what Vitest does on CI for an unchanged file
+    const mode = this.ctx.mode()
+    const refuse = (why: string) => new HostFileRefusal(`refused to ${current === null ? 'create' : 'change'} ${this.rel(file)} from inside the sandbox: ${why}`)
+    if (mode === 'none') throw refuse('snapshots are not updated in this run (update mode none, the default on CI; run with -u to update them)')
+    const protection = this.protection(file)
+    if (protection) throw refuse(protection)
+    if (this.ctx.snapFiles().has(file)) return this.writeSnap(file, current, content, mode, refuse)
+    if (file === this.ctx.testFile()) {
+      if (current === null) throw refuse('the test file does not exist on the host')
+      const why = inlineSnapshotChange(current, content, mode)
+      if (why) throw refuse(`as an inline snapshot update of the running test file, ${why}`)
+      return fsp.writeFile(file, content, 'utf8')
+    }
+    // A file snapshot (`toMatchFileSnapshot`): its path comes from test code.
+    const rel = this.rel(file)
+    if (rel.endsWith('.snap')) throw refuse('it is the snapshot file of another test file')
+    if (current !== null && mode !== 'all') throw refuse('it exists, and only `vitest -u` changes existing snapshots')
+    if (CODE_NAME.test(rel) && !rel.split('/').includes('__snapshots__') && !this.allow.ignores(rel)) {
+      throw refuse(`its name looks like code and it is outside __snapshots__; allow it with sandbox({ allowWrite: ['${rel}'] })`)
+    }
+    await fsp.mkdir(path.dirname(file), { recursive: true })
+    await fsp.writeFile(file, content, 'utf8')
+  }
+
+  private async writeSnap(file: string, current: string | null, content: string, mode: UpdateMode, refuse: (why: string) => Error): Promise<void> {
+    const next = parseSnapFile(content)
+    if (!next) throw refuse('it is not a snapshot file as Vitest writes it')
+    if (current !== null && mode === 'new') {
+      const before = parseSnapFile(current)
+      if (!before) throw refuse('the existing snapshot file is not one Vitest wrote, and only `vitest -u` may rewrite it')
+      for (const [key, value] of before) {
+        if (next.get(key) !== value) throw refuse(`it ${next.has(key) ? 'changes' : 'removes'} the existing snapshot \`${key}\`, which only \`vitest -u\` may do`)
+      }
+    }
+    await fsp.mkdir(path.dirname(file), { recursive: true })
+    await fsp.writeFile(file, content, 'utf8')
+  }
+
+  private async remove(file: string): Promise<void> {
+    if (!fs.existsSync(file)) return
+    if (this.ctx.mode() !== 'all') throw new HostFileRefusal(`refused to remove ${this.rel(file)} from inside the sandbox: obsolete snapshot files are removed only with \`vitest -u\``)
+    if (!this.ctx.snapFiles().has(file)) throw new HostFileRefusal(`refused to remove ${this.rel(file)} from inside the sandbox: only the running test file's own obsolete .snap file may be removed`)
+    await fsp.rm(file, { force: true })
+  }
+
+  private async mkdir(dir: string): Promise<void> {
+    if (fs.existsSync(dir)) return
+    if (this.ctx.mode() === 'none') throw new HostFileRefusal(`refused to create ${this.rel(dir)}/ from inside the sandbox: snapshots are not updated in this run (update mode none)`)
+    if (this.rel(dir).split('/').some((p) => p.startsWith('.'))) throw new HostFileRefusal(`refused to create ${this.rel(dir)}/ from inside the sandbox: dot-folders are configuration`)
+    await fsp.mkdir(dir, { recursive: true })
+  }
+}

@@ -1,0 +1,60 @@
+/** The rules of the host's snapshot file service, on their own (the pool tests drive them through real Vitest). */
+import { describe, expect, it } from 'vitest'
+import { inlineSnapshotChange } from '../src/pool/inline-snapshots.js'
+import { parseSnapFile } from '../src/pool/host-files.js'
+
+const test = (body: string) => `import { expect, it } from 'vitest'\n\nit('x', () => {\n${body}\n})\n`
+
+describe('inline snapshot updates', () => {
+  it('accepts what Vitest writes: a new snapshot, one with property matchers, a multi-line one', () => {
+    const before = test(`  expect(1).toMatchInlineSnapshot()\n  expect({ a: 1 }).toMatchInlineSnapshot({ a: expect.any(Number) })\n  expect('y').toMatchInlineSnapshot(  )`)
+    const after = test(`  expect(1).toMatchInlineSnapshot(\`1\`)\n  expect({ a: 1 }).toMatchInlineSnapshot({ a: expect.any(Number) }, \`\n    {\n      "a": Any<Number>,\n    }\n  \`)\n  expect('y').toMatchInlineSnapshot(  \`"y"\`)`)
+    expect(inlineSnapshotChange(before, after, 'new')).toBeUndefined()
+    expect(inlineSnapshotChange(before, after, 'all')).toBeUndefined()
+  })
+
+  it('changes an existing snapshot only in mode all', () => {
+    const before = test('  expect(2).toMatchInlineSnapshot(`1`)')
+    const after = test('  expect(2).toMatchInlineSnapshot(`2`)')
+    expect(inlineSnapshotChange(before, after, 'new')).toMatch(/only `vitest -u`/)
+    expect(inlineSnapshotChange(before, after, 'all')).toBeUndefined()
+  })
+
+  it('refuses any change of code, and snapshot arguments that are code', () => {
+    const before = test('  expect(1).toMatchInlineSnapshot()')
+    for (const after of [
+      test('  expect(2).toMatchInlineSnapshot(`1`)'),
+      test('  expect(1).toMatchInlineSnapshot(`1`)\n  process.exit(0)'),
+      test('  expect(1).toMatchInlineSnapshot(`${process.exit(0)}`)'),
+      test('  expect(1).toMatchInlineSnapshot(`1` + require("fs"))'),
+      test('  expect(1).toMatchInlineSnapshot("1")'),
+      test('  expect(1).toMatchInlineSnapshot(`1'),
+    ]) {
+      expect(inlineSnapshotChange(before, after, 'all'), after).toBeDefined()
+    }
+  })
+
+  it('does not take call sites in comments, strings or template text for real ones', () => {
+    for (const site of ['// expect(1).toMatchInlineSnapshot()', '/* expect(1).toMatchInlineSnapshot() */', "const s = 'toMatchInlineSnapshot()'", 'const t = `x toMatchInlineSnapshot() y`']) {
+      const before = test(`  ${site}\n  run()`)
+      // In real JS the "literal" below ends the comment or string: code would follow.
+      const after = before.replace('toMatchInlineSnapshot()', "toMatchInlineSnapshot(`\n*/ '` + process.exit(0) + `\n`)")
+      expect(inlineSnapshotChange(before, after, 'all'), site).toBeDefined()
+    }
+    const regex = test('  const re = /toMatchInlineSnapshot()/\n  expect(1).toMatchInlineSnapshot()')
+    expect(inlineSnapshotChange(regex, regex.replace('expect(1).toMatchInlineSnapshot()', 'expect(1).toMatchInlineSnapshot(`1`)'), 'new')).toBeUndefined()
+    expect(inlineSnapshotChange(regex, regex.replace('/toMatchInlineSnapshot()/', '/toMatchInlineSnapshot(`x`)/'), 'all')).toBeDefined()
+  })
+})
+
+describe('.snap files', () => {
+  const snap = '// Vitest Snapshot v1, https://vitest.dev/guide/snapshot.html\n\nexports[`a 1`] = `"x"`;\n\nexports[`b \\` 1`] = `\n{\n  "y": "\\${z}",\n}\n`;\n'
+  it('reads what Vitest writes', () => {
+    expect(parseSnapFile(snap)).toEqual(new Map([['a 1', '"x"'], ['b \\` 1', '\n{\n  "y": "\\${z}",\n}\n']]))
+  })
+  it('rejects anything else', () => {
+    for (const bad of ['module.exports = {}', snap + 'require("child_process")\n', snap.replace('`"x"`', '`${process.exit()}`'), snap.replace('`"x"`;', '`"x"` + 1;')]) {
+      expect(parseSnapFile(bad), bad).toBeUndefined()
+    }
+  })
+})
