@@ -71,3 +71,26 @@ describe('vitest-sandbox serve', () => {
     }
   })
 })
+
+describe('vitest-sandbox check', () => {
+  const check = (fixture: string, env: Record<string, string> = {}) =>
+    spawnSync(process.execPath, [CLI, 'check'], { cwd: path.resolve(import.meta.dirname, '../fixtures', fixture), encoding: 'utf8', env: { ...process.env, CI: 'true', ...env } })
+
+  it('finds no difference where forks and sandboxes agree, failing tests included', () => {
+    const r = check('basic')
+    expect(r.stdout).toMatch(/forks {3}6 tests \(5 passed, 1 failed, 0 skipped\) in \d+\.\d s, exit code 1/)
+    expect(r.stdout).toMatch(/sandbox 6 tests \(5 passed, 1 failed, 0 skipped\) in \d+\.\d s, exit code 1/)
+    expect(r.stdout).toMatch(/wall time: sandbox \d+\.\d\d× forks/)
+    expect(r.stdout).toMatch(/ 0 differences/)
+    expect(r.status, r.stdout + r.stderr).toBe(0)
+  })
+
+  it('prints each test whose result differs, with both results', () => {
+    const r = check('differs', { VPS_CHECK_HOST_VAR: 'from-the-host' })
+    expect(r.stdout).toMatch(/ 3 differences:/)
+    expect(r.stdout).toMatch(/✗ test\/env\.test\.ts > sees a host variable \(not forwarded to sandboxes\)\n {6}forks: {3}passed\n {6}sandbox: failed: AssertionError: expected undefined to be 'from-the-host'/)
+    expect(r.stdout).toMatch(/✗ exit code: forks 0, sandbox 1/)
+    expect(r.stdout).not.toMatch(/is the same everywhere/)
+    expect(r.status).toBe(1)
+  })
+})

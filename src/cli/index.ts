@@ -4,8 +4,10 @@
  *
  *   vitest-sandbox doctor [--fix]      check (and fix) what the local engine needs
  *   vitest-sandbox serve [options]     run the local engine as a server other machines can use
+ *   vitest-sandbox check [vitest args] run the suite with forks and in sandboxes, print differences
  */
 import { parseArgs } from 'node:util'
+import { check } from './check.js'
 import { doctor } from './doctor.js'
 import { serve } from './serve.js'
 
@@ -22,6 +24,11 @@ commands:
       --state-dir D      template layers and sandbox state (default ~/.cache/vitest-pool-sandbox)
       --max-sandboxes N  sandboxes alive at once (default 64)
       --allow-network    let sandboxes that ask for it (allow_internet_access) use the host network
+  check [options] [-- vitest args]
+                     run the project's suite with pool 'forks', then in sandboxes, and print every
+                     test whose result differs and both wall times (exit 1 on any difference)
+      --sandboxes N      sandboxes for the sandbox run (default 1)
+      --concurrency N    test files at once per sandbox (default: CPUs - 1)
 `
 
 async function main(argv: string[]): Promise<number> {
@@ -53,6 +60,19 @@ async function main(argv: string[]): Promise<number> {
         allowNetwork: values['allow-network']!,
         log,
       })
+    }
+    case 'check': {
+      const split = rest.indexOf('--')
+      const own = split === -1 ? rest : rest.slice(0, split)
+      const { values, positionals } = parseArgs({ args: own, allowPositionals: true, options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' } } })
+      const sandboxOptions: Record<string, unknown> = {}
+      for (const key of ['sandboxes', 'concurrency'] as const) {
+        const v = values[key]
+        if (v === undefined) continue
+        if (!/^\d+$/.test(v)) throw new Error(`check: --${key} must be a whole number (got '${v}')`)
+        sandboxOptions[key] = Number(v)
+      }
+      return check({ root: process.cwd(), args: [...positionals, ...(split === -1 ? [] : rest.slice(split + 1))], sandbox: sandboxOptions, log })
     }
     case undefined:
     case 'help':

@@ -83,8 +83,8 @@ export interface HostFilesContext {
   workspace: Workspace
   /** The update mode of this run, as the worker was started with it. */
   mode(): UpdateMode
-  /** The test file the worker is running. */
-  testFile(): string | undefined
+  /** The test files the worker is running. */
+  testFiles(): string[]
   /** .snap paths Vitest resolved for that test file. */
   snapFiles(): Set<string>
   /** Host files that must never be written (config files, globalSetup files). */
@@ -155,7 +155,7 @@ export class HostFiles {
     const protection = this.protection(file)
     if (protection) throw refuse(protection)
     if (this.ctx.snapFiles().has(file)) return this.writeSnap(file, current, content, mode, refuse)
-    if (file === this.ctx.testFile()) {
+    if (this.ctx.testFiles().includes(file)) {
       if (current === null) throw refuse('the test file does not exist on the host')
       const why = inlineSnapshotChange(current, content, mode)
       if (why) throw refuse(`as an inline snapshot update of the running test file, ${why}`)
@@ -199,4 +199,19 @@ export class HostFiles {
     if (this.rel(dir).split('/').some((p) => p.startsWith('.'))) throw new HostFileRefusal(`refused to create ${this.rel(dir)}/ from inside the sandbox: dot-folders are configuration`)
     await fsp.mkdir(dir, { recursive: true })
   }
+}
+
+/**
+ * The first attachment path of an artifact (`onTaskArtifactRecord`) that names a host file the
+ * sandbox was not given: Vitest would copy that file into the attachments folder, inside the
+ * workspace, where a later run's sandbox could read it.
+ */
+export function refusedAttachment(artifact: any, isGiven: (p: string) => boolean): string | undefined {
+  const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
+  for (const a of attachments) {
+    const p = a?.path
+    if (typeof p !== 'string' || /^https?:\/\//.test(p)) continue
+    if (!isGiven(p)) return p
+  }
+  return undefined
 }

@@ -4,12 +4,15 @@
  */
 import os from 'node:os'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import type { PoolOptions, PoolRunnerInitializer, PoolWorker } from 'vitest/node'
 import { Fleet } from './fleet.js'
-import { resolveOptions, type SandboxPoolOptions } from './options.js'
+import { resolveOptions, SandboxOptionsError, type SandboxPoolOptions } from './options.js'
 import { SandboxPoolWorker } from './worker.js'
 
 export type { SandboxPoolOptions } from './options.js'
+
+const RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime')
 
 /** True when the command line already decides how many workers run. */
 function workersGivenOnCommandLine(): boolean {
@@ -27,6 +30,23 @@ function runOutputs(vitest: PoolOptions['project']['vitest']): string[] {
   return outputs.filter((o): o is string => typeof o === 'string' && o !== '').map((o) => path.resolve(root, o))
 }
 
+/**
+ * Workers of browser-like environments (jsdom, happy-dom) load modules through Vite's client
+ * environment, which serves only `server.fs.allow`: add this package's snapshot environment, which
+ * lives outside the project when the package is installed elsewhere.
+ */
+function allowRuntimeFiles(project: PoolOptions['project']): void {
+  const allow = (project.vite?.config as { server?: { fs?: { allow?: string[] } } } | undefined)?.server?.fs?.allow
+  if (Array.isArray(allow) && !allow.includes(RUNTIME_DIR)) allow.push(RUNTIME_DIR)
+}
+
+/** The pool speaks Vitest 4.1's and 5's pool protocol (4.0 sends the worker config with each run, and lacks vitest/runtime). */
+function assertSupportedVitest(version: string): void {
+  const [major, minor] = version.split('.').map(Number)
+  if (major > 4 || (major === 4 && minor >= 1)) return
+  throw new SandboxOptionsError(`vitest-pool-sandbox needs Vitest 4.1 or newer; this project runs Vitest ${version}. Fix: npm install --save-dev vitest@^4.1 (or pnpm add -D / yarn add -D)`)
+}
+
 export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
   const resolved = resolveOptions(options, Math.max(1, os.availableParallelism() - 1))
   // A pool cannot size Vitest's scheduler itself, and the host's CPU count says nothing about
@@ -40,6 +60,8 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
     name: 'sandbox',
     createPoolWorker(poolOptions: PoolOptions): PoolWorker {
       const vitest = poolOptions.project.vitest
+      assertSupportedVitest(vitest.version)
+      allowRuntimeFiles(poolOptions.project)
       let fleet = fleets.get(vitest)
       if (!fleet) {
         const logger = vitest.logger

@@ -147,6 +147,8 @@ interface Pending {
   request: RpcFrame
   /** Set when the request went out as a twin: map it back in the answer. */
   twin?: Twin
+  /** The worker's request id, for a twin asked after the host's first answer. */
+  replyAs?: string | number
 }
 
 export class ModuleScreen {
@@ -210,9 +212,7 @@ export class ModuleScreen {
     this.pending.delete(frame.i!)
     if (pending.twin) {
       const out = mapStrings(frame, (t) => untwin(t, pending.twin!)) as RpcFrame
-      const asked = this.relabel.get(frame.i!)
-      this.relabel.delete(frame.i!)
-      return { toWorker: asked === undefined ? out : { ...out, i: asked } }
+      return { toWorker: pending.replyAs === undefined ? out : { ...out, i: pending.replyAs } }
     }
     if (pending.method === 'fetchWarmModules') return { toWorker: this.warmModules(frame) }
     const result = frame.e === undefined && frame.r && typeof frame.r === 'object' ? inlineCached(frame.r) : frame.r
@@ -229,14 +229,9 @@ export class ModuleScreen {
       return { toWorker: { t: 's', i: frame.i, e: error } }
     }
     const twinId = `vitest-sandbox-twin-${++this.nextTwin}`
-    this.pending.set(twinId, { method: pending.method, request: pending.request, twin: id.map })
-    // The twin's answer goes back under the worker's request id.
-    this.relabel.set(twinId, frame.i!)
+    this.pending.set(twinId, { method: pending.method, request: pending.request, twin: id.map, replyAs: frame.i })
     return { toHost: { ...pending.request, i: twinId, a: [id.twin, ...pending.request.a!.slice(1)] } }
   }
-
-  /** Twin requests made after an answer, by their own id: the worker's request id. */
-  readonly relabel = new Map<string | number, string | number>()
 
   /**
    * Worker calls that name host files for the host to load or read outside the module answers:

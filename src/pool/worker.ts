@@ -13,11 +13,13 @@
 import { EventEmitter } from 'node:events'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { generateFileHash, type PoolOptions, type PoolWorker, type WorkerRequest } from 'vitest/node'
+import type { PoolOptions, PoolWorker, WorkerRequest } from 'vitest/node'
+import { failedFileCalls } from './failed-file.js'
 import type { Fleet, Lease } from './fleet.js'
-import { HostFileRefusal, HostFiles, type UpdateMode } from './host-files.js'
+import { HostFileRefusal, HostFiles, refusedAttachment, type UpdateMode } from './host-files.js'
 import { FILE_NAMING_METHODS, MODULE_METHODS, ModuleScreen, type RpcFrame } from './module-screen.js'
-import { chooseCodec, loadCodec, type Codec, type CodecName } from '../sandbox-runtime/codec.js'
+import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
+import { codecFor, workerEnv } from './worker-env.js'
 import { createMessageSplitter, lengthPrefixed } from '../sandbox-runtime/wire.js'
 import { STAGING } from './sandbox-exec.js'
 import { debug } from '../debug.js'
@@ -31,35 +33,6 @@ const WORKER_START_TIMEOUT_MS = 90_000
 const MAX_RERUNS = 2
 /** Worker-to-host RPC calls that report results: after one of them a file is not rerun. */
 const RESULT_METHODS = new Set(['onCollected', 'onTaskUpdate', 'onAfterSuiteRun', 'snapshotSaved', 'onTaskArtifactRecord', 'onTestBenchmark'])
-
-/**
- * V8 serialization between equal Node majors, devalue otherwise. `VITEST_SANDBOX_CODEC`
- * (v8 | devalue) forces one, to debug a codec problem.
- */
-function codecFor(sandboxNode: string): CodecName {
-  const forced = process.env.VITEST_SANDBOX_CODEC
-  if (forced === 'v8' || forced === 'devalue') return forced
-  if (forced) throw new Error(`VITEST_SANDBOX_CODEC must be 'v8' or 'devalue' (got '${forced}')`)
-  return chooseCodec(process.versions.node, sandboxNode)
-}
-
-/** Variables Vitest sets for its workers (it also sets some of them in its own process). */
-const VITEST_KEYS = new Set(['TEST', 'VITEST', 'NODE_ENV', 'VITEST_MODE', 'FORCE_TTY'])
-
-/**
- * Vitest's own variables and the project's `test.env` reach workers; the host's environment
- * reaches them only for the names listed in `env`.
- */
-export function workerEnv(env: Partial<NodeJS.ProcessEnv>, forward: string[], configured: Set<string>): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (const [key, value] of Object.entries(env)) {
-    if (value === undefined) continue
-    // A key the host process does not have (or has with another value) was added by Vitest for
-    // this worker; an identical one is the host's environment leaking through.
-    if (forward.includes(key) || configured.has(key) || VITEST_KEYS.has(key) || process.env[key] !== value) out[key] = value
-  }
-  return out
-}
 
 /**
  * Where the worker is in its life. `idle`: Vitest started the PoolWorker, no sandbox worker yet;
@@ -83,6 +56,8 @@ export class SandboxPoolWorker implements PoolWorker {
   private resultsSeen = false
   private codec?: Codec
   private startRequest?: WorkerRequest
+  /** The serialized config the worker runs with (its snapshot update mode decides host writes). */
+  private config?: { snapshotOptions?: { updateSnapshot?: string }; snapshotEnvironment?: string }
   private runRequest?: WorkerRequest
   private readonly snapFiles = new Set<string>()
   private readonly snapRequests = new Map<string | number, string>()
@@ -119,12 +94,15 @@ export class SandboxPoolWorker implements PoolWorker {
     this.fleet.init().catch(() => {}) // started early; its error is reported with the file
   }
 
-  private get currentFile(): string | undefined {
-    return (this.runRequest as any)?.context?.files?.[0]?.filepath
+  /** The test files of the current run request (one, unless Vitest batches files with isolate: false). */
+  private get runFiles(): string[] {
+    const files = (this.runRequest as any)?.context?.files
+    return Array.isArray(files) ? files.map((f: { filepath: string }) => path.resolve(f.filepath)) : []
   }
 
-  private get relativeFile(): string | undefined {
-    return this.currentFile ? path.relative(this.fleet.workspace?.root ?? this.options.project.config.root, this.currentFile) : undefined
+  private get relativeFiles(): string | undefined {
+    const files = this.runFiles
+    return files.length ? files.map((f) => path.relative(this.options.project.config.root, f)).join(', ') : undefined
   }
 
   private emitSoon(message: unknown): void {
@@ -144,7 +122,7 @@ export class SandboxPoolWorker implements PoolWorker {
       const testPath = this.snapRequests.get(m.i)
       if (testPath !== undefined) {
         this.snapRequests.delete(m.i)
-        if (testPath === this.currentFile && typeof m.r === 'string') this.snapFiles.add(path.resolve(m.r))
+        if (this.runFiles.includes(testPath) && typeof m.r === 'string') this.snapFiles.add(path.resolve(m.r))
       }
       if (this.screen?.owns(m)) {
         const { toWorker, toHost } = this.screen.answer(m)
@@ -156,9 +134,14 @@ export class SandboxPoolWorker implements PoolWorker {
   }
 
   private request(m: any): void {
+    // The worker's config comes with 'start' (4.1+) or with 'run' (4.0).
+    const config = m.context?.config
+    if (config) {
+      config.snapshotEnvironment ??= SNAPSHOT_ENVIRONMENT
+      this.config = config
+    }
     switch (m.type) {
       case 'start':
-        if (!m.context.config.snapshotEnvironment) m.context.config.snapshotEnvironment = SNAPSHOT_ENVIRONMENT
         this.startRequest = m
         // Answered here; the real worker gets it with the file (a sandbox may not exist yet).
         return this.emitSoon({ __vitest_worker_response__: true, type: 'started' })
@@ -213,8 +196,8 @@ export class SandboxPoolWorker implements PoolWorker {
     this.screen = new ModuleScreen(workspace, [path.dirname(this.options.distPath), path.dirname(SNAPSHOT_ENVIRONMENT)])
     this.hostFiles = new HostFiles({
       workspace,
-      mode: () => ((this.startRequest as any)?.context?.config?.snapshotOptions?.updateSnapshot ?? 'none') as UpdateMode,
-      testFile: () => this.currentFile,
+      mode: () => (this.config?.snapshotOptions?.updateSnapshot ?? 'none') as UpdateMode,
+      testFiles: () => this.runFiles,
       snapFiles: () => this.snapFiles,
       protectedFiles: this.protectedFiles(),
       allowWrite: this.settings.allowWrite,
@@ -269,30 +252,21 @@ export class SandboxPoolWorker implements PoolWorker {
     return new Set(files.filter((f): f is string => typeof f === 'string').map((f) => path.resolve(project.config.root, f)))
   }
 
-  /**
-   * Report the file as failed with `error`, as Vitest reports a file that fails to load: queued,
-   * collected with the error, finished. Sent to the host's RPC as the worker would send it.
-   */
+  /** Report the files of the run as failed with `error` (see failed-file.ts), then the run as finished. */
   private async failFile(error: Error): Promise<void> {
     this.state = 'failed'
     this.finished()
-    const filepath = this.currentFile
-    if (!filepath || !this.inTask) return
-    const project = this.options.project
-    const name = path.relative(project.config.root, filepath)
-    const file: any = { id: generateFileHash(name, project.name), name, fullName: name, type: 'suite', mode: 'run', filepath, tasks: [], meta: {}, projectName: project.name, pool: 'sandbox' }
-    file.file = file
-    file.result = { state: 'fail', errors: [{ name: error.name, message: error.message, stack: `${error.name}: ${error.message}` }] }
+    if (!this.inTask) return
     let n = 0
-    const call = (method: string, ...args: unknown[]) =>
-      new Promise<void>((resolve) => {
-        const i = `vitest-sandbox-fail-${++n}`
-        this.hostCalls.set(i, resolve)
-        this.emitSoon({ t: 'q', i, m: method, a: args })
-      })
-    await call('onQueued', file)
-    await call('onCollected', [file])
-    await call('onTaskUpdate', [[file.id, file.result, file.meta]], [[file.id, 'suite-failed-early', undefined]])
+    for (const filepath of this.runFiles) {
+      for (const { method, args } of failedFileCalls(filepath, this.options.project, error)) {
+        await new Promise<void>((resolve) => {
+          const i = `vitest-sandbox-fail-${++n}`
+          this.hostCalls.set(i, resolve)
+          this.emitSoon({ t: 'q', i, m: method, a: args })
+        })
+      }
+    }
     this.inTask = false
     this.emitSoon({ __vitest_worker_response__: true, type: 'testfileFinished' })
   }
@@ -304,7 +278,7 @@ export class SandboxPoolWorker implements PoolWorker {
    */
   private onLost(sandboxId: string, reason: string): void {
     this.finished()
-    const file = this.relativeFile
+    const file = this.relativeFiles
     if (this.state === 'launching') return this.workerStarted?.reject(new Error(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost: ${reason}`))
     if (this.inTask && this.state === 'running' && !this.resultsSeen && this.attempt < MAX_RERUNS) {
       this.attempt++
@@ -338,7 +312,7 @@ export class SandboxPoolWorker implements PoolWorker {
       if (RESULT_METHODS.has(message.m)) this.resultsSeen = true
       if (message.m === 'resolveSnapshotPath' && message.i !== undefined) this.snapRequests.set(message.i, path.resolve(String(message.a?.[0])))
       if (message.m === 'onTaskArtifactRecord') {
-        const refused = this.refusedAttachment(message.a?.[1])
+        const refused = refusedAttachment(message.a?.[1], (p) => this.fleet.workspace.isGiven(path.resolve(this.options.project.config.root, p)))
         if (refused) {
           // Vitest would copy that host file into the attachments folder, inside the workspace,
           // where a later run's sandbox could read it.
@@ -364,17 +338,6 @@ export class SandboxPoolWorker implements PoolWorker {
   private transmit(message: unknown): void {
     if (this.channel === undefined || !this.lease) return
     this.lease.host.link.toWorker(this.channel, lengthPrefixed(this.codec!.encode(message)))
-  }
-
-  /** The first attachment path of an artifact that points at a host file the sandbox was not given. */
-  private refusedAttachment(artifact: any): string | undefined {
-    const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
-    for (const a of attachments) {
-      const p = a?.path
-      if (typeof p !== 'string' || /^https?:\/\//.test(p)) continue
-      if (!this.fleet.workspace.isGiven(path.resolve(this.options.project.config.root, p))) return p
-    }
-    return undefined
   }
 
   private async answerHostCall(msg: { id: number; op: string; args: unknown[] }): Promise<void> {

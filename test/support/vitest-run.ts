@@ -13,18 +13,20 @@ export interface FixtureRun {
 }
 
 /** Run Vitest on a fixture project (as a user would, in its own process) with the JSON reporter too. */
-export async function runFixture(name: string, opts: { pool?: 'forks' | 'sandbox'; args?: string[]; env?: Record<string, string>; node?: string; vitest?: string } = {}): Promise<FixtureRun> {
+export async function runFixture(name: string, opts: { pool?: 'forks' | 'sandbox'; args?: string[]; env?: Record<string, string>; node?: string; vitest?: string; outputFile?: string } = {}): Promise<FixtureRun> {
   const cwd = path.join(REPO, 'fixtures', name)
   const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vps-run-')), 'report.json')
   const child = spawn(opts.node ?? process.execPath, [opts.vitest ?? VITEST, 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${out}`, ...(opts.args ?? [])], {
     cwd,
     env: { ...process.env, VPS_POOL: opts.pool ?? 'sandbox', NO_COLOR: '1', FORCE_COLOR: '0', CI: 'true', ...opts.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    // `vitest run > file` when outputFile is given: a file that grows during the run.
+    stdio: ['ignore', opts.outputFile ? fs.openSync(opts.outputFile, 'w') : 'pipe', opts.outputFile ? fs.openSync(opts.outputFile, 'a') : 'pipe'],
   })
   let output = ''
-  child.stdout.on('data', (d) => (output += d))
-  child.stderr.on('data', (d) => (output += d))
+  child.stdout?.on('data', (d) => (output += d))
+  child.stderr?.on('data', (d) => (output += d))
   const code = await new Promise<number | null>((r) => child.once('exit', r))
+  if (opts.outputFile) output = fs.readFileSync(opts.outputFile, 'utf8')
   const json = fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, 'utf8')) : undefined
   fs.rmSync(path.dirname(out), { recursive: true, force: true })
   return { code, output, json }
