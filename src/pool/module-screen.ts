@@ -80,17 +80,32 @@ function fileId(id: unknown, root: string): { file: string; twin: string; map: T
     } catch {
       return undefined
     }
-    const map = twinOf(rest, root)
-    return { file: rest, twin: pathToFileURL(map[0][0]).href + (q < 0 ? '' : id.slice(q)), map }
+    const file = plainPath(rest)
+    const map = twinOf(file, root)
+    return { file, twin: pathToFileURL(map[0][0]).href + (q < 0 ? '' : id.slice(q)), map }
   }
   if (id.startsWith('/@fs/')) {
     prefix = '/@fs'
     rest = id.slice(4)
   } else if (!id.startsWith('/')) return undefined
   const at = rest.search(/[?#]/)
-  const file = at < 0 ? rest : rest.slice(0, at)
+  const file = plainPath(at < 0 ? rest : rest.slice(0, at))
   const map = twinOf(file, root)
   return { file, twin: prefix + map[0][0] + (at < 0 ? '' : rest.slice(at)), map }
+}
+
+/**
+ * A path as the file system will see it: percent-decoded and without `.`/`..` segments, so that
+ * neither the check nor the twin can be walked out of by `/x/../../etc/passwd` or `%2e%2e`.
+ */
+function plainPath(file: string): string {
+  let decoded = file
+  try {
+    decoded = decodeURIComponent(file)
+  } catch {
+    // Not percent-encoded.
+  }
+  return path.posix.normalize(decoded)
 }
 
 /** A string of a twin's answer as it reads for the asked path, in inline source maps too. */
