@@ -23,7 +23,8 @@ function hashes(): Record<string, string> {
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name)
       if (e.name === 'node_modules') continue
-      if (e.isDirectory()) walk(p)
+      if (e.isSymbolicLink()) out[path.relative(FIXTURE, p)] = `-> ${fs.readlinkSync(p)}`
+      else if (e.isDirectory()) walk(p)
       else out[path.relative(FIXTURE, p)] = createHash('sha256').update(fs.readFileSync(p)).digest('hex')
     }
   }
@@ -38,6 +39,9 @@ beforeAll(async () => {
   fs.writeFileSync(path.join(os.homedir(), '.vps-attack-secret'), 'attack-secret-in-home\n')
   fs.writeFileSync(path.join(FIXTURE, '.env'), 'API_KEY=attack-secret-dotenv\n')
   fs.writeFileSync(path.join(FIXTURE, '.npmrc'), '//registry.npmjs.org/:_authToken=attack-secret-npmrc\n')
+  // Links in the workspace that lead out of it: a file and a folder of the host.
+  fs.symlinkSync(path.join(hostDir, 'secret.txt'), path.join(FIXTURE, 'link-to-secret'))
+  fs.symlinkSync(hostDir, path.join(FIXTURE, 'link-to-host'))
   server = net.createServer((c) => c.end('attack-secret-over-tcp'))
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   env = {
@@ -50,7 +54,7 @@ beforeAll(async () => {
 
 afterAll(() => {
   server.close()
-  for (const f of ['.env', '.npmrc', '.vitest-attachments']) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+  for (const f of ['.env', '.npmrc', '.vitest-attachments', 'link-to-secret', 'link-to-host']) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
   fs.rmSync(path.join(os.homedir(), '.vps-attack-secret'), { force: true })
   fs.rmSync(hostDir, { recursive: true, force: true })
 })
@@ -66,12 +70,14 @@ describe('attacks from sandboxed test code', () => {
         const run = await runFixture('attack', { args: [`--update=${mode}`], env })
         const tests = testsOf(run.json ?? { testResults: [] })
         expect(Object.entries(tests).filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-        expect(Object.keys(tests).length, run.output).toBe(22)
+        expect(Object.keys(tests).length, run.output).toBe(23)
         expect(run.output).not.toContain('attack-secret')
         const after = hashes()
         const changed = Object.keys({ ...before, ...after }).filter((f) => before[f] !== after[f]).sort()
         expect(changed).toEqual(EXPECTED_CHANGES[mode])
         expect(fs.existsSync('/tmp/vps-attack-written')).toBe(false)
+        expect(fs.readdirSync(hostDir).sort()).toEqual(['secret.txt', 'unparsable.js'])
+        expect(fs.readFileSync(path.join(hostDir, 'secret.txt'), 'utf8')).toBe('attack-secret-outside\n')
       } finally {
         fs.rmSync(path.join(FIXTURE, 'test/out'), { recursive: true, force: true })
         fs.writeFileSync(path.join(FIXTURE, 'test/existing.txt'), existing)

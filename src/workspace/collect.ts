@@ -110,11 +110,31 @@ export async function collectWorkspace(root: string, opts: WorkspaceOptions & Pi
     const rel = path.relative(root, path.resolve(abs))
     return rel.startsWith('..') || path.isAbsolute(rel) ? undefined : rel.split(path.sep).join('/')
   }
-  const whyNot = (abs: string) => {
+  const byPath = (abs: string) => {
     const rel = relative(abs)
     return rel === undefined ? 'outside' : given.whyNot(rel)
   }
+  // A link inside the workspace may point anywhere: what it leads to must be given too.
+  const whyNot = (abs: string) => {
+    const direct = byPath(abs)
+    if (direct !== undefined) return direct
+    const real = realPath(abs)
+    return real === path.resolve(abs) ? undefined : byPath(real)
+  }
   return { root, files, bytes, secrets: secrets.sort(), relative, whyNot, isGiven: (abs) => whyNot(abs) === undefined }
+}
+
+/** The real path of `abs`, or of its nearest existing ancestor joined with the rest (for files not made yet). */
+function realPath(abs: string): string {
+  const rest: string[] = []
+  for (let p = path.resolve(abs); ; p = path.dirname(p)) {
+    try {
+      return path.join(fs.realpathSync(p), ...rest)
+    } catch {
+      if (path.dirname(p) === p) return path.resolve(abs)
+      rest.unshift(path.basename(p))
+    }
+  }
 }
 
 function mib(n: number): string {
