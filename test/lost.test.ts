@@ -55,3 +55,11 @@ it('reruns a file whose sandbox died before it reported results, and fails one t
   expect(output).toMatch(/sandbox sbx_\w+ \(provider local\) was lost while running \S*test\/after-results\.test\.ts: /)
   expect(output).not.toMatch(/after-results\.test\.ts reported results/)
 })
+
+// The TTL is for a host that dies; a live run renews it, however long it takes.
+it('keeps a sandbox alive past its TTL while the run goes on', { timeout: 120_000 }, async () => {
+  const run = await runFixture('longrun')
+  expect(run.output).not.toMatch(/was lost|timed out after/)
+  expect(run.json?.numPassedTests, run.output).toBe(1)
+  expect(run.code).toBe(0)
+})

@@ -41,6 +41,9 @@ const RESULT_METHODS = new Set(['onCollected', 'onTaskUpdate', 'onAfterSuiteRun'
  */
 type State = 'idle' | 'launching' | 'running' | 'failed' | 'stopped'
 
+/** The sandbox went away under a worker that had not reported any result yet: worth another sandbox. */
+class SandboxLost extends Error {}
+
 export class SandboxPoolWorker implements PoolWorker {
   readonly name = 'sandbox'
   private readonly events = new EventEmitter()
@@ -167,13 +170,29 @@ export class SandboxPoolWorker implements PoolWorker {
     this.state = 'launching'
     try {
       await this.launch()
+      if (this.stopped()) return
       this.transmit(this.startRequest!)
       await this.waitForWorkerStart()
+      if (this.stopped()) return
       this.state = 'running'
       this.transmit(this.runRequest!)
     } catch (err) {
+      if (this.stopped()) return
+      if (err instanceof SandboxLost && this.attempt < MAX_RERUNS) {
+        this.attempt++
+        this.fleet.logger.log(`${err.message}; starting ${this.relativeFiles ?? 'the file'} on another sandbox (rerun ${this.attempt} of ${MAX_RERUNS})`)
+        return this.launchAndRun()
+      }
       await this.failFile(err as Error)
     }
+  }
+
+  /** Vitest stopped this worker while it was being launched (a cancelled run): drop what was started. */
+  private stopped(): boolean {
+    if (this.state !== 'stopped') return false
+    if (this.channel !== undefined && this.lease?.host.link.alive) this.lease.host.link.kill(this.channel, 'SIGKILL')
+    this.finished()
+    return true
   }
 
   private waitForWorkerStart(): Promise<void> {
@@ -241,7 +260,8 @@ export class SandboxPoolWorker implements PoolWorker {
     try {
       await started
     } catch (err) {
-      throw new Error(`could not start a test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}): ${(err as Error).message}`)
+      const message = `could not start a test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}): ${(err as Error).message}`
+      throw host.link.alive ? new Error(message) : new SandboxLost(message)
     }
   }
 
@@ -279,7 +299,7 @@ export class SandboxPoolWorker implements PoolWorker {
   private onLost(sandboxId: string, reason: string): void {
     this.finished()
     const file = this.relativeFiles
-    if (this.state === 'launching') return this.workerStarted?.reject(new Error(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost: ${reason}`))
+    if (this.state === 'launching') return this.workerStarted?.reject(new SandboxLost(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost: ${reason}`))
     if (this.inTask && this.state === 'running' && !this.resultsSeen && this.attempt < MAX_RERUNS) {
       this.attempt++
       this.fleet.logger.log(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost before ${file ?? 'the file'} reported results (${reason}); running it again on another sandbox (rerun ${this.attempt} of ${MAX_RERUNS})`)

@@ -13,6 +13,7 @@ export function runtimeProtocolSession(client: RuntimeClient, close: () => Promi
         id: sbx.id,
         upload: async (path, body) => void (await sbx.writeFile(path, body)),
         start: (o) => sbx.start(o),
+        setTimeout: (seconds) => client.setTimeout(sbx.id, seconds),
         snapshot: async (name) => (await client.snapshot(sbx.id, { name })).id,
         kill: async () => void (await client.killSandbox(sbx.id)),
       }

@@ -21,6 +21,8 @@ export interface ProviderSandbox {
   upload(path: string, body: AsyncIterable<Uint8Array> | Uint8Array): Promise<void>
   /** Start a process with streaming stdio and an exit code. */
   start(opts: StartOptions): Promise<RemoteProcess>
+  /** Start the sandbox's TTL again: it lives `seconds` more from now (renewed while a run goes on). */
+  setTimeout(seconds: number): Promise<void>
   /** Freeze this sandbox's files into a reusable template; returns its id. */
   snapshot(name: string): Promise<string>
   kill(): Promise<void>
