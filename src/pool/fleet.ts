@@ -11,7 +11,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
-import { runScript, STAGING } from './sandbox-exec.js'
+import { RUNTIME_DIR, runScript, STAGING } from './sandbox-exec.js'
 import { ensureTemplate } from '../template/template.js'
 import { collectWorkspace, findWorkspaceRoot, listFiles, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
@@ -20,7 +20,6 @@ import { debug } from '../debug.js'
 
 const log = debug('fleet')
 const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
-const RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime')
 const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js', 'codec.js']
 
 export interface SandboxHost {
@@ -74,7 +73,7 @@ export class Fleet {
 
   private async prepare(): Promise<void> {
     const root = findWorkspaceRoot(this.projectRoot)
-    this.workspace = await collectWorkspace(root, { ...this.opts.workspace, outputs: this.outputs })
+    this.workspace = await this.collect(root)
     if (this.workspace.secrets.length) {
       const shown = this.workspace.secrets.slice(0, 3).join(', ') + (this.workspace.secrets.length > 3 ? `, and ${this.workspace.secrets.length - 3} more` : '')
       this.logger.log(`sandbox: not sending ${this.workspace.secrets.length} secret-like file${this.workspace.secrets.length === 1 ? '' : 's'} (${shown}); send one with sandbox({ workspace: { include: ['<name>'] } })`)
@@ -84,6 +83,11 @@ export class Fleet {
     this.tarFile = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')), 'workspace.tar')
     await pipeToFile(packFiles(root, this.workspace.files), this.tarFile)
     log('run %s: workspace %s (%d files, %d bytes), template %s', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template)
+  }
+
+  /** What of `root` the sandboxes are given, now. */
+  private collect(root: string): Promise<Workspace> {
+    return collectWorkspace(root, { ...this.opts.workspace, outputs: this.outputs })
   }
 
   private labels(): Record<string, string> {
@@ -176,7 +180,7 @@ export class Fleet {
     if (!this.initializing || this.closed) return
     await this.init()
     const before = new Map(this.workspace.files.map((f) => [f.path, signature(f)]))
-    const next = await collectWorkspace(this.workspace.root, { ...this.opts.workspace, outputs: this.outputs })
+    const next = await this.collect(this.workspace.root)
     const changed = next.files.filter((f) => before.get(f.path) !== signature(f))
     const present = new Set(next.files.map((f) => f.path))
     const removed = [...before.keys()].filter((p) => !present.has(p))

@@ -4,15 +4,13 @@
  */
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { PoolOptions, PoolRunnerInitializer, PoolWorker } from 'vitest/node'
 import { Fleet } from './fleet.js'
 import { resolveOptions, SandboxOptionsError, type SandboxPoolOptions } from './options.js'
+import { RUNTIME_DIR } from './sandbox-exec.js'
 import { SandboxPoolWorker } from './worker.js'
 
 export type { SandboxPoolOptions } from './options.js'
-
-const RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime')
 
 /** True when the command line already decides how many workers run. */
 function workersGivenOnCommandLine(): boolean {
@@ -60,10 +58,10 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
     name: 'sandbox',
     createPoolWorker(poolOptions: PoolOptions): PoolWorker {
       const vitest = poolOptions.project.vitest
-      assertSupportedVitest(vitest.version)
       allowRuntimeFiles(poolOptions.project)
       let fleet = fleets.get(vitest)
       if (!fleet) {
+        assertSupportedVitest(vitest.version)
         const logger = vitest.logger
         fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t), error: (t) => logger.error(t) }, runOutputs(vitest))
         fleets.set(vitest, fleet)

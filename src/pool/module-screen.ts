@@ -94,6 +94,20 @@ function fileId(id: unknown, root: string): { file: string; twin: string; map: T
   return { file, twin: prefix + map[0][0] + (at < 0 ? '' : rest.slice(at)), map }
 }
 
+/** The absolute host path a module id, path or file URL names (query dropped), if it names one. */
+function pathOf(v: unknown): string | undefined {
+  if (typeof v !== 'string') return undefined
+  let file = v.replace(/[?#].*$/, '')
+  if (file.startsWith('file://')) {
+    try {
+      file = fileURLToPath(file)
+    } catch {
+      return undefined
+    }
+  }
+  return path.isAbsolute(file) ? plainPath(file) : undefined
+}
+
 /**
  * A path as the file system will see it: percent-decoded and without `.`/`..` segments, so that
  * neither the check nor the twin can be walked out of by `/x/../../etc/passwd` or `%2e%2e`.
@@ -256,10 +270,9 @@ export class ModuleScreen {
    */
   call(frame: RpcFrame): { forward?: RpcFrame; refuse?: Error } {
     const args = frame.a ?? []
-    const fileOf = (v: unknown) => (typeof v !== 'string' ? undefined : v.startsWith('file://') ? (fileId(v, this.workspace.root)?.file ?? v) : v.replace(/[?#].*$/, ''))
     const refusedFile = (v: unknown) => {
-      const f = fileOf(v)
-      return f !== undefined && path.isAbsolute(f) && !this.allowed(f)
+      const f = pathOf(v)
+      return f !== undefined && !this.allowed(f)
     }
     switch (frame.m) {
       case 'ensureModuleGraphEntry':
@@ -286,10 +299,8 @@ export class ModuleScreen {
     const out = new Set<string>()
     if (!result || typeof result !== 'object') return out
     for (const key of ['file', 'externalize', 'id']) {
-      const v = result[key]
-      if (typeof v !== 'string') continue
-      const file = v.startsWith('file://') ? (() => { try { return fileURLToPath(v.replace(/[?#].*$/, '')) } catch { return undefined } })() : v.replace(/[?#].*$/, '')
-      if (file && path.isAbsolute(file) && !file.startsWith(ABSENT)) out.add(file)
+      const file = pathOf(result[key])
+      if (file && !file.startsWith(ABSENT)) out.add(file)
     }
     return out
   }

@@ -1,5 +1,12 @@
-/** Small helpers to run setup steps inside a sandbox and fail with their output. */
+/** Where the pool's own files are, and small helpers to run setup steps inside a sandbox and fail with their output. */
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import type { ProviderSandbox } from '../providers/types.js'
+
+/** The host folder of what runs inside sandboxes (agent, worker entry, snapshot environment). */
+export const RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime')
+/** The snapshot environment module test workers load (it sends snapshot I/O to the host). */
+export const SNAPSHOT_ENVIRONMENT = path.join(RUNTIME_DIR, 'snapshot-environment.js')
 
 /** Where the pool stages its files inside a sandbox (the agent, the worker entry, tarballs). */
 export const STAGING = '/tmp/.vitest-sandbox'

@@ -12,7 +12,6 @@
  */
 import { EventEmitter } from 'node:events'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { PoolOptions, PoolWorker, WorkerRequest } from 'vitest/node'
 import { failedFileCalls } from './failed-file.js'
 import type { Fleet, Lease } from './fleet.js'
@@ -21,11 +20,10 @@ import { FILE_NAMING_METHODS, MODULE_METHODS, ModuleScreen, type RpcFrame } from
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
 import { codecFor, workerEnv } from './worker-env.js'
 import { createMessageSplitter, lengthPrefixed } from '../sandbox-runtime/wire.js'
-import { STAGING } from './sandbox-exec.js'
+import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT, STAGING } from './sandbox-exec.js'
 import { debug } from '../debug.js'
 
 const log = debug('worker')
-const SNAPSHOT_ENVIRONMENT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sandbox-runtime/snapshot-environment.js')
 const SIGKILL_AFTER_MS = 500
 /** How long a forked worker may take to answer its start (Vitest's own bound, minus the wait for a sandbox). */
 const WORKER_START_TIMEOUT_MS = 90_000
@@ -178,12 +176,7 @@ export class SandboxPoolWorker implements PoolWorker {
       this.transmit(this.runRequest!)
     } catch (err) {
       if (this.stopped()) return
-      if (err instanceof SandboxLost && this.attempt < MAX_RERUNS) {
-        this.attempt++
-        this.fleet.logger.log(`${err.message}; starting ${this.relativeFiles ?? 'the file'} on another sandbox (rerun ${this.attempt} of ${MAX_RERUNS})`)
-        return this.launchAndRun()
-      }
-      await this.failFile(err as Error)
+      if (!(err instanceof SandboxLost && this.rerun(`${err.message}, while starting ${this.relativeFiles ?? 'the file'}`))) await this.failFile(err as Error)
     }
   }
 
@@ -212,7 +205,7 @@ export class SandboxPoolWorker implements PoolWorker {
     this.exited = new Promise((r) => (this.markExited = r))
     this.startupStderr = ''
     const workspace = this.fleet.workspace
-    this.screen = new ModuleScreen(workspace, [path.dirname(this.options.distPath), path.dirname(SNAPSHOT_ENVIRONMENT)])
+    this.screen = new ModuleScreen(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR])
     this.hostFiles = new HostFiles({
       workspace,
       mode: () => (this.config?.snapshotOptions?.updateSnapshot ?? 'none') as UpdateMode,
@@ -300,15 +293,19 @@ export class SandboxPoolWorker implements PoolWorker {
     this.finished()
     const file = this.relativeFiles
     if (this.state === 'launching') return this.workerStarted?.reject(new SandboxLost(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost: ${reason}`))
-    if (this.inTask && this.state === 'running' && !this.resultsSeen && this.attempt < MAX_RERUNS) {
-      this.attempt++
-      this.fleet.logger.log(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost before ${file ?? 'the file'} reported results (${reason}); running it again on another sandbox (rerun ${this.attempt} of ${MAX_RERUNS})`)
-      void this.launchAndRun()
-      return
-    }
+    if (this.inTask && this.state === 'running' && !this.resultsSeen && this.rerun(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost before ${file ?? 'the file'} reported results (${reason})`)) return
     const error = new Error(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost${file ? ` while running ${file}` : ''}: ${reason}`)
     if (this.inTask && this.state === 'running') this.events.emit('error', error)
     else log('%s', error.message)
+  }
+
+  /** Run the file again on another sandbox after a loss, if reruns are left; says whether it does. */
+  private rerun(why: string): boolean {
+    if (this.attempt >= MAX_RERUNS) return false
+    this.attempt++
+    this.fleet.logger.log(`${why}; running it again on another sandbox (rerun ${this.attempt} of ${MAX_RERUNS})`)
+    void this.launchAndRun()
+    return true
   }
 
   /**

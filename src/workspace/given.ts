@@ -84,7 +84,7 @@ export interface GivenPredicate {
   whyNot(rel: string): Refusal | undefined
 }
 
-/** gitignore semantics for "is anything under `dir` (a folder path ending in /) ignored as a folder?". */
+/** A matcher with gitignore semantics (a pattern without a slash matches at any depth). */
 function matcher(patterns: string[]): Ignore {
   return ignore({ allowRelativePaths: true }).add(patterns)
 }
