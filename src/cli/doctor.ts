@@ -10,6 +10,8 @@ import path from 'node:path'
 import { Engine } from '../engine/engine.js'
 import { detectHost, installHint, parseVersion, ROOT_DROP_ID, which } from '../engine/host.js'
 import { PROVIDER_ENV } from '../providers/credentials.js'
+import { REMOTE_PROVIDERS } from '../providers/index.js'
+import { POOL_LABEL } from '../providers/types.js'
 import { DEFAULT_PATH } from '../engine/sandbox.js'
 
 export interface Check {
@@ -52,8 +54,9 @@ export async function runChecks(): Promise<Check[]> {
   const sudo = isRoot ? '' : 'sudo '
 
   if (process.platform !== 'linux') {
-    checks.push({ name: 'platform', ok: false, detail: `the local engine needs Linux (this is ${process.platform})`, fix: 'run `vitest-sandbox serve` on a Linux machine, or use a cloud provider: watasu(), e2b(), opensandbox(), microsandbox(), heyo()' })
-    return checks
+    // Not a problem on its own: remote providers work from any host.
+    checks.push({ name: 'platform', ok: true, info: true, detail: `${process.platform}: local() and \`serve\` need Linux; use watasu() or opensandbox(), or run \`vitest-sandbox serve\` on a Linux machine and point watasu({ apiUrl }) at it` })
+    return finish(checks)
   }
   checks.push({ name: 'platform', ok: true, detail: `Linux ${os.release()} (${os.arch()}), Node ${process.version}` })
 
@@ -156,13 +159,36 @@ export async function runChecks(): Promise<Check[]> {
   return finish(checks)
 }
 
-/** The provider credential lines close every report. */
-function finish(checks: Check[]): Check[] {
+/**
+ * Each remote provider closes the report: not configured (a line saying which variable would
+ * configure it), or configured and then actually asked (reachable, key accepted).
+ */
+async function finish(checks: Check[]): Promise<Check[]> {
   for (const [provider, vars] of Object.entries(PROVIDER_ENV)) {
     const set = vars.find((v) => process.env[v])
-    checks.push({ name: provider, ok: true, info: true, detail: set ? `${set} is set` : `${vars[0]} not set (needed only for ${provider}())` })
+    if (!set) {
+      checks.push({ name: provider, ok: true, info: true, detail: `${vars[0]} not set (needed only for ${provider}())` })
+      continue
+    }
+    checks.push(await probe(provider, set))
   }
   return checks
+}
+
+async function probe(provider: string, variable: string): Promise<Check> {
+  try {
+    const session = await REMOTE_PROVIDERS[provider]().connect()
+    try {
+      const alive = await session.listSandboxes({ [POOL_LABEL]: 'pool' })
+      return { name: provider, ok: true, detail: `reachable with ${variable}; ${alive.length} pool sandbox${alive.length === 1 ? '' : 'es'} alive` }
+    } finally {
+      await session.close()
+    }
+  } catch (err) {
+    const e = err as { status?: number; message: string }
+    const fix = e.status === 401 || e.status === 403 ? `the provider refused ${variable}: check its value` : `check the provider's URL settings and that it is reachable from here`
+    return { name: provider, ok: false, detail: e.message.split('\n')[0], fix }
+  }
 }
 
 export async function doctor(opts: { fix: boolean; log: (line: string) => void }): Promise<number> {
@@ -181,6 +207,6 @@ export async function doctor(opts: { fix: boolean; log: (line: string) => void }
     if (!c.ok && c.fix) opts.log(`    fix: ${c.fix}`)
   }
   const failed = checks.filter((c) => !c.ok)
-  opts.log(failed.length ? `\n${failed.length} problem(s): the local engine cannot run until they are fixed.` : '\nThe local sandbox engine is ready.')
+  opts.log(failed.length ? `\n${failed.length} problem(s); each has its fix above.` : process.platform === 'linux' ? '\nThe local sandbox engine is ready.' : '\nNo problems found.')
   return failed.length ? 1 : 0
 }

@@ -5,10 +5,12 @@
  *   vitest-sandbox doctor [--fix]      check (and fix) what the local engine needs
  *   vitest-sandbox serve [options]     run the local engine as a server other machines can use
  *   vitest-sandbox check [vitest args] run the suite with forks and in sandboxes, print differences
+ *   vitest-sandbox reap [options]      kill sandboxes the pool left behind on a remote provider
  */
 import { parseArgs } from 'node:util'
 import { check } from './check.js'
 import { doctor } from './doctor.js'
+import { reap } from './reap.js'
 import { serve } from './serve.js'
 
 const USAGE = `usage: vitest-sandbox <command> [options]
@@ -29,6 +31,12 @@ commands:
                      test whose result differs and both wall times (exit 1 on any difference)
       --sandboxes N      sandboxes for the sandbox run (default 1)
       --concurrency N    test files at once per sandbox (default: CPUs - 1)
+  reap [options]     list the sandboxes the pool created that are still alive on a remote
+                     provider, and kill them
+      --provider P       watasu or opensandbox (default: each one whose API key is set)
+      --older-than D     only sandboxes created at least D ago (90s, 30m, 2h, 7d)
+      --run ID           only the sandboxes of one run (its id is in DEBUG logs and labels)
+      --dry-run          list them, kill nothing
 `
 
 async function main(argv: string[]): Promise<number> {
@@ -73,6 +81,13 @@ async function main(argv: string[]): Promise<number> {
         sandboxOptions[key] = Number(v)
       }
       return check({ root: process.cwd(), args: [...positionals, ...(split === -1 ? [] : rest.slice(split + 1))], sandbox: sandboxOptions, log })
+    }
+    case 'reap': {
+      const { values } = parseArgs({
+        args: rest,
+        options: { provider: { type: 'string' }, 'older-than': { type: 'string' }, run: { type: 'string' }, 'dry-run': { type: 'boolean', default: false } },
+      })
+      return reap({ provider: values.provider, olderThan: values['older-than'], run: values.run, dryRun: values['dry-run']!, log })
     }
     case undefined:
     case 'help':

@@ -1,7 +1,7 @@
 /**
  * The local sandbox engine: many bubblewrap sandboxes on this machine, created from immutable
  * template layers, listed by metadata, killed on demand, on expiry, and when the engine exits.
- * The protocol server (`src/protocol/server.ts`) exposes it; nothing here knows about HTTP.
+ * Its HTTP server (`server.ts`) exposes it; nothing else here knows about HTTP.
  */
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'

@@ -80,7 +80,7 @@ export function detectHost(): HostInfo {
   if (process.platform !== 'linux') {
     throw new HostSetupError(
       `the local sandbox engine needs Linux (this is ${process.platform})`,
-      'run `vitest-sandbox serve` on a Linux machine and point the pool at it, or use a cloud provider (watasu(), e2b(), ...)',
+      'run `vitest-sandbox serve` on a Linux machine and point watasu({ apiUrl }) at it, or use a remote provider: watasu() or opensandbox()',
     )
   }
   const bwrap = which('bwrap')

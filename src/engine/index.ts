@@ -4,11 +4,11 @@
  * `RuntimeClient` needs. Nothing to set up; closing it kills every sandbox it made.
  */
 import { Engine, type EngineOptions } from './engine.js'
-import { startServer, type ServerOptions } from '../protocol/server.js'
+import { startServer, type ServerOptions } from './server.js'
 
 export { Engine, defaultStateDir, type EngineOptions, type CreateSandboxOptions } from './engine.js'
 export { HostSetupError, detectHost, type HostInfo } from './host.js'
-export { startServer, type ServerOptions, type RunningServer } from '../protocol/server.js'
+export { startServer, type ServerOptions, type RunningServer } from './server.js'
 
 export interface LocalEngineHandle {
   /** Origin of both planes, e.g. `http://127.0.0.1:40123`. */

@@ -3,7 +3,7 @@
  * carrying every worker of that sandbox as a channel. Outgoing frames are batched per tick into
  * one stdin write; a heartbeat turns a silent link into a loss after `heartbeatTimeoutMs`.
  */
-import type { RemoteProcess } from '../protocol/client.js'
+import type { ProviderProcess } from '../providers/types.js'
 import { createDeframer, frame, jsonFrame, Kind } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 
@@ -39,7 +39,7 @@ export class AgentLink {
   lostReason?: string
   readonly hello: Promise<{ node: string; v8: string; pid: number }>
 
-  constructor(private readonly proc: RemoteProcess, heartbeatMs = 5000, heartbeatTimeoutMs = 30_000) {
+  constructor(private readonly proc: ProviderProcess, heartbeatMs = 5000, heartbeatTimeoutMs = 30_000) {
     let helloResolve!: (v: { node: string; v8: string; pid: number }) => void
     let helloReject!: (e: Error) => void
     this.hello = new Promise((res, rej) => {
@@ -177,7 +177,7 @@ export class AgentLink {
     const channels = [...this.channels.values()]
     this.channels.clear()
     for (const h of channels) h.lost(reason)
-    this.proc.disconnect()
+    this.proc.kill()
     this.onLost?.(reason)
   }
 

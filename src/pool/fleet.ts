@@ -11,11 +11,12 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
-import { RUNTIME_DIR, runScript, STAGING } from './sandbox-exec.js'
+import { RUNTIME_DIR } from './runtime-files.js'
+import { runScript, STAGING } from '../providers/exec.js'
 import { ensureTemplate } from '../template/template.js'
 import { collectWorkspace, findWorkspaceRoot, listFiles, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
-import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
+import { POOL_LABEL, RUN_LABEL, type ProviderSandbox, type ProviderSession } from '../providers/types.js'
 import { debug } from '../debug.js'
 
 const log = debug('fleet')
@@ -91,7 +92,7 @@ export class Fleet {
   }
 
   private labels(): Record<string, string> {
-    return { 'vitest-sandbox-run': this.runId }
+    return { [POOL_LABEL]: 'pool', [RUN_LABEL]: this.runId }
   }
 
   /** A worker slot on the least-loaded sandbox, creating sandboxes up to the limit. */
@@ -222,8 +223,24 @@ export class Fleet {
       h.link.close()
       await h.sandbox.kill().catch(() => {})
     }))
+    await this.killLeftovers()
     await this.session?.close().catch(() => {})
     if (this.tarFile) await fsp.rm(path.dirname(this.tarFile), { recursive: true, force: true })
+  }
+
+  /**
+   * Sandboxes of this run the fleet does not hold: a create whose answer was lost (and retried),
+   * a start that failed half-way. Found by the run's label, killed.
+   */
+  private async killLeftovers(): Promise<void> {
+    if (!this.session) return
+    try {
+      const left = await this.session.listSandboxes({ [RUN_LABEL]: this.runId })
+      if (left.length) log('run %s: killing %d sandboxes it did not hold: %s', this.runId, left.length, left.map((s) => s.id).join(', '))
+      await Promise.all(left.map((s) => this.session!.killSandbox(s.id).catch(() => false)))
+    } catch (err) {
+      log('run %s: listing leftover sandboxes failed: %s', this.runId, (err as Error).message)
+    }
   }
 }
 

@@ -7,7 +7,7 @@ import path from 'node:path'
 import type { PoolOptions, PoolRunnerInitializer, PoolWorker } from 'vitest/node'
 import { Fleet } from './fleet.js'
 import { resolveOptions, SandboxOptionsError, type SandboxPoolOptions } from './options.js'
-import { RUNTIME_DIR } from './sandbox-exec.js'
+import { RUNTIME_DIR } from './runtime-files.js'
 import { SandboxPoolWorker } from './worker.js'
 
 export type { SandboxPoolOptions } from './options.js'

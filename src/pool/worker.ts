@@ -20,7 +20,8 @@ import { FILE_NAMING_METHODS, MODULE_METHODS, ModuleScreen, type RpcFrame } from
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
 import { codecFor, workerEnv } from './worker-env.js'
 import { createMessageSplitter, lengthPrefixed } from '../sandbox-runtime/wire.js'
-import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT, STAGING } from './sandbox-exec.js'
+import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT } from './runtime-files.js'
+import { STAGING } from '../providers/exec.js'
 import { debug } from '../debug.js'
 
 const log = debug('worker')

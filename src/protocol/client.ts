@@ -9,32 +9,27 @@
  *   const { exitCode } = await proc.exited
  */
 import { EventEmitter } from 'node:events'
-import { Agent, request, type Dispatcher } from 'undici'
+import { Agent, type Dispatcher } from 'undici'
 import WebSocket from 'ws'
 import { debug } from '../debug.js'
+import { type Body, Http, HttpError as RuntimeError } from '../net/http.js'
 import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from './frames.js'
 
 const log = debug('client')
 
-export class RuntimeError extends Error {
-  constructor(
-    message: string,
-    /** HTTP status, or 0 for a transport failure. */
-    readonly status: number,
-    /** The protocol's error code, e.g. `file_not_found`, `sandbox_not_found`. */
-    readonly code: string,
-  ) {
-    super(message)
-    this.name = 'RuntimeError'
-  }
-}
+export { HttpError as RuntimeError } from '../net/http.js'
 
 export interface ClientOptions {
-  /** Control-plane origin, e.g. `http://127.0.0.1:41234` (routes go under `/v1`). */
+  /**
+   * The control plane: an origin such as `http://127.0.0.1:8787` (routes under `/v1`), or a base
+   * that already ends in `/v1`, as Watasu's SDK takes `WATASU_API_URL`.
+   */
   url: string
   /** Bearer token of the control plane. */
   token: string
-  /** Attempts for a request answered 429/502/503/504 or not answered at all. @default 4 */
+  /** Data-plane URL to use instead of the one each sandbox's session names (`WATASU_SANDBOX_URL`). */
+  sandboxUrl?: string
+  /** Attempts for a request answered 429/5xx or not answered at all. @default 4 */
   retries?: number
   dispatcher?: Dispatcher
 }
@@ -67,61 +62,14 @@ export interface EntryInfo {
   symlink_target: string | null
 }
 
-type Body = string | Uint8Array | AsyncIterable<Uint8Array> | NodeJS.ReadableStream
-
-const RETRY_STATUS = new Set([429, 502, 503, 504])
-
-class Http {
-  constructor(private readonly base: string, private readonly token: string, private readonly retries: number, private readonly dispatcher: Dispatcher) {}
-
-  async call(method: Dispatcher.HttpMethod, path: string, opts: { json?: unknown; body?: Body; raw?: boolean; retry?: boolean } = {}): Promise<{ status: number; body: Dispatcher.ResponseData['body'] }> {
-    const headers: Record<string, string> = { authorization: `Bearer ${this.token}` }
-    let body: Body | undefined = opts.body
-    if (opts.json !== undefined) {
-      headers['content-type'] = 'application/json'
-      body = JSON.stringify(opts.json)
-    } else if (body !== undefined) {
-      headers['content-type'] = 'application/octet-stream'
-    }
-    // A streamed body cannot be sent twice, so only buffered requests are retried.
-    const canRetry = opts.retry !== false && (body === undefined || typeof body === 'string' || body instanceof Uint8Array)
-    for (let attempt = 1; ; attempt++) {
-      let res: Dispatcher.ResponseData
-      try {
-        res = await request(`${this.base}${path}`, { method, headers, body: body as Dispatcher.DispatchOptions['body'], dispatcher: this.dispatcher })
-      } catch (err) {
-        if (!canRetry || attempt >= this.retries) throw new RuntimeError(`${method} ${this.base}${path} failed: ${(err as Error).message}`, 0, (err as { code?: string }).code ?? 'network_error')
-        await backoff(attempt)
-        continue
-      }
-      if (res.statusCode < 400) return { status: res.statusCode, body: res.body }
-      const text = await res.body.text()
-      if (canRetry && RETRY_STATUS.has(res.statusCode) && attempt < this.retries) {
-        log('%s %s: %d, retrying (attempt %d)', method, path, res.statusCode, attempt)
-        await backoff(attempt, Number(res.headers['retry-after']))
-        continue
-      }
-      let parsed: { error?: unknown; message?: unknown } = {}
-      try {
-        parsed = JSON.parse(text)
-      } catch {
-        parsed = { message: text }
-      }
-      const code = typeof parsed.error === 'string' ? parsed.error : `http_${res.statusCode}`
-      throw new RuntimeError(`${method} ${path}: ${String(parsed.message ?? text) || `status ${res.statusCode}`}`, res.statusCode, code)
-    }
-  }
-
-  async json<T>(method: Dispatcher.HttpMethod, path: string, json?: unknown): Promise<T> {
-    const res = await this.call(method, path, { json })
-    const text = await res.body.text()
-    return (text ? JSON.parse(text) : {}) as T
-  }
+/** The runtime protocol's error body: `{ error: <code>, message }`. */
+const parseError = (body: unknown) => {
+  const b = body as { error?: unknown; message?: unknown }
+  return { code: typeof b.error === 'string' ? b.error : undefined, message: typeof b.message === 'string' ? b.message : undefined }
 }
 
-function backoff(attempt: number, retryAfterSec?: number): Promise<void> {
-  const ms = Number.isFinite(retryAfterSec) && retryAfterSec! > 0 ? retryAfterSec! * 1000 : Math.min(5000, 200 * 2 ** (attempt - 1)) * (0.5 + Math.random())
-  return new Promise((r) => setTimeout(r, ms))
+function bearer(base: string, token: string, retries: number, dispatcher: Dispatcher): Http {
+  return new Http({ base, headers: { authorization: `Bearer ${token}` }, attempts: retries, dispatcher, parseError })
 }
 
 /** The control plane: create, list, kill and snapshot sandboxes. */
@@ -130,7 +78,8 @@ export class RuntimeClient {
   private readonly dispatcher: Dispatcher
   constructor(private readonly opts: ClientOptions) {
     this.dispatcher = opts.dispatcher ?? new Agent({ keepAliveTimeout: 10_000 })
-    this.http = new Http(`${opts.url.replace(/\/+$/, '')}/v1`, opts.token, opts.retries ?? 4, this.dispatcher)
+    const base = opts.url.replace(/\/+$/, '')
+    this.http = bearer(base.endsWith('/v1') ? base : `${base}/v1`, opts.token, opts.retries ?? 4, this.dispatcher)
   }
 
   async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean } = {}): Promise<SandboxClient> {
@@ -141,13 +90,18 @@ export class RuntimeClient {
       envs: opts.envs ?? {},
       allow_internet_access: opts.allowInternetAccess ?? false,
     })
-    return new SandboxClient(res.sandbox, res.session, this.opts.retries ?? 4, this.dispatcher)
+    return this.sandboxClient(res.sandbox, res.session)
   }
 
   /** A data-plane client for an existing sandbox (a fresh session via resume). */
   async connect(id: string): Promise<SandboxClient> {
     const res = await this.http.json<{ sandbox: SandboxInfo; session: { data_plane_url: string; token: string } }>('POST', `/sandboxes/${encodeURIComponent(id)}/resume`, {})
-    return new SandboxClient(res.sandbox, res.session, this.opts.retries ?? 4, this.dispatcher)
+    return this.sandboxClient(res.sandbox, res.session)
+  }
+
+  private sandboxClient(info: SandboxInfo, session: { data_plane_url: string; token: string }): SandboxClient {
+    const dataPlane = this.opts.sandboxUrl ?? session.data_plane_url
+    return new SandboxClient(info, { ...session, data_plane_url: dataPlane }, this.opts.retries ?? 4, this.dispatcher)
   }
 
   async listSandboxes(metadata: Record<string, string> = {}): Promise<SandboxInfo[]> {
@@ -231,7 +185,7 @@ export class SandboxClient {
 
   constructor(readonly info: SandboxInfo, readonly session: { data_plane_url: string; token: string }, retries: number, dispatcher: Dispatcher) {
     this.id = info.id
-    this.http = new Http(`${session.data_plane_url.replace(/\/+$/, '')}/runtime/v1`, session.token, retries, dispatcher)
+    this.http = bearer(`${session.data_plane_url.replace(/\/+$/, '')}/runtime/v1`, session.token, retries, dispatcher)
     this.wsBase = session.data_plane_url.replace(/^http/, 'ws').replace(/\/+$/, '')
   }
 
@@ -485,6 +439,16 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
   /** Signal the process (and its group) over the socket. */
   signal(signal = 'SIGTERM'): void {
     this.ws?.send(JSON.stringify({ type: 'signal', signal }))
+  }
+
+  /** Kill the process and its group; `exited` then settles with the server's exit frame. */
+  kill(): void {
+    if (this.done) return
+    if (this.ws?.readyState === WebSocket.OPEN) return void this.ws.send(JSON.stringify({ type: 'signal', signal: 'SIGKILL', kill_group: true }))
+    // No socket to send it over: the sandbox is being given up, so is the process.
+    this.done = true
+    this.ws?.close()
+    this.resolveExit({ exitCode: 137, error: 'killed', signal: 'SIGKILL' })
   }
 
   /** Drop the socket without killing the process. */

@@ -1,11 +1,20 @@
 /**
- * The environment variables each cloud provider reads its credentials from, first one preferred.
- * Shared by the provider factories (missing key: the error names the variable) and `doctor`.
+ * The environment variables each provider reads its credentials from, first one preferred.
+ * Shared by the provider factories (a missing key names the variable) and `doctor`.
  */
-export const PROVIDER_ENV: Record<string, string[]> = {
+export const PROVIDER_ENV = {
   watasu: ['WATASU_API_KEY', 'WATASU_ACCESS_TOKEN'],
-  e2b: ['E2B_API_KEY'],
   opensandbox: ['OPEN_SANDBOX_API_KEY'],
-  microsandbox: ['MSB_API_KEY'],
-  heyo: ['HEYO_API_KEY'],
+} as const
+
+export type RemoteProviderName = keyof typeof PROVIDER_ENV
+
+/** The key given as an option, else from the provider's variables; throws naming them if none is set. */
+export function requireKey(provider: RemoteProviderName, given: string | undefined): string {
+  const vars = PROVIDER_ENV[provider]
+  const key = given ?? vars.map((v) => process.env[v]).find((v) => v)
+  if (!key) {
+    throw new Error(`${provider}(): no API key. Set ${vars.join(' or ')} in the environment (it never enters a sandbox), or pass ${provider}({ apiKey }).`)
+  }
+  return key
 }

@@ -2,7 +2,6 @@
  * `local()`: the embedded sandbox engine (bubblewrap on Linux), started in-process on an
  * ephemeral loopback port with a random token. Nothing to sign up for; the default provider.
  */
-import { startLocalEngine } from '../engine/index.js'
 import { RuntimeClient } from '../protocol/client.js'
 import { runtimeProtocolSession } from './runtime-protocol.js'
 import type { SandboxProvider } from './types.js'
@@ -23,12 +22,20 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
   return {
     name: 'local',
     async connect() {
+      if (process.platform !== 'linux') {
+        throw new Error(
+          `local(): the local sandbox engine needs Linux (bubblewrap); this host is ${process.platform}. ` +
+            'Use a remote provider (watasu(), opensandbox()), or run `vitest-sandbox serve` on a Linux machine and point watasu({ apiUrl }) at it.',
+        )
+      }
+      // Loaded here so that importing the package on macOS or Windows never touches the engine.
+      const { startLocalEngine } = await import('../engine/index.js')
       const engine = await startLocalEngine({
         stateDir: options.stateDir,
         limits: { processes: options.maxProcesses, openFiles: options.maxOpenFiles },
       })
       const client = new RuntimeClient({ url: engine.url, token: engine.token })
-      return runtimeProtocolSession(client, engine.close)
+      return runtimeProtocolSession(client, { processTimeoutMs: 0, close: engine.close })
     },
   }
 }

@@ -5,14 +5,21 @@
 import type { RuntimeClient } from '../protocol/client.js'
 import type { ProviderSandbox, ProviderSession } from './types.js'
 
-export function runtimeProtocolSession(client: RuntimeClient, close: () => Promise<void>): ProviderSession {
+export interface RuntimeSessionOptions {
+  /** `timeout_ms` of every process (the server kills it after that); 0 for none. */
+  processTimeoutMs: number
+  /** Runs after the client closes (the embedded engine stops). */
+  close?: () => Promise<void>
+}
+
+export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessionOptions): ProviderSession {
   return {
-    async createSandbox(opts) {
-      const sbx = await client.createSandbox({ template: opts.template, timeout: opts.timeoutSec, metadata: opts.labels, allowInternetAccess: opts.network })
+    async createSandbox(create) {
+      const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network })
       const sandbox: ProviderSandbox = {
         id: sbx.id,
         upload: async (path, body) => void (await sbx.writeFile(path, body)),
-        start: (o) => sbx.start(o),
+        start: (spec) => sbx.start({ ...spec, timeoutMs: opts.processTimeoutMs }),
         setTimeout: (seconds) => client.setTimeout(sbx.id, seconds),
         snapshot: async (name) => (await client.snapshot(sbx.id, { name })).id,
         kill: async () => void (await client.killSandbox(sbx.id)),
@@ -22,9 +29,13 @@ export function runtimeProtocolSession(client: RuntimeClient, close: () => Promi
     async findTemplate(name) {
       return (await client.listSnapshots()).find((s) => s.name === name)?.id
     },
+    async listSandboxes(labels) {
+      return (await client.listSandboxes(labels)).map((s) => ({ id: s.id, labels: s.metadata, createdAt: s.started_at }))
+    },
+    killSandbox: (id) => client.killSandbox(id),
     async close() {
       await client.close()
-      await close()
+      await opts.close?.()
     },
   }
 }

@@ -1,43 +1,92 @@
 /**
  * The one small interface every provider implements. Everything else (fleet, retries, packing,
- * templates, the agent link) is shared code above it.
+ * templates, the agent link) is shared code above it, and depends on nothing else of a provider.
  */
-import type { RemoteProcess, StartOptions } from '../protocol/client.js'
 
 export interface CreateOptions {
   /** Template (snapshot) id to start from; omitted for the provider's base image. */
   template?: string
   /** Seconds the sandbox may live; the provider kills it after that (no leaks on a host crash). */
   timeoutSec: number
-  /** Labels to find the sandbox by later (e.g. the run id). */
+  /** Labels to find the sandbox by later (the run id, and the pool's own marker). */
   labels: Record<string, string>
   /** Let the sandbox reach the network. */
   network: boolean
+}
+
+export interface ProcessSpec {
+  cmd: string
+  args?: string[]
+  cwd?: string
+  env?: Record<string, string>
+  /** Keep stdin open for `write`. @default false */
+  stdin?: boolean
+}
+
+export interface ProcessExit {
+  /** The exit code; 128 + n (or the provider's own code) when a signal ended it. */
+  exitCode: number
+  /** Why it ended when it did not end by itself (killed, timed out, sandbox gone), else null. */
+  error: string | null
+  signal: string | null
+}
+
+/** A process in a sandbox: bytes both ways, in order, and how it ended. */
+export interface ProviderProcess {
+  /** Output as it arrives; every byte exactly once, in order per stream. */
+  on(event: 'stdout' | 'stderr', listener: (chunk: Buffer) => void): unknown
+  /** Resolves once the process has been handed the bytes (writes stay ordered). */
+  write(data: Uint8Array): Promise<void>
+  /** End of input: the process reads EOF. */
+  closeStdin(): Promise<void>
+  /** Settles once: resolves with the exit, rejects if the provider lost track of the process. */
+  readonly exited: Promise<ProcessExit>
+  /** Kill the process (and what it started) and stop listening to it. */
+  kill(): void
 }
 
 export interface ProviderSandbox {
   readonly id: string
   /** Write a file inside the sandbox (parents created). */
   upload(path: string, body: AsyncIterable<Uint8Array> | Uint8Array): Promise<void>
-  /** Start a process with streaming stdio and an exit code. */
-  start(opts: StartOptions): Promise<RemoteProcess>
+  /** Start a process with streaming stdio and an exit code; resolves once it runs. */
+  start(spec: ProcessSpec): Promise<ProviderProcess>
   /** Start the sandbox's TTL again: it lives `seconds` more from now (renewed while a run goes on). */
   setTimeout(seconds: number): Promise<void>
-  /** Freeze this sandbox's files into a reusable template; returns its id. */
+  /** Freeze this sandbox's files into a reusable template; resolves with its id once usable. */
   snapshot(name: string): Promise<string>
   kill(): Promise<void>
+}
+
+export interface SandboxSummary {
+  id: string
+  labels: Record<string, string>
+  /** When it was created (ISO 8601), if the provider says. */
+  createdAt?: string
 }
 
 export interface ProviderSession {
   createSandbox(opts: CreateOptions): Promise<ProviderSandbox>
   /** The id of a template built earlier under this name, if the provider still has it. */
   findTemplate(name: string): Promise<string | undefined>
+  /** Live sandboxes that carry every given label. */
+  listSandboxes(labels: Record<string, string>): Promise<SandboxSummary[]>
+  /** Kill a sandbox by id; false if it was already gone. */
+  killSandbox(id: string): Promise<boolean>
   close(): Promise<void>
 }
 
 export interface SandboxProvider {
   /** Shown in messages: "sandbox sbx_1 (local) was lost while running a.test.ts". */
   readonly name: string
-  /** Start or connect; fails with a clear message (missing key: the variable's name). */
+  /**
+   * Start or connect. Fails before any sandbox exists, with a clear message (a missing key names
+   * its environment variable).
+   */
   connect(): Promise<ProviderSession>
 }
+
+/** The label every sandbox the pool creates carries, so `vitest-sandbox reap` finds leaked ones. */
+export const POOL_LABEL = 'vitest-sandbox'
+/** The label naming the run a sandbox belongs to. */
+export const RUN_LABEL = 'vitest-sandbox-run'

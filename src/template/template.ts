@@ -11,7 +11,7 @@ import path from 'node:path'
 import { listFiles, lockfilesOf, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
 import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
-import { runScript, STAGING } from '../pool/sandbox-exec.js'
+import { runScript, STAGING } from '../providers/exec.js'
 
 /** Bumped when the template layout changes, so old templates are not reused. */
 const FORMAT = 3

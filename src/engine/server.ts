@@ -15,12 +15,12 @@ import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import { createGunzip } from 'node:zlib'
 import { WebSocketServer, type WebSocket } from 'ws'
-import type { Engine } from '../engine/engine.js'
-import type { SnapshotRecord } from '../engine/layers.js'
-import type { SandboxProcess } from '../engine/process.js'
-import { SandboxError, type LocalSandbox } from '../engine/sandbox.js'
+import type { Engine } from './engine.js'
+import type { SnapshotRecord } from './layers.js'
+import type { SandboxProcess } from './process.js'
+import { SandboxError, type LocalSandbox } from './sandbox.js'
 import { debug } from '../debug.js'
-import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from './frames.js'
+import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from '../protocol/frames.js'
 
 const log = debug('server')
 
