@@ -1,3 +1,5 @@
 export { sandbox, type SandboxPoolOptions } from './pool/index.js'
 export { local, type LocalProviderOptions } from './providers/local.js'
-export type { SandboxProvider, ProviderSession, ProviderSandbox, CreateOptions } from './providers/types.js'
+export { watasu, type WatasuOptions } from './providers/watasu.js'
+export { opensandbox, type OpenSandboxOptions } from './providers/opensandbox.js'
+export type { SandboxProvider, ProviderSession, ProviderSandbox, ProviderProcess, ProcessSpec, ProcessExit, CreateOptions, SandboxSummary } from './providers/types.js'

@@ -73,7 +73,7 @@ describe.each(Object.keys(setups).filter((n) => !process.env.CONTRACT || n.inclu
     async function* chunks() {
       for (let i = 0; i < 64; i++) yield Buffer.alloc(16 * 1024, i)
     }
-    await sbx.upload('/tmp/contract/streamed.bin', chunks())
+    await sbx.upload('/tmp/contract/streamed.bin', chunks)
     const r = await run(sbx, 'cat /tmp/contract/a/b.txt; wc -c < /tmp/contract/streamed.bin; echo oops >&2; exit 7')
     expect(r.stdout).toBe('hello\n1048576\n')
     expect(r.stderr).toBe('oops\n')

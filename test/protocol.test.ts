@@ -129,7 +129,7 @@ describe('files', () => {
     async function* chunks() {
       for (let i = 0; i < 40; i++) yield Buffer.alloc(1024 * 1024, i)
     }
-    const entry = await sbx.writeFile('/tmp/big.bin', chunks())
+    const entry = await sbx.writeFile('/tmp/big.bin', chunks)
     expect(entry.bytes).toBe(40 * 1024 * 1024)
     const r = await sbx.run('/bin/sh', ['-c', 'od -An -tu1 -j $((39*1048576)) -N1 /tmp/big.bin'])
     expect(r.stdout.trim()).toBe('39')

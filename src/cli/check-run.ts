@@ -4,22 +4,27 @@
  * what they mean to `vitest run`.
  *
  *   node check-run.js <root> <forks|sandbox> <report.json> <sandbox options as JSON> [vitest args]
+ *
+ * A `provider` in the options is a remote provider's name, configured from its environment.
  */
 import { createRequire } from 'node:module'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { sandbox } from '../pool/index.js'
+import { REMOTE_PROVIDERS } from '../providers/index.js'
 
 const [root, pool, report, sandboxOptions, ...args] = process.argv.slice(2)
 const vitestDir = path.dirname(createRequire(path.join(root, 'package.json')).resolve('vitest/package.json'))
 const { parseCLI, startVitest } = await import(pathToFileURL(path.join(vitestDir, 'dist/node.js')).href)
 const { filter, options } = parseCLI(['vitest', 'run', ...args])
+const pooled = JSON.parse(sandboxOptions)
+if (typeof pooled.provider === 'string') pooled.provider = REMOTE_PROVIDERS[pooled.provider]()
 await startVitest('test', filter, {
   ...options,
   root: options.root ?? root,
   run: true,
   watch: false,
-  pool: pool === 'forks' ? 'forks' : sandbox(JSON.parse(sandboxOptions)),
+  pool: pool === 'forks' ? 'forks' : sandbox(pooled),
   reporters: ['dot', 'json'],
   outputFile: { json: report },
 })

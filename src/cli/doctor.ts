@@ -191,7 +191,23 @@ async function probe(provider: string, variable: string): Promise<Check> {
   }
 }
 
-export async function doctor(opts: { fix: boolean; log: (line: string) => void }): Promise<number> {
+/** Only the given remote provider: reachable, key accepted (for CI jobs that never use local()). */
+async function providerChecks(provider: string): Promise<Check[]> {
+  const vars = PROVIDER_ENV[provider as keyof typeof PROVIDER_ENV]
+  if (!vars) throw new Error(`doctor: unknown --provider '${provider}'; the remote providers are ${Object.keys(PROVIDER_ENV).join(', ')}`)
+  const set = vars.find((v) => process.env[v])
+  return [set ? await probe(provider, set) : { name: provider, ok: false, detail: `${vars.join(' or ')} is not set`, fix: `set ${vars[0]} to your ${provider} API key` }]
+}
+
+export async function doctor(opts: { fix: boolean; provider?: string; log: (line: string) => void }): Promise<number> {
+  if (opts.provider) {
+    const checks = await providerChecks(opts.provider)
+    for (const c of checks) {
+      opts.log(`${c.ok ? '✔' : '✘'} ${c.name}: ${c.detail}`)
+      if (!c.ok && c.fix) opts.log(`    fix: ${c.fix}`)
+    }
+    return checks.every((c) => c.ok) ? 0 : 1
+  }
   let checks = await runChecks()
   if (opts.fix) {
     const fixable = checks.filter((c) => !c.ok && c.autoFix)

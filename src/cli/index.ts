@@ -2,7 +2,7 @@
 /**
  * vitest-sandbox: the command line of vitest-pool-sandbox.
  *
- *   vitest-sandbox doctor [--fix]      check (and fix) what the local engine needs
+ *   vitest-sandbox doctor [--fix]      check (and fix) what the local engine and providers need
  *   vitest-sandbox serve [options]     run the local engine as a server other machines can use
  *   vitest-sandbox check [vitest args] run the suite with forks and in sandboxes, print differences
  *   vitest-sandbox reap [options]      kill sandboxes the pool left behind on a remote provider
@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util'
 import { check } from './check.js'
 import { doctor } from './doctor.js'
 import { reap } from './reap.js'
+import { REMOTE_PROVIDERS } from '../providers/index.js'
 import { serve } from './serve.js'
 
 const USAGE = `usage: vitest-sandbox <command> [options]
@@ -18,6 +19,7 @@ const USAGE = `usage: vitest-sandbox <command> [options]
 commands:
   doctor [--fix]     check bubblewrap, user namespaces, AppArmor, overlayfs and provider
                      credentials; print the exact fix for each problem (--fix runs the safe ones)
+      --provider P       check only remote provider P (watasu, opensandbox): reachable, key accepted
   serve              run the local sandbox engine over the process runtime protocol
       --host H           address to listen on (default 127.0.0.1)
       --port N           port (default 8787; 0 picks a free one)
@@ -31,6 +33,7 @@ commands:
                      test whose result differs and both wall times (exit 1 on any difference)
       --sandboxes N      sandboxes for the sandbox run (default 1)
       --concurrency N    test files at once per sandbox (default: CPUs - 1)
+      --provider P       a remote provider (watasu, opensandbox), configured from its variables
   reap [options]     list the sandboxes the pool created that are still alive on a remote
                      provider, and kill them
       --provider P       watasu or opensandbox (default: each one whose API key is set)
@@ -44,8 +47,8 @@ async function main(argv: string[]): Promise<number> {
   const log = (line: string) => process.stdout.write(`${line}\n`)
   switch (command) {
     case 'doctor': {
-      const { values } = parseArgs({ args: rest, options: { fix: { type: 'boolean', default: false } } })
-      return doctor({ fix: values.fix!, log })
+      const { values } = parseArgs({ args: rest, options: { fix: { type: 'boolean', default: false }, provider: { type: 'string' } } })
+      return doctor({ fix: values.fix!, provider: values.provider, log })
     }
     case 'serve': {
       const { values } = parseArgs({
@@ -72,8 +75,12 @@ async function main(argv: string[]): Promise<number> {
     case 'check': {
       const split = rest.indexOf('--')
       const own = split === -1 ? rest : rest.slice(0, split)
-      const { values, positionals } = parseArgs({ args: own, allowPositionals: true, options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' } } })
+      const { values, positionals } = parseArgs({ args: own, allowPositionals: true, options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' }, provider: { type: 'string' } } })
       const sandboxOptions: Record<string, unknown> = {}
+      if (values.provider !== undefined) {
+        if (!REMOTE_PROVIDERS[values.provider]) throw new Error(`check: unknown --provider '${values.provider}'; the remote providers are ${Object.keys(REMOTE_PROVIDERS).join(', ')} (local() is the default)`)
+        sandboxOptions.provider = values.provider
+      }
       for (const key of ['sandboxes', 'concurrency'] as const) {
         const v = values[key]
         if (v === undefined) continue

@@ -1,8 +1,8 @@
 /**
  * JSON-over-HTTP with the retry policy every provider shares: 429, 5xx and connection failures
  * are retried with exponential backoff and full jitter (or the server's `Retry-After`), a bounded
- * number of times, each retry logged under `DEBUG=vitest-pool-sandbox:http`. Requests whose body
- * is a stream are sent once (a stream cannot be replayed).
+ * number of times, each retry logged under `DEBUG=vitest-pool-sandbox:http`. A stream body is a
+ * function that makes the stream, so it is retried too.
  */
 import { request, type Dispatcher } from 'undici'
 import { debug } from '../debug.js'
@@ -22,7 +22,8 @@ export class HttpError extends Error {
   }
 }
 
-export type Body = string | Uint8Array | AsyncIterable<Uint8Array> | NodeJS.ReadableStream
+/** A stream body is given as a function that makes it, so that a retry can send it again. */
+export type Body = string | Uint8Array | (() => AsyncIterable<Uint8Array> | NodeJS.ReadableStream)
 
 export interface HttpOptions {
   /** Base URL every path is appended to. */
@@ -73,13 +74,13 @@ export class Http {
     } else if (body !== undefined) {
       headers['content-type'] ??= 'application/octet-stream'
     }
-    const replayable = body === undefined || typeof body === 'string' || body instanceof Uint8Array
-    const attempts = call.retry === false || !replayable ? 1 : this.attempts
+    const attempts = call.retry === false ? 1 : this.attempts
     const url = `${this.opts.base}${path}`
     for (let attempt = 1; ; attempt++) {
       let res: Dispatcher.ResponseData
       try {
-        res = await request(url, { method, headers, body: body as Dispatcher.DispatchOptions['body'], dispatcher: this.opts.dispatcher })
+        const payload = typeof body === 'function' ? body() : body
+        res = await request(url, { method, headers, body: payload as Dispatcher.DispatchOptions['body'], dispatcher: this.opts.dispatcher })
       } catch (err) {
         const code = (err as { code?: string }).code ?? 'network_error'
         if (attempt >= attempts) throw new HttpError(`${method} ${url} failed: ${(err as Error).message}`, 0, code)

@@ -141,7 +141,7 @@ export class Fleet {
       for (const f of await listFiles(DEVALUE_DIR, ['package.json', 'src/**'], [])) {
         await sandbox.upload(`${STAGING}/node_modules/devalue/${f.path}`, await fsp.readFile(path.join(DEVALUE_DIR, f.path)))
       }
-      await sandbox.upload(`${STAGING}/workspace.tar`, fs.createReadStream(this.tarFile!))
+      await sandbox.upload(`${STAGING}/workspace.tar`, () => fs.createReadStream(this.tarFile!))
       await runScript(sandbox, `mkdir -p '${root}' && tar -xf ${STAGING}/workspace.tar -C '${root}' && rm ${STAGING}/workspace.tar`, '/')
       const agent = await sandbox.start({ cmd: 'node', args: [`${STAGING}/agent.js`], cwd: root, stdin: true })
       const link = new AgentLink(agent)
@@ -192,7 +192,7 @@ export class Fleet {
     const root = next.root
     await Promise.all(
       live.map(async (h) => {
-        await h.sandbox.upload(`${STAGING}/delta.tar`, packFiles(root, changed))
+        await h.sandbox.upload(`${STAGING}/delta.tar`, () => packFiles(root, changed))
         await h.sandbox.upload(`${STAGING}/removed.json`, Buffer.from(JSON.stringify(removed)))
         await runScript(
           h.sandbox,

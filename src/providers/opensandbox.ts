@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { Agent, type Dispatcher } from 'undici'
 import { requireKey } from './credentials.js'
 import { OpenSandboxProcess } from './opensandbox-process.js'
-import type { ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary } from './types.js'
+import type { ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, Upload } from './types.js'
 import { Http, HttpError } from '../net/http.js'
 import { debug } from '../debug.js'
 
@@ -198,7 +198,7 @@ class OpenSandboxSession implements ProviderSession {
 class OpenSandbox implements ProviderSandbox {
   constructor(readonly id: string, private readonly session: OpenSandboxSession, private readonly execd: Http) {}
 
-  async upload(path: string, body: AsyncIterable<Uint8Array> | Uint8Array): Promise<void> {
+  async upload(path: string, body: Upload): Promise<void> {
     const boundary = `vitest-sandbox-${randomBytes(12).toString('hex')}`
     const name = path.split('/').pop() || 'file'
     const head = Buffer.from(
@@ -209,11 +209,11 @@ class OpenSandbox implements ProviderSandbox {
     const multipart =
       body instanceof Uint8Array
         ? Buffer.concat([head, body, tail])
-        : (async function* () {
+        : async function* () {
             yield head
-            for await (const chunk of body) yield chunk
+            for await (const chunk of body()) yield chunk
             yield tail
-          })()
+          }
     const res = await this.execd.call('POST', '/files/upload', { body: multipart, headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } })
     await res.body.dump()
   }

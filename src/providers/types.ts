@@ -14,6 +14,9 @@ export interface CreateOptions {
   network: boolean
 }
 
+/** Bytes, or a function that streams them (called again for a retry). */
+export type Upload = Uint8Array | (() => AsyncIterable<Uint8Array>)
+
 export interface ProcessSpec {
   cmd: string
   args?: string[]
@@ -47,8 +50,11 @@ export interface ProviderProcess {
 
 export interface ProviderSandbox {
   readonly id: string
-  /** Write a file inside the sandbox (parents created). */
-  upload(path: string, body: AsyncIterable<Uint8Array> | Uint8Array): Promise<void>
+  /**
+   * Write a file inside the sandbox (parents created). A stream is given as a function that makes
+   * it, so a failed upload can be sent again.
+   */
+  upload(path: string, body: Upload): Promise<void>
   /** Start a process with streaming stdio and an exit code; resolves once it runs. */
   start(spec: ProcessSpec): Promise<ProviderProcess>
   /** Start the sandbox's TTL again: it lives `seconds` more from now (renewed while a run goes on). */

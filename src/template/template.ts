@@ -65,7 +65,7 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
     builder = await session.createSandbox({ timeoutSec: 3600, labels: { ...labels, role: 'template-builder' }, network: spec.setup.length > 0 })
     const deps = await dependencyFiles(spec.root)
     step(`copying ${deps.length} dependency files`)
-    await builder.upload(`${STAGING}/deps.tar`, packFiles(spec.root, deps))
+    await builder.upload(`${STAGING}/deps.tar`, () => packFiles(spec.root, deps))
     await runScript(builder, `mkdir -p '${spec.root}' && tar -xf ${STAGING}/deps.tar -C '${spec.root}' && rm ${STAGING}/deps.tar`, '/')
     for (const command of spec.setup) {
       step(`running ${JSON.stringify(command)}`)

@@ -1,0 +1,136 @@
+/**
+ * Remote providers end to end: real fixture suites through watasu() against a real
+ * `vitest-sandbox serve`, and through opensandbox() against the fake OpenSandbox with faults
+ * injected (a 503 on create, a 429 burst, WebSockets cut mid-file), compared test by test with
+ * forks; afterwards nothing is left (checked with `vitest-sandbox reap`). And the provider's API
+ * key never reaches a sandbox.
+ */
+import { execFile } from 'node:child_process'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startFakeOpenSandbox, type FakeOpenSandbox } from './support/fake-opensandbox.js'
+import { CLI, startServe } from './support/serve.js'
+import { runFixture, testsOf } from './support/vitest-run.js'
+
+const KEY_MARKER = 'vps-key-marker'
+let forks: Record<string, { status: string; failures: string[] }>
+let forksCode: number | null
+
+beforeAll(async () => {
+  const run = await runFixture('features', { pool: 'forks', env: { VPS_FORWARDED: 'forwarded-value' } })
+  forks = testsOf(run.json)
+  forksCode = run.code
+  expect(Object.keys(forks).length).toBeGreaterThan(20)
+})
+
+/** The CLI as its own process, asynchronously: the fake answers it from this process. */
+function cli(command: string, env: Record<string, string>, args: string[] = []): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, command, ...args], { encoding: 'utf8', env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+      resolve({ status: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr })
+    })
+  })
+}
+const reap = (env: Record<string, string>, args: string[] = []) => cli('reap', env, args)
+
+describe('watasu() against vitest-sandbox serve', () => {
+  let serve: Awaited<ReturnType<typeof startServe>>
+  let env: Record<string, string>
+  beforeAll(async () => {
+    serve = await startServe({ token: `${KEY_MARKER}-${Date.now()}-watasu` })
+    env = { VPS_PROVIDER: 'watasu', WATASU_API_URL: serve.apiUrl, WATASU_API_KEY: serve.token }
+  })
+  afterAll(() => serve?.close())
+
+  it('reports the feature fixture exactly as forks does, on two sandboxes', { timeout: 240_000 }, async () => {
+    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } })
+    expect(run.json, run.output).toBeDefined()
+    expect(testsOf(run.json)).toEqual(forks)
+    expect(run.code).toBe(forksCode)
+    expect(run.output).toMatch(/sandbox: 2 sandboxes \(watasu\)/)
+    const left = await reap(env, ['--provider', 'watasu', '--dry-run'])
+    expect(left.stdout, left.stderr).toMatch(/watasu: 0 pool sandboxes alive/)
+  })
+
+  it('lets no test see the API key', { timeout: 120_000 }, async () => {
+    const run = await runFixture('secrets', { env })
+    expect(run.json?.numPassedTests, run.output).toBe(1)
+  })
+})
+
+describe('opensandbox() against the fake OpenSandbox', () => {
+  let fake: FakeOpenSandbox
+  let env: Record<string, string>
+  beforeAll(async () => {
+    fake = await startFakeOpenSandbox({ apiKey: `${KEY_MARKER}-${Date.now()}-opensandbox` })
+    env = { VPS_PROVIDER: 'opensandbox', OPEN_SANDBOX_DOMAIN: fake.domain, OPEN_SANDBOX_API_KEY: fake.apiKey }
+  })
+  afterAll(() => fake?.close())
+
+  it('loses no result to a 503 on create, a 429 burst or WebSockets cut mid-file, and leaks no sandbox', { timeout: 300_000 }, async () => {
+    fake.inject({ where: 'lifecycle', method: 'POST', path: /^\/sandboxes$/, status: 503 })
+    fake.inject({ where: 'lifecycle', method: 'GET', path: /^\/snapshots$/, status: 429, times: 3 })
+    fake.inject({ where: 'execd', method: 'POST', path: /^\/files\/upload$/, status: 502, times: 2 })
+    let cuts = 0
+    // Cut every process socket a few times while test files run (the agents' links among them).
+    const cutter = setInterval(() => {
+      if (cuts < 3 && fake.sandboxes.size >= 2 && [...fake.sandboxes.values()].some((s) => s.sessions.size > 0)) {
+        if (fake.dropSockets() > 0) cuts++
+      }
+    }, 1500)
+    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+    expect(run.json, run.output).toBeDefined()
+    expect(testsOf(run.json)).toEqual(forks)
+    expect(run.code).toBe(forksCode)
+    expect(cuts).toBeGreaterThan(0)
+    expect(fake.sandboxes.size).toBe(0)
+    const left = await reap(env, ['--provider', 'opensandbox', '--dry-run'])
+    expect(left.stdout, left.stderr).toMatch(/opensandbox: 0 pool sandboxes alive/)
+    // The key went to the lifecycle server only: never to execd, which runs inside the sandbox.
+    const execd = fake.requests.filter((r) => r.where === 'execd')
+    expect(execd.length).toBeGreaterThan(10)
+    expect(execd.filter((r) => JSON.stringify(r.headers).includes(KEY_MARKER))).toEqual([])
+  })
+
+  it('lets no test see the API key', { timeout: 120_000 }, async () => {
+    const run = await runFixture('secrets', { env })
+    expect(run.json?.numPassedTests, run.output).toBe(1)
+  })
+
+  it('reap lists and kills the sandboxes the pool left, by age', { timeout: 60_000 }, async () => {
+    const { opensandbox } = await import('../src/providers/opensandbox.js')
+    const session = await opensandbox({ domain: fake.domain, apiKey: fake.apiKey }).connect()
+    const left = await session.createSandbox({ timeoutSec: 600, labels: { 'vitest-sandbox': 'pool', 'vitest-sandbox-run': 'vps-leaked' }, network: false })
+    const other = await session.createSandbox({ timeoutSec: 600, labels: { owner: 'someone-else' }, network: false })
+    try {
+      expect((await reap(env, ['--provider', 'opensandbox', '--older-than', '1h'])).stdout).toMatch(/1 pool sandbox alive, 0 to reap/)
+      const r = await reap(env)
+      expect(r.stdout, r.stderr).toContain(`killed: ${left.id} (run vps-leaked`)
+      expect((await session.listSandboxes({})).map((s) => s.id)).toEqual([other.id])
+    } finally {
+      await other.kill()
+      await session.close()
+    }
+  })
+
+  it('fails before any sandbox exists when the key is missing, naming the variable', { timeout: 60_000 }, async () => {
+    const before = fake.state.created
+    const run = await runFixture('secrets', { env: { ...env, OPEN_SANDBOX_API_KEY: '' } })
+    expect(run.code).toBe(1)
+    expect(run.output).toMatch(/opensandbox\(\): no API key\. Set OPEN_SANDBOX_API_KEY in the environment \(it never enters a sandbox\), or pass opensandbox\(\{ apiKey \}\)/)
+    expect(fake.state.created).toBe(before)
+    const r = await reap({ OPEN_SANDBOX_API_KEY: '' }, ['--provider', 'opensandbox'])
+    expect(r.stderr).toMatch(/Set OPEN_SANDBOX_API_KEY/)
+  })
+  it('doctor checks the provider: reachable and key accepted, or the fix', { timeout: 60_000 }, async () => {
+    const ok = await cli('doctor', env, ['--provider', 'opensandbox'])
+    expect(ok.stdout, ok.stderr).toMatch(/✔ opensandbox: reachable with OPEN_SANDBOX_API_KEY; 0 pool sandboxes alive/)
+    expect(ok.status).toBe(0)
+    const wrong = await cli('doctor', { ...env, OPEN_SANDBOX_API_KEY: 'not-the-key' }, ['--provider', 'opensandbox'])
+    expect(wrong.status).toBe(1)
+    expect(wrong.stdout).toMatch(/✘ opensandbox: GET \/sandboxes\?.*Authentication credentials are invalid[\s\S]*fix: the provider refused OPEN_SANDBOX_API_KEY: check its value/)
+    const unset = await cli('doctor', { OPEN_SANDBOX_API_KEY: '' }, ['--provider', 'opensandbox'])
+    expect(unset.stdout).toMatch(/✘ opensandbox: OPEN_SANDBOX_API_KEY is not set/)
+    const none = await cli('doctor', {}, ['--provider', 'e2b'])
+    expect(none.stderr).toMatch(/unknown --provider 'e2b'; the remote providers are watasu, opensandbox/)
+  })
+})
