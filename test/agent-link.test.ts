@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { afterAll, beforeAll, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AgentLink } from '../src/pool/agent-link.js'
 import type { SandboxClient } from '../src/protocol/client.js'
 import { startTestEngine, waitFor } from './support/engine.js'
@@ -91,4 +91,21 @@ it('turns a silent agent into a lost link, telling every open channel', async ()
   await waitFor(() => !link.alive, 5000, 'the heartbeat to give up')
   expect(link.lostReason).toMatch(/no heartbeat from the agent for \d+s/)
   expect(lostReason).toBe(link.lostReason)
+})
+
+describe('numbered chunks (host to agent)', () => {
+  it('takes each byte once, in order, whatever a reconnect delivers twice or splits', async () => {
+    const { createChunkReader, numberedChunk } = await import('../src/sandbox-runtime/wire.js')
+    const got: Buffer[] = []
+    const read = createChunkReader((b) => got.push(Buffer.from(b)))
+    const a = numberedChunk(0, Buffer.from('hello '))
+    const b = numberedChunk(6, Buffer.from('world'))
+    const ab = Buffer.concat([a, b])
+    read(ab.subarray(0, 5))
+    read(ab.subarray(5))
+    read(b) // delivered again after a reconnect
+    read(numberedChunk(3, Buffer.from('lo world!'))) // overlapping: only "!" is new
+    expect(Buffer.concat(got).toString()).toBe('hello world!')
+    expect(() => read(numberedChunk(20, Buffer.from('x')))).toThrow(/skips bytes from 12/)
+  })
 })

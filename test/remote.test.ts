@@ -1,13 +1,14 @@
 /**
  * Remote providers end to end: real fixture suites through watasu() against a real
- * `vitest-sandbox serve`, and through opensandbox() against the fake OpenSandbox with faults
- * injected (a 503 on create, a 429 burst, WebSockets cut mid-file), compared test by test with
- * forks; afterwards nothing is left (checked with `vitest-sandbox reap`). And the provider's API
+ * `vitest-sandbox serve` (also through a faulty network), and through opensandbox() against the
+ * fake OpenSandbox, with faults injected (a 503 on create, a 429 burst, 502s on uploads,
+ * WebSockets cut mid-file), compared test by test with forks; afterwards nothing is left (checked with `vitest-sandbox reap`). And the provider's API
  * key never reaches a sandbox.
  */
 import { execFile } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startFakeOpenSandbox, type FakeOpenSandbox } from './support/fake-opensandbox.js'
+import { startFaultProxy } from './support/fault-proxy.js'
 import { CLI, startServe } from './support/serve.js'
 import { runFixture, testsOf } from './support/vitest-run.js'
 
@@ -50,6 +51,30 @@ describe('watasu() against vitest-sandbox serve', () => {
     expect(run.output).toMatch(/sandbox: 2 sandboxes \(watasu\)/)
     const left = await reap(env, ['--provider', 'watasu', '--dry-run'])
     expect(left.stdout, left.stderr).toMatch(/watasu: 0 pool sandboxes alive/)
+  })
+
+  it('loses no result to a 503 on create, a 429 burst or process sockets cut mid-file (through a faulty network)', { timeout: 240_000 }, async () => {
+    const proxy = await startFaultProxy(serve.apiUrl.replace(/\/v1$/, ''))
+    try {
+      proxy.inject({ method: 'POST', path: /^\/v1\/sandboxes$/, status: 503 })
+      proxy.inject({ method: 'GET', path: /^\/v1\/sandbox_snapshots$/, status: 429, times: 3 })
+      proxy.inject({ method: 'PUT', path: /^\/runtime\/v1\/files$/, status: 502, times: 2 })
+      let cuts = 0
+      const cutter = setInterval(() => {
+        if (cuts < 3 && proxy.seen.filter((r) => r.method === 'WS').length >= 4 && proxy.dropSockets() > 0) cuts++
+      }, 1500)
+      const faulty = { ...env, WATASU_API_URL: `${proxy.url}/v1`, WATASU_SANDBOX_URL: proxy.url }
+      const run = await runFixture('features', { env: { ...faulty, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+      expect(run.json, run.output).toBeDefined()
+      expect(testsOf(run.json)).toEqual(forks)
+      expect(run.code).toBe(forksCode)
+      expect(cuts).toBeGreaterThan(0)
+      expect(proxy.seen.filter((r) => r.status).map((r) => r.status).sort()).toEqual([429, 429, 429, 502, 502, 503])
+      const left = await reap(env, ['--provider', 'watasu', '--dry-run'])
+      expect(left.stdout, left.stderr).toMatch(/watasu: 0 pool sandboxes alive/)
+    } finally {
+      await proxy.close()
+    }
   })
 
   it('lets no test see the API key', { timeout: 120_000 }, async () => {

@@ -4,7 +4,7 @@
  * one stdin write; a heartbeat turns a silent link into a loss after `heartbeatTimeoutMs`.
  */
 import type { ProviderProcess } from '../providers/types.js'
-import { createDeframer, frame, jsonFrame, Kind } from '../sandbox-runtime/wire.js'
+import { createDeframer, frame, jsonFrame, Kind, numberedChunk } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 
 const log = debug('link')
@@ -34,6 +34,8 @@ export class AgentLink {
   private queue: Buffer[] = []
   private writing: Promise<void> = Promise.resolve()
   private flushScheduled = false
+  /** Bytes sent to the agent so far: the offset of the next numbered chunk. */
+  private sent = 0
   private lastPong = Date.now()
   private readonly heartbeat: NodeJS.Timeout
   lostReason?: string
@@ -121,7 +123,9 @@ export class AgentLink {
     this.flushScheduled = true
     setImmediate(() => {
       this.flushScheduled = false
-      const batch = Buffer.concat(this.queue)
+      const bytes = Buffer.concat(this.queue)
+      const batch = numberedChunk(this.sent, bytes)
+      this.sent += bytes.length
       this.queue = []
       // Writes are acknowledged in order; chaining keeps them ordered while the next batch
       // accumulates, so throughput adapts to the round-trip time.

@@ -283,7 +283,8 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
   private ws?: WebSocket
   private nextCursor = 0
   private done = false
-  private acks: Array<{ type: 'stdin_ack' | 'close_stdin_ack'; resolve: () => void; reject: (e: Error) => void }> = []
+  /** Input sent and not yet acknowledged, in order: sent again after a reconnect. */
+  private acks: Array<{ type: 'stdin_ack' | 'close_stdin_ack'; frame: string; resolve: () => void; reject: (e: Error) => void }> = []
 
   constructor(private readonly sandbox: SandboxClient, pid: string | undefined) {
     super()
@@ -398,8 +399,6 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
 
   private async onClose(): Promise<void> {
     if (this.done) return
-    for (const a of this.acks) a.reject(new RuntimeError('process socket closed', 0, 'closed'))
-    this.acks = []
     const delays = [0, 250, 500, 1000, 2000, 2000, 2000, 2000, 2000, 2000, 2000, 2000]
     let lastError: unknown
     for (const [i, delay] of delays.entries()) {
@@ -407,6 +406,8 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
       try {
         this.emit('reconnect', i + 1)
         await this.reconnect(this.nextCursor)
+        // Whether the server got input whose ack was lost cannot be known: it goes again.
+        for (const a of this.acks) this.ws!.send(a.frame)
         return
       } catch (err) {
         lastError = err
@@ -415,18 +416,26 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
       }
     }
     this.done = true
+    for (const a of this.acks) a.reject(new RuntimeError('process socket closed', 0, 'closed'))
+    this.acks = []
     this.rejectExit(new RuntimeError(`lost the connection to process ${this.pid} in sandbox ${this.sandbox.id}: ${(lastError as Error)?.message}`, 0, 'connection_lost'))
   }
 
   private sendWithAck(frame: ClientFrame, type: 'stdin_ack' | 'close_stdin_ack'): Promise<void> {
     if (this.done) return Promise.reject(new RuntimeError(`process ${this.pid} has exited`, 0, 'exited'))
     return new Promise((resolve, reject) => {
-      this.acks.push({ type, resolve, reject })
-      this.ws!.send(JSON.stringify(frame), (err) => err && reject(err))
+      const text = JSON.stringify(frame)
+      this.acks.push({ type, frame: text, resolve, reject })
+      // While reconnecting it waits; a send that fails is sent again after the reconnect.
+      if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(text, () => {})
     })
   }
 
-  /** Write to stdin; resolves when the sandbox has passed the bytes to the process. */
+  /**
+   * Write to stdin; resolves when the sandbox has passed the bytes to the process. Input not yet
+   * acknowledged when the socket drops is sent again after the reconnect, so a chunk can reach the
+   * process twice (never out of order, never lost): the agent link numbers its chunks for that.
+   */
   write(data: Uint8Array | string): Promise<void> {
     const buf = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data)
     return this.sendWithAck({ type: 'stdin', data: buf.toString('base64') }, 'stdin_ack')

@@ -38,7 +38,12 @@ export interface ProcessExit {
 export interface ProviderProcess {
   /** Output as it arrives; every byte exactly once, in order per stream. */
   on(event: 'stdout' | 'stderr', listener: (chunk: Buffer) => void): unknown
-  /** Resolves once the process has been handed the bytes (writes stay ordered). */
+  /**
+   * Resolves once the process has been handed the bytes. Writes stay ordered and are never lost;
+   * after a dropped connection a provider may hand a chunk over twice (it cannot know whether the
+   * first copy arrived), so a process that must see each byte once numbers its input (the agent
+   * link does).
+   */
   write(data: Uint8Array): Promise<void>
   /** End of input: the process reads EOF. */
   closeStdin(): Promise<void>

@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
 import path from 'node:path'
-import { createDeframer, frame, jsonFrame, Kind } from './wire.js'
+import { createChunkReader, createDeframer, frame, jsonFrame, Kind } from './wire.js'
 
 const out = new net.Socket({ fd: 1, readable: false, writable: true })
 const input = new net.Socket({ fd: 0, readable: true, writable: false })
@@ -79,7 +79,7 @@ function shutdown(): never {
   process.exit(0)
 }
 
-input.on('data', createDeframer(onFrame))
+input.on('data', createChunkReader(createDeframer(onFrame)))
 input.on('end', shutdown)
 input.on('error', shutdown)
 out.on('error', shutdown)

@@ -84,3 +84,41 @@ export function createMessageSplitter(onMessage: (payload: Buffer) => void, maxL
     needed = rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 4
   }
 }
+
+/**
+ * Host → agent bytes travel as numbered chunks, [u64 offset][u32 length][bytes]: after a dropped
+ * connection a provider may deliver a chunk again (it cannot know whether the first copy arrived),
+ * and the agent takes each byte once, in order.
+ */
+export function numberedChunk(offset: number, data: Uint8Array): Buffer {
+  const head = Buffer.allocUnsafe(12)
+  head.writeBigUInt64BE(BigInt(offset), 0)
+  head.writeUInt32BE(data.length, 8)
+  return Buffer.concat([head, data])
+}
+
+export function createChunkReader(onBytes: (bytes: Buffer) => void): (chunk: Buffer) => void {
+  let pending: Buffer[] = []
+  let size = 0
+  let taken = 0
+  return (chunk) => {
+    pending.push(chunk)
+    size += chunk.length
+    const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending, size)
+    let off = 0
+    while (buf.length - off >= 12) {
+      const at = Number(buf.readBigUInt64BE(off))
+      const len = buf.readUInt32BE(off + 8)
+      if (buf.length - off < 12 + len) break
+      if (at > taken) throw new Error(`agent link: a chunk at ${at} skips bytes from ${taken}`)
+      if (at + len > taken) {
+        onBytes(buf.subarray(off + 12 + (taken - at), off + 12 + len))
+        taken = at + len
+      }
+      off += 12 + len
+    }
+    const rest = buf.subarray(off)
+    pending = rest.length ? [rest] : []
+    size = rest.length
+  }
+}
