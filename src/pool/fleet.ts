@@ -73,6 +73,10 @@ export class Fleet {
   }
 
   private async prepare(): Promise<void> {
+    if (process.platform === 'win32') {
+      // Sandboxes are Linux and get the workspace at the host's own absolute path.
+      throw new Error(`sandbox: Windows hosts are not supported yet: sandboxes are Linux and receive the workspace at the same absolute path as on the host (${this.projectRoot}). Run Vitest from WSL, or from a Linux or macOS machine.`)
+    }
     const root = findWorkspaceRoot(this.projectRoot)
     this.workspace = await this.collect(root)
     if (this.workspace.secrets.length) {

@@ -9,6 +9,11 @@ export const PROVIDER_ENV = {
 
 export type RemoteProviderName = keyof typeof PROVIDER_ENV
 
+/** An environment variable, or undefined when it is unset or empty (CI systems set unset ones to ''). */
+export function env(name: string): string | undefined {
+  return process.env[name] || undefined
+}
+
 /** The key given as an option, else from the provider's variables; throws naming them if none is set. */
 export function requireKey(provider: RemoteProviderName, given: string | undefined): string {
   const vars = PROVIDER_ENV[provider]

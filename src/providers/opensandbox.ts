@@ -8,7 +8,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { Agent, type Dispatcher } from 'undici'
-import { requireKey } from './credentials.js'
+import { env, requireKey } from './credentials.js'
 import { OpenSandboxProcess } from './opensandbox-process.js'
 import type { ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, Upload } from './types.js'
 import { Http, HttpError } from '../net/http.js'
@@ -72,7 +72,7 @@ export function opensandbox(options: OpenSandboxOptions = {}): SandboxProvider {
     name: 'opensandbox',
     async connect() {
       const apiKey = requireKey('opensandbox', options.apiKey)
-      const domain = (options.domain ?? process.env.OPEN_SANDBOX_DOMAIN ?? 'localhost:8080').replace(/\/+$/, '').replace(/\/v1$/, '')
+      const domain = (options.domain ?? env('OPEN_SANDBOX_DOMAIN') ?? 'localhost:8080').replace(/\/+$/, '').replace(/\/v1$/, '')
       const origin = /^https?:\/\//.test(domain) ? domain : `${options.protocol ?? 'http'}://${domain}`
       const dispatcher = new Agent({ keepAliveTimeout: 10_000 })
       const lifecycle = new Http({ base: `${origin}/v1`, headers: { 'open-sandbox-api-key': apiKey }, dispatcher, parseError })

@@ -4,7 +4,7 @@
  * a self-hosted Watasu-compatible backend (`watasu({ apiUrl: 'http://host:8787/v1', apiKey })`).
  */
 import { RuntimeClient } from '../protocol/client.js'
-import { requireKey } from './credentials.js'
+import { env, requireKey } from './credentials.js'
 import { runtimeProtocolSession } from './runtime-protocol.js'
 import type { SandboxProvider } from './types.js'
 
@@ -30,11 +30,11 @@ export function watasu(options: WatasuOptions = {}): SandboxProvider {
     name: 'watasu',
     async connect() {
       const apiKey = requireKey('watasu', options.apiKey)
-      const domain = options.domain ?? process.env.WATASU_DOMAIN ?? 'watasu.io'
+      const domain = options.domain ?? env('WATASU_DOMAIN') ?? 'watasu.io'
       const client = new RuntimeClient({
-        url: options.apiUrl ?? process.env.WATASU_API_URL ?? `https://api.${domain}/v1`,
+        url: options.apiUrl ?? env('WATASU_API_URL') ?? `https://api.${domain}/v1`,
         token: apiKey,
-        sandboxUrl: options.sandboxUrl ?? process.env.WATASU_SANDBOX_URL,
+        sandboxUrl: options.sandboxUrl ?? env('WATASU_SANDBOX_URL'),
       })
       return runtimeProtocolSession(client, { processTimeoutMs: options.processTimeoutMs ?? 86_400_000 })
     },

@@ -1,0 +1,45 @@
+/**
+ * Provider factories before any network: where credentials and endpoints come from, and what a
+ * host that cannot run a provider is told. Real endpoints are exercised in contract.test.ts and
+ * remote.test.ts.
+ */
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { local } from '../src/providers/local.js'
+import { opensandbox } from '../src/providers/opensandbox.js'
+import { watasu } from '../src/providers/watasu.js'
+
+afterEach(() => {
+  vi.unstubAllEnvs()
+  vi.restoreAllMocks()
+})
+
+describe('credentials', () => {
+  it('fail at connect, naming every variable, when no key is set', async () => {
+    vi.stubEnv('WATASU_API_KEY', '')
+    vi.stubEnv('WATASU_ACCESS_TOKEN', '')
+    vi.stubEnv('OPEN_SANDBOX_API_KEY', '')
+    await expect(watasu().connect()).rejects.toThrow('watasu(): no API key. Set WATASU_API_KEY or WATASU_ACCESS_TOKEN in the environment (it never enters a sandbox), or pass watasu({ apiKey }).')
+    await expect(opensandbox().connect()).rejects.toThrow('opensandbox(): no API key. Set OPEN_SANDBOX_API_KEY in the environment (it never enters a sandbox), or pass opensandbox({ apiKey }).')
+  })
+
+  it("watasu() finds its endpoint as Watasu's SDK does: WATASU_API_URL, else api.<WATASU_DOMAIN>/v1", { timeout: 30_000 }, async () => {
+    vi.stubEnv('WATASU_ACCESS_TOKEN', 'a-token')
+    vi.stubEnv('WATASU_API_KEY', '')
+    vi.stubEnv('WATASU_DOMAIN', 'watasu.invalid')
+    vi.stubEnv('WATASU_API_URL', '')
+    const viaDomain = await watasu().connect()
+    await expect(viaDomain.listSandboxes({})).rejects.toThrow(/GET https:\/\/api\.watasu\.invalid\/v1\/sandboxes\? failed/)
+    await viaDomain.close()
+    vi.stubEnv('WATASU_API_URL', 'http://127.0.0.1:9/v1')
+    const viaUrl = await watasu().connect()
+    await expect(viaUrl.listSandboxes({})).rejects.toThrow(/GET http:\/\/127\.0\.0\.1:9\/v1\/sandboxes\? failed/)
+    await viaUrl.close()
+  })
+})
+
+describe('hosts', () => {
+  it('local() on a host that is not Linux says what to use instead, before starting anything', async () => {
+    vi.spyOn(process, 'platform', 'get').mockReturnValue('darwin')
+    await expect(local().connect()).rejects.toThrow(/local\(\): the local sandbox engine needs Linux \(bubblewrap\); this host is darwin\. Use a remote provider \(watasu\(\), opensandbox\(\)\), or run `vitest-sandbox serve`/)
+  })
+})
