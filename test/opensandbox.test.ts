@@ -173,4 +173,14 @@ describe('opensandbox() beyond the contract', () => {
     const err = await session.createSandbox({ timeoutSec: 30, labels: {}, network: false }).catch((e: Error) => e)
     expect((err as Error).message).toMatch(/POST \/sandboxes: timeout: Input should be greater than or equal to 60/)
   })
+  it('names what to configure when the server cannot snapshot', async () => {
+    const sbx = await session.createSandbox({ timeoutSec: 300, labels: {}, network: false })
+    fake.state.snapshotsSupported = false
+    try {
+      await expect(sbx.snapshot('never')).rejects.toThrow(/opensandbox: this server cannot snapshot sandboxes \(POST \/sandboxes\/[^/]+\/snapshots: Snapshots are not supported by this runtime\.\); the cached template needs snapshots\. On Kubernetes, give the opensandbox-controller chart its snapshot settings/)
+    } finally {
+      fake.state.snapshotsSupported = true
+      await sbx.kill()
+    }
+  })
 })

@@ -149,7 +149,12 @@ class OpenSandboxSession implements ProviderSession {
   }
 
   async snapshot(id: string, name: string): Promise<string> {
-    const snap = await this.lifecycle.json<SnapshotJson>('POST', `/sandboxes/${encodeURIComponent(id)}/snapshots`, { name })
+    const snap = await this.lifecycle.json<SnapshotJson>('POST', `/sandboxes/${encodeURIComponent(id)}/snapshots`, { name }).catch((err: unknown) => {
+      if (err instanceof HttpError && err.status === 501) {
+        throw new Error(`opensandbox: this server cannot snapshot sandboxes (${err.message}); the cached template needs snapshots. On Kubernetes, give the opensandbox-controller chart its snapshot settings (controller.snapshot.registry and its push and pull secrets).`)
+      }
+      throw err
+    })
     for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
       const now = await this.lifecycle.json<SnapshotJson>('GET', `/snapshots/${encodeURIComponent(snap.id)}`)
       if (now.status?.state === 'Ready') return snap.id

@@ -8,7 +8,7 @@
  *
  * Faults: `inject()` answers matching requests with a status (429 with Retry-After, 5xx),
  * `dropSockets()` cuts every PTY WebSocket, `dropTailOnExit` reproduces execd's race where the
- * exit notice overtakes the last output.
+ * exit notice overtakes the last output, `snapshotsSupported: false` a runtime without snapshots.
  */
 import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
@@ -125,7 +125,7 @@ export async function startFakeOpenSandbox(options: FakeOpenSandboxOptions = {})
   const snapshots = new Map<string, FakeSnapshot>()
   const faults: Fault[] = []
   const requests: RecordedRequest[] = []
-  const state = { dropTailOnExit: false, created: 0 }
+  const state = { dropTailOnExit: false, created: 0, snapshotsSupported: true }
 
   function takeFault(where: Fault['where'], method: string, path: string): Fault | undefined {
     const f = faults.find((x) => x.where === where && x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
@@ -227,6 +227,7 @@ export async function startFakeOpenSandbox(options: FakeOpenSandboxOptions = {})
     }
     if (parts[0] === 'sandboxes' && parts[2] === 'snapshots' && method === 'POST') {
       const s = sandboxOr404(parts[1])
+      if (!state.snapshotsSupported) throw new FakeError(501, 'SNAPSHOT::NOT_IMPLEMENTED', 'Snapshots are not supported by this runtime.')
       const body = await readJson(req)
       if (body.name !== undefined && (typeof body.name !== 'string' || !body.name.length)) throw invalid('name', 'String should have at least 1 character')
       const snap: FakeSnapshot = { id: randomUUID(), sandboxId: s.id, name: body.name, state: 'Creating', reason: 'snapshot_accepted', createdAt: new Date() }
