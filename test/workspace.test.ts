@@ -153,4 +153,28 @@ describe('workspace', () => {
       fs.rmSync(dir, { recursive: true, force: true })
     }
   })
+  it('stops packing cleanly when its reader goes away mid-file (an upload answered early with an error)', async () => {
+    const dir = tempDir('pack-abort')
+    try {
+      fs.writeFileSync(path.join(dir, 'package-lock.json'), '{}')
+      for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(dir, `big${i}.bin`), Buffer.alloc(8 * 1024 * 1024, i))
+      const ws = await collectWorkspace(dir)
+      const unhandled: unknown[] = []
+      const onUnhandled = (err: unknown) => unhandled.push(err)
+      process.on('unhandledRejection', onUnhandled)
+      try {
+        let seen = 0
+        for await (const chunk of packFiles(dir, ws.files)) {
+          seen += chunk.length
+          if (seen > 1024 * 1024) break // destroys the stream, as undici does with a request body
+        }
+        await new Promise((r) => setTimeout(r, 300))
+        expect(unhandled).toEqual([])
+      } finally {
+        process.off('unhandledRejection', onUnhandled)
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
 })

@@ -16,6 +16,9 @@ import { runScript, STAGING } from '../providers/exec.js'
 /** Bumped when the template layout changes, so old templates are not reused. */
 const FORMAT = 3
 
+/** Seconds a template builder lives unless renewed (it is, every third of that, while it builds). */
+const BUILDER_TTL = 600
+
 /** Inside node_modules, caches that must not be frozen into a template. */
 const CACHE_DIRS = ['**/node_modules/.vite/**', '**/node_modules/.vitest/**', '**/node_modules/.cache/**']
 
@@ -61,8 +64,13 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   const step = (text: string) => progress(`template ${name}: ${text} (${((Date.now() - started) / 1000).toFixed(1)}s)`)
   step('building (dependencies are installed once per lockfile, Node version and setup commands)')
   let builder: ProviderSandbox | undefined
+  let renew: NodeJS.Timeout | undefined
   try {
-    builder = await session.createSandbox({ timeoutSec: 3600, labels: { ...labels, role: 'template-builder' }, network: spec.setup.length > 0 })
+    // A short TTL, renewed while the build goes on: a host that dies leaves no builder for long.
+    builder = await session.createSandbox({ timeoutSec: BUILDER_TTL, labels: { ...labels, role: 'template-builder' }, network: spec.setup.length > 0 })
+    const b = builder
+    renew = setInterval(() => void b.setTimeout(BUILDER_TTL).catch(() => {}), (BUILDER_TTL / 3) * 1000)
+    renew.unref()
     const deps = await dependencyFiles(spec.root)
     step(`copying ${deps.length} dependency files`)
     await builder.upload(`${STAGING}/deps.tar`, () => packFiles(spec.root, deps))
@@ -78,6 +86,7 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   } catch (err) {
     throw new Error(`sandbox: building the template failed; nothing was cached.\n${(err as Error).message}`)
   } finally {
+    clearInterval(renew)
     await builder?.kill().catch(() => {})
   }
 }

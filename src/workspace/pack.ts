@@ -20,6 +20,8 @@ export function packFiles(root: string, files: Iterable<WorkspaceFile>): AsyncIt
   const pack = tar.pack()
   ;(async () => {
     for (const f of files) {
+      // The reader went away (an upload answered with an error before it read it all).
+      if (pack.destroyed) return
       const abs = path.join(root, f.path)
       if (f.link !== undefined) {
         const linkname = await fsp.readlink(abs).catch(() => undefined)
@@ -49,6 +51,8 @@ async function packFile(pack: tar.Pack, name: string, abs: string): Promise<void
     const packed = new Promise<void>((resolve, reject) => {
       entry = pack.entry({ name, size, mode: st.mode & 0o7777, mtime: st.mtime }, (err) => (err ? reject(err) : resolve()))
     })
+    packed.catch(() => {}) // awaited below; the pack can be destroyed before that
+
     let written = 0
     while (written < size) {
       const buf = Buffer.allocUnsafe(Math.min(CHUNK, size - written))
@@ -57,7 +61,8 @@ async function packFile(pack: tar.Pack, name: string, abs: string): Promise<void
       if (bytesRead === 0) buf.fill(0)
       const chunk = bytesRead === 0 ? buf : buf.subarray(0, bytesRead)
       written += chunk.length
-      if (!entry.write(chunk)) await new Promise<void>((r) => entry.once('drain', () => r()))
+      if (!entry.write(chunk)) await new Promise<void>((r) => (entry.once('drain', () => r()), entry.once('close', () => r())))
+      if (entry.destroyed) break
     }
     entry.end(undefined as never)
     await packed
