@@ -199,6 +199,18 @@ describe('escape attempts: network', () => {
     }
   })
 
+  it("resolves names only when it shares the host's network (network: 'allow')", async () => {
+    const lookup = `require('dns').lookup('registry.npmjs.org', (e, a) => console.log(e ? e.code : 'resolved'))`
+    expect((await node(lookup)).stdout.trim()).not.toBe('resolved')
+    const open = await env.client.createSandbox({ allowInternetAccess: true })
+    try {
+      const r = await open.run('node', ['-e', lookup])
+      expect(r.stdout.trim(), r.stderr).toBe('resolved')
+    } finally {
+      await env.client.killSandbox(open.id)
+    }
+  })
+
   it('has only a loopback interface, which works inside the sandbox', async () => {
     const r = await node(`
       console.log(Object.keys(require('os').networkInterfaces()).join(','))

@@ -73,7 +73,8 @@ function skeletonSpec(): { links: Record<string, string>; dirs: string[]; files:
     'etc/group': `root:x:0:\nsandbox:x:${SANDBOX_UID}:\nnogroup:x:65534:\n`,
     'etc/hosts': '127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n',
     'etc/hostname': 'sandbox\n',
-    'etc/nsswitch.conf': 'passwd: files\ngroup: files\nhosts: files\n',
+    // DNS for sandboxes on the host's network (their resolv.conf is the host's); others have none.
+    'etc/nsswitch.conf': 'passwd: files\ngroup: files\nhosts: files dns\n',
     'etc/resolv.conf': '',
   }
   return { links, dirs, files }

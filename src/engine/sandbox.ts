@@ -64,6 +64,15 @@ export class SandboxError extends Error {
   }
 }
 
+/** The host's resolver config, for a sandbox on the host's network (often a link into /run). */
+function hostResolver(): string[] {
+  try {
+    return ['--ro-bind', fs.realpathSync('/etc/resolv.conf'), '/etc/resolv.conf']
+  } catch {
+    return []
+  }
+}
+
 export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   readonly id: string
   readonly metadata: Record<string, string>
@@ -169,6 +178,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       }),
       ...['/etc/ssl', '/etc/ca-certificates', '/etc/alternatives', '/etc/localtime', '/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d']
         .flatMap((p) => ['--ro-bind-try', p, p]),
+      // After the root is in place (bubblewrap mounts in order).
+      ...(this.opts.network === 'host' ? hostResolver() : []),
       ...(this.nodeFromUsr ? [] : ['--ro-bind', host.nodePrefix, NODE_MOUNT]),
       '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
       '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
