@@ -11,14 +11,15 @@ import { createRequire } from 'node:module'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { sandbox } from '../pool/index.js'
-import { REMOTE_PROVIDERS } from '../providers/index.js'
+import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 
 const [root, pool, report, sandboxOptions, ...args] = process.argv.slice(2)
 const vitestDir = path.dirname(createRequire(path.join(root, 'package.json')).resolve('vitest/package.json'))
 const { parseCLI, startVitest } = await import(pathToFileURL(path.join(vitestDir, 'dist/node.js')).href)
 const { filter, options } = parseCLI(['vitest', 'run', ...args])
 const pooled = JSON.parse(sandboxOptions)
-if (typeof pooled.provider === 'string') pooled.provider = REMOTE_PROVIDERS[pooled.provider]()
+const provider: unknown = pooled.provider
+if (typeof provider === 'string' && isRemoteProvider(provider)) pooled.provider = REMOTE_PROVIDERS[provider]()
 await startVitest('test', filter, {
   ...options,
   root: options.root ?? root,

@@ -9,8 +9,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { Engine } from '../engine/engine.js'
 import { detectHost, installHint, parseVersion, ROOT_DROP_ID, which } from '../engine/host.js'
-import { PROVIDER_ENV } from '../providers/credentials.js'
-import { REMOTE_PROVIDERS } from '../providers/index.js'
+import { keyVariable, PROVIDER_ENV, type RemoteProviderName } from '../providers/credentials.js'
+import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { POOL_LABEL } from '../providers/types.js'
 import { DEFAULT_PATH } from '../engine/sandbox.js'
 
@@ -164,10 +164,10 @@ export async function runChecks(): Promise<Check[]> {
  * configure it), or configured and then actually asked (reachable, key accepted).
  */
 async function finish(checks: Check[]): Promise<Check[]> {
-  for (const [provider, vars] of Object.entries(PROVIDER_ENV)) {
-    const set = vars.find((v) => process.env[v])
+  for (const provider of Object.keys(PROVIDER_ENV) as RemoteProviderName[]) {
+    const set = keyVariable(provider)
     if (!set) {
-      checks.push({ name: provider, ok: true, info: true, detail: `${vars[0]} not set (needed only for ${provider}())` })
+      checks.push({ name: provider, ok: true, info: true, detail: `${PROVIDER_ENV[provider][0]} not set (needed only for ${provider}())` })
       continue
     }
     checks.push(await probe(provider, set))
@@ -175,7 +175,7 @@ async function finish(checks: Check[]): Promise<Check[]> {
   return checks
 }
 
-async function probe(provider: string, variable: string): Promise<Check> {
+async function probe(provider: RemoteProviderName, variable: string): Promise<Check> {
   try {
     const session = await REMOTE_PROVIDERS[provider]().connect()
     try {
@@ -193,9 +193,9 @@ async function probe(provider: string, variable: string): Promise<Check> {
 
 /** Only the given remote provider: reachable, key accepted (for CI jobs that never use local()). */
 async function providerChecks(provider: string): Promise<Check[]> {
-  const vars = PROVIDER_ENV[provider as keyof typeof PROVIDER_ENV]
-  if (!vars) throw new Error(`doctor: unknown --provider '${provider}'; the remote providers are ${Object.keys(PROVIDER_ENV).join(', ')}`)
-  const set = vars.find((v) => process.env[v])
+  if (!isRemoteProvider(provider)) throw new Error(`doctor: unknown --provider '${provider}'; the remote providers are ${Object.keys(PROVIDER_ENV).join(', ')}`)
+  const vars = PROVIDER_ENV[provider]
+  const set = keyVariable(provider)
   return [set ? await probe(provider, set) : { name: provider, ok: false, detail: `${vars.join(' or ')} is not set`, fix: `set ${vars[0]} to your ${provider} API key` }]
 }
 

@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util'
 import { check } from './check.js'
 import { doctor } from './doctor.js'
 import { reap } from './reap.js'
-import { REMOTE_PROVIDERS } from '../providers/index.js'
+import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { serve } from './serve.js'
 
 const USAGE = `usage: vitest-sandbox <command> [options]
@@ -78,7 +78,7 @@ async function main(argv: string[]): Promise<number> {
       const { values, positionals } = parseArgs({ args: own, allowPositionals: true, options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' }, provider: { type: 'string' } } })
       const sandboxOptions: Record<string, unknown> = {}
       if (values.provider !== undefined) {
-        if (!REMOTE_PROVIDERS[values.provider]) throw new Error(`check: unknown --provider '${values.provider}'; the remote providers are ${Object.keys(REMOTE_PROVIDERS).join(', ')} (local() is the default)`)
+        if (!isRemoteProvider(values.provider)) throw new Error(`check: unknown --provider '${values.provider}'; the remote providers are ${Object.keys(REMOTE_PROVIDERS).join(', ')} (local() is the default)`)
         sandboxOptions.provider = values.provider
       }
       for (const key of ['sandboxes', 'concurrency'] as const) {

@@ -3,8 +3,8 @@
  * are still alive, and kill them. For a host that died before it could clean up, or a TTL set
  * long. Without `--provider`, every remote provider whose credentials are set is asked.
  */
-import { PROVIDER_ENV, type RemoteProviderName } from '../providers/credentials.js'
-import { REMOTE_PROVIDERS } from '../providers/index.js'
+import { keyVariable, PROVIDER_ENV, type RemoteProviderName } from '../providers/credentials.js'
+import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { POOL_LABEL, RUN_LABEL } from '../providers/types.js'
 import { parseDuration } from './duration.js'
 
@@ -19,16 +19,16 @@ export interface ReapOptions {
   log: (line: string) => void
 }
 
-function configured(): string[] {
-  return (Object.keys(PROVIDER_ENV) as RemoteProviderName[]).filter((p) => PROVIDER_ENV[p].some((v) => process.env[v]))
+function configured(): RemoteProviderName[] {
+  return (Object.keys(PROVIDER_ENV) as RemoteProviderName[]).filter((p) => keyVariable(p))
 }
 
 export async function reap(opts: ReapOptions): Promise<number> {
   const minAgeMs = opts.olderThan === undefined ? 0 : parseDuration('older-than', opts.olderThan)
-  if (opts.provider !== undefined && !REMOTE_PROVIDERS[opts.provider]) {
+  if (opts.provider !== undefined && !isRemoteProvider(opts.provider)) {
     throw new Error(`reap: unknown --provider '${opts.provider}'; the remote providers are ${Object.keys(REMOTE_PROVIDERS).join(', ')} (local sandboxes die with the process that made them)`)
   }
-  const names = opts.provider ? [opts.provider] : configured()
+  const names = opts.provider !== undefined && isRemoteProvider(opts.provider) ? [opts.provider] : configured()
   if (!names.length) {
     throw new Error(`reap: no provider configured; pass --provider (${Object.keys(REMOTE_PROVIDERS).join(', ')}) or set ${Object.values(PROVIDER_ENV).map((v) => v[0]).join(' or ')}`)
   }

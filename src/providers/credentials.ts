@@ -14,12 +14,17 @@ export function env(name: string): string | undefined {
   return process.env[name] || undefined
 }
 
+/** The first of the provider's key variables that is set, if any. */
+export function keyVariable(provider: RemoteProviderName): string | undefined {
+  return PROVIDER_ENV[provider].find((v) => env(v))
+}
+
 /** The key given as an option, else from the provider's variables; throws naming them if none is set. */
 export function requireKey(provider: RemoteProviderName, given: string | undefined): string {
-  const vars = PROVIDER_ENV[provider]
-  const key = given ?? vars.map((v) => process.env[v]).find((v) => v)
+  const variable = keyVariable(provider)
+  const key = given ?? (variable && env(variable))
   if (!key) {
-    throw new Error(`${provider}(): no API key. Set ${vars.join(' or ')} in the environment (it never enters a sandbox), or pass ${provider}({ apiKey }).`)
+    throw new Error(`${provider}(): no API key. Set ${PROVIDER_ENV[provider].join(' or ')} in the environment (it never enters a sandbox), or pass ${provider}({ apiKey }).`)
   }
   return key
 }
