@@ -4,9 +4,10 @@
  * can overtake the last output (OpenSandbox's PTY pipe mode has all of these). A small Node relay
  * runs the command inside the sandbox and puts everything on its stdout as frames
  * `[kind u8][length u32 BE][bytes]`: stdout, stderr, input acknowledgements and, last, the exit.
- * Input goes the other way as `[offset u64 BE][length u32 BE][bytes]` (length 0: end of input);
- * the offset lets the host resend what a dropped connection may have lost and the relay skip what
- * it already has. Sandboxes always have Node (the pool runs on it).
+ * Input goes the other way as the agent link's numbered chunks (`numberedChunk` in wire.ts:
+ * `[offset u64 BE][length u32 BE][bytes]`, here length 0 meaning end of input); the offset lets the
+ * host resend what a dropped connection may have lost and the relay skip what it already has.
+ * Sandboxes always have Node (the pool runs on it).
  */
 
 export const Frame = { STDOUT: 1, STDERR: 2, EXIT: 3, ACK: 4 } as const
@@ -35,14 +36,6 @@ export const RELAY = [
   'else if(off<=taken&&off+n>taken){if(!c.stdin.writableEnded)c.stdin.write(body.subarray(taken-off));taken=off+n}',
   'ack()}});',
 ].join('')
-
-/** Input bytes at stream offset `offset`, as one frame (length 0 is end of input). */
-export function inputFrame(offset: number, data: Uint8Array): Buffer {
-  const head = Buffer.alloc(12)
-  head.writeBigUInt64BE(BigInt(offset))
-  head.writeUInt32BE(data.length, 8)
-  return Buffer.concat([head, data])
-}
 
 export interface RelayExit {
   code: number | null

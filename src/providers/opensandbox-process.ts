@@ -9,9 +9,10 @@ import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import os from 'node:os'
 import WebSocket from 'ws'
-import { createRelayParser, inputFrame, RELAY, shellQuote, type RelayExit } from './framed-stdio.js'
+import { createRelayParser, RELAY, shellQuote, type RelayExit } from './framed-stdio.js'
 import type { ProcessExit, ProcessSpec, ProviderProcess } from './types.js'
 import { type Http, HttpError } from '../net/http.js'
+import { numberedChunk } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 
 const log = debug('opensandbox')
@@ -165,9 +166,14 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
     this.fail(`opensandbox: lost the connection to process ${this.session} in sandbox ${this.sandboxId}: ${(last as Error)?.message}`)
   }
 
+  /** execd's stdin message carrying one numbered input chunk for the relay. */
+  private sendInput(u: { offset: number; data: Buffer }): void {
+    this.ws!.send(Buffer.concat([Buffer.from([STDIN]), numberedChunk(u.offset, u.data)]))
+  }
+
   /** After a reconnect: everything not acknowledged goes again (the relay skips what it has). */
   private resend(): void {
-    for (const u of this.unacked) this.ws!.send(Buffer.concat([Buffer.from([STDIN]), inputFrame(u.offset, u.data)]))
+    for (const u of this.unacked) this.sendInput(u)
   }
 
   private send(data: Buffer): Promise<void> {
@@ -176,7 +182,7 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       const entry = { offset: this.inputOffset, data, resolve, reject }
       this.inputOffset += data.length
       this.unacked.push(entry)
-      if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(Buffer.concat([Buffer.from([STDIN]), inputFrame(entry.offset, data)]))
+      if (this.ws?.readyState === WebSocket.OPEN) this.sendInput(entry)
       // execd acknowledges nothing: input it dropped (a shell still starting, a socket cut in
       // flight) is sent again until the relay says it has it.
       this.resendTimer ??= setInterval(() => {
@@ -206,28 +212,31 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       setTimeout(() => this.kill(), 5000).unref()
       return
     }
-    // No socket: deleting the session kills its process group.
-    void this.execd.call('DELETE', `/pty/${encodeURIComponent(this.session)}`, { retry: false }).then((r) => r.body.dump(), () => {})
+    // No socket: finishing deletes the session, which kills its process group.
     this.finish({ exitCode: 137, error: 'killed', signal: 'SIGKILL' })
+  }
+
+  /** No more input and no more resends: what is still unacknowledged fails with `error`. */
+  private stop(error: Error): void {
+    this.done = true
+    clearInterval(this.resendTimer)
+    for (const u of this.unacked.splice(0)) u.reject(error)
   }
 
   private finish(exit: ProcessExit): void {
     if (this.done) return
-    this.done = true
-    clearInterval(this.resendTimer)
-    for (const u of this.unacked.splice(0)) u.reject(new Error(`process ${this.session} has exited`))
+    this.stop(new Error(`process ${this.session} has exited`))
     this.resolveExit(exit)
     this.ws?.close()
-    // The session would otherwise live as long as execd does.
+    // The session would otherwise live as long as execd does (deleting it kills its process group).
     void this.execd.call('DELETE', `/pty/${encodeURIComponent(this.session)}`, { retry: false }).then((r) => r.body.dump(), () => {})
   }
 
   private fail(message: string): void {
     if (this.done) return
-    this.done = true
-    clearInterval(this.resendTimer)
-    for (const u of this.unacked.splice(0)) u.reject(new Error(message))
-    this.rejectExit(new Error(message))
+    const error = new Error(message)
+    this.stop(error)
+    this.rejectExit(error)
     this.ws?.terminate()
   }
 }
