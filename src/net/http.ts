@@ -46,7 +46,7 @@ export interface CallOptions {
 }
 
 /** Statuses worth another attempt: rate limits and server-side trouble. */
-export function retryable(status: number): boolean {
+function retryable(status: number): boolean {
   return status === 429 || (status >= 500 && status !== 501)
 }
 
@@ -118,7 +118,7 @@ export class Http {
 }
 
 /** Exponential backoff with full jitter, capped at 5 s; a server's Retry-After wins (capped at 30 s). */
-export function backoff(attempt: number, retryAfterSec?: number): Promise<void> {
+function backoff(attempt: number, retryAfterSec?: number): Promise<void> {
   const ms = Number.isFinite(retryAfterSec) && retryAfterSec! > 0 ? Math.min(30, retryAfterSec!) * 1000 : Math.random() * Math.min(5000, 250 * 2 ** attempt)
   return new Promise((r) => setTimeout(r, ms))
 }
