@@ -34,6 +34,15 @@ function cli(command: string, env: Record<string, string>, args: string[] = []):
 }
 const reap = (env: Record<string, string>, args: string[] = []) => cli('reap', env, args)
 
+/** A run of the feature fixture reported every test as forks did, and left no pool sandbox alive. */
+async function expectAsForksAndNoneLeft(run: Awaited<ReturnType<typeof runFixture>>, provider: 'watasu' | 'opensandbox', env: Record<string, string>): Promise<void> {
+  expect(run.json, run.output).toBeDefined()
+  expect(testsOf(run.json)).toEqual(forks)
+  expect(run.code).toBe(forksCode)
+  const left = await reap(env, ['--provider', provider, '--dry-run'])
+  expect(left.stdout, left.stderr).toMatch(new RegExp(`${provider}: 0 pool sandboxes alive`))
+}
+
 describe('watasu() against vitest-sandbox serve', () => {
   let serve: Awaited<ReturnType<typeof startServe>>
   let env: Record<string, string>
@@ -45,12 +54,8 @@ describe('watasu() against vitest-sandbox serve', () => {
 
   it('reports the feature fixture exactly as forks does, on two sandboxes', { timeout: 240_000 }, async () => {
     const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } })
-    expect(run.json, run.output).toBeDefined()
-    expect(testsOf(run.json)).toEqual(forks)
-    expect(run.code).toBe(forksCode)
     expect(run.output).toMatch(/sandbox: 2 sandboxes \(watasu\)/)
-    const left = await reap(env, ['--provider', 'watasu', '--dry-run'])
-    expect(left.stdout, left.stderr).toMatch(/watasu: 0 pool sandboxes alive/)
+    await expectAsForksAndNoneLeft(run, 'watasu', env)
   })
 
   it('loses no result to a 503 on create, a 429 burst or process sockets cut mid-file (through a faulty network)', { timeout: 240_000 }, async () => {
@@ -65,13 +70,9 @@ describe('watasu() against vitest-sandbox serve', () => {
       }, 1500)
       const faulty = { ...env, WATASU_API_URL: `${proxy.url}/v1`, WATASU_SANDBOX_URL: proxy.url }
       const run = await runFixture('features', { env: { ...faulty, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
-      expect(run.json, run.output).toBeDefined()
-      expect(testsOf(run.json)).toEqual(forks)
-      expect(run.code).toBe(forksCode)
+      await expectAsForksAndNoneLeft(run, 'watasu', env)
       expect(cuts).toBeGreaterThan(0)
       expect(proxy.seen.filter((r) => r.status).map((r) => r.status).sort()).toEqual([429, 429, 429, 502, 502, 503])
-      const left = await reap(env, ['--provider', 'watasu', '--dry-run'])
-      expect(left.stdout, left.stderr).toMatch(/watasu: 0 pool sandboxes alive/)
     } finally {
       await proxy.close()
     }
@@ -104,13 +105,9 @@ describe('opensandbox() against the fake OpenSandbox', () => {
       }
     }, 1500)
     const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
-    expect(run.json, run.output).toBeDefined()
-    expect(testsOf(run.json)).toEqual(forks)
-    expect(run.code).toBe(forksCode)
+    await expectAsForksAndNoneLeft(run, 'opensandbox', env)
     expect(cuts).toBeGreaterThan(0)
     expect(fake.sandboxes.size).toBe(0)
-    const left = await reap(env, ['--provider', 'opensandbox', '--dry-run'])
-    expect(left.stdout, left.stderr).toMatch(/opensandbox: 0 pool sandboxes alive/)
     // The key went to the lifecycle server only: never to execd, which runs inside the sandbox.
     const execd = fake.requests.filter((r) => r.where === 'execd')
     expect(execd.length).toBeGreaterThan(10)
