@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
 import { RUNTIME_DIR } from './runtime-files.js'
-import { runScript, STAGING } from '../providers/exec.js'
+import { renewTtl, runScript, STAGING } from '../providers/exec.js'
 import { ensureTemplate } from '../template/template.js'
 import { collectWorkspace, findWorkspaceRoot, listFiles, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
@@ -155,25 +155,12 @@ export class Fleet {
       }
       const { node } = await link.hello
       log('sandbox %s ready (%s, node %s)', sandbox.id, this.providerName, node)
-      this.keepAlive(sandbox, link)
+      renewTtl(sandbox, this.opts.timeout, () => !this.closed && link.alive)
       return { sandbox, link, node, active: 0, files: 0 }
     } catch (err) {
       await sandbox.kill().catch(() => {})
       throw new Error(`sandbox: could not start sandbox ${sandbox.id} (${this.providerName}): ${(err as Error).message}`)
     }
-  }
-
-  /**
-   * The TTL is there for a host that dies: while this one lives, each sandbox's TTL is started
-   * again every third of it, so a run longer than `timeout` keeps its sandboxes.
-   */
-  private keepAlive(sandbox: ProviderSandbox, link: AgentLink): void {
-    const every = Math.max(5, Math.floor(this.opts.timeout / 3)) * 1000
-    const timer = setInterval(() => {
-      if (this.closed || !link.alive) return clearInterval(timer)
-      sandbox.setTimeout(this.opts.timeout).catch((err: Error) => log('renewing the TTL of %s failed: %s', sandbox.id, err.message))
-    }, every)
-    timer.unref()
   }
 
   /**

@@ -1,5 +1,11 @@
-/** Setup steps inside any provider's sandbox: where the pool stages files, and running a script that fails with its output. */
+/**
+ * Helpers over any provider's sandbox: where the pool stages files, running a script that fails
+ * with its output, and keeping a sandbox's TTL renewed while it is in use.
+ */
 import type { ProviderSandbox } from './types.js'
+import { debug } from '../debug.js'
+
+const log = debug('ttl')
 
 /** Where the pool stages its files inside a sandbox (the agent, the worker entry, tarballs). */
 export const STAGING = '/tmp/.vitest-sandbox'
@@ -17,4 +23,17 @@ export async function runScript(sandbox: ProviderSandbox, script: string, cwd: s
     throw new Error(`\`${script}\` failed in sandbox ${sandbox.id} (exit ${exitCode}${error ? `: ${error}` : ''})${tail ? `:\n${tail}` : ''}`)
   }
   return output
+}
+
+/**
+ * The TTL is there for a host that dies: while `inUse()` holds, the sandbox's TTL of `seconds` is
+ * started again every third of it. Returns the function that stops renewing.
+ */
+export function renewTtl(sandbox: ProviderSandbox, seconds: number, inUse: () => boolean = () => true): () => void {
+  const timer = setInterval(() => {
+    if (!inUse()) return clearInterval(timer)
+    sandbox.setTimeout(seconds).catch((err: Error) => log('renewing the TTL of %s failed: %s', sandbox.id, err.message))
+  }, Math.max(5, Math.floor(seconds / 3)) * 1000)
+  timer.unref()
+  return () => clearInterval(timer)
 }

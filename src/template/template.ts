@@ -11,7 +11,7 @@ import path from 'node:path'
 import { listFiles, lockfilesOf, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
 import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
-import { runScript, STAGING } from '../providers/exec.js'
+import { renewTtl, runScript, STAGING } from '../providers/exec.js'
 
 /** Bumped when the template layout changes, so old templates are not reused. */
 const FORMAT = 3
@@ -64,13 +64,11 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   const step = (text: string) => progress(`template ${name}: ${text} (${((Date.now() - started) / 1000).toFixed(1)}s)`)
   step('building (dependencies are installed once per lockfile, Node version and setup commands)')
   let builder: ProviderSandbox | undefined
-  let renew: NodeJS.Timeout | undefined
+  let stopRenewing: (() => void) | undefined
   try {
     // A short TTL, renewed while the build goes on: a host that dies leaves no builder for long.
     builder = await session.createSandbox({ timeoutSec: BUILDER_TTL, labels: { ...labels, role: 'template-builder' }, network: spec.setup.length > 0 })
-    const b = builder
-    renew = setInterval(() => void b.setTimeout(BUILDER_TTL).catch(() => {}), (BUILDER_TTL / 3) * 1000)
-    renew.unref()
+    stopRenewing = renewTtl(builder, BUILDER_TTL)
     const deps = await dependencyFiles(spec.root)
     step(`copying ${deps.length} dependency files`)
     await builder.upload(`${STAGING}/deps.tar`, () => packFiles(spec.root, deps))
@@ -86,7 +84,7 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   } catch (err) {
     throw new Error(`sandbox: building the template failed; nothing was cached.\n${(err as Error).message}`)
   } finally {
-    clearInterval(renew)
+    stopRenewing?.()
     await builder?.kill().catch(() => {})
   }
 }
