@@ -4,6 +4,7 @@
  * remote.test.ts.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest'
+import { createRelayParser } from '../src/providers/framed-stdio.js'
 import { local } from '../src/providers/local.js'
 import { opensandbox } from '../src/providers/opensandbox.js'
 import { watasu } from '../src/providers/watasu.js'
@@ -41,5 +42,17 @@ describe('hosts', () => {
   it('local() on a host that is not Linux says what to use instead, before starting anything', async () => {
     vi.spyOn(process, 'platform', 'get').mockReturnValue('darwin')
     await expect(local().connect()).rejects.toThrow(/local\(\): the local sandbox engine needs Linux \(bubblewrap\); this host is darwin\. Use a remote provider \(watasu\(\), opensandbox\(\)\), or run `vitest-sandbox serve`/)
+  })
+})
+
+describe('the stdio relay stream (what the host parses from a sandbox)', () => {
+  // With a real execd the relay's stdout is a pipe that code in the sandbox can open through
+  // /proc/<relay>/fd/1 and write forged frames to; the fake's is a socket, so this attacks the parser.
+  it('refuses a forged frame claiming more than 16 MiB at its header, before any of its body', () => {
+    const out: Buffer[] = []
+    const parse = createRelayParser({ stdout: (b) => out.push(b), stderr: () => {}, ack: () => {}, exit: () => {} })
+    parse(Buffer.from([1, 0, 0, 0, 2, 0x6f, 0x6b])) // a real frame: stdout "ok"
+    expect(() => parse(Buffer.from([1, 0x40, 0, 0, 0]))).toThrow('the stdio relay sent a frame of 1073741824 bytes, over the limit of 16777216')
+    expect(Buffer.concat(out).toString()).toBe('ok')
   })
 })

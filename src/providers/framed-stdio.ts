@@ -43,6 +43,13 @@ export interface RelayExit {
   error?: string
 }
 
+/**
+ * Largest relay frame the host accepts. The relay sends what one read of a pipe gives (64 KiB),
+ * but code in the sandbox can write to the relay's stdout itself: a frame claiming gigabytes must
+ * fail the process, not grow the host's memory.
+ */
+export const MAX_RELAY_FRAME = 16 * 1024 * 1024
+
 /** Parses the relay's output stream, chunk by chunk, in order. */
 export function createRelayParser(on: { stdout(b: Buffer): void; stderr(b: Buffer): void; ack(taken: number, eof: boolean): void; exit(e: RelayExit): void }): (chunk: Buffer) => void {
   let buf: Buffer = Buffer.alloc(0)
@@ -50,6 +57,7 @@ export function createRelayParser(on: { stdout(b: Buffer): void; stderr(b: Buffe
     buf = buf.length ? Buffer.concat([buf, chunk]) : chunk
     while (buf.length >= 5) {
       const n = buf.readUInt32BE(1)
+      if (n > MAX_RELAY_FRAME) throw new Error(`the stdio relay sent a frame of ${n} bytes, over the limit of ${MAX_RELAY_FRAME}`)
       if (buf.length < 5 + n) break
       const kind = buf[0]
       const body = buf.subarray(5, 5 + n)
