@@ -6,7 +6,9 @@
  * key never reaches a sandbox.
  */
 import { execFile } from 'node:child_process'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { SandboxClient } from '../src/protocol/client.js'
+import { watasu } from '../src/providers/watasu.js'
 import { startFakeOpenSandbox, type FakeOpenSandbox } from './support/fake-opensandbox.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 import { CLI, startServe } from './support/serve.js'
@@ -81,6 +83,21 @@ describe('watasu() against vitest-sandbox serve', () => {
   it('lets no test see the API key', { timeout: 120_000 }, async () => {
     const run = await runFixture('secrets', { env })
     expect(run.json?.numPassedTests, run.output).toBe(1)
+  })
+
+  it("starts every process with a timeout_ms far above the SDK's 60 s (the server enforces it, see protocol.test.ts)", async () => {
+    const starts = vi.spyOn(SandboxClient.prototype, 'start')
+    const session = await watasu({ apiUrl: serve.apiUrl, apiKey: serve.token }).connect()
+    try {
+      const sbx = await session.createSandbox({ timeoutSec: 60, labels: {}, network: false })
+      const proc = await sbx.start({ cmd: 'true' })
+      expect((await proc.exited).exitCode).toBe(0)
+      expect(starts.mock.calls.map(([spec]) => spec.timeoutMs)).toEqual([86_400_000])
+      await sbx.kill()
+    } finally {
+      starts.mockRestore()
+      await session.close()
+    }
   })
 })
 
