@@ -59,7 +59,7 @@ describe('template layers', () => {
     await engine.kill(sandboxes[0].id)
     expect(fs.existsSync(upper)).toBe(false)
     for (const s of sandboxes.slice(1)) await engine.kill(s.id)
-    expect(await engine.deleteSnapshot(snap.id)).toBe(true)
+    expect(await engine.deleteSnapshot(snap.id)).toBe('deleted')
     expect(fs.existsSync(layer)).toBe(false)
   })
 

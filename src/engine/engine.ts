@@ -27,6 +27,19 @@ export interface EngineOptions {
   limits?: Partial<SandboxLimits>
   /** Longest lifetime a sandbox may ask for, in seconds. @default 86400 */
   maxTimeoutSec?: number
+  /**
+   * Let sandboxes layer host `node_modules` folders copy-on-write at their own paths (the
+   * zero-copy dependency layer). Only for an engine whose callers are this machine's own Vitest
+   * runs: `vitest-sandbox serve` leaves it off, so its clients cannot read the server's files.
+   * @default false
+   */
+  allowHostLayers?: boolean
+  /**
+   * Bytes the snapshots in `stateDir` may take; past it, the least recently used ones that no
+   * live sandbox runs on are deleted after each new snapshot.
+   * @default 5 GiB
+   */
+  maxSnapshotBytes?: number
 }
 
 export interface CreateSandboxOptions {
@@ -39,11 +52,27 @@ export interface CreateSandboxOptions {
   envs?: Record<string, string>
   /** 'none' (private loopback only, the default) or 'host' (the host's network). */
   network?: 'none' | 'host'
+  /**
+   * Host `node_modules` folders (absolute paths) the sandbox sees at the same paths, read-only
+   * below its own writable layer: nothing is copied, and nothing it writes reaches the host. A
+   * snapshot keeps the sandbox's changes to them. Needs `allowHostLayers`.
+   */
+  hostLayers?: string[]
 }
+
+export const DEFAULT_SNAPSHOT_BUDGET = 5 * 1024 ** 3
 
 export function defaultStateDir(): string {
   if (process.getuid?.() === 0) return '/var/cache/vitest-pool-sandbox'
   return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'vitest-pool-sandbox')
+}
+
+function isDir(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory()
+  } catch {
+    return false
+  }
 }
 
 export class Engine {
@@ -53,6 +82,8 @@ export class Engine {
   private readonly maxSandboxes: number
   private readonly limits: SandboxLimits
   private readonly maxTimeoutSec: number
+  private readonly allowHostLayers: boolean
+  private readonly maxSnapshotBytes: number
   private closed = false
   private readonly onExit = () => this.killAllSync()
 
@@ -62,6 +93,8 @@ export class Engine {
     this.maxSandboxes = opts.maxSandboxes ?? 64
     this.limits = { processes: opts.limits?.processes ?? 1024, openFiles: opts.limits?.openFiles ?? 4096 }
     this.maxTimeoutSec = opts.maxTimeoutSec ?? 86400
+    this.allowHostLayers = opts.allowHostLayers ?? false
+    this.maxSnapshotBytes = opts.maxSnapshotBytes ?? DEFAULT_SNAPSHOT_BUDGET
     // Sandboxes die with the engine: bubblewrap's --die-with-parent covers a crash or SIGKILL,
     // this covers a normal exit.
     process.once('exit', this.onExit)
@@ -91,12 +124,17 @@ export class Engine {
     if (template !== 'base') {
       snapshot = await this.layers.getSnapshot(template)
       if (!snapshot) throw new SandboxError(`template or snapshot '${template}' not found`, 'template_not_found')
+      await this.layers.touch(snapshot)
     }
+    const hostLayers = this.checkHostLayers(opts.hostLayers ?? [])
+    const layerDirs = (snapshot?.layers ?? []).map((l) => this.layers.layerDir(l))
     const id = newId('sbx')
     const sandbox = new LocalSandbox({
       id,
       host: this.host,
-      lowerDirs: [...(snapshot?.layers ?? []).map((l) => this.layers.layerDir(l)), this.layers.baseDir],
+      lowerDirs: [...layerDirs, this.layers.baseDir],
+      // Changes a template made to a host folder live at that folder's path in its layers.
+      hostLayers: hostLayers.map((target) => ({ target, lowerDirs: [...layerDirs.map((d) => path.join(d, target)).filter(isDir), target] })),
       layers: snapshot?.layers ?? [],
       stateDir: this.layers.sandboxDir(id),
       limits: this.limits,
@@ -119,8 +157,28 @@ export class Engine {
       this.sandboxes.delete(id)
       throw err
     }
-    log('sandbox %s created from %s', id, sandbox.template)
+    log('sandbox %s created from %s%s', id, sandbox.template, hostLayers.length ? ` over ${hostLayers.length} host layer(s)` : '')
     return sandbox
+  }
+
+  /** Host layers must be real node_modules folders, and only where the engine allows them. */
+  private checkHostLayers(dirs: string[]): string[] {
+    if (dirs.length && !this.allowHostLayers) throw new SandboxError('this engine does not layer host folders into sandboxes (vitest-sandbox serve never does); upload the dependencies instead', 'invalid_argument')
+    return dirs.map((dir) => {
+      const bad = (why: string) => new SandboxError(`host layer ${JSON.stringify(dir)} ${why}`, 'invalid_argument')
+      if (typeof dir !== 'string' || !path.isAbsolute(dir) || path.normalize(dir) !== dir) throw bad('must be a normalized absolute path')
+      if (path.basename(dir) !== 'node_modules') throw bad('is not a node_modules folder')
+      if (/[,:\\\n]/.test(dir)) throw bad("contains ',', ':' or '\\', which overlayfs mount options cannot express")
+      let real: string
+      try {
+        real = fs.realpathSync(dir)
+      } catch {
+        throw bad('does not exist')
+      }
+      if (real !== dir || !fs.statSync(dir).isDirectory()) throw bad('is not a folder (or is reached through a symbolic link)')
+      if (dir.startsWith(this.layers.root + path.sep) || this.layers.root.startsWith(dir + path.sep)) throw bad("overlaps the engine's state folder")
+      return dir
+    })
   }
 
   get(id: string): LocalSandbox | undefined {
@@ -141,20 +199,26 @@ export class Engine {
     return true
   }
 
-  /** Copy a sandbox's files into a new read-only template layer (see LayerStore.snapshot). */
+  /**
+   * Copy a sandbox's files into a new read-only template layer (see LayerStore.snapshot), then
+   * keep the state folder within its budget.
+   */
   async snapshot(id: string, opts: { name?: string; metadata?: Record<string, string> } = {}): Promise<SnapshotRecord> {
     const s = this.get(id)
     if (!s) throw new SandboxError(`sandbox ${id} not found`, 'sandbox_not_found')
-    return this.layers.snapshot(s.upperDir, s.layers, opts)
+    const record = await this.layers.snapshot(s.upperDir, s.layers, { ...opts, hostUppers: s.hostUppers })
+    const pruned = await this.layers.prune(this.maxSnapshotBytes, [record.id])
+    for (const p of pruned) log('snapshot %s (%s, %d bytes) pruned: over the %d-byte budget', p.id, p.name ?? 'unnamed', p.sizeBytes, this.maxSnapshotBytes)
+    return record
   }
 
   listSnapshots(): Promise<SnapshotRecord[]> {
     return this.layers.listSnapshots()
   }
 
-  deleteSnapshot(id: string): Promise<boolean> {
-    const inUse = new Set([...this.sandboxes.values()].filter((s) => s.running).flatMap((s) => s.layers))
-    return this.layers.deleteSnapshot(id, inUse)
+  /** Delete a snapshot unless a live sandbox (of any engine on this state folder) runs on it. */
+  deleteSnapshot(id: string): Promise<'deleted' | 'not_found' | 'in_use'> {
+    return this.layers.deleteSnapshot(id)
   }
 
   /** Kill every sandbox and stop accepting new ones. */

@@ -5,10 +5,12 @@
  * mounted; a snapshot therefore always makes a new layer and never touches an old one.
  *
  *   <root>/base/<hash>/      the skeleton: mount points, /etc basics, the /bin -> usr/bin links
- *   <root>/layers/<id>/      one snapshot's files (a copy of a sandbox's upper directory)
- *   <root>/snapshots/<id>.json  { id, name, layers: [newest first], metadata, createdAt }
- *   <root>/sandboxes/<pid>-<engine>/<id>/{upper,work,merged}   per sandbox, deleted on kill; a
- *      SIGKILLed engine's leftovers are deleted by the next engine that starts
+ *   <root>/layers/<id>/      one snapshot's files (a copy of a sandbox's upper directory; a host
+ *      layer's changes sit at that layer's own path inside it)
+ *   <root>/snapshots/<id>.json  { id, name, layers: [newest first], metadata, createdAt, lastUsedAt }
+ *   <root>/sandboxes/<pid>-<engine>/<id>/{upper,work,merged,host-N,layers.json}   per sandbox,
+ *      deleted on kill; a SIGKILLed engine's leftovers are deleted by the next engine that starts.
+ *      `layers.json` names the layers it runs on, so no engine deletes a layer another one uses.
  */
 import { execFile } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
@@ -29,6 +31,9 @@ export const SANDBOX_HOME = '/home/sandbox'
  */
 const EPHEMERAL = new Set(['proc', 'dev', 'sys'])
 
+/** In a sandbox's state folder: the layer ids it runs on, for every engine sharing the folder. */
+export const IN_USE_FILE = 'layers.json'
+
 export interface SnapshotRecord {
   id: string
   name?: string
@@ -37,6 +42,16 @@ export interface SnapshotRecord {
   metadata: Record<string, string>
   sizeBytes: number
   createdAt: string
+  /** When a sandbox last started from it (the least recently used go first when over budget). */
+  lastUsedAt?: string
+}
+
+/** A host directory a sandbox's upper layer captured changes of (see LocalSandbox hostLayers). */
+export interface HostLayerUpper {
+  /** Where the directory is, on the host and in the sandbox. */
+  target: string
+  /** The sandbox's own copy-on-write layer over it. */
+  upper: string
 }
 
 function isAlive(pid: number): boolean {
@@ -167,7 +182,7 @@ export class LayerStore {
    * sandbox started from. The copy (reflinked where the filesystem can) keeps overlayfs whiteouts
    * and opaque markers, so deletions inside the sandbox stay deleted in the template.
    */
-  async snapshot(upper: string, parentLayers: string[], opts: { name?: string; metadata?: Record<string, string> }): Promise<SnapshotRecord> {
+  async snapshot(upper: string, parentLayers: string[], opts: { name?: string; metadata?: Record<string, string>; hostUppers?: HostLayerUpper[] }): Promise<SnapshotRecord> {
     const id = newId('snap')
     const layer = this.layerDir(id)
     const tmp = `${layer}.tmp`
@@ -175,6 +190,12 @@ export class LayerStore {
     try {
       const entries = (await fsp.readdir(upper)).filter((e) => !EPHEMERAL.has(e))
       if (entries.length) await run('cp', ['-a', '--reflink=auto', ...entries.map((e) => path.join(upper, e)), `${tmp}/`])
+      for (const h of opts.hostUppers ?? []) {
+        if (!(await fsp.readdir(h.upper)).length) continue
+        const at = path.join(tmp, h.target)
+        await fsp.mkdir(at, { recursive: true, mode: 0o755 })
+        await run('cp', ['-a', '--reflink=auto', `${h.upper}/.`, `${at}/`])
+      }
       await this.chownTree(tmp)
       await fsp.rename(tmp, layer)
     } catch (err) {
@@ -190,20 +211,99 @@ export class LayerStore {
       sizeBytes: Number.parseInt(stdout, 10) || 0,
       createdAt: new Date().toISOString(),
     }
-    const file = path.join(this.root, 'snapshots', `${id}.json`)
-    await fsp.writeFile(`${file}.tmp`, JSON.stringify(record, null, 2))
-    await fsp.rename(`${file}.tmp`, file)
+    await this.writeRecord(record)
     return record
   }
 
-  /** Delete a snapshot record; its layer goes too unless another snapshot stacks on it. */
-  async deleteSnapshot(id: string, inUse: Set<string>): Promise<boolean> {
+  /**
+   * Hold `<root>/locks/<name>.lock` until the returned function is called, waiting while another
+   * live process holds it (a dead holder's lock is taken over).
+   */
+  async lock(name: string): Promise<() => Promise<void>> {
+    const dir = path.join(this.root, 'locks')
+    await fsp.mkdir(dir, { recursive: true, mode: 0o755 })
+    const file = path.join(dir, `${name.replace(/[^\w.-]/g, '_')}.lock`)
+    for (;;) {
+      try {
+        await fsp.writeFile(file, String(process.pid), { flag: 'wx' })
+        return () => fsp.rm(file, { force: true })
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      }
+      const holder = await fsp.readFile(file, 'utf8').catch(() => '')
+      const pid = Number.parseInt(holder, 10)
+      // Empty: being written right now. Re-read before taking a dead holder's lock over, so a
+      // lock someone else just took over is left alone.
+      if (pid && !isAlive(pid) && (await fsp.readFile(file, 'utf8').catch(() => '')) === holder) {
+        await fsp.rm(file, { force: true })
+        continue
+      }
+      await new Promise((r) => setTimeout(r, 200))
+    }
+  }
+
+  /** Record that a sandbox starts from this snapshot now. */
+  async touch(record: SnapshotRecord): Promise<void> {
+    record.lastUsedAt = new Date().toISOString()
+    await this.writeRecord(record).catch(() => {}) // deleted meanwhile: nothing to record
+  }
+
+  private async writeRecord(record: SnapshotRecord): Promise<void> {
+    const file = path.join(this.root, 'snapshots', `${record.id}.json`)
+    const tmp = `${file}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`
+    await fsp.writeFile(tmp, JSON.stringify(record, null, 2))
+    await fsp.rename(tmp, file)
+  }
+
+  /** Layers under a live sandbox of any engine sharing this folder. */
+  async layersInUse(): Promise<Set<string>> {
+    const used = new Set<string>()
+    const dir = path.join(this.root, 'sandboxes')
+    for (const engineDir of await fsp.readdir(dir).catch(() => [])) {
+      const pid = Number.parseInt(engineDir, 10)
+      if (!pid || !isAlive(pid)) continue
+      for (const sbx of await fsp.readdir(path.join(dir, engineDir)).catch(() => [])) {
+        try {
+          for (const l of JSON.parse(await fsp.readFile(path.join(dir, engineDir, sbx, IN_USE_FILE), 'utf8'))) used.add(l)
+        } catch {
+          // Starting or ending right now.
+        }
+      }
+    }
+    return used
+  }
+
+  /**
+   * Delete a snapshot record; its layer goes too unless another snapshot stacks on it. A snapshot
+   * a live sandbox (of any engine on this folder) runs on is kept: `in_use`.
+   */
+  async deleteSnapshot(id: string): Promise<'deleted' | 'not_found' | 'in_use'> {
     const record = await this.getSnapshot(id)
-    if (!record || record.id !== id) return false
+    if (!record || record.id !== id) return 'not_found'
+    const inUse = await this.layersInUse()
+    if (inUse.has(id)) return 'in_use'
     await fsp.rm(path.join(this.root, 'snapshots', `${id}.json`), { force: true })
     const stillUsed = new Set(inUse)
     for (const s of await this.listSnapshots()) for (const l of s.layers) stillUsed.add(l)
     if (!stillUsed.has(id)) await fsp.rm(this.layerDir(id), { recursive: true, force: true })
-    return true
+    return 'deleted'
+  }
+
+  /**
+   * Keep the snapshots within `budget` bytes: delete the least recently used ones (never one a
+   * live sandbox runs on, never `keep`) until the rest fit. Returns what was deleted.
+   */
+  async prune(budget: number, keep: string[] = []): Promise<SnapshotRecord[]> {
+    const all = await this.listSnapshots()
+    let total = all.reduce((n, s) => n + s.sizeBytes, 0)
+    const removed: SnapshotRecord[] = []
+    const lru = [...all].sort((a, b) => (a.lastUsedAt ?? a.createdAt).localeCompare(b.lastUsedAt ?? b.createdAt))
+    for (const s of lru) {
+      if (total <= budget) break
+      if (keep.includes(s.id) || (await this.deleteSnapshot(s.id)) !== 'deleted') continue
+      total -= s.sizeBytes
+      removed.push(s)
+    }
+    return removed
   }
 }

@@ -19,7 +19,7 @@ import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
 import type { HostInfo } from './host.js'
-import { SANDBOX_HOME, SANDBOX_UID } from './layers.js'
+import { IN_USE_FILE, SANDBOX_HOME, SANDBOX_UID, type HostLayerUpper } from './layers.js'
 import { SandboxProcess, type ExitInfo, type ProcessLink, type ProcessSpec } from './process.js'
 import { buildSeccompFilter } from './seccomp.js'
 import { debug } from '../debug.js'
@@ -48,6 +48,11 @@ export interface SandboxOptions {
   lowerDirs: string[]
   /** Layer ids of the snapshot the sandbox started from (newest first), for snapshots of it. */
   layers: string[]
+  /**
+   * Host folders seen at their own path (`target`): an overlay of the sandbox's own layer over
+   * `lowerDirs` (a template's changes to the folder, newest first, then the host folder itself).
+   */
+  hostLayers: Array<{ target: string; lowerDirs: string[] }>
   stateDir: string
   limits: SandboxLimits
   /** Share the host's network instead of a private loopback. */
@@ -108,6 +113,11 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     return path.join(this.opts.stateDir, 'upper')
   }
 
+  /** The sandbox's own layer over each host folder (what a snapshot keeps of its changes). */
+  get hostUppers(): HostLayerUpper[] {
+    return this.opts.hostLayers.map((h, i) => ({ target: h.target, upper: path.join(this.opts.stateDir, `host-${i}`, 'upper') }))
+  }
+
   get running(): boolean {
     return this.ended === undefined
   }
@@ -120,9 +130,11 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   /** Start bubblewrap and wait for the init's `ready` frame. */
   async start(): Promise<void> {
     const { stateDir, host } = this.opts
-    for (const d of ['upper', 'work', 'merged']) await fsp.mkdir(path.join(stateDir, d), { recursive: true, mode: 0o755 })
+    const dirs = ['upper', 'work', 'merged', ...this.opts.hostLayers.flatMap((_, i) => [`host-${i}`, `host-${i}/upper`, `host-${i}/work`, `host-${i}/lower`])]
+    for (const d of dirs) await fsp.mkdir(path.join(stateDir, d), { recursive: true, mode: 0o755 })
+    await fsp.writeFile(path.join(stateDir, IN_USE_FILE), JSON.stringify(this.layers))
     // As root, the dropped sandbox uid must own its layer to mount and write it.
-    if (process.getuid?.() === 0) for (const d of ['', 'upper', 'work', 'merged']) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
+    if (process.getuid?.() === 0) for (const d of ['', ...dirs]) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
 
     const [file, ...args] = this.command()
     log('sandbox %s: %s', this.id, [file, ...args].join(' '))
@@ -191,18 +203,37 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       '--seccomp', '3',
       '--', this.nodeFromUsr ? process.execPath : `${NODE_MOUNT}/bin/node`, `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
     ]
-    const mountThenExec = 'set -e; mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; shift 4; exec "$@"'
+    // The root overlay, then one overlay per host layer on top of it (bubblewrap binds the root
+    // with its submounts), then bubblewrap.
+    const mountThenExec = [
+      'set -e',
+      'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; merged=$4; shift 4',
+      'while [ "$1" != -- ]; do mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done',
+      'shift; exec "$@"',
+    ].join('\n')
+    const hostMounts = this.opts.hostLayers.flatMap((h, i) => {
+      const dir = path.join(stateDir, `host-${i}`)
+      // As root, the host folder is first bound at <dir>/lower: the dropped uid may not be able to
+      // walk the folder's own path (a project under /root), but it can walk the state folder.
+      const lower = host.setpriv ? [...h.lowerDirs.slice(0, -1), path.join(dir, 'lower')] : h.lowerDirs
+      return [h.target, lower.join(':'), path.join(dir, 'upper'), path.join(dir, 'work')]
+    })
     const chain = [
       host.unshare, '--user', '--map-root-user', '--mount', '--',
       '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
       lowerDirs.join(':'), path.join(stateDir, 'upper'), path.join(stateDir, 'work'), merged,
+      ...hostMounts, '--',
       ...bwrap,
     ]
+    if (!host.setpriv) return chain
     // Never sandbox as host root: with a root caller bubblewrap maps uid 0 straight through, and
     // the reference measured a sandboxed root rewriting /proc/sys/kernel/core_pattern.
-    return host.setpriv
-      ? [host.setpriv, `--reuid=${host.uid}`, `--regid=${host.gid}`, '--clear-groups', '--pdeathsig', 'KILL', '--', ...chain]
-      : chain
+    const drop = [host.setpriv, `--reuid=${host.uid}`, `--regid=${host.gid}`, '--clear-groups', '--pdeathsig', 'KILL', '--', ...chain]
+    if (!this.opts.hostLayers.length) return drop
+    // Read-only binds in a private mount namespace of their own, which dies with the sandbox.
+    const bindThenExec = 'set -e; while [ "$1" != -- ]; do mount --bind -o ro "$1" "$2"; mount -o remount,bind,ro "$2"; shift 2; done; shift; exec "$@"'
+    const binds = this.opts.hostLayers.flatMap((h, i) => [h.target, path.join(stateDir, `host-${i}`, 'lower')])
+    return [host.unshare, '--mount', '--propagation', 'private', '--', '/bin/sh', '-c', bindThenExec, 'sandbox-bind', ...binds, '--', ...drop]
   }
 
   /**

@@ -23,6 +23,8 @@ import { debug } from '../debug.js'
 import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from '../protocol/frames.js'
 
 const log = debug('server')
+/** One line per request and per process started: what a test reads to see what a run asked for. */
+const requestLog = debug('requests')
 
 export interface ServerOptions {
   /** @default '127.0.0.1' */
@@ -71,6 +73,7 @@ function toHttpError(err: unknown): HttpError {
     sandbox_not_running: [404, 'sandbox_not_found'],
     template_not_found: [404, 'template_not_found'],
     sandbox_limit: [429, 'sandbox_limit'],
+    snapshot_in_use: [409, 'snapshot_in_use'],
     invalid_argument: [400, 'invalid_argument'],
     sandbox_start_failed: [500, 'sandbox_start_failed'],
     engine_closed: [503, 'sandbox_overloaded'],
@@ -174,6 +177,7 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     status: 'ready',
     size_bytes: r.sizeBytes,
     created_at: r.createdAt,
+    last_used_at: r.lastUsedAt ?? null,
     metadata: r.metadata,
   })
 
@@ -195,12 +199,16 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       const timeout = body.timeout === undefined ? 300 : Number(body.timeout)
       if (!Number.isFinite(timeout)) throw new HttpError(400, 'invalid_argument', `timeout must be a number of seconds (got ${JSON.stringify(body.timeout)})`)
       if (body.template !== undefined && typeof body.template !== 'string') throw new HttpError(400, 'invalid_argument', 'template must be a string')
+      if (body.host_layers !== undefined && (!Array.isArray(body.host_layers) || body.host_layers.some((d: unknown) => typeof d !== 'string'))) {
+        throw new HttpError(400, 'invalid_argument', 'host_layers must be an array of absolute paths')
+      }
       const s = await engine.createSandbox({
         template: (body.template as string | undefined) ?? 'base',
         timeoutSec: timeout,
         metadata: stringRecord(body.metadata, 'metadata'),
         envs: stringRecord(body.envs, 'envs'),
         network: body.allow_internet_access === true && opts.allowNetwork ? 'host' : 'none',
+        hostLayers: body.host_layers as string[] | undefined,
       })
       return sendJson(res, 201, { sandbox: sandboxJson(s), session: sessionFor(s) })
     }
@@ -248,7 +256,9 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       return sendJson(res, 200, { snapshots: all.map((r) => snapshotJson(r)), next_token: null })
     }
     if (resource === 'sandbox_snapshots' && id && !action && method === 'DELETE') {
-      if (!(await engine.deleteSnapshot(id))) throw new HttpError(404, 'snapshot_not_found', `snapshot ${id} not found`)
+      const result = await engine.deleteSnapshot(id)
+      if (result === 'not_found') throw new HttpError(404, 'snapshot_not_found', `snapshot ${id} not found`)
+      if (result === 'in_use') throw new HttpError(409, 'snapshot_in_use', `snapshot ${id} is in use by a running sandbox`)
       return sendJson(res, 200, { deleted: true })
     }
     throw new HttpError(404, 'not_found', `no route ${method} ${url.pathname}`)
@@ -386,6 +396,7 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
     const handler = parts[0] === 'v1' ? control : parts[0] === 'runtime' && parts[1] === 'v1' ? data : undefined
     const work = handler ? handler(req, res, url, parts) : Promise.reject(new HttpError(404, 'not_found', `no route ${req.method} ${url.pathname}`))
+    res.once('finish', () => requestLog('%s %s%s %d', req.method, url.pathname, url.searchParams.has('path') ? ` path=${url.searchParams.get('path')}` : '', res.statusCode))
     work.catch((err) => {
       const e = toHttpError(err)
       if (e.status >= 500) log('%s %s failed: %s', req.method, url.pathname, (err as Error).stack)
@@ -570,6 +581,7 @@ class ProcessSession {
     if (frame.pty) return this.fail('unsupported', 'local sandboxes have no PTYs; start the process without "pty"')
     const env = stringRecordOrNull(frame.environment ?? frame.envs)
     if (env === null) return this.fail('invalid_frame', 'start "environment" must be an object of strings')
+    requestLog('start %s %s: %s %s', this.sandbox.id, this.sandbox.metadata.role ?? '-', frame.cmd, JSON.stringify(frame.args ?? []))
     let proc: SandboxProcess
     try {
       proc = await this.sandbox.spawn({

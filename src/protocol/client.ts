@@ -49,6 +49,8 @@ export interface SnapshotInfo {
   name: string | null
   size_bytes: number
   created_at: string
+  /** The local engine's extension: when a sandbox last started from it. */
+  last_used_at?: string | null
   metadata: Record<string, string>
 }
 
@@ -82,13 +84,15 @@ export class RuntimeClient {
     this.http = bearer(base.endsWith('/v1') ? base : `${base}/v1`, opts.token, opts.retries ?? 4, this.dispatcher)
   }
 
-  async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean } = {}): Promise<SandboxClient> {
+  /** `hostLayers` is the local engine's extension (see its `allowHostLayers`). */
+  async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean; hostLayers?: string[] } = {}): Promise<SandboxClient> {
     const res = await this.http.json<{ sandbox: SandboxInfo; session: { data_plane_url: string; token: string } }>('POST', '/sandboxes', {
       template: opts.template ?? 'base',
       timeout: opts.timeout ?? 300,
       metadata: opts.metadata ?? {},
       envs: opts.envs ?? {},
       allow_internet_access: opts.allowInternetAccess ?? false,
+      ...(opts.hostLayers?.length ? { host_layers: opts.hostLayers } : {}),
     })
     return this.sandboxClient(res.sandbox, res.session)
   }
@@ -145,6 +149,7 @@ export class RuntimeClient {
     return (await this.http.json<{ snapshots: SnapshotInfo[] }>('GET', '/sandbox_snapshots')).snapshots
   }
 
+  /** Delete a snapshot; false if it was already gone. */
   async deleteSnapshot(id: string): Promise<boolean> {
     try {
       await this.http.json('DELETE', `/sandbox_snapshots/${encodeURIComponent(id)}`)
