@@ -13,7 +13,9 @@ import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
 import { RUNTIME_DIR } from './runtime-files.js'
 import { renewTtl, runScript, STAGING } from '../providers/exec.js'
-import { ensureTemplate } from '../template/template.js'
+import { templateName } from '../template/key.js'
+import { createProgress, type ProgressSink } from '../template/progress.js'
+import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL, type Template, type TemplateSpec } from '../template/template.js'
 import { collectWorkspace, findWorkspaceRoot, listFiles, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { packFiles } from '../workspace/pack.js'
 import { POOL_LABEL, RUN_LABEL, type ProviderSandbox, type ProviderSession } from '../providers/types.js'
@@ -38,8 +40,7 @@ export interface Lease {
   release(): void
 }
 
-export interface FleetLogger {
-  log(text: string): void
+export interface FleetLogger extends ProgressSink {
   error(text: string): void
 }
 
@@ -48,7 +49,9 @@ export class Fleet {
   readonly providerName: string
   workspace!: Workspace
   private session?: ProviderSession
-  private template?: string
+  private template?: Template
+  /** What the dependencies were made from when the sandboxes started (watch mode compares it). */
+  private dependencyKey?: string
   private tarFile?: string
   private initializing?: Promise<void>
   private readonly hosts: SandboxHost[] = []
@@ -84,10 +87,23 @@ export class Fleet {
       this.logger.log(`sandbox: not sending ${this.workspace.secrets.length} secret-like file${this.workspace.secrets.length === 1 ? '' : 's'} (${shown}); send one with sandbox({ workspace: { include: ['<name>'] } })`)
     }
     this.session = await this.opts.provider.connect()
-    this.template = await ensureTemplate(this.session, { root, setup: this.opts.setup }, (line) => this.logger.log(line), this.labels())
+    await this.prepareTemplate()
     this.tarFile = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')), 'workspace.tar')
     await pipeToFile(packFiles(root, this.workspace.files), this.tarFile)
-    log('run %s: workspace %s (%d files, %d bytes), template %s', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template)
+    log('run %s: workspace %s (%d files, %d bytes), template %s (%s)', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template?.id ?? 'none', this.template?.source)
+  }
+
+  /** Find or build the template (before any worker needs it), and note what it was made from. */
+  private async prepareTemplate(): Promise<void> {
+    const spec = templateSpec(this.opts, this.workspace)
+    this.dependencyKey = this.currentDependencyKey()
+    this.template = await ensureTemplate(this.session!, spec, this.providerName, () => createProgress('sandbox: template', this.logger), this.labels())
+  }
+
+  /** The template key of the dependencies as they are now (also when there is nothing to build). */
+  private currentDependencyKey(): string {
+    const spec = { root: this.workspace.root, setup: this.opts.setup, dependencies: this.opts.dependencies }
+    return templateName(keyInputs(this.session!, spec, chooseSource(this.session!, spec, this.providerName)))
   }
 
   /** What of `root` the sandboxes are given, now. */
@@ -137,7 +153,9 @@ export class Fleet {
 
   private async startSandbox(): Promise<SandboxHost> {
     const root = this.workspace.root
-    const sandbox = await this.session!.createSandbox({ template: this.template, timeoutSec: this.opts.timeout, labels: this.labels(), network: this.opts.network === 'allow' })
+    const { id: template, name, hostLayers } = this.template!
+    const labels = { ...this.labels(), ...(name ? { [TEMPLATE_LABEL]: name } : {}) }
+    const sandbox = await this.session!.createSandbox({ template, hostLayers, timeoutSec: this.opts.timeout, labels, network: this.opts.network === 'allow' })
     try {
       for (const f of RUNTIME_FILES) await sandbox.upload(`${STAGING}/${f}`, await fsp.readFile(path.join(RUNTIME_DIR, f)))
       await sandbox.upload(`${STAGING}/package.json`, Buffer.from('{"type":"module"}\n'))
@@ -171,6 +189,7 @@ export class Fleet {
   async sync(): Promise<void> {
     if (!this.initializing || this.closed) return
     await this.init()
+    if (this.currentDependencyKey() !== this.dependencyKey) return this.replaceSandboxes()
     const before = new Map(this.workspace.files.map((f) => [f.path, signature(f)]))
     const next = await this.collect(this.workspace.root)
     const changed = next.files.filter((f) => before.get(f.path) !== signature(f))
@@ -194,6 +213,22 @@ export class Fleet {
     )
     const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`
     this.logger.log(`sandbox: synced ${plural(changed.length, 'changed file')} and ${plural(removed.length, 'removed file')} to ${plural(live.length, 'sandbox')}`)
+  }
+
+  /**
+   * Watch mode, after the dependencies changed (a lockfile, the installed tree): a new template,
+   * and new sandboxes from it with the workspace as it is now. The warm ones go.
+   */
+  private async replaceSandboxes(): Promise<void> {
+    this.logger.log('sandbox: the dependencies changed; preparing the template again and replacing the warm sandboxes')
+    this.workspace = await this.collect(this.workspace.root)
+    await this.prepareTemplate()
+    await pipeToFile(packFiles(this.workspace.root, this.workspace.files), this.tarFile!)
+    const old = this.hosts.splice(0)
+    await Promise.all(old.map(async (h) => {
+      h.link.close()
+      await h.sandbox.kill().catch(() => {})
+    }))
   }
 
   /** Kill every sandbox and close the provider session. Safe to call more than once. */
@@ -233,6 +268,11 @@ export class Fleet {
       log('run %s: listing leftover sandboxes failed: %s', this.runId, (err as Error).message)
     }
   }
+}
+
+/** The template a run with these options needs for this workspace. */
+export function templateSpec(opts: ResolvedOptions, workspace: Workspace): TemplateSpec {
+  return { root: workspace.root, setup: opts.setup, dependencies: opts.dependencies, installEnv: opts.installEnv, files: workspace.files }
 }
 
 function signature(f: WorkspaceFile): string {

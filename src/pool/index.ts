@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import type { PoolOptions, PoolRunnerInitializer, PoolWorker } from 'vitest/node'
 import { Fleet } from './fleet.js'
-import { resolveOptions, SandboxOptionsError, type SandboxPoolOptions } from './options.js'
+import { resolveOptions, SandboxOptionsError, type ResolvedOptions, type SandboxPoolOptions } from './options.js'
 import { RUNTIME_DIR } from './runtime-files.js'
 import { SandboxPoolWorker } from './worker.js'
 
@@ -18,8 +18,8 @@ function workersGivenOnCommandLine(): boolean {
 }
 
 /** Files and folders this run writes under the root: never sent to a sandbox. */
-function runOutputs(vitest: PoolOptions['project']['vitest']): string[] {
-  const config = vitest.config as any
+export function runOutputs(resolvedConfig: object): string[] {
+  const config = resolvedConfig as any
   const root = config.root as string
   const outputs: string[] = [config.coverage?.reportsDirectory, config.attachmentsDir ?? '.vitest-attachments']
   const outputFile = config.outputFile
@@ -45,6 +45,20 @@ function assertSupportedVitest(version: string): void {
   throw new SandboxOptionsError(`vitest-pool-sandbox needs Vitest 4.1 or newer; this project runs Vitest ${version}. Fix: npm install --save-dev vitest@^4.1 (or pnpm add -D / yarn add -D)`)
 }
 
+/**
+ * The resolved options of each sandbox() pool, by its createPoolWorker function (which survives
+ * Vite's config merging, unlike the object around it), for `vitest-sandbox template` to read from
+ * a project's config. Global, so another copy of this package finds them too.
+ */
+const REGISTRY_KEY = Symbol.for('vitest-pool-sandbox.options')
+const registry: WeakMap<object, ResolvedOptions> = ((globalThis as any)[REGISTRY_KEY] ??= new WeakMap())
+
+/** The options a config's `test.pool` was made with, if it is a sandbox() pool. */
+export function sandboxOptionsOf(pool: unknown): ResolvedOptions | undefined {
+  const create = (pool as { createPoolWorker?: unknown } | null)?.createPoolWorker
+  return typeof create === 'function' ? registry.get(create) : undefined
+}
+
 export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
   const resolved = resolveOptions(options, Math.max(1, os.availableParallelism() - 1))
   // A pool cannot size Vitest's scheduler itself, and the host's CPU count says nothing about
@@ -54,7 +68,7 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
     process.env.VITEST_MAX_WORKERS = String(resolved.sandboxes * resolved.concurrency)
   }
   const fleets = new WeakMap<object, Fleet>()
-  return {
+  const pool = {
     name: 'sandbox',
     createPoolWorker(poolOptions: PoolOptions): PoolWorker {
       const vitest = poolOptions.project.vitest
@@ -63,7 +77,9 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
       if (!fleet) {
         assertSupportedVitest(vitest.version)
         const logger = vitest.logger
-        fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t), error: (t) => logger.error(t) }, runOutputs(vitest))
+        // A live progress line for a template build, on a terminal only.
+        const tty = process.stdout.isTTY ? process.stdout : undefined
+        fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t), error: (t) => logger.error(t), tty }, runOutputs(vitest.config))
         fleets.set(vitest, fleet)
         const f = fleet
         vitest.onClose(() => f.close())
@@ -72,4 +88,6 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
       return new SandboxPoolWorker(fleet, poolOptions, { env: resolved.env, allowWrite: resolved.allowWrite })
     },
   }
+  registry.set(pool.createPoolWorker, resolved)
+  return pool
 }

@@ -9,11 +9,32 @@ import type { SandboxProvider } from '../providers/types.js'
 
 export interface TemplateOptions {
   /**
-   * Commands the template runs once after the dependencies are in place (e.g. a build step).
-   * The template is keyed by the lockfile, the Node version and these commands.
+   * Commands the template runs once after the dependencies are in place, at the workspace root,
+   * with the network (e.g. `npx playwright install chromium`, `prisma generate`). What they make
+   * outside the workspace's own files is kept in the template, which is keyed by the lockfiles,
+   * manifests, Node major, provider and these commands.
    * @default []
    */
   setup?: string[]
+  /**
+   * Where sandboxes get the workspace's dependencies:
+   * - `'host'`: the host's installed node_modules, layered read-only under each sandbox's own
+   *   writable layer; nothing is copied (local() only);
+   * - `'install'`: the lockfile's package manager runs its frozen install in the template
+   *   (`npm ci`, `pnpm install --frozen-lockfile`, `yarn install --immutable`,
+   *   `bun install --frozen-lockfile`, at the `packageManager` version), with the network;
+   * - `'copy'`: the host's node_modules are uploaded into the template once per key;
+   * - `'auto'`: `'host'` on local(), else `'install'` when there is a lockfile, else `'copy'`.
+   * @default 'auto'
+   */
+  dependencies?: 'auto' | 'host' | 'install' | 'copy'
+  /**
+   * Host environment variables the install step gets, by name (registry tokens such as
+   * `NPM_TOKEN` for an `.npmrc` that reads `${NPM_TOKEN}`). Only that step sees them: they are
+   * not stored in the template, and tests never see them (nor the `.npmrc`).
+   * @default []
+   */
+  installEnv?: string[]
 }
 
 export interface SandboxPoolOptions {
@@ -55,6 +76,8 @@ export interface ResolvedOptions {
   sandboxes: number
   concurrency: number
   setup: string[]
+  dependencies: 'auto' | 'host' | 'install' | 'copy'
+  installEnv: string[]
   workspace: WorkspaceOptions
   env: string[]
   network: 'none' | 'allow'
@@ -104,7 +127,13 @@ export function resolveOptions(input: unknown, defaultConcurrency: number): Reso
   }
   const template = (o.template ?? {}) as Record<string, unknown>
   if (typeof template !== 'object' || Array.isArray(template)) throw new SandboxOptionsError(`template must be an object like { setup: ['npm ci'] } (got ${show(o.template)})`)
-  for (const key of Object.keys(template)) if (key !== 'setup') throw new SandboxOptionsError(`unknown option 'template.${key}'; the only template option is setup`)
+  for (const key of Object.keys(template)) {
+    if (!['setup', 'dependencies', 'installEnv'].includes(key)) throw new SandboxOptionsError(`unknown option 'template.${key}'; the template options are setup, dependencies, installEnv`)
+  }
+  const dependencies = template.dependencies ?? 'auto'
+  if (!['auto', 'host', 'install', 'copy'].includes(dependencies as string)) {
+    throw new SandboxOptionsError(`template.dependencies must be 'auto', 'host', 'install' or 'copy' (got ${show(template.dependencies)})`)
+  }
   const workspace = (o.workspace ?? {}) as Record<string, unknown>
   if (typeof workspace !== 'object' || Array.isArray(workspace)) throw new SandboxOptionsError(`workspace must be an object like { include: ['**'], exclude: [] } (got ${show(o.workspace)})`)
   for (const key of Object.keys(workspace)) {
@@ -119,6 +148,8 @@ export function resolveOptions(input: unknown, defaultConcurrency: number): Reso
     sandboxes: wholeNumber('sandboxes', o.sandboxes, 1, 1000, 1),
     concurrency: wholeNumber('concurrency', o.concurrency, 1, 256, defaultConcurrency),
     setup: stringArray('template.setup', template.setup),
+    dependencies: dependencies as ResolvedOptions['dependencies'],
+    installEnv: stringArray('template.installEnv', template.installEnv),
     workspace: {
       include: stringArray('workspace.include', workspace.include),
       exclude: stringArray('workspace.exclude', workspace.exclude),

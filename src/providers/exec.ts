@@ -10,17 +10,29 @@ const log = debug('ttl')
 /** Where the pool stages its files inside a sandbox (the agent, the worker entry, tarballs). */
 export const STAGING = '/tmp/.vitest-sandbox'
 
+export interface ScriptOptions {
+  /** Variables for this process only. */
+  env?: Record<string, string>
+  /** Each chunk of output as it arrives (stdout and stderr). */
+  onOutput?: (chunk: Buffer) => void
+  /** Shown in the error instead of the script (which may be long). */
+  label?: string
+}
+
 /** Run a shell script in the sandbox; rejects with its exit code and the tail of its output. */
-export async function runScript(sandbox: ProviderSandbox, script: string, cwd: string): Promise<string> {
-  const proc = await sandbox.start({ cmd: '/bin/sh', args: ['-c', script], cwd })
+export async function runScript(sandbox: ProviderSandbox, script: string, cwd: string, opts: ScriptOptions = {}): Promise<string> {
+  const proc = await sandbox.start({ cmd: '/bin/sh', args: ['-c', script], cwd, env: opts.env })
   let output = ''
-  const keep = (b: Buffer) => (output = (output + b.toString()).slice(-8000))
+  const keep = (b: Buffer) => {
+    output = (output + b.toString()).slice(-8000)
+    opts.onOutput?.(b)
+  }
   proc.on('stdout', keep)
   proc.on('stderr', keep)
   const { exitCode, error } = await proc.exited
   if (exitCode !== 0) {
     const tail = output.trim().split('\n').slice(-20).join('\n')
-    throw new Error(`\`${script}\` failed in sandbox ${sandbox.id} (exit ${exitCode}${error ? `: ${error}` : ''})${tail ? `:\n${tail}` : ''}`)
+    throw new Error(`\`${opts.label ?? script}\` failed in sandbox ${sandbox.id} (exit ${exitCode}${error ? `: ${error}` : ''})${tail ? `:\n${tail}` : ''}`)
   }
   return output
 }

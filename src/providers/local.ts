@@ -16,6 +16,12 @@ export interface LocalProviderOptions {
   maxProcesses?: number
   /** Open files per process. @default 4096 */
   maxOpenFiles?: number
+  /**
+   * Bytes the templates in `stateDir` may take on disk; past it, the least recently used ones no
+   * running sandbox needs are deleted after each new build.
+   * @default 5 GiB
+   */
+  maxTemplateBytes?: number
 }
 
 export function local(options: LocalProviderOptions = {}): SandboxProvider {
@@ -33,9 +39,18 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
       const engine = await startLocalEngine({
         stateDir: options.stateDir,
         limits: { processes: options.maxProcesses, openFiles: options.maxOpenFiles },
+        // Its only caller is this process: sandboxes may layer this machine's node_modules.
+        allowHostLayers: true,
+        maxSnapshotBytes: options.maxTemplateBytes,
       })
       const client = new RuntimeClient({ url: engine.url, token: engine.token })
-      return runtimeProtocolSession(client, { processTimeoutMs: 0, close: engine.close })
+      return runtimeProtocolSession(client, {
+        base: 'local',
+        sharesHost: true,
+        lockTemplate: (name) => engine.engine.layers.lock(name),
+        processTimeoutMs: 0,
+        close: engine.close,
+      })
     },
   }
 }

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { Agent, type Dispatcher } from 'undici'
 import { env, requireKey } from './credentials.js'
 import { OpenSandboxProcess } from './opensandbox-process.js'
-import type { ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, Upload } from './types.js'
+import type { ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, TemplateSummary, Upload } from './types.js'
 import { Http, HttpError } from '../net/http.js'
 import { debug } from '../debug.js'
 
@@ -53,6 +53,7 @@ interface SnapshotJson {
   id: string
   name?: string
   status?: { state?: string; reason?: string; message?: string }
+  createdAt?: string
 }
 
 /** OpenSandbox answers `{code, message}`, and FastAPI's validation `{detail: [...]}`. */
@@ -83,6 +84,7 @@ export function opensandbox(options: OpenSandboxOptions = {}): SandboxProvider {
 
 class OpenSandboxSession implements ProviderSession {
   private readonly image: string
+  readonly sharesHost = false
   constructor(
     private readonly lifecycle: Http,
     private readonly dispatcher: Dispatcher,
@@ -90,6 +92,10 @@ class OpenSandboxSession implements ProviderSession {
     private readonly options: OpenSandboxOptions,
   ) {
     this.image = options.image ?? `node:${process.versions.node.split('.')[0]}`
+  }
+
+  get base(): string {
+    return `opensandbox:${this.image}`
   }
 
   async createSandbox(opts: Parameters<ProviderSession['createSandbox']>[0]): Promise<ProviderSandbox> {
@@ -165,11 +171,30 @@ class OpenSandboxSession implements ProviderSession {
 
   async findTemplate(name: string): Promise<string | undefined> {
     // Filtered here too: servers older than the `name` filter ignore it.
+    return (await this.snapshots(`name=${encodeURIComponent(name)}&`)).find((s) => s.name === name)?.id
+  }
+
+  /** Ready snapshots, every page. */
+  private async snapshots(filter = ''): Promise<SnapshotJson[]> {
+    const out: SnapshotJson[] = []
     for (let page = 1; ; page++) {
-      const res = await this.lifecycle.json<{ items: SnapshotJson[]; pagination?: { hasNextPage?: boolean } }>('GET', `/snapshots?name=${encodeURIComponent(name)}&state=Ready&page=${page}&pageSize=200`)
-      const hit = res.items.find((s) => s.name === name && s.status?.state === 'Ready')
-      if (hit) return hit.id
-      if (!res.pagination?.hasNextPage) return undefined
+      const res = await this.lifecycle.json<{ items: SnapshotJson[]; pagination?: { hasNextPage?: boolean } }>('GET', `/snapshots?${filter}state=Ready&page=${page}&pageSize=200`)
+      out.push(...res.items.filter((s) => s.status?.state === 'Ready'))
+      if (!res.pagination?.hasNextPage) return out
+    }
+  }
+
+  async listTemplates(): Promise<TemplateSummary[]> {
+    return (await this.snapshots()).filter((s) => s.name).map((s) => ({ id: s.id, name: s.name!, createdAt: s.createdAt }))
+  }
+
+  async deleteTemplate(id: string): Promise<boolean> {
+    try {
+      await this.lifecycle.call('DELETE', `/snapshots/${encodeURIComponent(id)}`).then((r) => r.body.dump())
+      return true
+    } catch (err) {
+      if (err instanceof HttpError && err.status === 404) return false
+      throw err
     }
   }
 

@@ -6,6 +6,11 @@ import type { RuntimeClient } from '../protocol/client.js'
 import type { ProviderSandbox, ProviderSession } from './types.js'
 
 export interface RuntimeSessionOptions {
+  /** The provider and its base image, for the template key. */
+  base: string
+  /** The embedded engine: sandboxes on this machine. @default false */
+  sharesHost?: boolean
+  lockTemplate?: ProviderSession['lockTemplate']
   /** `timeout_ms` of every process (the server kills it after that); 0 for none. */
   processTimeoutMs: number
   /** Runs after the client closes (the embedded engine stops). */
@@ -14,8 +19,11 @@ export interface RuntimeSessionOptions {
 
 export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessionOptions): ProviderSession {
   return {
+    base: opts.base,
+    sharesHost: opts.sharesHost ?? false,
+    lockTemplate: opts.lockTemplate,
     async createSandbox(create) {
-      const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network })
+      const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network, hostLayers: create.hostLayers })
       const sandbox: ProviderSandbox = {
         id: sbx.id,
         upload: async (path, body) => void (await sbx.writeFile(path, body)),
@@ -29,6 +37,12 @@ export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessi
     async findTemplate(name) {
       return (await client.listSnapshots()).find((s) => s.name === name)?.id
     },
+    async listTemplates() {
+      return (await client.listSnapshots())
+        .filter((s) => s.name)
+        .map((s) => ({ id: s.id, name: s.name!, sizeBytes: s.size_bytes, createdAt: s.created_at, lastUsedAt: s.last_used_at ?? undefined }))
+    },
+    deleteTemplate: (id) => client.deleteSnapshot(id),
     async listSandboxes(labels) {
       return (await client.listSandboxes(labels)).map((s) => ({ id: s.id, labels: s.metadata, createdAt: s.started_at }))
     },

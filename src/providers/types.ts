@@ -12,6 +12,11 @@ export interface CreateOptions {
   labels: Record<string, string>
   /** Let the sandbox reach the network. */
   network: boolean
+  /**
+   * Host node_modules folders the sandbox sees at their own paths, copy-on-write: nothing is
+   * copied and nothing written reaches the host. Only where the session `sharesHost`.
+   */
+  hostLayers?: string[]
 }
 
 /** Bytes, or a function that streams them (called again for a retry). */
@@ -76,10 +81,40 @@ export interface SandboxSummary {
   createdAt?: string
 }
 
+export interface TemplateSummary {
+  id: string
+  name: string
+  /** What it takes on the provider's disk, where the provider says. */
+  sizeBytes?: number
+  /** ISO 8601 times, where the provider says. */
+  createdAt?: string
+  lastUsedAt?: string
+}
+
 export interface ProviderSession {
+  /**
+   * What sandboxes start from without a template: the provider and its base image. Part of the
+   * template key, so a new base image means a new template.
+   */
+  readonly base: string
+  /**
+   * Sandboxes run on this machine, with this machine's Node and platform, and can layer its
+   * node_modules folders (`hostLayers`): the embedded local engine.
+   */
+  readonly sharesHost: boolean
   createSandbox(opts: CreateOptions): Promise<ProviderSandbox>
   /** The id of a template built earlier under this name, if the provider still has it. */
   findTemplate(name: string): Promise<string | undefined>
+  /** Templates (snapshots) the provider holds, whoever made them. */
+  listTemplates(): Promise<TemplateSummary[]>
+  /** Delete a template; false if it was already gone. Rejects while a sandbox runs on it, where the provider knows. */
+  deleteTemplate(id: string): Promise<boolean>
+  /**
+   * Hold the right to build the template `name` until the returned function is called: two runs
+   * on this machine then build it once (the second waits, then finds it). Absent where builds
+   * are coordinated through the provider's own listing instead.
+   */
+  lockTemplate?(name: string): Promise<() => Promise<void>>
   /** Live sandboxes that carry every given label. */
   listSandboxes(labels: Record<string, string>): Promise<SandboxSummary[]>
   /** Kill a sandbox by id; false if it was already gone. */

@@ -36,7 +36,7 @@ export function watasu(options: WatasuOptions = {}): SandboxProvider {
         token: apiKey,
         sandboxUrl: options.sandboxUrl ?? env('WATASU_SANDBOX_URL'),
       })
-      return runtimeProtocolSession(client, { processTimeoutMs: options.processTimeoutMs ?? 86_400_000 })
+      return runtimeProtocolSession(client, { base: 'watasu:base', processTimeoutMs: options.processTimeoutMs ?? 86_400_000 })
     },
   }
 }

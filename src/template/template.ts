@@ -1,90 +1,144 @@
 /**
- * The cached template snapshot: the workspace's dependencies (every top-level node_modules under
- * the root) installed once into a sandbox, plus the `template.setup` commands, then snapshotted.
- * Its name is a hash of the lockfiles, the installed-tree marker, the Node version, the platform
- * and the setup commands, so every later run (and every machine sharing the provider) reuses it,
- * and any change to those makes a new one. A failed build caches nothing.
+ * The cached template snapshot: where sandboxes get the workspace's dependencies from, found by
+ * its key or built once, before the first worker needs it.
+ *
+ * - On the local engine the host's installed node_modules folders are layered copy-on-write into
+ *   every sandbox: nothing is copied, so there is nothing to build unless `template.setup` has
+ *   commands (their result is the template, keyed by the installed tree and the commands).
+ * - Elsewhere the lockfile's package manager installs them inside a template sandbox (or, with
+ *   `dependencies: 'copy'`, the host's node_modules are uploaded), then the setup runs.
+ *
+ * The template's name is its key, so every machine sharing the provider finds it. A failed build
+ * caches nothing. Two runs building the same key build it once: on this machine through the
+ * provider's lock, elsewhere by the provider's listing of builders (the oldest one builds).
  */
-import { createHash } from 'node:crypto'
-import fs from 'node:fs'
-import path from 'node:path'
-import { listFiles, lockfilesOf, type WorkspaceFile } from '../workspace/collect.js'
-import { packFiles } from '../workspace/pack.js'
-import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
-import { renewTtl, runScript, STAGING } from '../providers/exec.js'
+import { lockfilesOf, nodeModulesFolders, type WorkspaceFile } from '../workspace/collect.js'
+import type { ProviderSession, SandboxSummary } from '../providers/types.js'
+import { buildIn, createBuilder, type BuildPlan } from './build.js'
+import { templateName, type DependencySource, type KeyInputs } from './key.js'
+import { detectPackageManager } from './package-manager.js'
+import type { TemplateProgress } from './progress.js'
 
-/** Bumped when the template layout changes, so old templates are not reused. */
-const FORMAT = 3
-
-/** Seconds a template builder lives unless renewed (it is, every third of that, while it builds). */
-const BUILDER_TTL = 600
-
-/** Inside node_modules, caches that must not be frozen into a template. */
-const CACHE_DIRS = ['**/node_modules/.vite/**', '**/node_modules/.vitest/**', '**/node_modules/.cache/**']
+/** The label naming the template a builder builds (and a pool sandbox runs on). */
+export const TEMPLATE_LABEL = 'vitest-sandbox-template'
+const BUILDER_ROLE = 'template-builder'
 
 export interface TemplateSpec {
   root: string
   setup: string[]
+  /** How dependencies get into sandboxes; 'auto' picks by provider (see `chooseSource`). */
+  dependencies: DependencySource | 'auto'
+  /** Names of host variables the install step gets (registry credentials), and nothing else. */
+  installEnv: string[]
+  /** The workspace files sandboxes are given. */
+  files: WorkspaceFile[]
 }
 
-/** Files whose content decides what the dependencies are. */
-function markerFiles(root: string): string[] {
-  const markers = ['node_modules/.package-lock.json', 'node_modules/.modules.yaml', 'node_modules/.yarn-state.yml', 'node_modules/.yarn-integrity']
-  return [...lockfilesOf(root), ...markers.map((m) => path.join(root, m)).filter((f) => fs.existsSync(f))]
+export interface Template {
+  /** Template id sandboxes start from; undefined for the provider's base. */
+  id?: string
+  /** Its name (`vitest-sandbox-<key>`), when there is a template. */
+  name?: string
+  source: DependencySource
+  /** Host node_modules folders layered into every sandbox (source 'host'). */
+  hostLayers: string[]
 }
 
-export function templateKey(spec: TemplateSpec): string {
-  const h = createHash('sha256')
-  h.update(JSON.stringify({ format: FORMAT, node: process.version, platform: process.platform, arch: process.arch, root: spec.root, setup: spec.setup }))
-  for (const f of markerFiles(spec.root)) {
-    h.update(path.relative(spec.root, f))
-    h.update(fs.readFileSync(f))
+export class TemplateError extends Error {}
+
+/** 'auto': the host's own tree on the local engine; elsewhere the lockfile's install, else a copy. */
+export function chooseSource(session: ProviderSession, spec: Pick<TemplateSpec, 'root' | 'dependencies'>, provider: string): DependencySource {
+  const lockfile = lockfilesOf(spec.root).length > 0
+  if (spec.dependencies === 'host' && !session.sharesHost) {
+    throw new TemplateError(`sandbox: template.dependencies 'host' needs sandboxes on this machine (local()); ${provider} sandboxes get dependencies with 'install' (from the lockfile) or 'copy'`)
   }
-  return h.digest('hex').slice(0, 24)
+  if (spec.dependencies === 'install' && !lockfile) {
+    throw new TemplateError(`sandbox: template.dependencies 'install' needs a lockfile at ${spec.root} (package-lock.json, npm-shrinkwrap.json, pnpm-lock.yaml, yarn.lock, bun.lock or bun.lockb); create one with your package manager, or use 'copy'`)
+  }
+  if (spec.dependencies !== 'auto') return spec.dependencies
+  if (session.sharesHost) return 'host'
+  return lockfile ? 'install' : 'copy'
 }
 
-export function templateName(spec: TemplateSpec): string {
-  return `vitest-sandbox-${templateKey(spec)}`
+export function keyInputs(session: ProviderSession, spec: Pick<TemplateSpec, 'root' | 'setup'>, source: DependencySource): KeyInputs {
+  // A remote sandbox's platform is its base image's (part of `base`); a local one runs this host's Node.
+  const platform = session.sharesHost
+    ? { os: process.platform, arch: process.arch, node: process.versions.node.split('.')[0] }
+    : { os: 'linux', arch: 'provider', node: 'provider' }
+  return { root: spec.root, dependencies: source, setup: spec.setup, base: session.base, platform }
 }
 
-function dependencyFiles(root: string): Promise<WorkspaceFile[]> {
-  return listFiles(root, ['**/node_modules/**'], CACHE_DIRS)
-}
-
-export interface BuildProgress {
-  (step: string): void
-}
-
-/** The template's id: found by name, or built now. */
-export async function ensureTemplate(session: ProviderSession, spec: TemplateSpec, progress: BuildProgress, labels: Record<string, string>): Promise<string> {
-  const name = templateName(spec)
+/** Find the template, or build it now (once, however many runs ask at the same time). */
+export async function ensureTemplate(session: ProviderSession, spec: TemplateSpec, provider: string, progress: () => TemplateProgress, labels: Record<string, string>): Promise<Template> {
+  const source = chooseSource(session, spec, provider)
+  const hostLayers = source === 'host' ? nodeModulesFolders(spec.root) : []
+  // Host layers are the dependencies: with no setup there is nothing to build.
+  if (source === 'host' && !spec.setup.length) return { source, hostLayers }
+  const name = templateName(keyInputs(session, spec, source))
   const found = await session.findTemplate(name)
-  if (found) return found
-  const started = Date.now()
-  const step = (text: string) => progress(`template ${name}: ${text} (${((Date.now() - started) / 1000).toFixed(1)}s)`)
-  step('building (dependencies are installed once per lockfile, Node version and setup commands)')
-  let builder: ProviderSandbox | undefined
-  let stopRenewing: (() => void) | undefined
+  if (found) return { id: found, name, source, hostLayers }
+
+  const plan: BuildPlan = {
+    name,
+    root: spec.root,
+    source,
+    setup: spec.setup,
+    files: spec.files,
+    hostLayers,
+    packageManager: source === 'install' ? detectPackageManager(spec.root) : undefined,
+    installEnv: Object.fromEntries(spec.installEnv.flatMap((n) => (process.env[n] === undefined ? [] : [[n, process.env[n]!]]))),
+    labels: { ...labels, role: BUILDER_ROLE, [TEMPLATE_LABEL]: name },
+  }
+  const release = await session.lockTemplate?.(name)
+  const shown = progress()
   try {
-    // A short TTL, renewed while the build goes on: a host that dies leaves no builder for long.
-    builder = await session.createSandbox({ timeoutSec: BUILDER_TTL, labels: { ...labels, role: 'template-builder' }, network: spec.setup.length > 0 })
-    stopRenewing = renewTtl(builder, BUILDER_TTL)
-    const deps = await dependencyFiles(spec.root)
-    step(`copying ${deps.length} dependency files`)
-    await builder.upload(`${STAGING}/deps.tar`, () => packFiles(spec.root, deps))
-    await runScript(builder, `mkdir -p '${spec.root}' && tar -xf ${STAGING}/deps.tar -C '${spec.root}' && rm ${STAGING}/deps.tar`, '/')
-    for (const command of spec.setup) {
-      step(`running ${JSON.stringify(command)}`)
-      await runScript(builder, command, spec.root)
+    for (;;) {
+      const built = await session.findTemplate(name)
+      if (built) {
+        shown.end('built by another run meanwhile; reusing it')
+        return { id: built, name, source, hostLayers }
+      }
+      shown.step(`building (${describe(source)})`)
+      const builder = await createBuilder(session, plan)
+      try {
+        const first = release ? undefined : await oldestBuilder(session, name)
+        if (first && first.id !== builder.id) {
+          // Another run started building this key first: let it, then use its template.
+          await builder.kill().catch(() => {})
+          shown.step(`waiting for sandbox ${first.id}, which another run builds it in`)
+          await builderGone(session, name, first.id)
+          continue
+        }
+        const id = await buildIn(builder, plan, shown)
+        shown.end('ready')
+        return { id, name, source, hostLayers }
+      } finally {
+        await builder.kill().catch(() => {})
+      }
     }
-    step('snapshotting')
-    const id = await builder.snapshot(name)
-    step('ready')
-    return id
   } catch (err) {
-    throw new Error(`sandbox: building the template failed; nothing was cached.\n${(err as Error).message}`)
+    shown.end('failed')
+    throw new TemplateError(`sandbox: building the template ${name} failed; nothing was cached.\n${(err as Error).message}`)
   } finally {
-    stopRenewing?.()
-    await builder?.kill().catch(() => {})
+    await release?.()
+  }
+}
+
+function describe(source: DependencySource): string {
+  if (source === 'install') return 'dependencies installed from the lockfile once per key'
+  if (source === 'copy') return "dependencies copied from the host's node_modules once per key"
+  return 'setup commands over the host node_modules, once per key'
+}
+
+/** The builder of `name` that was created first (ties broken by id), among all runs'. */
+async function oldestBuilder(session: ProviderSession, name: string): Promise<SandboxSummary | undefined> {
+  const builders = await session.listSandboxes({ role: BUILDER_ROLE, [TEMPLATE_LABEL]: name })
+  return builders.sort((a, b) => (a.createdAt ?? '').localeCompare(b.createdAt ?? '') || a.id.localeCompare(b.id))[0]
+}
+
+async function builderGone(session: ProviderSession, name: string, id: string): Promise<void> {
+  while ((await session.listSandboxes({ role: BUILDER_ROLE, [TEMPLATE_LABEL]: name })).some((s) => s.id === id)) {
+    if (await session.findTemplate(name)) return
+    await new Promise((r) => setTimeout(r, 2000))
   }
 }

@@ -157,3 +157,27 @@ function tooLargeMessage(root: string, files: WorkspaceFile[], bytes: number, ma
     `Fix: leave out what tests don't need with sandbox({ workspace: { exclude: ['${folder ?? 'data'}/'] } }), send only git-tracked files with workspace: { gitignore: true }, or raise workspace.maxBytes.`,
   ].join('\n')
 }
+
+/**
+ * The top-level node_modules folders under `root` (the root's own and each workspace package's),
+ * as absolute paths: not inside another node_modules, not reached through a symbolic link.
+ */
+export function nodeModulesFolders(root: string): string[] {
+  const found: string[] = []
+  const walk = (dir: string) => {
+    let entries: fs.Dirent[]
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true })
+    } catch {
+      return
+    }
+    for (const e of entries) {
+      if (!e.isDirectory()) continue
+      const abs = path.join(dir, e.name)
+      if (e.name === 'node_modules') found.push(abs)
+      else if (!NEVER.includes(e.name)) walk(abs)
+    }
+  }
+  walk(root)
+  return found.sort()
+}
