@@ -6,6 +6,7 @@
  *   vitest-sandbox serve [options]     run the local engine as a server other machines can use
  *   vitest-sandbox check [vitest args] run the suite with forks and in sandboxes, print differences
  *   vitest-sandbox reap [options]      kill sandboxes the pool left behind on a remote provider
+ *   vitest-sandbox template ls|build|prune   the provider's cached templates
  */
 import { parseArgs } from 'node:util'
 import { check } from './check.js'
@@ -13,6 +14,7 @@ import { doctor } from './doctor.js'
 import { reap } from './reap.js'
 import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { serve } from './serve.js'
+import { template } from './template.js'
 
 const USAGE = `usage: vitest-sandbox <command> [options]
 
@@ -40,6 +42,14 @@ commands:
       --older-than D     only sandboxes created at least D ago (90s, 30m, 2h, 7d)
       --run ID           only the sandboxes of one run (its id is in DEBUG logs and labels)
       --dry-run          list them, kill nothing
+  template ls        list the cached templates: key, id, size, age, last use
+  template build     build the project's template now (a CI warm-up job), with progress
+  template prune     delete templates no sandbox runs on, unused for --older-than (default 7d),
+                     except the project's current one
+      --provider P       local, watasu or opensandbox (default: the project's Vitest config)
+      --older-than D     prune: unused for at least D (90s, 30m, 2h, 7d)
+      --all              prune: every template no sandbox runs on, the current one too
+      --dry-run          prune: list them, delete nothing
 `
 
 async function main(argv: string[]): Promise<number> {
@@ -95,6 +105,15 @@ async function main(argv: string[]): Promise<number> {
         options: { provider: { type: 'string' }, 'older-than': { type: 'string' }, run: { type: 'string' }, 'dry-run': { type: 'boolean', default: false } },
       })
       return reap({ provider: values.provider, olderThan: values['older-than'], run: values.run, dryRun: values['dry-run']!, log })
+    }
+    case 'template': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { provider: { type: 'string' }, 'older-than': { type: 'string' }, all: { type: 'boolean', default: false }, 'dry-run': { type: 'boolean', default: false } },
+      })
+      if (positionals.length !== 1) throw new Error(`template: give one action: template ls, template build or template prune (got ${positionals.length ? positionals.join(' ') : 'none'})`)
+      return template({ action: positionals[0], root: process.cwd(), provider: values.provider, olderThan: values['older-than'], all: values.all!, dryRun: values['dry-run']!, log })
     }
     case undefined:
     case 'help':
