@@ -3,9 +3,10 @@
  * whose own output grows under the root, and a template that fails or takes longer than Vitest
  * lets a worker start.
  */
-import { execFileSync } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
+import { promisify } from 'node:util'
 import { describe, expect, it } from 'vitest'
 import { REPO, runFixture, testsOf } from './support/vitest-run.js'
 
@@ -37,8 +38,12 @@ describe('a template that cannot be built, or takes long', () => {
     expect(files.map((f: any) => path.basename(f.name)).sort(), run.output).toEqual(['one.test.ts', 'three.test.ts', 'two.test.ts'])
     for (const f of files) {
       expect(f.status).toBe('failed')
-      expect(f.message).toMatch(/the sandbox pool could not start \(sandbox: building the template failed; nothing was cached\.\); the full error is printed above/)
+      expect(f.message).toMatch(/the sandbox pool could not start \(sandbox: building the template vitest-sandbox-[0-9a-f]{24} failed; nothing was cached\.\); the full error is printed above/)
     }
+    expect(run.output).toMatch(/sandbox: template: running "echo \\"setting things up\\"; .*\nsandbox: template: failed/)
+    // Nothing cached: the project has no template afterwards.
+    const ls = await promisify(execFile)(process.execPath, [path.join(REPO, 'dist/cli/index.js'), 'template', 'ls'], { cwd: path.join(REPO, 'fixtures/badtemplate') })
+    expect(ls.stdout).not.toContain("(this project's)")
     // The setup's output, on a line of its own: once, however many files there are.
     expect(run.output.split('\n').filter((l) => l === 'the setup broke').length, run.output).toBe(1)
     expect(run.output).toMatch(/exit 3/)
