@@ -296,3 +296,86 @@ describe('escape attempts: other sandboxes', () => {
     await env.client.killSandbox(b.id)
   })
 })
+
+describe("escape attempts: the host's node_modules (the zero-copy dependency layer)", () => {
+  /** Every entry under `dir` with its type, mode, size, and content hash or link target. */
+  function tree(dir: string): string[] {
+    const out: string[] = []
+    const walk = (d: string) => {
+      for (const name of fs.readdirSync(d).sort()) {
+        const p = path.join(d, name)
+        const st = fs.lstatSync(p)
+        const rel = path.relative(dir, p)
+        if (st.isSymbolicLink()) out.push(`${rel} -> ${fs.readlinkSync(p)}`)
+        else if (st.isDirectory()) {
+          out.push(`${rel}/ ${(st.mode & 0o7777).toString(8)}`)
+          walk(p)
+        } else out.push(`${rel} ${(st.mode & 0o7777).toString(8)} ${fs.readFileSync(p, 'base64')}`)
+      }
+    }
+    walk(dir)
+    return out
+  }
+
+  it('reads the host packages, and whatever it writes, deletes or swaps never reaches the host', async () => {
+    const project = path.join(hostDir, 'deps-project')
+    const nm = path.join(project, 'node_modules')
+    fs.mkdirSync(path.join(nm, 'dep/lib'), { recursive: true })
+    fs.writeFileSync(path.join(nm, 'dep/package.json'), '{"name":"dep","main":"lib/index.js"}')
+    fs.writeFileSync(path.join(nm, 'dep/lib/index.js'), 'module.exports = "the host dep"\n')
+    fs.mkdirSync(path.join(nm, '.bin'))
+    fs.symlinkSync('../dep/lib/index.js', path.join(nm, '.bin/dep'))
+    const before = tree(nm)
+    const engine = await startTestEngine({ allowHostLayers: true })
+    try {
+      const s = await engine.client.createSandbox({ hostLayers: [nm] })
+      expect((await node(`console.log(require(${JSON.stringify(path.join(nm, 'dep'))}))`, s)).stdout).toBe('the host dep\n')
+      const attack = await sh(
+        [
+          `cd ${nm}`,
+          'echo pwned > dep/lib/index.js; echo "overwrite $?"',
+          'chmod 777 dep/lib/index.js; echo "chmod $?"',
+          'rm -rf dep/lib; echo "rm $?"',
+          'mv dep dep-moved; echo "mv $?"',
+          'ln -sfn /etc dep; echo "swap $?"',
+          'mkdir -p .cache/evil && echo x > .cache/evil/f; echo "create $?"',
+          'ln -sf /bin/sh .bin/dep; echo "relink $?"',
+          'mount --bind /tmp dep 2>/dev/null; echo "mount $?"',
+        ].join('\n'),
+        s,
+      )
+      expect(attack.stdout).toMatch(/mount [1-9]/)
+      // Inside, the sandbox may see its own changes; the host sees none, during or after.
+      expect(tree(nm)).toEqual(before)
+      await engine.client.killSandbox(s.id)
+      expect(tree(nm)).toEqual(before)
+      // A fresh sandbox starts from the host's tree again.
+      const fresh = await engine.client.createSandbox({ hostLayers: [nm] })
+      expect((await node(`console.log(require(${JSON.stringify(path.join(nm, 'dep'))}))`, fresh)).stdout).toBe('the host dep\n')
+    } finally {
+      await engine.close()
+    }
+  })
+
+  it('an engine that has not allowed host layers (vitest-sandbox serve) refuses them, and any folder that is not a real node_modules', async () => {
+    const nm = path.join(hostDir, 'refused/node_modules')
+    fs.mkdirSync(nm, { recursive: true })
+    fs.symlinkSync(path.join(hostDir, 'refused'), path.join(hostDir, 'refused-link'))
+    await expect(env.client.createSandbox({ hostLayers: [nm] })).rejects.toThrow(/this engine does not layer host folders into sandboxes \(vitest-sandbox serve never does\)/)
+    const engine = await startTestEngine({ allowHostLayers: true })
+    try {
+      for (const [dir, why] of [
+        ['/etc', /is not a node_modules folder/],
+        [os.homedir(), /is not a node_modules folder/],
+        ['relative/node_modules', /must be a normalized absolute path/],
+        [`${nm}/../node_modules`, /must be a normalized absolute path/],
+        [path.join(hostDir, 'refused-link/node_modules'), /is reached through a symbolic link/],
+        [path.join(hostDir, 'absent/node_modules'), /does not exist/],
+      ] as const) {
+        await expect(engine.client.createSandbox({ hostLayers: [dir] }), dir).rejects.toThrow(why)
+      }
+    } finally {
+      await engine.close()
+    }
+  })
+})

@@ -12,6 +12,10 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { describe, expect, it } from 'vitest'
 import { defaultStateDir } from '../src/engine/index.js'
+import { watasu } from '../src/providers/watasu.js'
+import { createProgress } from '../src/template/progress.js'
+import { ensureTemplate } from '../src/template/template.js'
+import { startTestEngine, tempDir } from './support/engine.js'
 import { REPO, runFixture, testsOf } from './support/vitest-run.js'
 
 const exec = promisify(execFile)
@@ -122,6 +126,41 @@ describe('a template with setup commands', () => {
     expect(await cli(['template', 'list'], TEMPLATE_FIXTURE)).toMatchObject({ code: 1, out: expect.stringMatching(/unknown action 'list'; use template ls, template build or template prune/) })
     expect(await cli(['template', 'ls', '--provider', 'nope'], TEMPLATE_FIXTURE)).toMatchObject({ code: 1, out: expect.stringMatching(/unknown --provider 'nope'; the providers are local, watasu, opensandbox/) })
     expect(await cli(['template', 'prune', '--older-than', 'soon'], TEMPLATE_FIXTURE)).toMatchObject({ code: 1, out: expect.stringMatching(/--older-than must be a duration such as 90s, 30m, 2h or 7d \(got 'soon'\)/) })
+  })
+})
+
+describe('builds coordinated through a remote provider', () => {
+  it('two runs on different machines build one template: the later builder yields to the older one', { timeout: 120_000 }, async () => {
+    // A Watasu-compatible server (the engine over the protocol): no lock on this machine, only
+    // the provider's listing of builders, as between two CI machines.
+    const engine = await startTestEngine({ allowNetwork: true })
+    const root = tempDir('remote-build')
+    fs.writeFileSync(path.join(root, 'package.json'), '{"name":"remote-build"}')
+    try {
+      const lines: string[][] = [[], []]
+      const build = async (i: number) => {
+        const session = await watasu({ apiUrl: `${engine.handle.url}/v1`, apiKey: engine.handle.token }).connect()
+        expect(session.lockTemplate).toBeUndefined()
+        try {
+          const spec = { root, setup: ['sleep 3; echo built'], dependencies: 'copy' as const, installEnv: [], files: [] }
+          return await ensureTemplate(session, spec, 'watasu', () => createProgress('template', { log: (l) => lines[i].push(l) }), { 'vitest-sandbox': 'pool', 'vitest-sandbox-run': `run-${i}` })
+        } finally {
+          await session.close()
+        }
+      }
+      const [a, b] = await Promise.all([build(0), build(1)])
+      expect(a.id).toBeDefined()
+      expect(b.id).toBe(a.id)
+      const snapshots = await engine.client.listSnapshots()
+      expect(snapshots.filter((s) => s.name === a.name)).toHaveLength(1)
+      const all = lines.flat().join('\n')
+      expect(all.match(/template: running "sleep 3; echo built"/g), all).toHaveLength(1)
+      expect(all).toMatch(/template: waiting for sandbox sbx_\w+, which another run builds it in/)
+      expect(await engine.client.listSandboxes()).toEqual([])
+    } finally {
+      await engine.close()
+      fs.rmSync(root, { recursive: true, force: true })
+    }
   })
 })
 

@@ -1,19 +1,43 @@
-/** Watch mode: a rerun sends the warm sandbox only what changed on disk, and tests see it. */
+/**
+ * Watch mode: a rerun sends the warm sandbox only what changed on disk, and tests see it; a change
+ * of the dependencies (a manifest, a lockfile) replaces the warm sandboxes instead.
+ */
 import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { expect, it } from 'vitest'
 import { REPO } from './support/vitest-run.js'
 
-it('syncs changed and deleted files to the warm sandbox before a rerun', async () => {
-  const child = spawn(process.execPath, [path.join(REPO, 'test/support/watch-driver.mjs'), path.join(REPO, 'fixtures/watch')], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] })
+async function watch(mode = ''): Promise<{ output: string; run: (n: number) => unknown }> {
+  const child = spawn(process.execPath, [path.join(REPO, 'test/support/watch-driver.mjs'), path.join(REPO, 'fixtures/watch'), mode], {
+    env: { ...process.env, NO_COLOR: '1', DEBUG: 'vitest-pool-sandbox:fleet' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
   let output = ''
   child.stdout.on('data', (d) => (output += d))
   child.stderr.on('data', (d) => (output += d))
   await new Promise((r) => child.once('exit', r))
-  const run = (n: number) => JSON.parse(new RegExp(`^RUN${n} (.*)$`, 'm').exec(output)?.[1] ?? 'null')
-  expect(run(1), output).toEqual(['reads the second version of the data file: failed', 'no longer sees the deleted file: failed'])
-  expect(run(2), output).toEqual(['reads the second version of the data file: passed', 'no longer sees the deleted file: passed'])
+  return { output, run: (n: number) => JSON.parse(new RegExp(`^RUN${n} (.*)$`, 'm').exec(output)?.[1] ?? 'null') }
+}
+
+const FAILED = ['reads the second version of the data file: failed', 'no longer sees the deleted file: failed']
+const PASSED = ['reads the second version of the data file: passed', 'no longer sees the deleted file: passed']
+const ready = (output: string) => output.match(/vitest-pool-sandbox:fleet sandbox \S+ ready/g) ?? []
+
+it('syncs changed and deleted files to the warm sandbox before a rerun', async () => {
+  const { output, run } = await watch()
+  expect(run(1), output).toEqual(FAILED)
+  expect(run(2), output).toEqual(PASSED)
+  expect(ready(output)).toHaveLength(1)
   // Only the delta crossed: one changed file, one removal, and the same single sandbox stayed warm.
   expect(output).toContain('sandbox: synced 1 changed file and 1 removed file to 1 sandbox')
   expect(output.match(/sandbox: 1 sandbox \(local\): sbx_\w+ 2 files/g)).toHaveLength(1)
+})
+
+it('replaces the warm sandboxes when the dependencies change, with the workspace as it is now', async () => {
+  const { output, run } = await watch('deps')
+  expect(run(1), output).toEqual(FAILED)
+  expect(run(2), output).toEqual(PASSED)
+  expect(output).toContain('sandbox: the dependencies changed; preparing the template again and replacing the warm sandboxes')
+  expect(output).not.toContain('sandbox: synced')
+  expect(ready(output), output).toHaveLength(2)
 })

@@ -1,10 +1,12 @@
 // Drives Vitest in watch mode through its public API: one run, a change on disk, one rerun.
-// Prints one JSON line per run with the state of every test, then exits.
+// Prints one JSON line per run with the state of every test, then exits. With `deps` as the second
+// argument the change also adds a package manifest, which changes what the dependencies are.
 import fs from 'node:fs'
 import path from 'node:path'
 import { createVitest } from 'vitest/node'
 
 const root = process.argv[2]
+const deps = process.argv[3] === 'deps'
 const data = path.join(root, 'data')
 fs.mkdirSync(data, { recursive: true })
 fs.writeFileSync(path.join(data, 'value.txt'), 'v1')
@@ -17,6 +19,7 @@ try {
   console.log(`RUN1 ${JSON.stringify(states())}`)
   fs.writeFileSync(path.join(data, 'value.txt'), 'v2')
   fs.rmSync(path.join(data, 'gone.txt'))
+  if (deps) fs.writeFileSync(path.join(data, 'package.json'), '{"name":"watch-data","private":true}\n')
   await vitest.rerunFiles()
   console.log(`RUN2 ${JSON.stringify(states())}`)
 } finally {
