@@ -197,6 +197,7 @@ export class Fleet {
     const removed = [...before.keys()].filter((p) => !present.has(p))
     this.workspace = next
     if (!changed.length && !removed.length) return
+    log('run %s: syncing changed %s and removed %s', this.runId, JSON.stringify(changed.slice(0, 50).map((f) => f.path)), JSON.stringify(removed.slice(0, 50)))
     await pipeToFile(packFiles(next.root, next.files), this.tarFile!) // for sandboxes created later
     const live = this.hosts.filter((h) => h.link.alive)
     const root = next.root

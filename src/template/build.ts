@@ -94,12 +94,10 @@ export async function buildIn(builder: ProviderSandbox, plan: BuildPlan, progres
     if (plan.source === 'install') {
       const pm = plan.packageManager!
       progress.step(`installing with ${pm.name} ${pm.version} (${pm.install})`)
-      try {
-        await run(pm.install, { env: { ...INSTALL_ENV, ...plan.installEnv }, label: pm.install })
-      } finally {
-        // Registry configuration (it may hold tokens) and caches never reach the template or setup.
-        await run(`rm -rf ${CACHE} ${config.map((f) => q(f.path)).join(' ')}`, { label: 'removing the install configuration' })
-      }
+      await run(pm.install, { env: { ...INSTALL_ENV, ...plan.installEnv }, label: pm.install })
+      // Registry configuration (it may hold tokens) and caches never reach setup or the template.
+      // (A failed install leaves them in a builder that is killed, and caches nothing.)
+      await run(`rm -rf ${CACHE} ${config.map((f) => q(f.path)).join(' ')}`, { label: 'removing the install configuration' })
     }
     for (const command of plan.setup) {
       progress.step(`running ${JSON.stringify(command)}`)

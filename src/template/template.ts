@@ -57,7 +57,11 @@ export function chooseSource(session: ProviderSession, spec: Pick<TemplateSpec, 
   }
   if (spec.dependencies !== 'auto') return spec.dependencies
   if (session.sharesHost) return 'host'
-  return lockfile ? 'install' : 'copy'
+  if (lockfile) return 'install'
+  if (process.platform !== 'linux') {
+    throw new TemplateError(`sandbox: ${provider} sandboxes are Linux, and ${spec.root} has no lockfile to install their dependencies from (this ${process.platform} host's node_modules cannot run there); commit a lockfile (npm install, pnpm install, ...)`)
+  }
+  return 'copy'
 }
 
 export function keyInputs(session: ProviderSession, spec: Pick<TemplateSpec, 'root' | 'setup'>, source: DependencySource): KeyInputs {
@@ -98,7 +102,7 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
         shown.end('built by another run meanwhile; reusing it')
         return { id: built, name, source, hostLayers }
       }
-      shown.step(`building (${describe(source)})`)
+      shown.step(`building (${sourceText(source)})`)
       const builder = await createBuilder(session, plan)
       try {
         const first = release ? undefined : await oldestBuilder(session, name)
@@ -124,7 +128,7 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   }
 }
 
-function describe(source: DependencySource): string {
+function sourceText(source: DependencySource): string {
   if (source === 'install') return 'dependencies installed from the lockfile once per key'
   if (source === 'copy') return "dependencies copied from the host's node_modules once per key"
   return 'setup commands over the host node_modules, once per key'
