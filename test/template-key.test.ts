@@ -5,10 +5,11 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { afterAll, describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it, vi } from 'vitest'
 import { Engine } from '../src/engine/index.js'
 import { templateKey, type KeyInputs } from '../src/template/key.js'
 import { detectPackageManager } from '../src/template/package-manager.js'
+import { createProgress } from '../src/template/progress.js'
 import { tempDir } from './support/engine.js'
 
 const dirs: string[] = []
@@ -109,6 +110,53 @@ describe('the package manager and its frozen install', () => {
       expect(pm && { name: pm.name, version: pm.version, install: pm.install }).toEqual(expected)
     })
   }
+})
+
+describe('build progress', () => {
+  it('on a terminal: one live line with the step, the elapsed time and the last line of output', () => {
+    vi.useFakeTimers()
+    try {
+      const drawn: string[] = []
+      const logged: string[] = []
+      const p = createProgress('sandbox: template', { log: (l) => logged.push(l), tty: { write: (t) => drawn.push(t), columns: 100 } })
+      const last = () => drawn.at(-1)!.replace('\r\x1b[2K', '')
+      p.step('installing with npm bundled (npm ci)')
+      expect(last()).toBe('sandbox: template: installing with npm bundled (npm ci) (0.0s)')
+      p.output(Buffer.from('\x1b[32madded 12 packages\x1b[0m\nnpm warn deprec'))
+      vi.advanceTimersByTime(1000)
+      // The last line so far (escape sequences removed), redrawn with the time.
+      expect(last()).toBe('sandbox: template: installing with npm bundled (npm ci) (1.0s) | npm warn deprec')
+      p.output(Buffer.from('ated inflight@1.0.6: leaks memory, and this line is far too long for the hundred columns of this terminal\n\n'))
+      vi.advanceTimersByTime(250)
+      expect(last()).toHaveLength(99)
+      expect(last()).toMatch(/^sandbox: template: installing with npm bundled \(npm ci\) \(1\.3s\) \| npm warn deprecated inflight.*…$/)
+      p.step('snapshotting')
+      expect(last()).toBe('sandbox: template: snapshotting (1.3s)')
+      p.end('ready')
+      expect(last()).toBe('') // cleared
+      expect(drawn.every((d) => d.startsWith('\r\x1b[2K'))).toBe(true)
+      expect(logged).toEqual(['sandbox: template: ready (1.3s)'])
+      const count = drawn.length
+      vi.advanceTimersByTime(1000)
+      expect(drawn).toHaveLength(count) // nothing drawn after the end
+    } finally {
+      vi.useRealTimers()
+    }
+  })
+
+  it('elsewhere: one line per step, nothing drawn', () => {
+    const logged: string[] = []
+    const p = createProgress('sandbox: template', { log: (l) => logged.push(l) })
+    p.step('uploading the workspace (3 files)')
+    p.output(Buffer.from('noise\n'))
+    p.step('running "true"')
+    p.end('failed')
+    expect(logged.map((l) => l.replace(/\(\d+\.\ds\)$/, '(t)'))).toEqual([
+      'sandbox: template: uploading the workspace (3 files) (t)',
+      'sandbox: template: running "true" (t)',
+      'sandbox: template: failed (t)',
+    ])
+  })
 })
 
 describe("the engine's snapshot budget", () => {

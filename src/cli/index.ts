@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util'
 import { check } from './check.js'
 import { doctor } from './doctor.js'
 import { reap } from './reap.js'
+import { resolveOptions } from '../pool/options.js'
 import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { serve } from './serve.js'
 import { template } from './template.js'
@@ -36,6 +37,8 @@ commands:
       --sandboxes N      sandboxes for the sandbox run (default 1)
       --concurrency N    test files at once per sandbox (default: CPUs - 1)
       --provider P       a remote provider (watasu, opensandbox), configured from its variables
+      --dependencies D   template.dependencies: auto, host, install or copy
+      --install-env A,B  template.installEnv: host variables for the install step only
   reap [options]     list the sandboxes the pool created that are still alive on a remote
                      provider, and kill them
       --provider P       watasu or opensandbox (default: each one whose API key is set)
@@ -85,8 +88,16 @@ async function main(argv: string[]): Promise<number> {
     case 'check': {
       const split = rest.indexOf('--')
       const own = split === -1 ? rest : rest.slice(0, split)
-      const { values, positionals } = parseArgs({ args: own, allowPositionals: true, options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' }, provider: { type: 'string' } } })
+      const { values, positionals } = parseArgs({
+        args: own,
+        allowPositionals: true,
+        options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' }, provider: { type: 'string' }, dependencies: { type: 'string' }, 'install-env': { type: 'string' } },
+      })
       const sandboxOptions: Record<string, unknown> = {}
+      // Validated by sandbox() itself, which names the option and what it accepts.
+      if (values.dependencies !== undefined || values['install-env'] !== undefined) {
+        sandboxOptions.template = { dependencies: values.dependencies, installEnv: values['install-env']?.split(',').filter(Boolean) }
+      }
       if (values.provider !== undefined) {
         if (!isRemoteProvider(values.provider)) throw new Error(`check: unknown --provider '${values.provider}'; the remote providers are ${Object.keys(REMOTE_PROVIDERS).join(', ')} (local() is the default)`)
         sandboxOptions.provider = values.provider
@@ -97,6 +108,8 @@ async function main(argv: string[]): Promise<number> {
         if (!/^\d+$/.test(v)) throw new Error(`check: --${key} must be a whole number (got '${v}')`)
         sandboxOptions[key] = Number(v)
       }
+      // Bad values fail now, before either run (the provider is only a name here).
+      resolveOptions({ ...sandboxOptions, provider: undefined }, 1)
       return check({ root: process.cwd(), args: [...positionals, ...(split === -1 ? [] : rest.slice(split + 1))], sandbox: sandboxOptions, log })
     }
     case 'reap': {
