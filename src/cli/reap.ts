@@ -7,6 +7,7 @@ import { keyVariable, PROVIDER_ENV, type RemoteProviderName } from '../providers
 import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { POOL_LABEL, RUN_LABEL } from '../providers/types.js'
 import { parseDuration } from './duration.js'
+import { removeEach } from './remove-each.js'
 
 export interface ReapOptions {
   provider?: string
@@ -42,20 +43,13 @@ export async function reap(opts: ReapOptions): Promise<number> {
       const all = await session.listSandboxes(labels)
       const old = all.filter((s) => minAgeMs === 0 || (s.createdAt !== undefined && now - Date.parse(s.createdAt) >= minAgeMs))
       opts.log(`${name}: ${all.length} pool sandbox${all.length === 1 ? '' : 'es'} alive, ${old.length} to ${opts.dryRun ? 'reap (dry run)' : 'reap'}`)
-      for (const s of old) {
-        const age = s.createdAt ? `${Math.round((now - Date.parse(s.createdAt)) / 1000)}s old` : 'age unknown'
-        const what = `${s.id} (run ${s.labels[RUN_LABEL] ?? '?'}${s.labels.role ? `, ${s.labels.role}` : ''}, ${age})`
-        if (opts.dryRun) {
-          opts.log(`  would kill ${what}`)
-          continue
-        }
-        try {
-          opts.log(`  ${(await session.killSandbox(s.id)) ? 'killed' : 'already gone'}: ${what}`)
-        } catch (err) {
-          failed++
-          opts.log(`  could not kill ${what}: ${(err as Error).message}`)
-        }
-      }
+      failed += await removeEach(old, {
+        dryRun: opts.dryRun,
+        name: (s) => `${s.id} (run ${s.labels[RUN_LABEL] ?? '?'}${s.labels.role ? `, ${s.labels.role}` : ''}, ${s.createdAt ? `${Math.round((now - Date.parse(s.createdAt)) / 1000)}s old` : 'age unknown'})`,
+        remove: (s) => session.killSandbox(s.id),
+        verb: 'kill',
+        log: opts.log,
+      })
     } finally {
       await session.close()
     }

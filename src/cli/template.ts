@@ -15,6 +15,7 @@ import { createProgress } from '../template/progress.js'
 import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL } from '../template/template.js'
 import { collectWorkspace, findWorkspaceRoot } from '../workspace/collect.js'
 import { parseDuration } from './duration.js'
+import { removeEach } from './remove-each.js'
 
 export interface TemplateCommandOptions {
   action: string
@@ -107,24 +108,14 @@ export async function template(opts: TemplateCommandOptions): Promise<number> {
     const now = Date.now()
     const doomed = all.filter((t) => opts.all || (t.name !== current && now - Date.parse(lastUse(t) ?? new Date(now).toISOString()) >= minAgeMs))
     opts.log(`templates on ${provider.name}: ${all.length}, ${doomed.length} to ${opts.dryRun ? 'prune (dry run)' : 'prune'}${opts.all ? '' : ` (unused for ${opts.olderThan ?? '7d'}, not this project's current one)`}`)
-    let failed = 0
-    for (const t of doomed) {
-      const what = `${t.name} (${t.id}, ${size(t.sizeBytes)}, last used ${ago(lastUse(t))})`
-      if ((await session.listSandboxes({ [TEMPLATE_LABEL]: t.name })).length) {
-        opts.log(`  kept ${what}: a sandbox runs on it`)
-        continue
-      }
-      if (opts.dryRun) {
-        opts.log(`  would delete ${what}`)
-        continue
-      }
-      try {
-        opts.log(`  ${(await session.deleteTemplate(t.id)) ? 'deleted' : 'already gone'}: ${what}`)
-      } catch (err) {
-        failed++
-        opts.log(`  kept ${what}: ${(err as Error).message}`)
-      }
-    }
+    const failed = await removeEach(doomed, {
+      dryRun: opts.dryRun,
+      name: (t) => `${t.name} (${t.id}, ${size(t.sizeBytes)}, last used ${ago(lastUse(t))})`,
+      keep: async (t) => ((await session.listSandboxes({ [TEMPLATE_LABEL]: t.name })).length ? 'a sandbox runs on it' : undefined),
+      remove: (t) => session.deleteTemplate(t.id),
+      verb: 'delete',
+      log: opts.log,
+    })
     return failed ? 1 : 0
   } finally {
     await session.close()

@@ -188,14 +188,8 @@ class OpenSandboxSession implements ProviderSession {
     return (await this.snapshots()).filter((s) => s.name).map((s) => ({ id: s.id, name: s.name!, createdAt: s.createdAt }))
   }
 
-  async deleteTemplate(id: string): Promise<boolean> {
-    try {
-      await this.lifecycle.call('DELETE', `/snapshots/${encodeURIComponent(id)}`).then((r) => r.body.dump())
-      return true
-    } catch (err) {
-      if (err instanceof HttpError && err.status === 404) return false
-      throw err
-    }
+  deleteTemplate(id: string): Promise<boolean> {
+    return this.delete(`/snapshots/${encodeURIComponent(id)}`)
   }
 
   async listSandboxes(labels: Record<string, string>): Promise<SandboxSummary[]> {
@@ -210,9 +204,14 @@ class OpenSandboxSession implements ProviderSession {
     }
   }
 
-  async killSandbox(id: string): Promise<boolean> {
+  killSandbox(id: string): Promise<boolean> {
+    return this.delete(`/sandboxes/${encodeURIComponent(id)}`)
+  }
+
+  /** DELETE a lifecycle resource; false if it was already gone. */
+  private async delete(resource: string): Promise<boolean> {
     try {
-      await this.lifecycle.call('DELETE', `/sandboxes/${encodeURIComponent(id)}`).then((r) => r.body.dump())
+      await this.lifecycle.call('DELETE', resource).then((r) => r.body.dump())
       return true
     } catch (err) {
       if (err instanceof HttpError && err.status === 404) return false
