@@ -81,6 +81,30 @@ describe('template layers', () => {
   })
 })
 
+describe('host layers', () => {
+  // As root, sandboxes run as an unprivileged uid, which cannot walk /root (mode 700).
+  it.runIf(process.getuid?.() === 0)("layers a project's node_modules under a folder the sandbox's host uid cannot walk", async () => {
+    const project = fs.mkdtempSync(path.join('/root', 'vps-host-layer-'))
+    fs.chmodSync(project, 0o700)
+    try {
+      const nm = path.join(project, 'node_modules')
+      fs.mkdirSync(path.join(nm, 'dep'), { recursive: true })
+      fs.writeFileSync(path.join(nm, 'dep/index.js'), 'module.exports = "from under /root"\n')
+      const own = await Engine.start({ stateDir: tempDir('rootlayer'), allowHostLayers: true })
+      try {
+        const s = await own.createSandbox({ hostLayers: [nm] })
+        expect(await run(s, `node -e 'console.log(require("${nm}/dep"))'`)).toEqual({ code: 0, out: 'from under /root\n' })
+        // The project's other files are still not there: only the layer was bound.
+        expect((await run(s, `ls ${project}`)).out.trim()).toBe('node_modules')
+      } finally {
+        await own.close()
+      }
+    } finally {
+      fs.rmSync(project, { recursive: true, force: true })
+    }
+  })
+})
+
 describe('many sandboxes', () => {
   it('runs 8 sandboxes at once, each with its own files, processes and loopback', async () => {
     const sandboxes = await Promise.all(Array.from({ length: 8 }, (_, i) => engine.createSandbox({ metadata: { n: String(i) } })))
