@@ -217,9 +217,9 @@ export class LayerStore {
 
   /**
    * Hold `<root>/locks/<name>.lock` until the returned function is called, waiting while another
-   * live process holds it (a dead holder's lock is taken over).
+   * live process holds it (`onWait` is told once; a dead holder's lock is taken over).
    */
-  async lock(name: string): Promise<() => Promise<void>> {
+  async lock(name: string, onWait?: () => void): Promise<() => Promise<void>> {
     const dir = path.join(this.root, 'locks')
     await fsp.mkdir(dir, { recursive: true, mode: 0o755 })
     const file = path.join(dir, `${name.replace(/[^\w.-]/g, '_')}.lock`)
@@ -238,6 +238,8 @@ export class LayerStore {
         await fsp.rm(file, { force: true })
         continue
       }
+      onWait?.()
+      onWait = undefined
       await new Promise((r) => setTimeout(r, 200))
     }
   }

@@ -47,7 +47,7 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
       return runtimeProtocolSession(client, {
         base: 'local',
         sharesHost: true,
-        lockTemplate: (name) => engine.engine.layers.lock(name),
+        lockTemplate: (name, onWait) => engine.engine.layers.lock(name, onWait),
         processTimeoutMs: 0,
         close: engine.close,
       })

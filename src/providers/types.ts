@@ -111,10 +111,10 @@ export interface ProviderSession {
   deleteTemplate(id: string): Promise<boolean>
   /**
    * Hold the right to build the template `name` until the returned function is called: two runs
-   * on this machine then build it once (the second waits, then finds it). Absent where builds
+   * on this machine then build it once (the second waits, told through `onWait`, then finds it). Absent where builds
    * are coordinated through the provider's own listing instead.
    */
-  lockTemplate?(name: string): Promise<() => Promise<void>>
+  lockTemplate?(name: string, onWait: () => void): Promise<() => Promise<void>>
   /** Live sandboxes that carry every given label. */
   listSandboxes(labels: Record<string, string>): Promise<SandboxSummary[]>
   /** Kill a sandbox by id; false if it was already gone. */

@@ -93,8 +93,8 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
     installEnv: Object.fromEntries(spec.installEnv.flatMap((n) => (process.env[n] === undefined ? [] : [[n, process.env[n]!]]))),
     labels: { ...labels, role: BUILDER_ROLE, [TEMPLATE_LABEL]: name },
   }
-  const release = await session.lockTemplate?.(name)
   const shown = progress()
+  const release = await session.lockTemplate?.(name, () => shown.step('waiting for another run on this machine, which builds it'))
   try {
     for (;;) {
       const built = await session.findTemplate(name)
