@@ -12,7 +12,7 @@ import { detectHost, installHint, parseVersion, ROOT_DROP_ID, which } from '../e
 import { keyVariable, PROVIDER_ENV, type RemoteProviderName } from '../providers/credentials.js'
 import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { POOL_LABEL } from '../providers/types.js'
-import { DEFAULT_PATH } from '../engine/sandbox.js'
+import { DEFAULT_PATH } from '../engine/policy.js'
 
 export interface Check {
   name: string

@@ -9,7 +9,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { detectHost, type HostInfo } from './host.js'
 import { LayerStore, newId, type SnapshotRecord } from './layers.js'
-import { LocalSandbox, SandboxError, type SandboxLimits } from './sandbox.js'
+import type { SandboxLimits } from './policy.js'
+import { LocalSandbox, SandboxError } from './sandbox.js'
 import { debug } from '../debug.js'
 
 const log = debug('engine')

