@@ -58,31 +58,41 @@ export function lengthPrefixed(payload: Uint8Array): Buffer {
 }
 
 /**
- * Splits a byte stream of [u32 length][payload] messages. Chunks are joined only once a whole
- * message is there (joining on every chunk would be quadratic for large messages).
+ * Splits a byte stream into frames of a fixed-size header and a body whose length the header
+ * gives. Chunks are joined only once a whole frame is there (joining on every chunk would be
+ * quadratic for large frames). `bodyLength` may throw to refuse a frame.
  */
-export function createMessageSplitter(onMessage: (payload: Buffer) => void, maxLength = Infinity): (chunk: Buffer) => void {
+function createFrameSplitter(headerBytes: number, bodyLength: (buf: Buffer, at: number) => number, onFrame: (frame: Buffer) => void): (chunk: Buffer) => void {
   let pending: Buffer[] = []
   let size = 0
-  let needed = 4
+  let needed = headerBytes
   return (chunk) => {
     pending.push(chunk)
     size += chunk.length
     if (size < needed) return
     const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending, size)
     let off = 0
-    while (buf.length - off >= 4) {
-      const len = buf.readUInt32BE(off)
-      if (len > maxLength) throw new Error(`message of ${len} bytes is over the limit of ${maxLength}`)
-      if (buf.length - off < 4 + len) break
-      onMessage(buf.subarray(off + 4, off + 4 + len))
-      off += 4 + len
+    while (buf.length - off >= headerBytes) {
+      const len = bodyLength(buf, off)
+      if (buf.length - off < headerBytes + len) break
+      onFrame(buf.subarray(off, off + headerBytes + len))
+      off += headerBytes + len
     }
     const rest = buf.subarray(off)
     pending = rest.length ? [rest] : []
     size = rest.length
-    needed = rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 4
+    needed = rest.length >= headerBytes ? headerBytes + bodyLength(rest, 0) : headerBytes
   }
+}
+
+/** Splits a byte stream of [u32 length][payload] messages. */
+export function createMessageSplitter(onMessage: (payload: Buffer) => void, maxLength = Infinity): (chunk: Buffer) => void {
+  const length = (buf: Buffer, at: number) => {
+    const len = buf.readUInt32BE(at)
+    if (len > maxLength) throw new Error(`message of ${len} bytes is over the limit of ${maxLength}`)
+    return len
+  }
+  return createFrameSplitter(4, length, (frame) => onMessage(frame.subarray(4)))
 }
 
 /**
@@ -98,27 +108,14 @@ export function numberedChunk(offset: number, data: Uint8Array): Buffer {
 }
 
 export function createChunkReader(onBytes: (bytes: Buffer) => void): (chunk: Buffer) => void {
-  let pending: Buffer[] = []
-  let size = 0
   let taken = 0
-  return (chunk) => {
-    pending.push(chunk)
-    size += chunk.length
-    const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending, size)
-    let off = 0
-    while (buf.length - off >= 12) {
-      const at = Number(buf.readBigUInt64BE(off))
-      const len = buf.readUInt32BE(off + 8)
-      if (buf.length - off < 12 + len) break
-      if (at > taken) throw new Error(`agent link: a chunk at ${at} skips bytes from ${taken}`)
-      if (at + len > taken) {
-        onBytes(buf.subarray(off + 12 + (taken - at), off + 12 + len))
-        taken = at + len
-      }
-      off += 12 + len
+  return createFrameSplitter(12, (buf, at) => buf.readUInt32BE(at + 8), (frame) => {
+    const at = Number(frame.readBigUInt64BE(0))
+    const end = at + frame.length - 12
+    if (at > taken) throw new Error(`agent link: a chunk at ${at} skips bytes from ${taken}`)
+    if (end > taken) {
+      onBytes(frame.subarray(12 + (taken - at)))
+      taken = end
     }
-    const rest = buf.subarray(off)
-    pending = rest.length ? [rest] : []
-    size = rest.length
-  }
+  })
 }
