@@ -10,9 +10,9 @@ import { resolveOptions, type ResolvedOptions } from '../pool/options.js'
 import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
 import { local } from '../providers/local.js'
 import { POOL_LABEL, RUN_LABEL, type ProviderSession, type TemplateSummary } from '../providers/types.js'
-import { templateName, TEMPLATE_PREFIX } from '../template/key.js'
+import { TEMPLATE_PREFIX } from '../template/key.js'
 import { createProgress } from '../template/progress.js'
-import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL } from '../template/template.js'
+import { ensureTemplate, plannedTemplate, TEMPLATE_LABEL } from '../template/template.js'
 import { collectWorkspace, findWorkspaceRoot } from '../workspace/collect.js'
 import { parseDuration } from './duration.js'
 import { removeEach } from './remove-each.js'
@@ -77,14 +77,6 @@ function ago(iso?: string): string {
 
 const lastUse = (t: TemplateSummary) => t.lastUsedAt ?? t.createdAt
 
-/** The name of the template this project's runs use now, if it needs one. */
-function currentName(session: ProviderSession, project: Project, root: string, provider: string): string | undefined {
-  const spec = { root, setup: project.options.setup, dependencies: project.options.dependencies }
-  const source = chooseSource(session, spec, provider)
-  if (source === 'host' && !spec.setup.length) return undefined
-  return templateName(keyInputs(session, spec, source))
-}
-
 export async function template(opts: TemplateCommandOptions): Promise<number> {
   if (!['ls', 'build', 'prune'].includes(opts.action)) throw new Error(`template: unknown action '${opts.action}'; use template ls, template build or template prune`)
   const minAgeMs = parseDuration('older-than', opts.olderThan ?? '7d')
@@ -93,8 +85,9 @@ export async function template(opts: TemplateCommandOptions): Promise<number> {
   const provider = project.options.provider
   const session = await provider.connect()
   try {
-    const current = project.config ? currentName(session, project, root, provider.name) : undefined
     if (opts.action === 'build') return await build(session, project, root, opts)
+    // The template this project's runs use now, if it needs one.
+    const current = project.config ? plannedTemplate(session, { root, ...project.options }, provider.name).name : undefined
     const all = (await session.listTemplates()).filter((t) => t.name.startsWith(TEMPLATE_PREFIX))
     if (opts.action === 'ls') {
       opts.log(`templates on ${provider.name} (from ${project.from}): ${all.length}`)
@@ -106,7 +99,11 @@ export async function template(opts: TemplateCommandOptions): Promise<number> {
     }
     // prune: not in use, and (unless --all) unused for --older-than and not this project's current one.
     const now = Date.now()
-    const doomed = all.filter((t) => opts.all || (t.name !== current && now - Date.parse(lastUse(t) ?? new Date(now).toISOString()) >= minAgeMs))
+    const age = (t: TemplateSummary) => {
+      const used = lastUse(t)
+      return used === undefined ? 0 : now - Date.parse(used)
+    }
+    const doomed = all.filter((t) => opts.all || (t.name !== current && age(t) >= minAgeMs))
     opts.log(`templates on ${provider.name}: ${all.length}, ${doomed.length} to ${opts.dryRun ? 'prune (dry run)' : 'prune'}${opts.all ? '' : ` (unused for ${opts.olderThan ?? '7d'}, not this project's current one)`}`)
     const failed = await removeEach(doomed, {
       dryRun: opts.dryRun,

@@ -7,6 +7,11 @@ import { debug } from '../debug.js'
 
 const log = debug('ttl')
 
+/** `s` as one single-quoted shell word, for scripts run in a sandbox. */
+export function singleQuoted(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`
+}
+
 /** Where the pool stages its files inside a sandbox (the agent, the worker entry, tarballs). */
 export const STAGING = '/tmp/.vitest-sandbox'
 

@@ -9,6 +9,7 @@
  * host resend what a dropped connection may have lost and the relay skip what it already has.
  * Sandboxes always have Node (the pool runs on it).
  */
+import { createFrameSplitter } from '../sandbox-runtime/wire.js'
 
 export const Frame = { STDOUT: 1, STDERR: 2, EXIT: 3, ACK: 4 } as const
 
@@ -52,23 +53,20 @@ export const MAX_RELAY_FRAME = 16 * 1024 * 1024
 
 /** Parses the relay's output stream, chunk by chunk, in order. */
 export function createRelayParser(on: { stdout(b: Buffer): void; stderr(b: Buffer): void; ack(taken: number, eof: boolean): void; exit(e: RelayExit): void }): (chunk: Buffer) => void {
-  let buf: Buffer = Buffer.alloc(0)
-  return (chunk) => {
-    buf = buf.length ? Buffer.concat([buf, chunk]) : chunk
-    while (buf.length >= 5) {
-      const n = buf.readUInt32BE(1)
-      if (n > MAX_RELAY_FRAME) throw new Error(`the stdio relay sent a frame of ${n} bytes, over the limit of ${MAX_RELAY_FRAME}`)
-      if (buf.length < 5 + n) break
-      const kind = buf[0]
-      const body = buf.subarray(5, 5 + n)
-      buf = buf.subarray(5 + n)
-      if (kind === Frame.STDOUT) on.stdout(Buffer.from(body))
-      else if (kind === Frame.STDERR) on.stderr(Buffer.from(body))
-      else if (kind === Frame.ACK) on.ack(Number(body.readBigUInt64BE(0)), body[8] === 1)
-      else if (kind === Frame.EXIT) on.exit(JSON.parse(body.toString()))
-      else throw new Error(`the stdio relay sent an unknown frame kind ${kind}`)
-    }
+  const length = (buf: Buffer, at: number) => {
+    const n = buf.readUInt32BE(at + 1)
+    if (n > MAX_RELAY_FRAME) throw new Error(`the stdio relay sent a frame of ${n} bytes, over the limit of ${MAX_RELAY_FRAME}`)
+    return n
   }
+  return createFrameSplitter(5, length, (frame) => {
+    const kind = frame[0]
+    const body = frame.subarray(5)
+    if (kind === Frame.STDOUT) on.stdout(Buffer.from(body))
+    else if (kind === Frame.STDERR) on.stderr(Buffer.from(body))
+    else if (kind === Frame.ACK) on.ack(Number(body.readBigUInt64BE(0)), body[8] === 1)
+    else if (kind === Frame.EXIT) on.exit(JSON.parse(body.toString()))
+    else throw new Error(`the stdio relay sent an unknown frame kind ${kind}`)
+  })
 }
 
 /** POSIX shell quoting. */

@@ -62,7 +62,7 @@ export function lengthPrefixed(payload: Uint8Array): Buffer {
  * gives. Chunks are joined only once a whole frame is there (joining on every chunk would be
  * quadratic for large frames). `bodyLength` may throw to refuse a frame.
  */
-function createFrameSplitter(headerBytes: number, bodyLength: (buf: Buffer, at: number) => number, onFrame: (frame: Buffer) => void): (chunk: Buffer) => void {
+export function createFrameSplitter(headerBytes: number, bodyLength: (buf: Buffer, at: number) => number, onFrame: (frame: Buffer) => void): (chunk: Buffer) => void {
   let pending: Buffer[] = []
   let size = 0
   let needed = headerBytes

@@ -9,7 +9,7 @@ import fg from 'fast-glob'
 import { listFiles, type WorkspaceFile } from '../workspace/collect.js'
 import { NEVER } from '../workspace/given.js'
 import { packFiles } from '../workspace/pack.js'
-import { renewTtl, runScript, STAGING } from '../providers/exec.js'
+import { renewTtl, runScript, singleQuoted as q, STAGING } from '../providers/exec.js'
 import type { ProviderSandbox, ProviderSession } from '../providers/types.js'
 import type { DependencySource } from './key.js'
 import { INSTALL_CONFIG, type PackageManager } from './package-manager.js'
@@ -51,8 +51,6 @@ export interface BuildPlan {
   installEnv: Record<string, string>
   labels: Record<string, string>
 }
-
-const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`
 
 /** Removes the listed files (relative to the root), then the folders they leave empty. */
 const REMOVE_LISTED =

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { singleQuoted } from '../providers/exec.js'
 
 export type PackageManagerName = 'npm' | 'pnpm' | 'yarn' | 'bun'
 
@@ -49,10 +50,8 @@ function pnpmForLockfile(text: string): string {
   return '7'
 }
 
-const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`
-
 /** `npm exec` the package manager at `version` (npm's own cache is staged by the caller). */
-const viaNpm = (pkg: string, bin: string, args: string) => `npm exec --yes --package=${shellQuote(pkg)} -- ${bin} ${args}`
+const viaNpm = (pkg: string, bin: string, args: string) => `npm exec --yes --package=${singleQuoted(pkg)} -- ${bin} ${args}`
 
 export function detectPackageManager(root: string): PackageManager | undefined {
   const present = LOCKFILES.filter(([f]) => fs.existsSync(path.join(root, f)))
@@ -74,7 +73,7 @@ export function detectPackageManager(root: string): PackageManager | undefined {
       const berry = version ? Number(version.split('.')[0]) >= 2 : /^__metadata:/m.test(text())
       if (!berry) return { name, lockfile, version: version ?? '1', install: viaNpm(`yarn@${version ?? '1'}`, 'yarn', 'install --frozen-lockfile') }
       const yarnPath = /^yarnPath:\s*["']?([^"'\n]+)/m.exec(readOr(path.join(root, '.yarnrc.yml')))?.[1]
-      if (yarnPath) return { name, lockfile, version: version ?? 'yarnPath', install: `node ${shellQuote(yarnPath.trim())} install --immutable` }
+      if (yarnPath) return { name, lockfile, version: version ?? 'yarnPath', install: `node ${singleQuoted(yarnPath.trim())} install --immutable` }
       return { name, lockfile, version: version ?? '4', install: viaNpm(`@yarnpkg/cli-dist@${version ?? '4'}`, 'yarn', 'install --immutable') }
     }
     case 'bun':

@@ -72,13 +72,19 @@ export function keyInputs(session: ProviderSession, spec: Pick<TemplateSpec, 'ro
   return { root: spec.root, dependencies: source, setup: spec.setup, base: session.base, platform }
 }
 
+/** The dependency source a run takes, and the name of its template when it needs one. */
+export function plannedTemplate(session: ProviderSession, spec: Pick<TemplateSpec, 'root' | 'setup' | 'dependencies'>, provider: string): { source: DependencySource; name?: string } {
+  const source = chooseSource(session, spec, provider)
+  // Host layers are the dependencies: with no setup there is nothing to build.
+  if (source === 'host' && !spec.setup.length) return { source }
+  return { source, name: templateName(keyInputs(session, spec, source)) }
+}
+
 /** Find the template, or build it now (once, however many runs ask at the same time). */
 export async function ensureTemplate(session: ProviderSession, spec: TemplateSpec, provider: string, progress: () => TemplateProgress, labels: Record<string, string>): Promise<Template> {
-  const source = chooseSource(session, spec, provider)
+  const { source, name } = plannedTemplate(session, spec, provider)
   const hostLayers = source === 'host' ? nodeModulesFolders(spec.root) : []
-  // Host layers are the dependencies: with no setup there is nothing to build.
-  if (source === 'host' && !spec.setup.length) return { source, hostLayers }
-  const name = templateName(keyInputs(session, spec, source))
+  if (!name) return { source, hostLayers }
   const found = await session.findTemplate(name)
   if (found) return { id: found, name, source, hostLayers }
 
