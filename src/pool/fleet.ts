@@ -225,11 +225,7 @@ export class Fleet {
     this.workspace = await this.collect(this.workspace.root)
     await this.prepareTemplate()
     await pipeToFile(packFiles(this.workspace.root, this.workspace.files), this.tarFile!)
-    const old = this.hosts.splice(0)
-    await Promise.all(old.map(async (h) => {
-      h.link.close()
-      await h.sandbox.kill().catch(() => {})
-    }))
+    await killHosts(this.hosts.splice(0))
   }
 
   /** Kill every sandbox and close the provider session. Safe to call more than once. */
@@ -246,10 +242,7 @@ export class Fleet {
       const each = this.hosts.map((h) => `${h.sandbox.id} ${h.files} file${h.files === 1 ? '' : 's'}${h.link.alive ? '' : ` (lost: ${h.link.lostReason})`}`)
       this.logger.log(`sandbox: ${this.hosts.length} sandbox${this.hosts.length === 1 ? '' : 'es'} (${this.providerName}): ${each.join(', ')}`)
     }
-    await Promise.all(this.hosts.map(async (h) => {
-      h.link.close()
-      await h.sandbox.kill().catch(() => {})
-    }))
+    await killHosts(this.hosts)
     await this.killLeftovers()
     await this.session?.close().catch(() => {})
     if (this.tarFile) await fsp.rm(path.dirname(this.tarFile), { recursive: true, force: true })
@@ -269,6 +262,14 @@ export class Fleet {
       log('run %s: listing leftover sandboxes failed: %s', this.runId, (err as Error).message)
     }
   }
+}
+
+/** Close the agent links and kill the sandboxes. */
+async function killHosts(hosts: SandboxHost[]): Promise<void> {
+  await Promise.all(hosts.map(async (h) => {
+    h.link.close()
+    await h.sandbox.kill().catch(() => {})
+  }))
 }
 
 /** The template a run with these options needs for this workspace. */
