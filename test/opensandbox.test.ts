@@ -130,6 +130,22 @@ describe('opensandbox() beyond the contract', () => {
     }
   })
 
+  it('starts a process whose first sockets are cut before they connect', async () => {
+    const sbx = await session.createSandbox({ timeoutSec: 300, labels: {}, network: false })
+    fake.state.cutBeforeConnected = 2
+    try {
+      const proc = await sbx.start({ cmd: '/bin/sh', args: ['-c', 'echo once >> /tmp/runs; cat /tmp/runs'] })
+      let out = ''
+      proc.on('stdout', (b) => (out += b))
+      expect((await proc.exited).exitCode).toBe(0)
+      expect(fake.state.cutBeforeConnected).toBe(0)
+      expect(out).toBe('once\n')
+    } finally {
+      fake.state.cutBeforeConnected = 0
+      await sbx.kill()
+    }
+  })
+
   it("gets the last output and the exit code even when execd's exit notice overtakes them", async () => {
     const sbx = await session.createSandbox({ timeoutSec: 300, labels: {}, network: false })
     fake.state.dropTailOnExit = true

@@ -4,11 +4,12 @@
  */
 import { randomBytes } from 'node:crypto'
 import { gzipSync } from 'node:zlib'
-import { request } from 'undici'
+import { Agent, request } from 'undici'
 import WebSocket from 'ws'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { RuntimeClient, type SandboxClient } from '../src/protocol/client.js'
+import { RuntimeClient, SandboxClient } from '../src/protocol/client.js'
 import { startTestEngine, waitFor } from './support/engine.js'
+import { startFaultProxy } from './support/fault-proxy.js'
 
 let env: Awaited<ReturnType<typeof startTestEngine>>
 let sbx: SandboxClient
@@ -203,6 +204,28 @@ describe('processes', () => {
     await proc.exited
     expect(reconnects).toBeGreaterThanOrEqual(2)
     expect(out).toBe(Array.from({ length: 200 }, (_, i) => `line${i + 1}\n`).join(''))
+  })
+
+  it('starts a process once when the socket is cut just as it starts', async () => {
+    const proxy = await startFaultProxy(env.handle.url)
+    const dispatcher = new Agent()
+    try {
+      const viaProxy = new SandboxClient(sbx.info, { data_plane_url: proxy.url, token: sbx.session.token }, 0, dispatcher)
+      proxy.cutAtStarted(2)
+      const proc = await viaProxy.start({ cmd: '/bin/sh', args: ['-c', 'echo once >> starts; cat starts; rm starts'] })
+      let out = ''
+      proc.on('stdout', (b) => (out += b))
+      expect((await proc.exited).exitCode).toBe(0)
+      expect(out).toBe('once\n')
+      expect(proxy.seen.filter((r) => r.method === 'WS').map((r) => r.path.replace(/proc_\w+/, 'ID'))).toEqual([
+        '/runtime/v1/process',
+        '/runtime/v1/process/ID/connect',
+        '/runtime/v1/process/ID/connect',
+      ])
+    } finally {
+      await proxy.close()
+      await dispatcher.close()
+    }
   })
 
   it('serves output by cursor over HTTP after the process exited', async () => {

@@ -8,6 +8,7 @@
  *   proc.on('stdout', (b) => process.stdout.write(b))
  *   const { exitCode } = await proc.exited
  */
+import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
 import WebSocket from 'ws'
@@ -220,12 +221,16 @@ export class SandboxClient {
     await this.http.json('DELETE', `/files?path=${encodeURIComponent(path)}`)
   }
 
-  /** Start a process; resolves once the server says it is running. */
-  start(opts: StartOptions): Promise<RemoteProcess> {
-    const proc = new RemoteProcess(this, undefined)
-    return proc.open({
+  /**
+   * Start a process; resolves once the server says it is running. A socket cut before that is
+   * retried without starting twice: the process has an id of ours, so the retry first attaches
+   * to it, and starts it only if the server has no such process.
+   */
+  async start(opts: StartOptions): Promise<RemoteProcess> {
+    const id = opts.id ?? `proc_${randomBytes(8).toString('hex')}`
+    const frame: ClientFrame = {
       type: 'start',
-      id: opts.id,
+      id,
       cmd: opts.cmd,
       args: opts.args ?? [],
       cwd: opts.cwd,
@@ -233,7 +238,26 @@ export class SandboxClient {
       envs: opts.env ?? {},
       stdin: opts.stdin ?? false,
       timeout_ms: opts.timeoutMs ?? 0,
-    })
+    }
+    let last: unknown
+    for (const [attempt, delay] of [0, 250, 1000, 2000].entries()) {
+      await new Promise((r) => setTimeout(r, delay))
+      try {
+        if (attempt > 0) {
+          try {
+            return await this.attach(id)
+          } catch (err) {
+            if (!(err instanceof RuntimeError && err.status === 404)) throw err
+          }
+        }
+        return await new RemoteProcess(this, undefined).open(frame)
+      } catch (err) {
+        last = err
+        if (!(err instanceof RuntimeError && (err.code === 'closed' || err.code === 'network_error'))) throw err
+        log('process %s: start cut (%s), retrying', id, err.message)
+      }
+    }
+    throw last
   }
 
   /** Attach to a running (or finished) process, replaying output from cursor `since`. */

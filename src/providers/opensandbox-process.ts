@@ -74,7 +74,8 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
   static async start(execd: Http, sandboxId: string, spec: ProcessSpec): Promise<OpenSandboxProcess> {
     const res = await execd.json<{ session_id: string }>('POST', '/pty', { command: sessionCommand(spec), ...(spec.cwd ? { cwd: spec.cwd } : {}) })
     const proc = new OpenSandboxProcess(execd, sandboxId, res.session_id)
-    await proc.connect(false)
+    // A socket cut before `connected` is retried like one cut later.
+    await proc.open(false)
     return proc
   }
 
@@ -89,6 +90,9 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       const ws = new WebSocket(this.url(takeover), { headers: this.execd.headers, maxPayload: 64 * 1024 * 1024 })
       this.ws = ws
       let connected = false
+      // Output before `connected` waits: if this socket is cut first, the next one's replay has it.
+      // After it, one more turn, so a caller that awaits `start` has added its listeners.
+      let held: Buffer[] | undefined = []
       ws.on('unexpected-response', (_req, res) => {
         let text = ''
         res.on('data', (d: Buffer) => (text += d))
@@ -96,11 +100,16 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       })
       ws.on('message', (data: Buffer, binary) => {
         try {
-          if (binary) return this.onBinary(data)
+          if (binary) return held ? void held.push(data) : this.take(data)
           const msg = JSON.parse(data.toString()) as { type: string; exit_code?: number; code?: string; error?: string }
           if (msg.type === 'connected') {
             connected = true
             this.resend()
+            setImmediate(() => {
+              const early = held!
+              held = undefined
+              for (const b of early) this.take(b)
+            })
             resolve()
           } else if (msg.type === 'exit') {
             this.shellExit = msg.exit_code
@@ -109,7 +118,7 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
             if (!connected) reject(new Error(`opensandbox: process ${this.session} in sandbox ${this.sandboxId}: ${msg.code}: ${msg.error}`))
           }
         } catch (err) {
-          this.fail(`opensandbox: process ${this.session} sent bad output: ${(err as Error).message}`)
+          this.fail(`opensandbox: process ${this.session} sent a bad message: ${(err as Error).message}`)
         }
       })
       ws.on('error', (err) => {
@@ -117,9 +126,17 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       })
       ws.on('close', (code) => {
         if (!connected) return reject(new Error(`opensandbox: the socket of process ${this.session} closed (${code}) before it connected`))
-        if (this.ws === ws) void this.onClose()
+        if (this.ws === ws) setImmediate(() => void this.onClose()) // after the held output
       })
     })
+  }
+
+  private take(data: Buffer): void {
+    try {
+      this.onBinary(data)
+    } catch (err) {
+      this.fail(`opensandbox: process ${this.session} sent bad output: ${(err as Error).message}`)
+    }
   }
 
   private onBinary(data: Buffer): void {
@@ -151,19 +168,28 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
         return this.finish(code === -1 ? { exitCode: 137, error: 'killed', signal: 'SIGKILL' } : { exitCode: code, error: code === 0 ? 'the process ended without its exit report' : null, signal: null })
       }
     }
+    try {
+      await this.open(true)
+    } catch (err) {
+      this.fail(`opensandbox: lost the connection to process ${this.session} in sandbox ${this.sandboxId}: ${(err as Error).message}`)
+    }
+  }
+
+  /** Connect, retrying with backoff; after the first attempt, with `takeover` (execd may still hold the cut socket). */
+  private async open(takeover: boolean): Promise<void> {
     let last: unknown
-    for (const delay of RECONNECT_DELAYS) {
+    for (const [attempt, delay] of RECONNECT_DELAYS.entries()) {
       await new Promise((r) => setTimeout(r, delay))
       if (this.done) return
       try {
-        log('process %s: reconnecting at offset %d', this.session, this.offset)
-        return await this.connect(true)
+        log('process %s: connecting at offset %d', this.session, this.offset)
+        return await this.connect(takeover || attempt > 0)
       } catch (err) {
         last = err
         if (err instanceof HttpError && (err.status === 404 || err.status === 401)) break
       }
     }
-    this.fail(`opensandbox: lost the connection to process ${this.session} in sandbox ${this.sandboxId}: ${(last as Error)?.message}`)
+    throw last
   }
 
   /** execd's stdin message carrying one numbered input chunk for the relay. */

@@ -8,7 +8,8 @@
  *
  * Faults: `inject()` answers matching requests with a status (429 with Retry-After, 5xx),
  * `dropSockets()` cuts every PTY WebSocket, `dropTailOnExit` reproduces execd's race where the
- * exit notice overtakes the last output, `snapshotsSupported: false` a runtime without snapshots.
+ * exit notice overtakes the last output, `cutBeforeConnected` cuts the next sockets just before
+ * `connected`, `snapshotsSupported: false` a runtime without snapshots.
  */
 import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
@@ -125,7 +126,7 @@ export async function startFakeOpenSandbox(options: FakeOpenSandboxOptions = {})
   const snapshots = new Map<string, FakeSnapshot>()
   const faults: Fault[] = []
   const requests: RecordedRequest[] = []
-  const state = { dropTailOnExit: false, created: 0, snapshotsSupported: true }
+  const state = { dropTailOnExit: false, cutBeforeConnected: 0, created: 0, snapshotsSupported: true }
 
   function takeFault(where: Fault['where'], method: string, path: string): Fault | undefined {
     const f = faults.find((x) => x.where === where && x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
@@ -512,6 +513,11 @@ export async function startFakeOpenSandbox(options: FakeOpenSandboxOptions = {})
     })
     if (!p.proc?.running && !(await startShell(s, p, ws))) return
     for (const b of early.splice(0)) await p.proc!.write(b).catch(() => {})
+    // A network cut between the upgrade and `connected` (the shell has started).
+    if (state.cutBeforeConnected > 0) {
+      state.cutBeforeConnected--
+      return void ws.terminate()
+    }
     ws.send(JSON.stringify({ type: 'connected', session_id: p.id, mode: 'pipe' }))
   }
 

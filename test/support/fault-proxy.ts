@@ -1,8 +1,8 @@
 /**
  * A faulty network between a client and a real server: an HTTP and WebSocket relay on loopback
  * that answers chosen requests with an error status (429 with Retry-After, 5xx) and can cut every
- * relayed WebSocket at once. Used in front of `vitest-sandbox serve` to show what watasu() does
- * when Watasu misbehaves.
+ * relayed WebSocket at once, or process sockets just as their process starts. Used in front of
+ * `vitest-sandbox serve` to show what watasu() does when Watasu misbehaves.
  */
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -20,6 +20,8 @@ export async function startFaultProxy(target: string) {
   const faults: ProxyFault[] = []
   const sockets = new Set<WebSocket>()
   const seen: Array<{ method: string; path: string; status?: number }> = []
+  /** Process sockets still to cut at the server's `started`, which the client then never gets. */
+  let cutsAtStarted = 0
 
   const take = (method: string, path: string) => {
     const f = faults.find((x) => x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
@@ -57,7 +59,13 @@ export async function startFaultProxy(target: string) {
       wss.handleUpgrade(req, socket, head, (client) => {
         sockets.add(client)
         client.on('message', (d: Buffer, binary) => backend.readyState === WebSocket.OPEN && backend.send(d, { binary }))
-        backend.on('message', (d: Buffer, binary) => client.readyState === WebSocket.OPEN && client.send(d, { binary }))
+        backend.on('message', (d: Buffer, binary) => {
+          if (cutsAtStarted > 0 && !binary && d.toString().includes('"type":"started"')) {
+            cutsAtStarted--
+            return void client.terminate()
+          }
+          if (client.readyState === WebSocket.OPEN) client.send(d, { binary })
+        })
         backend.on('close', (code, reason) => client.readyState === WebSocket.OPEN && client.close(code === 1005 || code === 1006 ? 1011 : code, reason))
         client.on('close', () => {
           sockets.delete(client)
@@ -73,6 +81,10 @@ export async function startFaultProxy(target: string) {
     seen,
     inject(fault: Omit<ProxyFault, 'times'> & { times?: number }): void {
       faults.push({ times: 1, ...fault })
+    },
+    /** Cut the next `times` process sockets when the server says `started`, before the client hears it. */
+    cutAtStarted(times: number): void {
+      cutsAtStarted = times
     },
     /** Cut every relayed WebSocket without a close frame; returns how many. */
     dropSockets(): number {
