@@ -80,7 +80,7 @@ describe('host-owned files', () => {
 describe('options', () => {
   it('rejects unknown options and bad values before any sandbox exists, naming the fix', () => {
     const cases: Array<[unknown, RegExp]> = [
-      [{ sandbox: 2 }, /unknown option 'sandbox'; the options are provider, sandboxes, concurrency/],
+      [{ sandbox: 2 }, /unknown option 'sandbox'; the options are provider, sandboxes, maxSandboxes, concurrency/],
       [{ sandboxes: 0 }, /sandboxes must be a whole number from 1 to 1000 \(got 0\)/],
       [{ concurrency: 1.5 }, /concurrency must be a whole number/],
       [{ network: 'open' }, /network must be 'none' or 'allow' \(got 'open'\)/],
@@ -90,7 +90,9 @@ describe('options', () => {
       [{ workspace: { includes: ['**'] } }, /unknown option 'workspace.includes'/],
       [{ provider: 'local' }, /provider must be a provider such as local\(\)/],
       [{ timeout: 5 }, /timeout must be a whole number from 10/],
-      [{ sandboxes: 'auto' }, /'auto'.*not available yet/],
+      [{ sandboxes: 'many' }, /sandboxes must be a whole number from 1 to 1000 or 'auto' \(got 'many'\)/],
+      [{ sandboxes: 'auto', maxSandboxes: 0 }, /maxSandboxes must be a whole number from 1 to 1000 \(got 0\)/],
+      [{ usageFile: true }, /usageFile must be a file name such as 'sandbox-usage.json' \(got true\)/],
       [{ workspace: { gitignore: 'yes' } }, /workspace.gitignore must be true or false \(got 'yes'\)/],
       [{ allowWrite: 'src/x.ts' }, /allowWrite must be an array of strings/],
     ]

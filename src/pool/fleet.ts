@@ -1,7 +1,10 @@
 /**
- * The fleet of one Vitest run: the provider session, the template, the packed workspace, and up
- * to `sandboxes` sandboxes created lazily, each running one agent with `concurrency` worker
- * slots. Workers go to the least-loaded sandbox. Everything is killed when Vitest closes.
+ * The fleet of one Vitest run: the provider session, the template, the packed bundle (runtime and
+ * workspace), and its sandboxes, each running one agent with `concurrency` worker slots. All
+ * sandboxes are created at once, as soon as the template is known, while the workspace is packed.
+ * Files wait in one queue, in Vitest's order (longest first), and each takes the first free slot
+ * of any sandbox, so a late or lost sandbox never holds back a file another one could run.
+ * Everything is killed when Vitest closes.
  */
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
@@ -9,21 +12,27 @@ import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import pLimit from 'p-limit'
 import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
 import { RUNTIME_DIR } from './runtime-files.js'
-import { renewTtl, runScript, STAGING } from '../providers/exec.js'
+import { renewTtl, runScript, singleQuoted, STAGING } from '../providers/exec.js'
 import { templateName } from '../template/key.js'
 import { createProgress, type ProgressSink } from '../template/progress.js'
 import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL, type Template, type TemplateSpec } from '../template/template.js'
 import { collectWorkspace, findWorkspaceRoot, listFiles, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
-import { packFiles } from '../workspace/pack.js'
+import { packFiles, packTrees } from '../workspace/pack.js'
+import { autoSandboxes, type RunHistory } from './schedule.js'
+import { formatUsage, RunUsage, SandboxUsage } from './usage.js'
 import { POOL_LABEL, RUN_LABEL, type ProviderSandbox, type ProviderSession } from '../providers/types.js'
 import { debug } from '../debug.js'
 
 const log = debug('fleet')
 const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
 const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js', 'codec.js']
+/** Sandbox creations in flight at once (a provider's API is not a place for a thundering herd). */
+const CREATE_CONCURRENCY = 8
+const usageLog = debug('usage')
 
 export interface SandboxHost {
   sandbox: ProviderSandbox
@@ -31,13 +40,17 @@ export interface SandboxHost {
   /** Node version of the sandbox's agent (decides the codec). */
   node: string
   active: number
-  /** Files this sandbox has run, for the summary. */
-  files: number
+  usage: SandboxUsage
 }
 
 export interface Lease {
   host: SandboxHost
   release(): void
+}
+
+interface Waiter {
+  grant(host: SandboxHost): void
+  fail(error: Error): void
 }
 
 export interface FleetLogger extends ProgressSink {
@@ -52,15 +65,36 @@ export class Fleet {
   private template?: Template
   /** What the dependencies were made from when the sandboxes started (watch mode compares it). */
   private dependencyKey?: string
-  private tarFile?: string
+  /** The bundle each new sandbox gets: the pool's runtime under STAGING and the workspace at its root. */
+  private bundle?: Promise<string>
+  private bundleDir?: string
   private initializing?: Promise<void>
   private readonly hosts: SandboxHost[] = []
-  private creating = 0
-  private readonly waiters: Array<() => void> = []
+  /** How many sandboxes this run holds (fixed, or sized by 'auto' at the start). */
+  private target = 0
+  /** Creations in flight; close waits for them, so that none outlives the run. */
+  private readonly starting = new Set<Promise<unknown>>()
+  private get creating(): number {
+    return this.starting.size
+  }
+  /** Creations that failed; once they reach `target`, no more are tried. */
+  private failedStarts = 0
+  private lastStartError?: Error
+  private readonly queue: Waiter[] = []
+  private readonly createLimit = pLimit(CREATE_CONCURRENCY)
   private closed = false
+  readonly usage: RunUsage
 
-  constructor(private readonly opts: ResolvedOptions, private readonly projectRoot: string, readonly logger: FleetLogger, private readonly outputs: string[] = []) {
+  /** `history`: what Vitest recorded of the run's files, for `sandboxes: 'auto'`. */
+  constructor(
+    private readonly opts: ResolvedOptions,
+    private readonly projectRoot: string,
+    readonly logger: FleetLogger,
+    private readonly outputs: string[] = [],
+    private readonly history: () => RunHistory = () => ({ durations: [], unknown: 0 }),
+  ) {
     this.providerName = opts.provider.name
+    this.usage = new RunUsage(this.providerName, this.runId, opts.concurrency)
   }
 
   /**
@@ -86,11 +120,46 @@ export class Fleet {
       const shown = this.workspace.secrets.slice(0, 3).join(', ') + (this.workspace.secrets.length > 3 ? `, and ${this.workspace.secrets.length - 3} more` : '')
       this.logger.log(`sandbox: not sending ${this.workspace.secrets.length} secret-like file${this.workspace.secrets.length === 1 ? '' : 's'} (${shown}); send one with sandbox({ workspace: { include: ['<name>'] } })`)
     }
+    this.bundle = this.packBundle()
+    this.bundle.catch(() => {}) // awaited by each sandbox's start
     this.session = await this.opts.provider.connect()
     await this.prepareTemplate()
-    this.tarFile = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')), 'workspace.tar')
-    await pipeToFile(packFiles(root, this.workspace.files), this.tarFile)
-    log('run %s: workspace %s (%d files, %d bytes), template %s (%s)', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template?.id ?? 'none', this.template?.source)
+    this.target = this.sandboxCount()
+    log('run %s: workspace %s (%d files, %d bytes), template %s (%s), %d sandboxes', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template?.id ?? 'none', this.template?.source, this.target)
+    this.fill()
+  }
+
+  /** The fixed count, or what 'auto' makes of the run's recorded durations. */
+  private sandboxCount(): number {
+    if (this.opts.sandboxes !== 'auto') return this.opts.sandboxes
+    const history = this.history()
+    const n = autoSandboxes(history, this.opts.concurrency, this.opts.maxSandboxes)
+    const files = history.durations.length + history.unknown
+    const recorded = history.durations.reduce((a, b) => a + b, 0) / 1000
+    this.logger.log(`sandbox: 'auto' chose ${n} sandbox${n === 1 ? '' : 'es'} (of at most ${this.opts.maxSandboxes}) for ${files} file${files === 1 ? '' : 's'}, ${history.durations.length ? `${recorded.toFixed(1)}s recorded at the last run${history.unknown ? ` and ${history.unknown} with no record` : ''}` : 'none with a recorded duration'}`)
+    return n
+  }
+
+  /** Pack the runtime and the workspace into one archive, extracted at `/` by each sandbox. */
+  private async packBundle(): Promise<string> {
+    const dir = (this.bundleDir ??= await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')))
+    // A new file each time: a sandbox still uploading the previous bundle keeps reading that one.
+    const file = path.join(dir, `bundle-${Date.now()}.tar`)
+    const staging = STAGING.slice(1)
+    const runtime = await listFiles(RUNTIME_DIR, RUNTIME_FILES, [])
+    const devalue = await listFiles(DEVALUE_DIR, ['package.json', 'src/**'], [])
+    await fsp.writeFile(path.join(dir, 'package.json'), '{"type":"module"}\n')
+    await pipeToFile(
+      packTrees([
+        { root: RUNTIME_DIR, files: runtime, prefix: staging },
+        { root: dir, files: await listFiles(dir, ['package.json'], []), prefix: staging },
+        // devalue, for the codec of hosts and sandboxes on different Node majors.
+        { root: DEVALUE_DIR, files: devalue, prefix: `${staging}/node_modules/devalue` },
+        { root: this.workspace.root, files: this.workspace.files, prefix: this.workspace.root.slice(1) },
+      ]),
+      file,
+    )
+    return file
   }
 
   /** Find or build the template (before any worker needs it), and note what it was made from. */
@@ -115,66 +184,108 @@ export class Fleet {
     return { [POOL_LABEL]: 'pool', [RUN_LABEL]: this.runId }
   }
 
-  /** A worker slot on the least-loaded sandbox, creating sandboxes up to the limit. */
-  async lease(): Promise<Lease> {
+  /**
+   * A worker slot: the first free one, on the least-loaded sandbox, in the order asked. `signal`
+   * withdraws the request (Vitest stopped the worker before it got a slot).
+   */
+  async lease(signal?: AbortSignal): Promise<Lease> {
     await this.init()
-    for (;;) {
-      if (this.closed) throw new Error('the sandbox pool is closed')
-      const live = this.hosts.filter((h) => h.link.alive)
-      const free = live.filter((h) => h.active < this.opts.concurrency).sort((a, b) => a.active - b.active)[0]
-      // Prefer a new sandbox over stacking a second worker on a busy one, while there is room.
-      if (live.length + this.creating < this.opts.sandboxes && (!free || free.active > 0)) {
-        this.creating++
-        try {
-          const host = await this.startSandbox()
-          this.hosts.push(host)
-        } finally {
-          this.creating--
-        }
-        continue
-      }
-      if (free) {
-        free.active++
-        free.files++
-        let released = false
-        return {
-          host: free,
-          release: () => {
-            if (released) return
-            released = true
-            free.active--
-            this.waiters.shift()?.()
-          },
-        }
-      }
-      await new Promise<void>((r) => this.waiters.push(r))
+    const host = await new Promise<SandboxHost>((resolve, reject) => {
+      if (this.closed) return reject(new Error('the sandbox pool is closed'))
+      const waiter: Waiter = { grant: resolve, fail: reject }
+      signal?.addEventListener('abort', () => {
+        const i = this.queue.indexOf(waiter)
+        if (i >= 0) this.queue.splice(i, 1)
+        reject(new Error('the worker was stopped before it got a sandbox'))
+      }, { once: true })
+      this.queue.push(waiter)
+      this.dispatch()
+    })
+    const started = Date.now()
+    let released = false
+    return {
+      host,
+      release: () => {
+        if (released) return
+        released = true
+        host.active--
+        host.usage.end()
+        this.usage.fileDone(Date.now() - started)
+        this.dispatch()
+      },
     }
   }
 
-  private async startSandbox(): Promise<SandboxHost> {
+  /** Give free slots to waiting files; replace lost sandboxes while files wait. */
+  private dispatch(): void {
+    while (this.queue.length) {
+      const free = this.hosts.filter((h) => h.link.alive && h.active < this.opts.concurrency).sort((a, b) => a.active - b.active)[0]
+      if (!free) break
+      free.active++
+      free.usage.begin()
+      this.queue.shift()!.grant(free)
+    }
+    if (!this.queue.length || this.closed) return
+    this.fill()
+    if (this.creating === 0 && !this.hosts.some((h) => h.link.alive)) {
+      const why = this.lastStartError?.message ?? 'every sandbox of the run was lost'
+      for (const w of this.queue.splice(0)) w.fail(new Error(why))
+    }
+  }
+
+  /** Create sandboxes until the run has its count (alive or on the way), within the failure budget. */
+  private fill(): void {
+    while (!this.closed && this.hosts.filter((h) => h.link.alive).length + this.creating < this.target && this.failedStarts < this.target) {
+      const usage = new SandboxUsage()
+      this.usage.sandboxes.push(usage)
+      const start = this.createLimit(() => this.startSandbox(usage)).then(
+        (host) => {
+          this.starting.delete(start)
+          this.hosts.push(host)
+          this.dispatch()
+        },
+        (err: Error) => {
+          this.starting.delete(start)
+          this.failedStarts++
+          this.lastStartError = err
+          usage.close(err.message)
+          const alive = this.hosts.some((h) => h.link.alive)
+          if (!this.closed) this.logger.error(alive || this.creating ? `${err.message} (the run goes on with the other sandboxes)` : err.message)
+          this.dispatch()
+        },
+      )
+      this.starting.add(start)
+    }
+  }
+
+  private async startSandbox(usage: SandboxUsage): Promise<SandboxHost> {
     const root = this.workspace.root
     const { id: template, name, hostLayers } = this.template!
     const labels = { ...this.labels(), ...(name ? { [TEMPLATE_LABEL]: name } : {}) }
     const sandbox = await this.session!.createSandbox({ template, hostLayers, timeoutSec: this.opts.timeout, labels, network: this.opts.network === 'allow' })
+    usage.id = sandbox.id
     try {
-      for (const f of RUNTIME_FILES) await sandbox.upload(`${STAGING}/${f}`, await fsp.readFile(path.join(RUNTIME_DIR, f)))
-      await sandbox.upload(`${STAGING}/package.json`, Buffer.from('{"type":"module"}\n'))
-      // devalue, for the codec of hosts and sandboxes on different Node majors.
-      for (const f of await listFiles(DEVALUE_DIR, ['package.json', 'src/**'], [])) {
-        await sandbox.upload(`${STAGING}/node_modules/devalue/${f.path}`, await fsp.readFile(path.join(DEVALUE_DIR, f.path)))
-      }
-      await sandbox.upload(`${STAGING}/workspace.tar`, () => fs.createReadStream(this.tarFile!))
-      await runScript(sandbox, `mkdir -p '${root}' && tar -xf ${STAGING}/workspace.tar -C '${root}' && rm ${STAGING}/workspace.tar`, '/')
-      const agent = await sandbox.start({ cmd: 'node', args: [`${STAGING}/agent.js`], cwd: root, stdin: true })
+      const bundle = await this.bundle!
+      await sandbox.upload(`${STAGING}/bundle.tar`, () => fs.createReadStream(bundle))
+      // One process unpacks the bundle and becomes the agent: no round trip in between.
+      const agent = await sandbox.start({
+        cmd: '/bin/sh',
+        args: ['-c', `tar -xf ${STAGING}/bundle.tar -C / && rm ${STAGING}/bundle.tar && cd ${singleQuoted(root)} && exec node ${STAGING}/agent.js`],
+        cwd: '/',
+        stdin: true,
+      })
       const link = new AgentLink(agent)
       link.onLost = (reason) => {
         log('sandbox %s (%s) lost: %s', sandbox.id, this.providerName, reason)
+        usage.close(reason)
         if (!this.closed) void sandbox.kill().catch(() => {})
+        this.dispatch()
       }
       const { node } = await link.hello
+      usage.readyAt = Date.now()
       log('sandbox %s ready (%s, node %s)', sandbox.id, this.providerName, node)
       renewTtl(sandbox, this.opts.timeout, () => !this.closed && link.alive)
-      return { sandbox, link, node, active: 0, files: 0 }
+      return { sandbox, link, node, active: 0, usage }
     } catch (err) {
       await sandbox.kill().catch(() => {})
       throw new Error(`sandbox: could not start sandbox ${sandbox.id} (${this.providerName}): ${(err as Error).message}`)
@@ -198,7 +309,7 @@ export class Fleet {
     this.workspace = next
     if (!changed.length && !removed.length) return
     log('run %s: syncing changed %s and removed %s', this.runId, JSON.stringify(changed.slice(0, 50).map((f) => f.path)), JSON.stringify(removed.slice(0, 50)))
-    await pipeToFile(packFiles(next.root, next.files), this.tarFile!) // for sandboxes created later
+    this.rebundle() // for sandboxes created later
     const live = this.hosts.filter((h) => h.link.alive)
     const root = next.root
     await Promise.all(
@@ -224,28 +335,57 @@ export class Fleet {
     this.logger.log('sandbox: the dependencies changed; preparing the template again and replacing the warm sandboxes')
     this.workspace = await this.collect(this.workspace.root)
     await this.prepareTemplate()
-    await pipeToFile(packFiles(this.workspace.root, this.workspace.files), this.tarFile!)
+    this.rebundle()
+    await Promise.all(this.starting)
+    for (const h of this.hosts) h.usage.close()
     await killHosts(this.hosts.splice(0))
+    this.failedStarts = 0
+    this.dispatch()
   }
 
   /** Kill every sandbox and close the provider session. Safe to call more than once. */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    for (const w of this.waiters.splice(0)) w()
+    for (const w of this.queue.splice(0)) w.fail(new Error('the sandbox pool is closed'))
     await this.initializing?.catch(() => {})
     // Vitest closes its pool (stopping the last workers) at the same time as it calls onClose:
     // let those workers say goodbye before their sandboxes go.
     const deadline = Date.now() + 10_000
     while (this.hosts.some((h) => h.active > 0 && h.link.alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
-    if (this.hosts.length) {
-      const each = this.hosts.map((h) => `${h.sandbox.id} ${h.files} file${h.files === 1 ? '' : 's'}${h.link.alive ? '' : ` (lost: ${h.link.lostReason})`}`)
-      this.logger.log(`sandbox: ${this.hosts.length} sandbox${this.hosts.length === 1 ? '' : 'es'} (${this.providerName}): ${each.join(', ')}`)
-    }
+    await Promise.all(this.starting)
+    for (const h of this.hosts) h.usage.close()
+    if (this.usage.sandboxes.length) this.reportUsage()
     await killHosts(this.hosts)
     await this.killLeftovers()
     await this.session?.close().catch(() => {})
-    if (this.tarFile) await fsp.rm(path.dirname(this.tarFile), { recursive: true, force: true })
+    await this.bundle?.catch(() => {})
+    if (this.bundleDir) await fsp.rm(this.bundleDir, { recursive: true, force: true })
+  }
+
+  /** Swap in a bundle of the workspace as it is now; the previous file goes unless a sandbox may still read it. */
+  private rebundle(): void {
+    const previous = this.bundle
+    this.bundle = this.packBundle()
+    this.bundle.catch(() => {})
+    void Promise.all([previous, this.bundle]).then(async ([old]) => {
+      if (old && this.creating === 0) await fsp.rm(old, { force: true })
+    }, () => {})
+  }
+
+  /** Print the usage report; write it as JSON where asked. */
+  private reportUsage(): void {
+    const report = this.usage.report()
+    this.logger.log(formatUsage(report).join('\n'))
+    usageLog('%s', JSON.stringify(report))
+    if (this.opts.usageFile) {
+      const file = path.resolve(this.projectRoot, this.opts.usageFile)
+      try {
+        fs.writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`)
+      } catch (err) {
+        this.logger.error(`sandbox: could not write the usage report to ${file} (usageFile): ${(err as Error).message}`)
+      }
+    }
   }
 
   /**

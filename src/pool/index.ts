@@ -5,6 +5,7 @@
 import os from 'node:os'
 import path from 'node:path'
 import type { PoolOptions, PoolRunnerInitializer, PoolWorker } from 'vitest/node'
+import { runHistory } from './durations.js'
 import { Fleet } from './fleet.js'
 import { resolveOptions, SandboxOptionsError, type ResolvedOptions, type SandboxPoolOptions } from './options.js'
 import { RUNTIME_DIR } from './runtime-files.js'
@@ -60,12 +61,14 @@ export function sandboxOptionsOf(pool: unknown): ResolvedOptions | undefined {
 }
 
 export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
-  const resolved = resolveOptions(options, Math.max(1, os.availableParallelism() - 1))
+  const resolved = resolveOptions(options, os.availableParallelism())
   // A pool cannot size Vitest's scheduler itself, and the host's CPU count says nothing about
   // sandbox capacity: Vitest reads VITEST_MAX_WORKERS when it resolves the config, right after
   // the config file (which calls this) is loaded.
   if (process.env.VITEST_MAX_WORKERS === undefined && !workersGivenOnCommandLine()) {
-    process.env.VITEST_MAX_WORKERS = String(resolved.sandboxes * resolved.concurrency)
+    // With 'auto', as many as the largest fleet has slots: a file waits for a slot in the fleet's
+    // queue, not in Vitest's, so the count the fleet settles on decides.
+    process.env.VITEST_MAX_WORKERS = String((resolved.sandboxes === 'auto' ? resolved.maxSandboxes : resolved.sandboxes) * resolved.concurrency)
   }
   const fleets = new WeakMap<object, Fleet>()
   const pool = {
@@ -79,7 +82,8 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
         const logger = vitest.logger
         // A live progress line for a template build, on a terminal only.
         const tty = process.stdout.isTTY ? process.stdout : undefined
-        fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t), error: (t) => logger.error(t), tty }, runOutputs(vitest.config))
+        const outputs = [...runOutputs(vitest.config), ...(resolved.usageFile ? [path.resolve(vitest.config.root, resolved.usageFile)] : [])]
+        fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t), error: (t) => logger.error(t), tty }, outputs, () => runHistory(vitest))
         fleets.set(vitest, fleet)
         const f = fleet
         vitest.onClose(() => f.close())

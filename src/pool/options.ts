@@ -40,8 +40,18 @@ export interface TemplateOptions {
 export interface SandboxPoolOptions {
   /** Where sandboxes come from. @default local() */
   provider?: SandboxProvider
-  /** How many sandboxes to fan test files out to. @default 1 */
-  sandboxes?: number
+  /**
+   * How many sandboxes to fan test files out to, or `'auto'`: the fewest whose schedule comes
+   * within 10% of the best `maxSandboxes` could do, from the durations Vitest recorded at the last
+   * run (a file with no record counts as 1 s).
+   * @default 1
+   */
+  sandboxes?: number | 'auto'
+  /**
+   * The most sandboxes `'auto'` takes. @default 16, and on local() as many as the host's CPUs
+   * fill (CPUs ÷ concurrency, at least 1)
+   */
+  maxSandboxes?: number
   /** Test files at once per sandbox. @default the host's CPU count - 1 (at least 1) */
   concurrency?: number
   /** The cached template snapshot: dependencies installed once, reused by every run. */
@@ -69,11 +79,14 @@ export interface SandboxPoolOptions {
    * @default []
    */
   allowWrite?: string[]
+  /** Also write the usage report printed at the end of a run as JSON to this file (from the root). */
+  usageFile?: string
 }
 
 export interface ResolvedOptions {
   provider: SandboxProvider
-  sandboxes: number
+  sandboxes: number | 'auto'
+  maxSandboxes: number
   concurrency: number
   setup: string[]
   dependencies: 'auto' | 'host' | 'install' | 'copy'
@@ -83,9 +96,10 @@ export interface ResolvedOptions {
   network: 'none' | 'allow'
   timeout: number
   allowWrite: string[]
+  usageFile?: string
 }
 
-const KNOWN = ['provider', 'sandboxes', 'concurrency', 'template', 'workspace', 'env', 'network', 'timeout', 'allowWrite'] as const
+const KNOWN = ['provider', 'sandboxes', 'maxSandboxes', 'concurrency', 'template', 'workspace', 'env', 'network', 'timeout', 'allowWrite', 'usageFile'] as const
 
 export class SandboxOptionsError extends Error {
   constructor(message: string) {
@@ -114,7 +128,9 @@ function wholeNumber(name: string, v: unknown, min: number, max: number, fallbac
   return v
 }
 
-export function resolveOptions(input: unknown, defaultConcurrency: number): ResolvedOptions {
+/** `cpus`: the host's (the default concurrency is one less, and local() `'auto'` fills them). */
+export function resolveOptions(input: unknown, cpus: number): ResolvedOptions {
+  const defaultConcurrency = Math.max(1, cpus - 1)
   if (input === undefined) input = {}
   if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new SandboxOptionsError(`options must be an object (got ${show(input)})`)
   const o = input as Record<string, unknown>
@@ -142,11 +158,17 @@ export function resolveOptions(input: unknown, defaultConcurrency: number): Reso
   if (workspace.gitignore !== undefined && typeof workspace.gitignore !== 'boolean') throw new SandboxOptionsError(`workspace.gitignore must be true or false (got ${show(workspace.gitignore)})`)
   const network = o.network ?? 'none'
   if (network !== 'none' && network !== 'allow') throw new SandboxOptionsError(`network must be 'none' or 'allow' (got ${show(network)})`)
-  if (o.sandboxes === 'auto') throw new SandboxOptionsError("sandboxes: 'auto' (sizing from recorded durations) is not available yet; give a number")
+  if (o.sandboxes !== 'auto' && o.sandboxes !== undefined && typeof o.sandboxes !== 'number') {
+    throw new SandboxOptionsError(`sandboxes must be a whole number from 1 to 1000 or 'auto' (got ${show(o.sandboxes)})`)
+  }
+  const concurrency = wholeNumber('concurrency', o.concurrency, 1, 256, defaultConcurrency)
+  const hostSlots = Math.max(1, Math.floor(cpus / concurrency))
+  if (o.usageFile !== undefined && (typeof o.usageFile !== 'string' || !o.usageFile)) throw new SandboxOptionsError(`usageFile must be a file name such as 'sandbox-usage.json' (got ${show(o.usageFile)})`)
   return {
     provider: provider as SandboxProvider,
-    sandboxes: wholeNumber('sandboxes', o.sandboxes, 1, 1000, 1),
-    concurrency: wholeNumber('concurrency', o.concurrency, 1, 256, defaultConcurrency),
+    sandboxes: o.sandboxes === 'auto' ? 'auto' : wholeNumber('sandboxes', o.sandboxes, 1, 1000, 1),
+    maxSandboxes: wholeNumber('maxSandboxes', o.maxSandboxes, 1, 1000, (provider as SandboxProvider).name === 'local' ? hostSlots : 16),
+    concurrency,
     setup: stringArray('template.setup', template.setup),
     dependencies: dependencies as ResolvedOptions['dependencies'],
     installEnv: stringArray('template.installEnv', template.installEnv),
@@ -160,5 +182,6 @@ export function resolveOptions(input: unknown, defaultConcurrency: number): Reso
     network,
     timeout: wholeNumber('timeout', o.timeout, 10, 7 * 24 * 3600, 600),
     allowWrite: stringArray('allowWrite', o.allowWrite),
+    ...(o.usageFile ? { usageFile: o.usageFile as string } : {}),
   }
 }

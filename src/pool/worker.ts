@@ -48,6 +48,8 @@ export class SandboxPoolWorker implements PoolWorker {
   private readonly events = new EventEmitter()
   private state: State = 'idle'
   private lease?: Lease
+  /** Withdraws a request for a slot still waiting in the fleet's queue when Vitest stops the worker. */
+  private readonly unwanted = new AbortController()
   private channel?: number
   private exited?: Promise<void>
   private markExited?: () => void
@@ -158,6 +160,7 @@ export class SandboxPoolWorker implements PoolWorker {
       case 'stop':
         if (this.state === 'running') return this.transmit(m)
         this.state = 'stopped'
+        this.unwanted.abort()
         return this.emitSoon({ __vitest_worker_response__: true, type: 'stopped' })
       default:
         return this.transmit(m)
@@ -201,7 +204,7 @@ export class SandboxPoolWorker implements PoolWorker {
 
   /** Lease a slot and fork a worker on it; used for the first run and for a rerun after a loss. */
   private async launch(): Promise<void> {
-    this.lease = await this.fleet.lease()
+    this.lease = await this.fleet.lease(this.unwanted.signal)
     const { host } = this.lease
     this.exited = new Promise((r) => (this.markExited = r))
     this.startupStderr = ''
@@ -372,6 +375,7 @@ export class SandboxPoolWorker implements PoolWorker {
   async stop(): Promise<void> {
     const state = this.state
     this.state = 'stopped'
+    this.unwanted.abort()
     this.workerStarted?.reject(new Error('the run was stopped'))
     const lease = this.lease
     if (!lease || this.channel === undefined || (state !== 'running' && state !== 'launching')) return this.finished()

@@ -15,20 +15,35 @@ import type { WorkspaceFile } from './collect.js'
 
 const CHUNK = 1024 * 1024
 
+/** Files read from `root`, stored in the archive under `prefix` (relative, or '' for the top). */
+export interface PackedTree {
+  root: string
+  files: Iterable<WorkspaceFile>
+  prefix?: string
+}
+
 /** The tar stream of `files` (read from `root`), as an async iterable of chunks. */
 export function packFiles(root: string, files: Iterable<WorkspaceFile>): AsyncIterable<Uint8Array> {
+  return packTrees([{ root, files }])
+}
+
+/** One tar stream of several trees, each under its own prefix (one upload for all of them). */
+export function packTrees(trees: PackedTree[]): AsyncIterable<Uint8Array> {
   const pack = tar.pack()
   ;(async () => {
-    for (const f of files) {
-      // The reader went away (an upload answered with an error before it read it all).
-      if (pack.destroyed) return
-      const abs = path.join(root, f.path)
-      if (f.link !== undefined) {
-        const linkname = await fsp.readlink(abs).catch(() => undefined)
-        if (linkname !== undefined) pack.entry({ name: f.path, type: 'symlink', linkname, mode: 0o777 })
-        continue
+    for (const { root, files, prefix = '' } of trees) {
+      for (const f of files) {
+        // The reader went away (an upload answered with an error before it read it all).
+        if (pack.destroyed) return
+        const abs = path.join(root, f.path)
+        const name = prefix ? `${prefix}/${f.path}` : f.path
+        if (f.link !== undefined) {
+          const linkname = await fsp.readlink(abs).catch(() => undefined)
+          if (linkname !== undefined) pack.entry({ name, type: 'symlink', linkname, mode: 0o777 })
+          continue
+        }
+        await packFile(pack, name, abs)
       }
-      await packFile(pack, f.path, abs)
     }
     pack.finalize()
   })().catch((err) => pack.destroy(err))
