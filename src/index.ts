@@ -1,4 +1,5 @@
 export { sandbox, type SandboxPoolOptions } from './pool/index.js'
+export { sandboxPlugin } from './pool/plugin.js'
 export { local, type LocalProviderOptions } from './providers/local.js'
 export { watasu, type WatasuOptions } from './providers/watasu.js'
 export { opensandbox, type OpenSandboxOptions } from './providers/opensandbox.js'

@@ -67,8 +67,9 @@ describe('watasu() against vitest-sandbox serve', () => {
       proxy.inject({ method: 'GET', path: /^\/v1\/sandbox_snapshots$/, status: 429, times: 3 })
       proxy.inject({ method: 'PUT', path: /^\/runtime\/v1\/files$/, status: 502, times: 2 })
       let cuts = 0
+      // Once both agents are linked (each sandbox's one process socket), cut every socket, a few times.
       const cutter = setInterval(() => {
-        if (cuts < 3 && proxy.seen.filter((r) => r.method === 'WS').length >= 4 && proxy.dropSockets() > 0) cuts++
+        if (cuts < 3 && proxy.seen.filter((r) => r.method === 'WS').length >= 2 && proxy.dropSockets() > 0) cuts++
       }, 1500)
       const faulty = { ...env, WATASU_API_URL: `${proxy.url}/v1`, WATASU_SANDBOX_URL: proxy.url }
       const run = await runFixture('features', { env: { ...faulty, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))

@@ -40,7 +40,7 @@ function requests(output: string) {
     builderStarts: lines.filter((l) => / start \S+ template-builder: /.test(l)),
     snapshots: lines.filter((l) => /POST \/v1\/sandboxes\/[^/]+\/snapshots 201/.test(l)),
     // Uploads other than the pool's own runtime files and the workspace tar: dependencies.
-    dependencyUploads: lines.filter((l) => / PUT \/runtime\/v1\/files path=/.test(l) && !/path=\/tmp\/\.vitest-sandbox\/(agent|worker|wire|codec)\.js|path=\/tmp\/\.vitest-sandbox\/(package\.json|node_modules\/devalue\/|workspace\.tar|uploaded\.json)/.test(l)),
+    dependencyUploads: lines.filter((l) => / PUT \/runtime\/v1\/files path=/.test(l) && !/path=\/tmp\/\.vitest-sandbox\/(bundle\.tar|workspace\.tar|uploaded\.json) /.test(l)),
   }
 }
 

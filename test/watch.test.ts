@@ -34,7 +34,7 @@ it('syncs changed and deleted files to the warm sandbox before a rerun', async (
   const synced = /syncing changed (\[.*?\]) and removed (\[.*?\])$/m.exec(output)
   expect(JSON.parse(synced![1]), output).toContain('fixtures/watch/data/value.txt')
   expect(JSON.parse(synced![2]), output).toContain('fixtures/watch/data/gone.txt')
-  expect(output.match(/sandbox: 1 sandbox \(local\): sbx_\w+ 2 files/g)).toHaveLength(1)
+  expect(output.match(/sandbox: 1 sandbox \(local\), 2 files in [\d.]+s:\n {2}sbx_\w+: 2 files,/g)).toHaveLength(1)
 })
 
 it('replaces the warm sandboxes when the dependencies change, with the workspace as it is now', async () => {

@@ -83,6 +83,8 @@ export class Fleet {
   private readonly queue: Waiter[] = []
   private readonly createLimit = pLimit(CREATE_CONCURRENCY)
   private closed = false
+  private connecting?: Promise<ProviderSession>
+  private fellBack = false
   readonly usage: RunUsage
 
   /** `history`: what Vitest recorded of the run's files, for `sandboxes: 'auto'`. */
@@ -122,7 +124,7 @@ export class Fleet {
     }
     this.bundle = this.packBundle()
     this.bundle.catch(() => {}) // awaited by each sandbox's start
-    this.session = await this.opts.provider.connect()
+    this.session = await this.connect()
     await this.prepareTemplate()
     this.target = this.sandboxCount()
     log('run %s: workspace %s (%d files, %d bytes), template %s (%s), %d sandboxes', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template?.id ?? 'none', this.template?.source, this.target)
@@ -160,6 +162,40 @@ export class Fleet {
       file,
     )
     return file
+  }
+
+  /**
+   * The provider session, once. With a fallback, one call that needs the network and the key
+   * (listing this run's sandboxes) proves the provider can be reached before anything relies on it.
+   */
+  private connect(): Promise<ProviderSession> {
+    this.connecting ??= (async () => {
+      const session = await this.opts.provider.connect()
+      if (this.opts.fallback === 'forks') {
+        await session.listSandboxes(this.labels()).catch(async (err: Error) => {
+          await session.close().catch(() => {})
+          throw err
+        })
+      }
+      return session
+    })()
+    return this.connecting
+  }
+
+  /** With `fallback: 'forks'`: the error that makes the provider unreachable, if it is. */
+  unreachable(): Promise<Error | undefined> {
+    if (this.opts.fallback !== 'forks') return Promise.resolve(undefined)
+    return this.connect().then(() => undefined, (err: Error) => err)
+  }
+
+  /** Said once per run, loudly: the files run on the host. */
+  warnFallback(error: Error): void {
+    if (this.fellBack) return
+    this.fellBack = true
+    this.logger.error(
+      `sandbox: WARNING: ${this.providerName} cannot be reached (${error.message.split('\n')[0]}).\n` +
+        "sandbox: fallback: 'forks' is set, so every test file runs on Vitest's forks pool ON THIS MACHINE, outside any sandbox.",
+    )
   }
 
   /** Find or build the template (before any worker needs it), and note what it was made from. */

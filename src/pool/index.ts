@@ -6,6 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import type { PoolOptions, PoolRunnerInitializer, PoolWorker } from 'vitest/node'
 import { runHistory } from './durations.js'
+import { FallbackWorker } from './fallback.js'
 import { Fleet } from './fleet.js'
 import { resolveOptions, SandboxOptionsError, type ResolvedOptions, type SandboxPoolOptions } from './options.js'
 import { RUNTIME_DIR } from './runtime-files.js'
@@ -14,8 +15,23 @@ import { SandboxPoolWorker } from './worker.js'
 export type { SandboxPoolOptions } from './options.js'
 
 /** True when the command line already decides how many workers run. */
-function workersGivenOnCommandLine(): boolean {
+export function workersGivenOnCommandLine(): boolean {
   return process.argv.some((a) => /^--(max-?workers|maxWorkers|no-file-parallelism|file-?parallelism|fileParallelism)\b/i.test(a))
+}
+
+/** Set by this package (not the user) to size Vitest's scheduler: the plugin may take it back. */
+export const WORKERS_SET = Symbol.for('vitest-pool-sandbox.max-workers')
+
+/**
+ * A pool cannot size Vitest's scheduler itself, and the host's CPU count says nothing about
+ * sandbox capacity: Vitest reads VITEST_MAX_WORKERS when it resolves the config, right after the
+ * config file (which calls sandbox()) is loaded. With 'auto', as many as the largest fleet has
+ * slots: a file waits for a slot in the fleet's queue, not in Vitest's.
+ */
+export function sizeScheduler(resolved: ResolvedOptions): void {
+  if (process.env.VITEST_MAX_WORKERS !== undefined || workersGivenOnCommandLine()) return
+  process.env.VITEST_MAX_WORKERS = String((resolved.sandboxes === 'auto' ? resolved.maxSandboxes : resolved.sandboxes) * resolved.concurrency)
+  ;(globalThis as any)[WORKERS_SET] = process.env.VITEST_MAX_WORKERS
 }
 
 /** Files and folders this run writes under the root: never sent to a sandbox. */
@@ -62,14 +78,12 @@ export function sandboxOptionsOf(pool: unknown): ResolvedOptions | undefined {
 
 export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
   const resolved = resolveOptions(options, os.availableParallelism())
-  // A pool cannot size Vitest's scheduler itself, and the host's CPU count says nothing about
-  // sandbox capacity: Vitest reads VITEST_MAX_WORKERS when it resolves the config, right after
-  // the config file (which calls this) is loaded.
-  if (process.env.VITEST_MAX_WORKERS === undefined && !workersGivenOnCommandLine()) {
-    // With 'auto', as many as the largest fleet has slots: a file waits for a slot in the fleet's
-    // queue, not in Vitest's, so the count the fleet settles on decides.
-    process.env.VITEST_MAX_WORKERS = String((resolved.sandboxes === 'auto' ? resolved.maxSandboxes : resolved.sandboxes) * resolved.concurrency)
-  }
+  sizeScheduler(resolved)
+  return createSandboxPool(resolved)
+}
+
+/** The pool itself: one fleet of sandboxes per Vitest instance. */
+export function createSandboxPool(resolved: ResolvedOptions): PoolRunnerInitializer {
   const fleets = new WeakMap<object, Fleet>()
   const pool = {
     name: 'sandbox',
@@ -85,11 +99,13 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
         const outputs = [...runOutputs(vitest.config), ...(resolved.usageFile ? [path.resolve(vitest.config.root, resolved.usageFile)] : [])]
         fleet = new Fleet(resolved, vitest.config.root, { log: (t) => logger.log(t), error: (t) => logger.error(t), tty }, outputs, () => runHistory(vitest))
         fleets.set(vitest, fleet)
-        const f = fleet
-        vitest.onClose(() => f.close())
-        vitest.onTestsRerun(() => f.sync())
+        const created = fleet
+        vitest.onClose(() => created.close())
+        vitest.onTestsRerun(() => created.sync())
       }
-      return new SandboxPoolWorker(fleet, poolOptions, { env: resolved.env, allowWrite: resolved.allowWrite })
+      const f = fleet
+      const worker = () => new SandboxPoolWorker(f, poolOptions, { env: resolved.env, allowWrite: resolved.allowWrite })
+      return resolved.fallback === 'forks' ? new FallbackWorker(fleet, poolOptions, worker) : worker()
     },
   }
   registry.set(pool.createPoolWorker, resolved)

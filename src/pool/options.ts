@@ -81,6 +81,13 @@ export interface SandboxPoolOptions {
   allowWrite?: string[]
   /** Also write the usage report printed at the end of a run as JSON to this file (from the root). */
   usageFile?: string
+  /**
+   * `'forks'`: when the provider cannot be reached at all (connection refused, a rejected key, no
+   * quota), run the files on Vitest's forks pool on this machine, with a loud warning. Only for
+   * trusted code: it then runs on the host, outside any sandbox.
+   * @default 'none'
+   */
+  fallback?: 'none' | 'forks'
 }
 
 export interface ResolvedOptions {
@@ -97,9 +104,10 @@ export interface ResolvedOptions {
   timeout: number
   allowWrite: string[]
   usageFile?: string
+  fallback: 'none' | 'forks'
 }
 
-const KNOWN = ['provider', 'sandboxes', 'maxSandboxes', 'concurrency', 'template', 'workspace', 'env', 'network', 'timeout', 'allowWrite', 'usageFile'] as const
+const KNOWN = ['provider', 'sandboxes', 'maxSandboxes', 'concurrency', 'template', 'workspace', 'env', 'network', 'timeout', 'allowWrite', 'usageFile', 'fallback'] as const
 
 export class SandboxOptionsError extends Error {
   constructor(message: string) {
@@ -164,6 +172,8 @@ export function resolveOptions(input: unknown, cpus: number): ResolvedOptions {
   const concurrency = wholeNumber('concurrency', o.concurrency, 1, 256, defaultConcurrency)
   const hostSlots = Math.max(1, Math.floor(cpus / concurrency))
   if (o.usageFile !== undefined && (typeof o.usageFile !== 'string' || !o.usageFile)) throw new SandboxOptionsError(`usageFile must be a file name such as 'sandbox-usage.json' (got ${show(o.usageFile)})`)
+  const fallback = o.fallback ?? 'none'
+  if (fallback !== 'none' && fallback !== 'forks') throw new SandboxOptionsError(`fallback must be 'none' or 'forks' (got ${show(o.fallback)})`)
   return {
     provider: provider as SandboxProvider,
     sandboxes: o.sandboxes === 'auto' ? 'auto' : wholeNumber('sandboxes', o.sandboxes, 1, 1000, 1),
@@ -183,5 +193,6 @@ export function resolveOptions(input: unknown, cpus: number): ResolvedOptions {
     timeout: wholeNumber('timeout', o.timeout, 10, 7 * 24 * 3600, 600),
     allowWrite: stringArray('allowWrite', o.allowWrite),
     ...(o.usageFile ? { usageFile: o.usageFile as string } : {}),
+    fallback,
   }
 }
