@@ -18,6 +18,8 @@ import { buildSeccompFilter } from './seccomp.js'
 import { debug } from '../debug.js'
 
 const log = debug('engine')
+/** With the protocol server's request log: each process start, whoever asked for it. */
+const requestLog = debug('requests')
 
 export interface SandboxOptions extends SandboxPolicy {
   id: string
@@ -203,6 +205,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   async spawn(spec: ProcessSpec & { id?: string }): Promise<SandboxProcess> {
     this.assertRunning()
     const id = spec.id ?? `proc_${++this.nextProc}`
+    requestLog('start %s %s: %s %s', this.id, this.metadata.role ?? '-', spec.cmd, JSON.stringify(spec.args))
     if (this.processes.get(id)?.running) throw new SandboxError(`a process with id ${id} is already running`, 'process_exists')
     const env = { PATH: sandboxPath(this.opts.host), HOME: SANDBOX_HOME, USER: 'sandbox', LANG: 'C.UTF-8', TMPDIR: '/tmp', ...this.envs, ...spec.env }
     const proc = new SandboxProcess(id, { ...spec, env }, this.link)

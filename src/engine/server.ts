@@ -581,7 +581,6 @@ class ProcessSession {
     if (frame.pty) return this.fail('unsupported', 'local sandboxes have no PTYs; start the process without "pty"')
     const env = stringRecordOrNull(frame.environment ?? frame.envs)
     if (env === null) return this.fail('invalid_frame', 'start "environment" must be an object of strings')
-    requestLog('start %s %s: %s %s', this.sandbox.id, this.sandbox.metadata.role ?? '-', frame.cmd, JSON.stringify(frame.args ?? []))
     let proc: SandboxProcess
     try {
       proc = await this.sandbox.spawn({

@@ -36,6 +36,7 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
       }
       // Loaded here so that importing the package on macOS or Windows never touches the engine.
       const { startLocalEngine } = await import('../engine/index.js')
+      const { startLocalProcess } = await import('./local-process.js')
       const engine = await startLocalEngine({
         stateDir: options.stateDir,
         limits: { processes: options.maxProcesses, openFiles: options.maxOpenFiles },
@@ -49,6 +50,7 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
         sharesHost: true,
         lockTemplate: (name, onWait) => engine.engine.layers.lock(name, onWait),
         processTimeoutMs: 0,
+        start: (id, spec) => startLocalProcess(engine.engine, id, spec),
         close: engine.close,
       })
     },

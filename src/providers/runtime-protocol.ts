@@ -3,7 +3,7 @@
  * Watasu both speak it, so both providers are this adapter with a different way to connect.
  */
 import type { RuntimeClient } from '../protocol/client.js'
-import type { ProviderSandbox, ProviderSession } from './types.js'
+import type { ProcessSpec, ProviderProcess, ProviderSandbox, ProviderSession } from './types.js'
 
 export interface RuntimeSessionOptions {
   /** The provider and its base image, for the template key. */
@@ -13,6 +13,8 @@ export interface RuntimeSessionOptions {
   lockTemplate?: ProviderSession['lockTemplate']
   /** `timeout_ms` of every process (the server kills it after that); 0 for none. */
   processTimeoutMs: number
+  /** Starts processes without the protocol's WebSocket (the embedded engine, in this process). */
+  start?: (sandboxId: string, spec: ProcessSpec) => Promise<ProviderProcess>
   /** Runs after the client closes (the embedded engine stops). */
   close?: () => Promise<void>
 }
@@ -27,7 +29,7 @@ export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessi
       const sandbox: ProviderSandbox = {
         id: sbx.id,
         upload: async (path, body) => void (await sbx.writeFile(path, body)),
-        start: (spec) => sbx.start({ ...spec, timeoutMs: opts.processTimeoutMs }),
+        start: (spec) => (opts.start ? opts.start(sbx.id, spec) : sbx.start({ ...spec, timeoutMs: opts.processTimeoutMs })),
         setTimeout: (seconds) => client.setTimeout(sbx.id, seconds),
         snapshot: async (name) => (await client.snapshot(sbx.id, { name })).id,
         kill: async () => void (await client.killSandbox(sbx.id)),
