@@ -7,7 +7,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { autoSandboxes, greedyWallMs, idealWallMs, type RunHistory } from '../src/pool/schedule.js'
-import type { UsageReport } from '../src/pool/usage.js'
+import { SlotQueue } from '../src/pool/slots.js'
+import { SandboxUsage, type UsageReport } from '../src/pool/usage.js'
 import { REPO, runFixture, testsOf } from './support/vitest-run.js'
 
 describe('schedule arithmetic', () => {
@@ -32,6 +33,50 @@ describe('schedule arithmetic', () => {
       ['the cap wins', known(new Array(100).fill(1000)), 1, 8, 8],
     ]
     for (const [name, history, concurrency, max, expected] of cases) expect(autoSandboxes(history, concurrency, max), name).toBe(expected)
+  })
+})
+
+describe('the slot queue', () => {
+  const host = (id: string) => ({ id, active: 0, link: { alive: true }, usage: new SandboxUsage(id) })
+
+  it('grants in the order asked, least-loaded first, and a released slot to the next in line', async () => {
+    let starved = 0
+    const done: number[] = []
+    const q = new SlotQueue<ReturnType<typeof host>>(2, () => starved++, (ms) => done.push(ms))
+    const a = host('a')
+    const b = host('b')
+    q.hosts.push(a, b)
+    const leases = await Promise.all([q.lease(), q.lease(), q.lease()])
+    expect(leases.map((l) => l.host.id)).toEqual(['a', 'b', 'a'])
+    q.lease() // b's second slot
+    const fifth = q.lease()
+    const sixth = q.lease()
+    await new Promise((r) => setImmediate(r))
+    expect(q.waiters).toBe(2)
+    expect(starved).toBeGreaterThan(0)
+    leases[1].release()
+    expect((await fifth).host.id).toBe('b')
+    expect(q.waiters).toBe(1)
+    leases[1].release() // twice is once
+    expect(done).toHaveLength(1)
+    q.failAll(new Error('gone'))
+    await expect(sixth).rejects.toThrow('gone')
+  })
+
+  it('withdraws a request whose worker was stopped, and skips lost hosts', async () => {
+    const q = new SlotQueue<ReturnType<typeof host>>(1, () => {}, () => {})
+    const lost = { ...host('lost'), link: { alive: false } }
+    const live = host('live')
+    q.hosts.push(lost, live)
+    const first = await q.lease()
+    expect(first.host.id).toBe('live')
+    const stop = new AbortController()
+    const withdrawn = q.lease(stop.signal)
+    const next = q.lease()
+    stop.abort()
+    await expect(withdrawn).rejects.toThrow(/stopped before it got a sandbox/)
+    first.release()
+    expect((await next).host.id).toBe('live')
   })
 })
 

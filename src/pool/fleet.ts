@@ -8,33 +8,28 @@
  */
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
-import fsp from 'node:fs/promises'
-import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import pLimit from 'p-limit'
 import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
-import { RUNTIME_DIR } from './runtime-files.js'
-import { renewTtl, runScript, singleQuoted, STAGING } from '../providers/exec.js'
+import { SlotQueue, type Lease, type SlotHost } from './slots.js'
+import { Bundles, startAgent, syncDelta } from './transfer.js'
+import { renewTtl } from '../providers/exec.js'
 import { templateName } from '../template/key.js'
 import { createProgress, type ProgressSink } from '../template/progress.js'
 import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL, type Template, type TemplateSpec } from '../template/template.js'
-import { collectWorkspace, findWorkspaceRoot, listFiles, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
-import { packFiles, packTrees } from '../workspace/pack.js'
+import { collectWorkspace, findWorkspaceRoot, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { autoSandboxes, type RunHistory } from './schedule.js'
 import { formatUsage, RunUsage, SandboxUsage } from './usage.js'
 import { POOL_LABEL, RUN_LABEL, type ProviderSandbox, type ProviderSession } from '../providers/types.js'
 import { debug } from '../debug.js'
 
 const log = debug('fleet')
-const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
-const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js', 'codec.js']
 /** Sandbox creations in flight at once (a provider's API is not a place for a thundering herd). */
 const CREATE_CONCURRENCY = 8
 const usageLog = debug('usage')
 
-export interface SandboxHost {
+export interface SandboxHost extends SlotHost {
   sandbox: ProviderSandbox
   link: AgentLink
   /** Node version of the sandbox's agent (decides the codec). */
@@ -43,15 +38,6 @@ export interface SandboxHost {
   usage: SandboxUsage
 }
 
-export interface Lease {
-  host: SandboxHost
-  release(): void
-}
-
-interface Waiter {
-  grant(host: SandboxHost): void
-  fail(error: Error): void
-}
 
 export interface FleetLogger extends ProgressSink {
   error(text: string): void
@@ -65,11 +51,12 @@ export class Fleet {
   private template?: Template
   /** What the dependencies were made from when the sandboxes started (watch mode compares it). */
   private dependencyKey?: string
-  /** The bundle each new sandbox gets: the pool's runtime under STAGING and the workspace at its root. */
-  private bundle?: Promise<string>
-  private bundleDir?: string
+  private readonly bundles = new Bundles()
   private initializing?: Promise<void>
-  private readonly hosts: SandboxHost[] = []
+  private readonly slots: SlotQueue<SandboxHost>
+  private get hosts(): SandboxHost[] {
+    return this.slots.hosts
+  }
   /** How many sandboxes this run holds (fixed, or sized by 'auto' at the start). */
   private target = 0
   /** Creations in flight; close waits for them, so that none outlives the run. */
@@ -80,7 +67,6 @@ export class Fleet {
   /** Creations that failed; once they reach `target`, no more are tried. */
   private failedStarts = 0
   private lastStartError?: Error
-  private readonly queue: Waiter[] = []
   private readonly createLimit = pLimit(CREATE_CONCURRENCY)
   private closed = false
   private connecting?: Promise<ProviderSession>
@@ -97,6 +83,7 @@ export class Fleet {
   ) {
     this.providerName = opts.provider.name
     this.usage = new RunUsage(this.providerName, this.runId, opts.concurrency)
+    this.slots = new SlotQueue(opts.concurrency, () => this.starved(), (ms) => this.usage.fileDone(ms))
   }
 
   /**
@@ -122,8 +109,7 @@ export class Fleet {
       const shown = this.workspace.secrets.slice(0, 3).join(', ') + (this.workspace.secrets.length > 3 ? `, and ${this.workspace.secrets.length - 3} more` : '')
       this.logger.log(`sandbox: not sending ${this.workspace.secrets.length} secret-like file${this.workspace.secrets.length === 1 ? '' : 's'} (${shown}); send one with sandbox({ workspace: { include: ['<name>'] } })`)
     }
-    this.bundle = this.packBundle()
-    this.bundle.catch(() => {}) // awaited by each sandbox's start
+    this.bundles.pack(this.workspace, () => this.creating > 0)
     this.session = await this.connect()
     await this.prepareTemplate()
     this.target = this.sandboxCount()
@@ -140,28 +126,6 @@ export class Fleet {
     const recorded = history.durations.reduce((a, b) => a + b, 0) / 1000
     this.logger.log(`sandbox: 'auto' chose ${n} sandbox${n === 1 ? '' : 'es'} (of at most ${this.opts.maxSandboxes}) for ${files} file${files === 1 ? '' : 's'}, ${history.durations.length ? `${recorded.toFixed(1)}s recorded at the last run${history.unknown ? ` and ${history.unknown} with no record` : ''}` : 'none with a recorded duration'}`)
     return n
-  }
-
-  /** Pack the runtime and the workspace into one archive, extracted at `/` by each sandbox. */
-  private async packBundle(): Promise<string> {
-    const dir = (this.bundleDir ??= await fsp.mkdtemp(path.join(os.tmpdir(), 'vitest-sandbox-')))
-    // A new file each time: a sandbox still uploading the previous bundle keeps reading that one.
-    const file = path.join(dir, `bundle-${Date.now()}.tar`)
-    const staging = STAGING.slice(1)
-    const runtime = await listFiles(RUNTIME_DIR, RUNTIME_FILES, [])
-    const devalue = await listFiles(DEVALUE_DIR, ['package.json', 'src/**'], [])
-    await fsp.writeFile(path.join(dir, 'package.json'), '{"type":"module"}\n')
-    await pipeToFile(
-      packTrees([
-        { root: RUNTIME_DIR, files: runtime, prefix: staging },
-        { root: dir, files: await listFiles(dir, ['package.json'], []), prefix: staging },
-        // devalue, for the codec of hosts and sandboxes on different Node majors.
-        { root: DEVALUE_DIR, files: devalue, prefix: `${staging}/node_modules/devalue` },
-        { root: this.workspace.root, files: this.workspace.files, prefix: this.workspace.root.slice(1) },
-      ]),
-      file,
-    )
-    return file
   }
 
   /**
@@ -224,49 +188,17 @@ export class Fleet {
    * A worker slot: the first free one, on the least-loaded sandbox, in the order asked. `signal`
    * withdraws the request (Vitest stopped the worker before it got a slot).
    */
-  async lease(signal?: AbortSignal): Promise<Lease> {
+  async lease(signal?: AbortSignal): Promise<Lease<SandboxHost>> {
     await this.init()
-    const host = await new Promise<SandboxHost>((resolve, reject) => {
-      if (this.closed) return reject(new Error('the sandbox pool is closed'))
-      const waiter: Waiter = { grant: resolve, fail: reject }
-      signal?.addEventListener('abort', () => {
-        const i = this.queue.indexOf(waiter)
-        if (i >= 0) this.queue.splice(i, 1)
-        reject(new Error('the worker was stopped before it got a sandbox'))
-      }, { once: true })
-      this.queue.push(waiter)
-      this.dispatch()
-    })
-    const started = Date.now()
-    let released = false
-    return {
-      host,
-      release: () => {
-        if (released) return
-        released = true
-        host.active--
-        host.usage.end()
-        this.usage.fileDone(Date.now() - started)
-        this.dispatch()
-      },
-    }
+    if (this.closed) throw new Error('the sandbox pool is closed')
+    return this.slots.lease(signal)
   }
 
-  /** Give free slots to waiting files; replace lost sandboxes while files wait. */
-  private dispatch(): void {
-    while (this.queue.length) {
-      const free = this.hosts.filter((h) => h.link.alive && h.active < this.opts.concurrency).sort((a, b) => a.active - b.active)[0]
-      if (!free) break
-      free.active++
-      free.usage.begin()
-      this.queue.shift()!.grant(free)
-    }
-    if (!this.queue.length || this.closed) return
+  /** Files wait and no slot is free: replace lost sandboxes, or fail them when none can come. */
+  private starved(): void {
+    if (this.closed) return
     this.fill()
-    if (this.creating === 0 && !this.hosts.some((h) => h.link.alive)) {
-      const why = this.lastStartError?.message ?? 'every sandbox of the run was lost'
-      for (const w of this.queue.splice(0)) w.fail(new Error(why))
-    }
+    if (this.creating === 0 && !this.hosts.some((h) => h.link.alive)) this.slots.failAll(new Error(this.lastStartError?.message ?? 'every sandbox of the run was lost'))
   }
 
   /** Create sandboxes until the run has its count (alive or on the way), within the failure budget. */
@@ -278,7 +210,7 @@ export class Fleet {
         (host) => {
           this.starting.delete(start)
           this.hosts.push(host)
-          this.dispatch()
+          this.slots.dispatch()
         },
         (err: Error) => {
           this.starting.delete(start)
@@ -287,7 +219,7 @@ export class Fleet {
           usage.close(err.message)
           const alive = this.hosts.some((h) => h.link.alive)
           if (!this.closed) this.logger.error(alive || this.creating ? `${err.message} (the run goes on with the other sandboxes)` : err.message)
-          this.dispatch()
+          this.slots.dispatch()
         },
       )
       this.starting.add(start)
@@ -301,21 +233,13 @@ export class Fleet {
     const sandbox = await this.session!.createSandbox({ template, hostLayers, timeoutSec: this.opts.timeout, labels, network: this.opts.network === 'allow' })
     usage.id = sandbox.id
     try {
-      const bundle = await this.bundle!
-      await sandbox.upload(`${STAGING}/bundle.tar`, () => fs.createReadStream(bundle))
-      // One process unpacks the bundle and becomes the agent: no round trip in between.
-      const agent = await sandbox.start({
-        cmd: '/bin/sh',
-        args: ['-c', `tar -xf ${STAGING}/bundle.tar -C / && rm ${STAGING}/bundle.tar && cd ${singleQuoted(root)} && exec node ${STAGING}/agent.js`],
-        cwd: '/',
-        stdin: true,
-      })
+      const agent = await startAgent(sandbox, await this.bundles.current(), root)
       const link = new AgentLink(agent)
       link.onLost = (reason) => {
         log('sandbox %s (%s) lost: %s', sandbox.id, this.providerName, reason)
         usage.close(reason)
         if (!this.closed) void sandbox.kill().catch(() => {})
-        this.dispatch()
+        this.slots.dispatch()
       }
       const { node } = await link.hello
       usage.readyAt = Date.now()
@@ -345,20 +269,9 @@ export class Fleet {
     this.workspace = next
     if (!changed.length && !removed.length) return
     log('run %s: syncing changed %s and removed %s', this.runId, JSON.stringify(changed.slice(0, 50).map((f) => f.path)), JSON.stringify(removed.slice(0, 50)))
-    this.rebundle() // for sandboxes created later
+    this.bundles.pack(next, () => this.creating > 0) // for sandboxes created later
     const live = this.hosts.filter((h) => h.link.alive)
-    const root = next.root
-    await Promise.all(
-      live.map(async (h) => {
-        await h.sandbox.upload(`${STAGING}/delta.tar`, () => packFiles(root, changed))
-        await h.sandbox.upload(`${STAGING}/removed.json`, Buffer.from(JSON.stringify(removed)))
-        await runScript(
-          h.sandbox,
-          `tar -xf ${STAGING}/delta.tar -C '${root}' && node -e 'const fs=require("fs"),p=require("path");for(const f of JSON.parse(fs.readFileSync(process.argv[1],"utf8")))fs.rmSync(p.join(process.argv[2],f),{force:true})' ${STAGING}/removed.json '${root}' && rm ${STAGING}/delta.tar ${STAGING}/removed.json`,
-          '/',
-        )
-      }),
-    )
+    await Promise.all(live.map((h) => syncDelta(h.sandbox, next.root, changed, removed)))
     const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`
     this.logger.log(`sandbox: synced ${plural(changed.length, 'changed file')} and ${plural(removed.length, 'removed file')} to ${plural(live.length, 'sandbox')}`)
   }
@@ -371,19 +284,19 @@ export class Fleet {
     this.logger.log('sandbox: the dependencies changed; preparing the template again and replacing the warm sandboxes')
     this.workspace = await this.collect(this.workspace.root)
     await this.prepareTemplate()
-    this.rebundle()
+    this.bundles.pack(this.workspace, () => this.creating > 0)
     await Promise.all(this.starting)
     for (const h of this.hosts) h.usage.close()
     await killHosts(this.hosts.splice(0))
     this.failedStarts = 0
-    this.dispatch()
+    this.slots.dispatch()
   }
 
   /** Kill every sandbox and close the provider session. Safe to call more than once. */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    for (const w of this.queue.splice(0)) w.fail(new Error('the sandbox pool is closed'))
+    this.slots.failAll(new Error('the sandbox pool is closed'))
     await this.initializing?.catch(() => {})
     // Vitest closes its pool (stopping the last workers) at the same time as it calls onClose:
     // let those workers say goodbye before their sandboxes go.
@@ -395,18 +308,7 @@ export class Fleet {
     await killHosts(this.hosts)
     await this.killLeftovers()
     await this.session?.close().catch(() => {})
-    await this.bundle?.catch(() => {})
-    if (this.bundleDir) await fsp.rm(this.bundleDir, { recursive: true, force: true })
-  }
-
-  /** Swap in a bundle of the workspace as it is now; the previous file goes unless a sandbox may still read it. */
-  private rebundle(): void {
-    const previous = this.bundle
-    this.bundle = this.packBundle()
-    this.bundle.catch(() => {})
-    void Promise.all([previous, this.bundle]).then(async ([old]) => {
-      if (old && this.creating === 0) await fsp.rm(old, { force: true })
-    }, () => {})
+    await this.bundles.dispose()
   }
 
   /** Print the usage report; write it as JSON where asked. */
@@ -455,13 +357,4 @@ export function templateSpec(opts: ResolvedOptions, workspace: Workspace): Templ
 
 function signature(f: WorkspaceFile): string {
   return `${f.size}:${f.mtimeMs}:${f.mode}:${f.link ?? ''}`
-}
-
-async function pipeToFile(source: AsyncIterable<Uint8Array>, file: string): Promise<void> {
-  const out = fs.createWriteStream(file)
-  for await (const chunk of source) if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()))
-  await new Promise<void>((resolve, reject) => {
-    out.once('error', reject)
-    out.end(() => resolve())
-  })
 }

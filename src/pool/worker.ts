@@ -14,7 +14,8 @@ import { EventEmitter } from 'node:events'
 import path from 'node:path'
 import type { PoolOptions, PoolWorker, WorkerRequest } from 'vitest/node'
 import { failedFileCalls } from './failed-file.js'
-import type { Fleet, Lease } from './fleet.js'
+import type { Fleet, SandboxHost } from './fleet.js'
+import type { Lease } from './slots.js'
 import { HostFileRefusal, HostFiles, refusedAttachment, type UpdateMode } from './host-files.js'
 import { FILE_NAMING_METHODS, MODULE_METHODS, ModuleScreen, type RpcFrame } from './module-screen.js'
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
@@ -47,7 +48,7 @@ export class SandboxPoolWorker implements PoolWorker {
   readonly name = 'sandbox'
   private readonly events = new EventEmitter()
   private state: State = 'idle'
-  private lease?: Lease
+  private lease?: Lease<SandboxHost>
   /** Withdraws a request for a slot still waiting in the fleet's queue when Vitest stops the worker. */
   private readonly unwanted = new AbortController()
   private channel?: number
