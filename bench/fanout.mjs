@@ -28,7 +28,7 @@ export default defineConfig({ test: { pool: sandbox({ provider: watasu(), sandbo
 `,
 )
 for (let i = 0; i < FILES; i++) {
-  fs.writeFileSync(path.join(suite, 'test', `s${i}.test.ts`), `import { test } from 'vitest'\ntest('sleeps', () => new Promise((r) => setTimeout(r, ${SLEEP_MS})))\n`)
+  fs.writeFileSync(path.join(suite, 'test', `s${i}.test.ts`), `import { test } from 'vitest'\ntest('sleeps', () => new Promise((r) => setTimeout(r, ${SLEEP_MS})), ${SLEEP_MS * 4})\n`)
 }
 
 /** Resident memory (bytes) of `pid` and all its descendants. */
@@ -115,7 +115,7 @@ try {
     // The template (the repository's node_modules copied once), before anything is measured.
     const proxy = await startLatencyProxy({ target: { host: serve.host, port: serve.port } })
     const t = Date.now()
-    await run(serve, proxy, 1)
+    await run(serve, proxy, Math.max(...COUNTS))
     console.error(`warm-up (template build and one run): ${((Date.now() - t) / 1000).toFixed(1)} s`)
     await proxy.close()
   }

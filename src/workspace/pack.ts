@@ -76,7 +76,7 @@ async function packFile(pack: tar.Pack, name: string, abs: string): Promise<void
       if (bytesRead === 0) buf.fill(0)
       const chunk = bytesRead === 0 ? buf : buf.subarray(0, bytesRead)
       written += chunk.length
-      if (!entry.write(chunk)) await new Promise<void>((r) => (entry.once('drain', () => r()), entry.once('close', () => r())))
+      if (!entry.write(chunk)) await drained(entry)
       if (entry.destroyed) break
     }
     entry.end(undefined as never)
@@ -84,4 +84,17 @@ async function packFile(pack: tar.Pack, name: string, abs: string): Promise<void
   } finally {
     await handle.close()
   }
+}
+
+/** Until the entry takes more (or is gone); the listener not called is removed, or a large file would pile them up. */
+function drained(entry: NodeJS.WritableStream): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      entry.off('drain', done)
+      entry.off('close', done)
+      resolve()
+    }
+    entry.once('drain', done)
+    entry.once('close', done)
+  })
 }
