@@ -34,10 +34,7 @@ export interface SandboxHost extends SlotHost {
   link: AgentLink
   /** Node version of the sandbox's agent (decides the codec). */
   node: string
-  active: number
-  usage: SandboxUsage
 }
-
 
 export interface FleetLogger extends ProgressSink {
   error(text: string): void

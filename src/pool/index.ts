@@ -15,7 +15,7 @@ import { SandboxPoolWorker } from './worker.js'
 export type { SandboxPoolOptions } from './options.js'
 
 /** True when the command line already decides how many workers run. */
-export function workersGivenOnCommandLine(): boolean {
+function workersGivenOnCommandLine(): boolean {
   return process.argv.some((a) => /^--(max-?workers|maxWorkers|no-file-parallelism|file-?parallelism|fileParallelism)\b/i.test(a))
 }
 
