@@ -26,8 +26,8 @@ export async function serve(opts: ServeOptions): Promise<number> {
   const maxSandboxes = opts.maxSandboxes === undefined ? undefined : integer('max-sandboxes', opts.maxSandboxes, 1, 10_000)
   if (opts.token !== undefined && opts.token.length < 16) throw new Error('--token must be at least 16 characters (or leave it out for a random one)')
   const handle = await startLocalEngine({ host: opts.host, port, token: opts.token, stateDir: opts.stateDir, maxSandboxes, allowNetwork: opts.allowNetwork })
-  opts.log(`vitest-sandbox engine listening on ${handle.url}`)
-  opts.log(opts.token ? 'token: (as given)' : `token: ${handle.token}`)
+  // One write: whoever reads the address from the output has the token line with it.
+  opts.log(`vitest-sandbox engine listening on ${handle.url}\n${opts.token ? 'token: (as given)' : `token: ${handle.token}`}`)
   if (!['127.0.0.1', 'localhost', '::1'].includes(opts.host)) {
     opts.log('warning: plain HTTP on a non-loopback address; put a TLS proxy in front of it before using it across machines')
   }
