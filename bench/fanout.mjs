@@ -10,6 +10,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startLatencyProxy } from './latency-proxy.mjs'
+import { cpuSeconds, treeRss } from './proc.mjs'
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const suite = path.join(repo, '.bench', 'fanout')
@@ -29,33 +30,6 @@ export default defineConfig({ test: { pool: sandbox({ provider: watasu(), sandbo
 )
 for (let i = 0; i < FILES; i++) {
   fs.writeFileSync(path.join(suite, 'test', `s${i}.test.ts`), `import { test } from 'vitest'\ntest('sleeps', () => new Promise((r) => setTimeout(r, ${SLEEP_MS})), ${SLEEP_MS * 4})\n`)
-}
-
-/** Resident memory (bytes) of `pid` and all its descendants. */
-function treeRss(pid) {
-  const children = new Map()
-  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const ppid = Number(fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ')[1])
-      if (!children.has(ppid)) children.set(ppid, [])
-      children.get(ppid).push(Number(p))
-    } catch {}
-  }
-  let total = 0
-  const walk = (p) => {
-    try {
-      total += Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0) * 1024
-    } catch {}
-    for (const c of children.get(p) ?? []) walk(c)
-  }
-  walk(pid)
-  return total
-}
-
-/** CPU seconds (user + system) a process has used, from /proc. */
-function cpuSeconds(pid) {
-  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(f[11]) + Number(f[12])) / 100
 }
 
 function startServe(state) {
@@ -88,7 +62,7 @@ async function run(serve, proxy, n) {
   let peak = 0
   let cpu = 0
   const sampler = setInterval(() => {
-    peak = Math.max(peak, treeRss(serve.child.pid))
+    peak = Math.max(peak, treeRss(serve.child.pid, { self: true }).total)
     try {
       cpu = cpuSeconds(child.pid)
     } catch {}
@@ -108,7 +82,7 @@ async function run(serve, proxy, n) {
 const state = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-bench-serve-'))
 fs.chmodSync(state, 0o755)
 const serve = await startServe(state)
-const baseline = treeRss(serve.child.pid)
+const baseline = treeRss(serve.child.pid, { self: true }).total
 const rows = []
 try {
   {
