@@ -9,6 +9,9 @@ import { debug } from '../debug.js'
 
 const log = debug('http')
 
+/** Waits (ms) before each attempt to reopen a dropped process socket: about 20 s in all. */
+export const RECONNECT_DELAYS = [0, 250, 500, 1000, 2000, 2000, 2000, 2000, 2000, 2000, 2000, 2000]
+
 export class HttpError extends Error {
   constructor(
     message: string,

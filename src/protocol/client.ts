@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
 import WebSocket from 'ws'
 import { debug } from '../debug.js'
-import { type Body, Http, HttpError as RuntimeError } from '../net/http.js'
+import { type Body, Http, HttpError as RuntimeError, RECONNECT_DELAYS } from '../net/http.js'
 import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from './frames.js'
 
 const log = debug('client')
@@ -428,9 +428,8 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
 
   private async onClose(): Promise<void> {
     if (this.done) return
-    const delays = [0, 250, 500, 1000, 2000, 2000, 2000, 2000, 2000, 2000, 2000, 2000]
     let lastError: unknown
-    for (const [i, delay] of delays.entries()) {
+    for (const [i, delay] of RECONNECT_DELAYS.entries()) {
       await new Promise((r) => setTimeout(r, delay))
       try {
         this.emit('reconnect', i + 1)

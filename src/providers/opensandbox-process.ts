@@ -11,12 +11,11 @@ import os from 'node:os'
 import WebSocket from 'ws'
 import { createRelayParser, RELAY, shellQuote, type RelayExit } from './framed-stdio.js'
 import type { ProcessExit, ProcessSpec, ProviderProcess } from './types.js'
-import { type Http, HttpError } from '../net/http.js'
+import { type Http, HttpError, RECONNECT_DELAYS } from '../net/http.js'
 import { numberedChunk } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 
 const log = debug('opensandbox')
-const RECONNECT_DELAYS = [0, 250, 500, 1000, 2000, 2000, 2000, 2000, 2000, 2000, 2000, 2000]
 const STDIN = 0x00
 const OUT = 0x01
 const ERR = 0x02
