@@ -1,6 +1,7 @@
 // Memory of idle local sandboxes: N sandboxes of local(), each with its agent started from the
-// pool's bundle and nothing else running; the resident memory of their processes (bwrap, the
-// engine's init, the agent) per sandbox, and of this host process (`npm run bench:memory`).
+// pool's bundle and nothing else running; the memory of their processes (bwrap, the engine's init,
+// the agent) per sandbox, and of this host process (`npm run bench:memory`). Resident memory counts
+// the Node binary's shared code once per process; private memory is what one more sandbox costs.
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -9,7 +10,7 @@ import { treeRss } from './proc.mjs'
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const { local } = await import(path.join(repo, 'dist/providers/local.js'))
 const { Bundles, startAgent } = await import(path.join(repo, 'dist/pool/transfer.js'))
-const COUNTS = (process.env.BENCH_SANDBOXES ?? '1,4,16').split(',').map(Number)
+const COUNTS = (process.env.BENCH_SANDBOXES ?? '1,16,64').split(',').map(Number)
 
 const session = await local().connect()
 const bundles = new Bundles()
@@ -25,8 +26,9 @@ try {
       await new Promise((resolve) => agent.on('stdout', resolve)) // its hello
     }
     await new Promise((r) => setTimeout(r, 3000)) // settled
-    const { total, byName } = treeRss(process.pid)
-    rows.push({ n, perSandbox: total / 1024 ** 2 / n, byName, host: process.memoryUsage().rss / 1024 ** 2 })
+    const mem = treeRss(process.pid)
+    const mb = (bytes) => bytes / 1024 ** 2 / n
+    rows.push({ n, rss: mb(mem.total), pss: mb(mem.pss), own: mb(mem.private), node: mb(mem.byName.node ?? 0), host: process.memoryUsage().rss / 1024 ** 2 })
     await Promise.all(sandboxes.map((s) => s.kill()))
   }
 } finally {
@@ -34,7 +36,8 @@ try {
   await bundles.dispose()
 }
 console.log(`Idle local sandboxes (bwrap + the engine's init + the agent); ${os.cpus().length} CPUs, Node ${process.versions.node}, ${new Date().toISOString().slice(0, 10)}\n`)
-console.log('| sandboxes | per sandbox | of which Node (init + agent) | host process |')
-console.log('|---|---|---|---|')
-for (const r of rows) console.log(`| ${r.n} | ${r.perSandbox.toFixed(1)} MB | ${((r.byName.node ?? 0) / 1024 ** 2 / r.n).toFixed(1)} MB | ${r.host.toFixed(0)} MB |`)
+console.log('| sandboxes | private per sandbox | proportional (PSS) per sandbox | resident (RSS) per sandbox | of which Node RSS (init + agent) | host process RSS |')
+console.log('|---|---|---|---|---|---|')
+const f = (v) => `${v.toFixed(1)} MB`
+for (const r of rows) console.log(`| ${r.n} | ${f(r.own)} | ${f(r.pss)} | ${f(r.rss)} | ${f(r.node)} | ${r.host.toFixed(0)} MB |`)
 process.exit(0)

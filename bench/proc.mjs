@@ -1,7 +1,12 @@
 // Reading processes from /proc for the benchmarks: resident memory of a process tree, CPU time.
 import fs from 'node:fs'
 
-/** Resident memory (bytes) of `pid`'s descendants (and of `pid` itself when `self`), in total and by command name. */
+/**
+ * Memory (bytes) of `pid`'s descendants (and of `pid` itself when `self`), in total and by command
+ * name. `total` is resident memory (RSS), which counts pages shared with other processes (the Node
+ * binary's code) once per process; `pss` shares them out among their users, and `private` is what
+ * the processes alone hold: what N more of them would cost.
+ */
 export function treeRss(pid, { self = false } = {}) {
   const children = new Map()
   const names = new Map()
@@ -16,11 +21,17 @@ export function treeRss(pid, { self = false } = {}) {
   }
   const byName = {}
   let total = 0
+  let pss = 0
+  let own = 0
   const add = (p) => {
     try {
-      const bytes = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0) * 1024
+      const rollup = fs.readFileSync(`/proc/${p}/smaps_rollup`, 'utf8')
+      const kb = (field) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(rollup)?.[1] ?? 0) * 1024
+      const bytes = kb('Rss')
       byName[names.get(p)] = (byName[names.get(p)] ?? 0) + bytes
       total += bytes
+      pss += kb('Pss')
+      own += kb('Private_Clean') + kb('Private_Dirty')
     } catch {}
   }
   const walk = (p) => {
@@ -31,7 +42,7 @@ export function treeRss(pid, { self = false } = {}) {
   }
   if (self) add(pid)
   walk(pid)
-  return { total, byName }
+  return { total, pss, private: own, byName }
 }
 
 /** CPU seconds (user + system) a process has used. */

@@ -35,7 +35,7 @@ afterAll(() => env?.close())
 
 async function startLink(heartbeatMs?: number, timeoutMs?: number) {
   const proc = await sbx.start({ cmd: 'node', args: ['/opt/rt/agent.js'], stdin: true, cwd: '/opt/rt' })
-  const link = new AgentLink(proc, heartbeatMs, timeoutMs)
+  const link = new AgentLink(proc, { heartbeatMs, heartbeatTimeoutMs: timeoutMs })
   const hello = await link.hello
   return { link, hello }
 }

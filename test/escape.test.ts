@@ -8,6 +8,8 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { CHANNEL_PATH } from '../src/engine/channel.js'
+import { DirectClaims } from '../src/pool/direct.js'
 import { RuntimeClient, type SandboxClient } from '../src/protocol/client.js'
 import { descendants, hostProcessesMatching, startTestEngine, tempDir, waitFor } from './support/engine.js'
 
@@ -377,5 +379,84 @@ describe("escape attempts: the host's node_modules (the zero-copy dependency lay
     } finally {
       await engine.close()
     }
+  })
+})
+
+describe('escape attempts: the direct channel to the host (local sandboxes)', () => {
+  let chan: Awaited<ReturnType<typeof startTestEngine>>
+  let csbx: SandboxClient
+  let claims: DirectClaims
+  beforeAll(async () => {
+    chan = await startTestEngine({ allowChannels: true })
+    csbx = await chan.client.createSandbox({ timeout: 300 })
+    claims = new DirectClaims(chan.handle.engine.get(csbx.id)!.channel!, 1500)
+  })
+  afterAll(() => chan?.close())
+
+  /** Connect from inside the sandbox, send `send`, and report what the host answered and how it ended. */
+  const attempt = (send: string) =>
+    node(`
+      const s = require('net').connect(${JSON.stringify(CHANNEL_PATH)}, () => s.write(${JSON.stringify(send)}))
+      let got = ''
+      s.on('data', (d) => (got += d))
+      s.on('error', (e) => console.log('error', e.code))
+      s.on('close', () => console.log('closed', JSON.stringify(got)))`, csbx)
+
+  it('a worker that presents its token gets a socket to the host; the token works once', async () => {
+    const claim = claims.expect()
+    const token = claim.env.slice(claim.env.lastIndexOf('#') + 1)
+    expect(claim.env.startsWith(`${CHANNEL_PATH}#`)).toBe(true)
+    void claim.socket.then((s) => s.on('data', (d) => s.end(`echo:${d}`)))
+    expect((await attempt(`${token}\nhello`)).stdout.trim()).toBe('closed "echo:hello"')
+    // The same token again is nobody's.
+    expect((await attempt(`${token}\nagain`)).stdout.trim()).toBe('closed ""')
+  })
+
+  it('a connection with a wrong or no token is dropped, and gets nothing', async () => {
+    const claim = claims.expect()
+    let claimed = false
+    void claim.socket.then(() => (claimed = true))
+    expect((await attempt(`${'0'.repeat(32)}\nhello`)).stdout.trim()).toBe('closed ""')
+    expect((await attempt(`${claim.env.slice(-32).toUpperCase()}\n`)).stdout.trim()).toBe('closed ""')
+    // Silent: dropped after the claim timeout.
+    const t = Date.now()
+    expect((await attempt('')).stdout.trim()).toBe('closed ""')
+    expect(Date.now() - t).toBeGreaterThanOrEqual(1400)
+    expect(claimed).toBe(false)
+    claim.cancel()
+  })
+
+  it('a flood of connections is bounded by the host, which keeps working', async () => {
+    const r = await node(`
+      let closed = 0, open = 0
+      for (let i = 0; i < 400; i++) {
+        const s = require('net').connect(${JSON.stringify(CHANNEL_PATH)})
+        s.on('connect', () => open++)
+        s.on('error', () => {})
+        s.on('close', () => closed++)
+      }
+      setTimeout(() => console.log(open, closed), 800)`, csbx)
+    const [, closedEarly] = r.stdout.trim().split(' ').map(Number)
+    // At most 256 are held at once; the rest are closed on arrival, before any claim timeout.
+    expect(closedEarly).toBeGreaterThanOrEqual(400 - 256)
+    const claim = claims.expect()
+    void claim.socket.then((s) => s.end('ok'))
+    await waitFor(async () => (await attempt(`${claim.env.slice(-32)}\n`)).stdout.trim() === 'closed "ok"', 10_000)
+  })
+
+  it('the socket cannot be removed, replaced or opened as a file', async () => {
+    const r = await node(`
+      const fs = require('fs'), p = ${JSON.stringify(CHANNEL_PATH)}
+      for (const [name, f] of [['rm', () => fs.rmSync(p)], ['rename', () => fs.renameSync(p, '/tmp/x')], ['chmod', () => fs.chmodSync(p, 0o777)], ['open', () => fs.openSync(p, 'r')]])
+        try { f(); console.log(name, 'ok') } catch (e) { console.log(name, e.code) }
+      require('net').createServer().listen(p).on('error', (e) => console.log('listen', e.code))`, csbx)
+    const lines = r.stdout.trim().split('\n')
+    for (const op of ['rm', 'rename', 'chmod', 'open', 'listen']) expect(lines.find((l) => l.startsWith(`${op} `))).not.toBe(`${op} ok`)
+    expect(fs.statSync(chan.handle.engine.get(csbx.id)!.channel!.hostPath).isSocket()).toBe(true)
+  })
+
+  it('an engine that has not allowed channels (vitest-sandbox serve) gives sandboxes none', async () => {
+    expect(env.handle.engine.get(sbx.id)!.channel).toBeUndefined()
+    expect((await node(`require('net').connect(${JSON.stringify(CHANNEL_PATH)}).on('error', (e) => console.log(e.code))`)).stdout.trim()).toBe('ENOENT')
   })
 })

@@ -36,6 +36,13 @@ export interface EngineOptions {
    */
   allowHostLayers?: boolean
   /**
+   * Give every sandbox a direct channel to this process (`channel.ts`): a Unix socket its
+   * processes connect to, past the init. Only for the embedded engine; `serve` leaves it off (its
+   * clients are elsewhere).
+   * @default false
+   */
+  allowChannels?: boolean
+  /**
    * Bytes the snapshots in `stateDir` may take; past it, the least recently used ones that no
    * live sandbox runs on are deleted after each new snapshot.
    * @default 5 GiB
@@ -84,6 +91,7 @@ export class Engine {
   private readonly limits: SandboxLimits
   private readonly maxTimeoutSec: number
   private readonly allowHostLayers: boolean
+  private readonly allowChannels: boolean
   private readonly maxSnapshotBytes: number
   private closed = false
   private readonly onExit = () => this.killAllSync()
@@ -95,6 +103,7 @@ export class Engine {
     this.limits = { processes: opts.limits?.processes ?? 1024, openFiles: opts.limits?.openFiles ?? 4096 }
     this.maxTimeoutSec = opts.maxTimeoutSec ?? 86400
     this.allowHostLayers = opts.allowHostLayers ?? false
+    this.allowChannels = opts.allowChannels ?? false
     this.maxSnapshotBytes = opts.maxSnapshotBytes ?? DEFAULT_SNAPSHOT_BUDGET
     // Sandboxes die with the engine: bubblewrap's --die-with-parent covers a crash or SIGKILL,
     // this covers a normal exit.
@@ -140,6 +149,7 @@ export class Engine {
       stateDir: this.layers.sandboxDir(id),
       limits: this.limits,
       network: opts.network ?? 'none',
+      channel: this.allowChannels,
       metadata: opts.metadata ?? {},
       envs: opts.envs ?? {},
       template: snapshot?.id ?? 'base',

@@ -10,6 +10,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { CHANNEL_PATH } from './channel.js'
 import type { HostInfo } from './host.js'
 import { SANDBOX_HOME, SANDBOX_UID } from './layers.js'
 
@@ -43,6 +44,8 @@ export interface SandboxPolicy {
   limits: SandboxLimits
   /** Share the host's network instead of a private loopback. */
   network: 'none' | 'host'
+  /** Host path of the sandbox's direct channel socket, bound read-only at CHANNEL_PATH. */
+  channelSocket?: string
 }
 
 /** The host's resolver config, for a sandbox on the host's network (often a link into /run). */
@@ -91,6 +94,7 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     ...(nodeFromUsr(host) ? [] : ['--ro-bind', host.nodePrefix, NODE_MOUNT]),
     '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
     '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
+    ...(opts.channelSocket ? ['--ro-bind', opts.channelSocket, CHANNEL_PATH] : []),
     '--proc', '/proc', '--ro-bind', '/proc/sys', '/proc/sys',
     '--dev', '/dev',
     '--cap-drop', 'ALL',

@@ -10,6 +10,7 @@ import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
+import { HostChannel } from './channel.js'
 import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
 import { IN_USE_FILE, SANDBOX_HOME, type HostLayerUpper } from './layers.js'
 import { DEFAULT_PATH, sandboxCommand, sandboxPath, type SandboxPolicy } from './policy.js'
@@ -21,8 +22,10 @@ const log = debug('engine')
 /** With the protocol server's request log: each process start, whoever asked for it. */
 const requestLog = debug('requests')
 
-export interface SandboxOptions extends SandboxPolicy {
+export interface SandboxOptions extends Omit<SandboxPolicy, 'channelSocket'> {
   id: string
+  /** Give it a direct channel (`channel.ts`) to this process. */
+  channel: boolean
   /** Layer ids of the snapshot the sandbox started from (newest first), for snapshots of it. */
   layers: string[]
   metadata: Record<string, string>
@@ -49,6 +52,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   readonly processes = new Map<string, SandboxProcess>()
   /** Why the sandbox ended, once it has. */
   ended?: string
+  /** Its direct channel to this process, where the engine gives one. */
+  channel?: HostChannel
   private child?: ChildProcess
   private readonly requests = new Map<string, { resolve: (h: Header) => void; reject: (e: Error) => void; onData?: (b: Buffer) => void; onStart?: (h: Header) => void }>()
   private nextReq = 0
@@ -93,9 +98,11 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     for (const d of dirs) await fsp.mkdir(path.join(stateDir, d), { recursive: true, mode: 0o755 })
     await fsp.writeFile(path.join(stateDir, IN_USE_FILE), JSON.stringify(this.layers))
     // As root, the dropped sandbox uid must own its layer to mount and write it.
-    if (process.getuid?.() === 0) for (const d of ['', ...dirs]) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
+    const root = process.getuid?.() === 0
+    if (root) for (const d of ['', ...dirs]) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
+    if (this.opts.channel) this.channel = await HostChannel.open(stateDir, root ? host : undefined)
 
-    const [file, ...args] = sandboxCommand(this.opts)
+    const [file, ...args] = sandboxCommand({ ...this.opts, channelSocket: this.channel?.hostPath })
     log('sandbox %s: %s', this.id, [file, ...args].join(' '))
     const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
     this.child = child
@@ -277,6 +284,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   private finish(reason: string): void {
     this.ended ??= reason
     clearTimeout(this.expiry)
+    this.channel?.close()
     for (const p of this.processes.values()) p.markExited({ exitCode: -9, signal: 'SIGKILL', error: `sandbox ended: ${this.ended}` })
     for (const r of this.requests.values()) r.reject(new SandboxError(`sandbox ${this.id} ended: ${this.ended}`, 'sandbox_not_running'))
     this.requests.clear()

@@ -1,11 +1,15 @@
 /**
  * Host side of one sandbox's agent: one process stream (the runtime protocol's stdin/stdout)
  * carrying every worker of that sandbox as a channel. Outgoing frames are batched per tick into
- * one stdin write; a heartbeat turns a silent link into a loss after `heartbeatTimeoutMs`.
+ * one stdin write; a heartbeat turns a silent link into a loss after `heartbeatTimeoutMs`. Where
+ * the sandbox has a direct channel, each worker's messages take it instead (`direct.ts`); its
+ * stdio, exit and signals stay on the link.
  */
-import type { ProviderProcess } from '../providers/types.js'
+import type { Socket } from 'node:net'
+import type { DirectChannel, ProviderProcess } from '../providers/types.js'
 import { createDeframer, frame, jsonFrame, Kind, numberedChunk } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
+import { DIRECT_ENV, DirectClaims, type DirectClaim } from './direct.js'
 
 const log = debug('link')
 
@@ -28,8 +32,22 @@ export interface ForkSpec {
   cwd: string
 }
 
+/**
+ * Where a worker's messages go: over the link; held until its direct socket is claimed; or over
+ * that socket.
+ */
+type Route = { kind: 'relay' } | { kind: 'claiming'; claim: DirectClaim; held: Uint8Array[] } | { kind: 'direct'; socket: Socket }
+
+/** How long an exited worker's direct socket may take to deliver its last bytes. */
+const DRAIN_AFTER_EXIT_MS = 2000
+
+interface Channel extends ChannelHandlers {
+  route: Route
+}
+
 export class AgentLink {
-  private readonly channels = new Map<number, ChannelHandlers>()
+  private readonly channels = new Map<number, Channel>()
+  private readonly claims?: DirectClaims
   private nextChannel = 1
   private queue: Buffer[] = []
   private writing: Promise<void> = Promise.resolve()
@@ -41,7 +59,9 @@ export class AgentLink {
   lostReason?: string
   readonly hello: Promise<{ node: string; v8: string; pid: number }>
 
-  constructor(private readonly proc: ProviderProcess, heartbeatMs = 5000, heartbeatTimeoutMs = 30_000) {
+  constructor(private readonly proc: ProviderProcess, options: { heartbeatMs?: number; heartbeatTimeoutMs?: number; direct?: DirectChannel } = {}) {
+    const { heartbeatMs = 5000, heartbeatTimeoutMs = 30_000 } = options
+    if (options.direct) this.claims = new DirectClaims(options.direct)
     let helloResolve!: (v: { node: string; v8: string; pid: number }) => void
     let helloReject!: (e: Error) => void
     this.hello = new Promise((res, rej) => {
@@ -61,17 +81,20 @@ export class AgentLink {
         case Kind.SPAWNED:
           return h.spawned(JSON.parse(payload.toString()).pid)
         case Kind.FAILED:
-          this.channels.delete(channel)
+          this.drop(channel)
           return h.failed(JSON.parse(payload.toString()).message)
         case Kind.FROM_WORKER:
-          return h.data(payload)
+          // A worker on a direct socket sends nothing here.
+          return h.route.kind === 'relay' ? h.data(payload) : undefined
         case Kind.STDOUT:
           return h.stdout(Buffer.from(payload))
         case Kind.STDERR:
           return h.stderr(Buffer.from(payload))
         case Kind.EXIT: {
-          this.channels.delete(channel)
           const { code, signal } = JSON.parse(payload.toString())
+          // Its last messages may still be in its direct socket: they come first.
+          if (h.route.kind === 'direct' && !h.route.socket.closed) return this.afterDrain(channel, h.route.socket, () => h.exit(code, signal))
+          this.drop(channel)
           return h.exit(code, signal)
         }
       }
@@ -136,9 +159,12 @@ export class AgentLink {
   /** Fork a worker; resolves with its channel id once it has a pid. */
   fork(spec: ForkSpec, handlers: ChannelHandlers): { channel: number; started: Promise<number> } {
     const channel = this.nextChannel++
+    const route = this.route(channel)
+    if (route.kind === 'claiming') spec = { ...spec, env: { ...spec.env, [DIRECT_ENV]: route.claim.env } }
     let started!: Promise<number>
     started = new Promise((resolve, reject) => {
       this.channels.set(channel, {
+        route,
         ...handlers,
         spawned: (pid) => {
           handlers.spawned(pid)
@@ -157,7 +183,7 @@ export class AgentLink {
     started.catch(() => {})
     if (!this.alive) {
       const h = this.channels.get(channel)!
-      this.channels.delete(channel)
+      this.drop(channel)
       h.lost(this.lostReason!)
     } else {
       this.send(jsonFrame(channel, Kind.FORK, spec))
@@ -165,8 +191,45 @@ export class AgentLink {
     return { channel, started }
   }
 
+  /** A new worker's route: a direct socket to claim where the sandbox has a channel. */
+  private route(channel: number): Route {
+    if (!this.claims) return { kind: 'relay' }
+    const claim = this.claims.expect()
+    const route: Route = { kind: 'claiming', claim, held: [] }
+    void claim.socket.then((socket) => {
+      const h = this.channels.get(channel)
+      if (!h || h.route !== route) return void socket.destroy()
+      h.route = { kind: 'direct', socket }
+      socket.on('data', (d: Buffer) => h.data(d))
+      for (const bytes of route.held) socket.write(bytes)
+    })
+    return route
+  }
+
+  /** Forget a worker's channel, and close its direct socket. */
+  private drop(channel: number): void {
+    const h = this.channels.get(channel)
+    if (!h) return
+    this.channels.delete(channel)
+    if (h.route.kind === 'claiming') h.route.claim.cancel()
+    if (h.route.kind === 'direct') h.route.socket.destroy()
+  }
+
+  private afterDrain(channel: number, socket: Socket, then: () => void): void {
+    const done = () => {
+      clearTimeout(timer)
+      this.drop(channel)
+      then()
+    }
+    const timer = setTimeout(done, DRAIN_AFTER_EXIT_MS)
+    socket.once('close', done)
+  }
+
   toWorker(channel: number, bytes: Uint8Array): void {
-    this.send(frame(channel, Kind.TO_WORKER, bytes))
+    const route = this.channels.get(channel)?.route
+    if (route?.kind === 'direct') route.socket.write(bytes)
+    else if (route?.kind === 'claiming') route.held.push(bytes)
+    else this.send(frame(channel, Kind.TO_WORKER, bytes))
   }
 
   kill(channel: number, signal: string): void {
@@ -178,9 +241,10 @@ export class AgentLink {
     this.lostReason = reason
     log('link lost: %s', reason)
     clearInterval(this.heartbeat)
-    const channels = [...this.channels.values()]
-    this.channels.clear()
-    for (const h of channels) h.lost(reason)
+    this.claims?.close()
+    const channels = [...this.channels.entries()]
+    for (const [id] of channels) this.drop(id)
+    for (const [, h] of channels) h.lost(reason)
     this.proc.kill()
     this.onLost?.(reason)
   }

@@ -231,7 +231,7 @@ export class Fleet {
     usage.id = sandbox.id
     try {
       const agent = await startAgent(sandbox, await this.bundles.current(), root)
-      const link = new AgentLink(agent)
+      const link = new AgentLink(agent, { direct: sandbox.channel })
       link.onLost = (reason) => {
         log('sandbox %s (%s) lost: %s', sandbox.id, this.providerName, reason)
         usage.close(reason)

@@ -40,8 +40,10 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
       const engine = await startLocalEngine({
         stateDir: options.stateDir,
         limits: { processes: options.maxProcesses, openFiles: options.maxOpenFiles },
-        // Its only caller is this process: sandboxes may layer this machine's node_modules.
+        // Its only caller is this process: sandboxes may layer this machine's node_modules and
+        // reach this process through a direct channel.
         allowHostLayers: true,
+        allowChannels: true,
         maxSnapshotBytes: options.maxTemplateBytes,
       })
       const client = new RuntimeClient({ url: engine.url, token: engine.token })
@@ -51,6 +53,7 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
         lockTemplate: (name, onWait) => engine.engine.layers.lock(name, onWait),
         processTimeoutMs: 0,
         start: (id, spec) => startLocalProcess(engine.engine, id, spec),
+        channel: (id) => engine.engine.get(id)?.channel,
         close: engine.close,
       })
     },

@@ -3,7 +3,7 @@
  * Watasu both speak it, so both providers are this adapter with a different way to connect.
  */
 import type { RuntimeClient } from '../protocol/client.js'
-import type { ProcessSpec, ProviderProcess, ProviderSandbox, ProviderSession } from './types.js'
+import type { DirectChannel, ProcessSpec, ProviderProcess, ProviderSandbox, ProviderSession } from './types.js'
 
 export interface RuntimeSessionOptions {
   /** The provider and its base image, for the template key. */
@@ -15,6 +15,8 @@ export interface RuntimeSessionOptions {
   processTimeoutMs: number
   /** Starts processes without the protocol's WebSocket (the embedded engine, in this process). */
   start?: (sandboxId: string, spec: ProcessSpec) => Promise<ProviderProcess>
+  /** The sandbox's direct channel (the embedded engine, in this process). */
+  channel?: (sandboxId: string) => DirectChannel | undefined
   /** Runs after the client closes (the embedded engine stops). */
   close?: () => Promise<void>
 }
@@ -28,6 +30,7 @@ export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessi
       const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network, hostLayers: create.hostLayers })
       const sandbox: ProviderSandbox = {
         id: sbx.id,
+        channel: opts.channel?.(sbx.id),
         upload: async (path, body) => void (await sbx.writeFile(path, body)),
         start: (spec) => (opts.start ? opts.start(sbx.id, spec) : sbx.start({ ...spec, timeoutMs: opts.processTimeoutMs })),
         setTimeout: (seconds) => client.setTimeout(sbx.id, seconds),

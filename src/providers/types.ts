@@ -2,6 +2,7 @@
  * The one small interface every provider implements. Everything else (fleet, retries, packing,
  * templates, the agent link) is shared code above it, and depends on nothing else of a provider.
  */
+import type { Socket } from 'node:net'
 
 export interface CreateOptions {
   /** Template (snapshot) id to start from; omitted for the provider's base image. */
@@ -58,8 +59,22 @@ export interface ProviderProcess {
   kill(): void
 }
 
+/**
+ * A socket inside the sandbox that reaches this process directly, past the process API: only where
+ * the sandbox runs on this machine (the embedded engine). The agent link uses it to take workers'
+ * messages off the relay.
+ */
+export interface DirectChannel {
+  /** Its path inside the sandbox. */
+  readonly path: string
+  /** Each connection made to it, unauthenticated: the listener claims or destroys it. */
+  on(event: 'connection', listener: (socket: Socket) => void): unknown
+}
+
 export interface ProviderSandbox {
   readonly id: string
+  /** A direct channel to this process, where the provider has one. */
+  readonly channel?: DirectChannel
   /**
    * Write a file inside the sandbox (parents created). A stream is given as a function that makes
    * it, so a failed upload can be sent again.

@@ -1,23 +1,45 @@
 /**
  * Entry of one Vitest worker inside a sandbox: `node [execArgv] worker.js <vitest/worker path> <codec>`.
  * It talks to the host over fd 3 only ([u32 length][encoded message], see codec.ts), so user code that
- * writes to stdout/stderr can never corrupt the channel. Like Vitest's forks worker it adds no
- * console output, no globals, no process listeners and no environment variables; the one trace it
- * leaves is a non-enumerable symbol on `process` that the host-snapshot environment uses.
+ * writes to stdout/stderr can never corrupt the channel; or, where the sandbox has a direct channel
+ * to the host (VITEST_POOL_SANDBOX_CHANNEL=<socket>#<token>), over that socket after the token, in
+ * the same framing. Like Vitest's forks worker it adds no console output, no globals, no process
+ * listeners and no environment variables; the one trace it leaves is a non-enumerable symbol on
+ * `process` that the host-snapshot environment uses.
  */
+import fs from 'node:fs'
 import net from 'node:net'
 import { pathToFileURL } from 'node:url'
 import { loadCodec, type CodecName } from './codec.js'
 import { createMessageSplitter, lengthPrefixed } from './wire.js'
 
+const DIRECT_ENV = 'VITEST_POOL_SANDBOX_CHANNEL'
+
 export const HOST_CALL = Symbol.for('vitest-pool-sandbox.host-call')
 
 const exit = process.exit.bind(process) // Vitest stubs process.exit while tests run
+const channel = await connect()
 const vitestWorker = process.argv[2]
 const codec = await loadCodec((process.argv[3] ?? 'v8') as CodecName)
 const { init, runBaseTests, setupEnvironment } = await import(pathToFileURL(vitestWorker).href)
 
-const channel = new net.Socket({ fd: 3, readable: true, writable: true })
+/** The direct socket, claimed with the token, or fd 3 (relayed by the agent). */
+async function connect(): Promise<net.Socket> {
+  const direct = process.env[DIRECT_ENV]
+  delete process.env[DIRECT_ENV]
+  if (!direct) return new net.Socket({ fd: 3, readable: true, writable: true })
+  // The relay is not used: closed, so nothing can be slipped into it.
+  fs.closeSync(3)
+  const hash = direct.lastIndexOf('#')
+  const socket = net.connect(direct.slice(0, hash))
+  socket.write(`${direct.slice(hash + 1)}\n`)
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve)
+    socket.once('error', (err) => reject(new Error(`cannot reach the host's channel at ${direct.slice(0, hash)}: ${err.message}`)))
+  })
+  return socket
+}
+
 const listeners = new Set<(msg: unknown) => void>()
 const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>()
 let nextCall = 0
