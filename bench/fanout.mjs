@@ -11,6 +11,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startLatencyProxy } from './latency-proxy.mjs'
 import { cpuSeconds, treeRss } from './proc.mjs'
+import { startServe, stopServe, watasuEnv } from './serve.mjs'
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const suite = path.join(repo, '.bench', 'fanout')
@@ -25,35 +26,23 @@ fs.writeFileSync(
   path.join(suite, 'vitest.config.ts'),
   `import { defineConfig } from 'vitest/config'
 import { sandbox, watasu } from 'vitest-pool-sandbox'
-export default defineConfig({ test: { pool: sandbox({ provider: watasu(), sandboxes: Number(process.env.N), concurrency: 1, template: { dependencies: 'copy' }, usageFile: process.env.USAGE }) } })
+const n = Number(process.env.N)
+// P=forks: the same files on n forks workers on this machine, the floor its CPUs allow.
+export default defineConfig({ test: process.env.P === 'forks' ? { pool: 'forks', maxWorkers: n } : { pool: sandbox({ provider: watasu(), sandboxes: n, concurrency: 1, template: { dependencies: 'copy' }, usageFile: process.env.USAGE }) } })
 `,
 )
 for (let i = 0; i < FILES; i++) {
   fs.writeFileSync(path.join(suite, 'test', `s${i}.test.ts`), `import { test } from 'vitest'\ntest('sleeps', () => new Promise((r) => setTimeout(r, ${SLEEP_MS})), ${SLEEP_MS * 4})\n`)
 }
 
-function startServe(state) {
-  const token = `bench-${Math.random().toString(36).slice(2)}`
-  const child = spawn(process.execPath, [path.join(repo, 'dist/cli/index.js'), 'serve', '--port', '0', '--token', token, '--state-dir', state, '--allow-network', '--max-sandboxes', '64'], { stdio: ['ignore', 'pipe', 'inherit'] })
-  return new Promise((resolve, reject) => {
-    let out = ''
-    child.stdout.on('data', (d) => {
-      out += d
-      const m = /listening on http:\/\/([\d.]+):(\d+)/.exec(out)
-      if (m) resolve({ child, token, host: m[1], port: Number(m[2]) })
-    })
-    child.once('exit', (code) => reject(new Error(`serve exited (${code}): ${out}`)))
-  })
-}
-
-async function run(serve, proxy, n) {
+async function run(serve, proxy, n, pool = 'sandbox') {
   const usage = path.join(os.tmpdir(), `vps-bench-usage-${process.pid}-${n}.json`)
   const report = path.join(os.tmpdir(), `vps-bench-report-${process.pid}-${n}.json`)
   const before = { ...proxy.bytes }
   const started = Date.now()
   const child = spawn(process.execPath, [path.join(repo, 'node_modules/vitest/vitest.mjs'), 'run', '--reporter=json', `--outputFile.json=${report}`], {
     cwd: suite,
-    env: { ...process.env, NO_COLOR: '1', N: String(n), USAGE: usage, WATASU_API_URL: `${proxy.url}/v1`, WATASU_SANDBOX_URL: proxy.url, WATASU_API_KEY: serve.token },
+    env: { ...process.env, NO_COLOR: '1', N: String(n), USAGE: usage, P: pool, ...watasuEnv(serve, proxy) },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''
@@ -72,18 +61,18 @@ async function run(serve, proxy, n) {
   const wallMs = Date.now() - started
   const json = JSON.parse(fs.readFileSync(report, 'utf8'))
   if (code !== 0 || json.numPassedTests !== FILES) throw new Error(`run on ${n} sandboxes failed (${code}):\n${out}`)
-  const u = JSON.parse(fs.readFileSync(usage, 'utf8'))
+  const u = pool === 'forks' ? undefined : JSON.parse(fs.readFileSync(usage, 'utf8'))
   const firstResult = Math.min(...json.testResults.map((t) => t.endTime)) - started
   fs.rmSync(usage, { force: true })
   fs.rmSync(report, { force: true })
   return { n, wallMs, usage: u, firstResult, up: proxy.bytes.up - before.up, cpu, peak }
 }
 
-const state = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-bench-serve-'))
-fs.chmodSync(state, 0o755)
-const serve = await startServe(state)
+const serve = await startServe()
 const baseline = treeRss(serve.child.pid, { self: true }).total
 const rows = []
+/** Wall time of the same files under forks with as many workers as slots. */
+const forks = new Map()
 try {
   {
     // The template (the repository's node_modules copied once), before anything is measured.
@@ -91,6 +80,7 @@ try {
     const t = Date.now()
     await run(serve, proxy, Math.max(...COUNTS))
     console.error(`warm-up (template build and one run): ${((Date.now() - t) / 1000).toFixed(1)} s`)
+    for (const n of COUNTS) forks.set(n, (await run(serve, proxy, n, 'forks')).wallMs)
     await proxy.close()
   }
   for (const rtt of RTTS) {
@@ -104,17 +94,15 @@ try {
     await proxy.close()
   }
 } finally {
-  serve.child.kill('SIGTERM')
-  await new Promise((r) => serve.child.once('exit', r))
-  fs.rmSync(state, { recursive: true, force: true })
+  await stopServe(serve)
   fs.rmSync(suite, { recursive: true, force: true })
 }
 
 const s = (ms) => `${(ms / 1000).toFixed(1)} s`
 const mb = (b) => `${(b / 1024 ** 2).toFixed(0)} MB`
 console.log(`${FILES} files of ${SLEEP_MS / 1000} s each, concurrency 1, warm template, watasu() → \`vitest-sandbox serve\` through a loopback proxy; ${os.cpus().length} CPUs (${os.cpus()[0].model}), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GB, Node ${process.versions.node}, ${new Date().toISOString().slice(0, 10)}\n`)
-console.log('| round trip | sandboxes | wall | ideal | wall ÷ ideal | first result | sent to the provider | host CPU per file | provider memory per sandbox (peak, busy) |')
-console.log('|---|---|---|---|---|---|---|---|---|')
+console.log('| round trip | sandboxes | wall | ideal | wall ÷ ideal | forks, as many workers (this machine\'s floor) | first result | sent to the provider | host CPU per file | provider memory per sandbox (peak, busy) |')
+console.log('|---|---|---|---|---|---|---|---|---|---|')
 for (const r of rows) {
-  console.log(`| ${r.rtt} ms | ${r.n} | ${s(r.wallMs)} | ${s(r.ideal)} | ${(r.wallMs / r.ideal).toFixed(2)}× | ${s(r.firstResult)} | ${mb(r.up)} | ${((r.cpu / FILES) * 1000).toFixed(0)} ms | ${mb((r.peak - baseline) / r.n)} |`)
+  console.log(`| ${r.rtt} ms | ${r.n} | ${s(r.wallMs)} | ${s(r.ideal)} | ${(r.wallMs / r.ideal).toFixed(2)}× | ${s(forks.get(r.n))} (${(forks.get(r.n) / r.ideal).toFixed(2)}×) | ${s(r.firstResult)} | ${mb(r.up)} | ${((r.cpu / FILES) * 1000).toFixed(0)} ms | ${mb((r.peak - baseline) / r.n)} |`)
 }

@@ -27,7 +27,7 @@ ch.on('end', () => process.exit(Number(process.argv[3])))
 beforeAll(async () => {
   env = await startTestEngine()
   sbx = await env.client.createSandbox()
-  for (const f of ['agent.js', 'wire.js']) await sbx.writeFile(`/opt/rt/${f}`, fs.readFileSync(path.join(RUNTIME, f)))
+  for (const f of ['agent.js', 'wire.js', 'codec.js', 'module-cache.js']) await sbx.writeFile(`/opt/rt/${f}`, fs.readFileSync(path.join(RUNTIME, f)))
   await sbx.writeFile('/opt/rt/package.json', '{"type":"module"}')
   await sbx.writeFile('/opt/rt/echo.cjs', ECHO)
 })

@@ -166,3 +166,31 @@ describe('fan-out on real runs', () => {
     expect(late.busyMs).toBe(0)
   })
 })
+
+describe("the agent's module cache on real runs", () => {
+  /** Module fetches the host answered in a run of the `modules` fixture (one sandbox). */
+  async function hostFetches(files: string[], relay: boolean): Promise<number> {
+    const usageFile = path.join(os.tmpdir(), `vps-modules-usage-${process.pid}-${Date.now()}.json`)
+    const run = await runFixture('modules', { args: files, env: { VPS_USAGE_FILE: usageFile, ...(relay ? { VPS_RELAY: '1' } : {}) } })
+    expect(run.code, run.output).toBe(0)
+    expect(run.json.numPassedTests).toBe(files.length)
+    const usage = readUsage(usageFile)
+    fs.rmSync(usageFile, { force: true })
+    expect(usage.sandboxes).toHaveLength(1)
+    return usage.sandboxes[0].moduleFetches
+  }
+
+  it("answers a shared module graph once per sandbox: each further file costs the host only its own test file's fetch", { timeout: 180_000 }, async () => {
+    const all = ['a', 'b', 'c', 'd'].map((n) => `test/${n}.test.ts`)
+    const relayedOne = await hostFetches(all.slice(0, 1), true)
+    const relayedAll = await hostFetches(all, true)
+    // The graph (index and five modules) and Vitest's own modules cross once.
+    expect(relayedOne).toBeGreaterThan(6)
+    expect(relayedAll - relayedOne).toBe(3)
+    // Workers on the direct channel bypass the agent (and its cache): every file fetches it all.
+    const directOne = await hostFetches(all.slice(0, 1), false)
+    const directAll = await hostFetches(all, false)
+    expect(directOne).toBe(relayedOne)
+    expect(directAll).toBe(4 * directOne)
+  })
+})

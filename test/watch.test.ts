@@ -1,15 +1,16 @@
 /**
  * Watch mode: a rerun sends the warm sandbox only what changed on disk, and tests see it; a change
- * of the dependencies (a manifest, a lockfile) replaces the warm sandboxes instead.
+ * of the dependencies (a manifest, a lockfile) replaces the warm sandboxes instead; a module that
+ * changed is fetched again, not answered from the agent's module cache.
  */
 import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { expect, it } from 'vitest'
 import { REPO } from './support/vitest-run.js'
 
-async function watch(mode = ''): Promise<{ output: string; run: (n: number) => unknown }> {
-  const child = spawn(process.execPath, [path.join(REPO, 'test/support/watch-driver.mjs'), path.join(REPO, 'fixtures/watch'), mode], {
-    env: { ...process.env, NO_COLOR: '1', DEBUG: 'vitest-pool-sandbox:fleet' },
+async function watch(mode = '', fixture = 'watch', env: Record<string, string> = {}): Promise<{ output: string; run: (n: number) => unknown }> {
+  const child = spawn(process.execPath, [path.join(REPO, 'test/support/watch-driver.mjs'), path.join(REPO, 'fixtures', fixture), mode], {
+    env: { ...process.env, NO_COLOR: '1', DEBUG: 'vitest-pool-sandbox:fleet', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let output = ''
@@ -44,4 +45,13 @@ it('replaces the warm sandboxes when the dependencies change, with the workspace
   expect(output).toContain('sandbox: the dependencies changed; preparing the template again and replacing the warm sandboxes')
   expect(output).not.toContain('sandbox: synced')
   expect(ready(output), output).toHaveLength(2)
+})
+
+it("imports a changed module's new code on a rerun, past the agent's module cache", async () => {
+  // Relayed: the workers' fetches go through the agent, whose cache held the first version.
+  const { output, run } = await watch('module', 'modules', { VPS_RELAY: '1' })
+  const others = ['a', 'b', 'c', 'd'].map((n) => `${n}: the shared graph: passed`)
+  expect(run(1), output).toEqual(expect.arrayContaining([...others, 'sees the first version of data/value.ts: passed']))
+  expect(run(2), output).toEqual(expect.arrayContaining([...others, 'sees the first version of data/value.ts: failed']))
+  expect(ready(output)).toHaveLength(1)
 })

@@ -7,6 +7,7 @@
  */
 import type { Socket } from 'node:net'
 import type { DirectChannel, ProviderProcess } from '../providers/types.js'
+import type { CodecName } from '../sandbox-runtime/codec.js'
 import { createDeframer, frame, jsonFrame, Kind, numberedChunk } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 import { DIRECT_ENV, DirectClaims, type DirectClaim } from './direct.js'
@@ -30,6 +31,8 @@ export interface ForkSpec {
   execArgv: string[]
   env: Record<string, string>
   cwd: string
+  /** The codec of a Vitest worker's messages, for the agent's module cache; absent for other processes. */
+  codec?: CodecName
 }
 
 /**
@@ -160,7 +163,8 @@ export class AgentLink {
   fork(spec: ForkSpec, handlers: ChannelHandlers): { channel: number; started: Promise<number> } {
     const channel = this.nextChannel++
     const route = this.route(channel)
-    if (route.kind === 'claiming') spec = { ...spec, env: { ...spec.env, [DIRECT_ENV]: route.claim.env } }
+    // A worker on a direct socket is one hop from the host; a relayed one shares the agent's module cache.
+    const fork = route.kind === 'claiming' ? { ...spec, env: { ...spec.env, [DIRECT_ENV]: route.claim.env } } : { ...spec, moduleCache: spec.codec !== undefined }
     let started!: Promise<number>
     started = new Promise((resolve, reject) => {
       this.channels.set(channel, {
@@ -186,7 +190,7 @@ export class AgentLink {
       this.drop(channel)
       h.lost(this.lostReason!)
     } else {
-      this.send(jsonFrame(channel, Kind.FORK, spec))
+      this.send(jsonFrame(channel, Kind.FORK, fork))
     }
     return { channel, started }
   }
@@ -230,6 +234,11 @@ export class AgentLink {
     if (route?.kind === 'direct') route.socket.write(bytes)
     else if (route?.kind === 'claiming') route.held.push(bytes)
     else this.send(frame(channel, Kind.TO_WORKER, bytes))
+  }
+
+  /** Before a watch-mode rerun: the host's module answers may have changed. */
+  clearModuleCache(): void {
+    this.send(frame(0, Kind.CLEAR_MODULES))
   }
 
   kill(channel: number, signal: string): void {

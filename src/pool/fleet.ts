@@ -257,6 +257,7 @@ export class Fleet {
   async sync(): Promise<void> {
     if (!this.initializing || this.closed) return
     await this.init()
+    for (const h of this.hosts) if (h.link.alive) h.link.clearModuleCache()
     if (this.currentDependencyKey() !== this.dependencyKey) return this.replaceSandboxes()
     const before = new Map(this.workspace.files.map((f) => [f.path, signature(f)]))
     const next = await this.collect(this.workspace.root)

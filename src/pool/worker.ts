@@ -227,6 +227,7 @@ export class SandboxPoolWorker implements PoolWorker {
       {
         entry: `${STAGING}/worker.js`,
         args: [path.join(this.options.distPath, 'worker.js'), codec.name],
+        codec: codec.name,
         execArgv: this.options.execArgv,
         env: workerEnv(this.options.env, this.settings.env, new Set([...Object.keys(this.options.project.vitest.config.env ?? {}), ...Object.keys(this.options.project.config.env ?? {})])),
         // Where forks would run it: the host's cwd (the same path exists in the sandbox).
@@ -332,6 +333,7 @@ export class SandboxPoolWorker implements PoolWorker {
     }
     if (message?.t === 'q') {
       if (RESULT_METHODS.has(message.m)) this.resultsSeen = true
+      if (message.m === 'fetch' && this.lease) this.lease.host.usage.moduleFetches++
       if (message.m === 'resolveSnapshotPath' && message.i !== undefined) this.snapRequests.set(message.i, path.resolve(String(message.a?.[0])))
       if (message.m === 'onTaskArtifactRecord') {
         const refused = refusedAttachment(message.a?.[1], (p) => this.fleet.workspace.isGiven(path.resolve(this.options.project.config.root, p)))

@@ -2,16 +2,23 @@
  * The agent: one per sandbox, started by the pool through the provider's process API. It forks a
  * Vitest worker per test file, relays each worker's private channel and stdio as frames on its
  * own stdin/stdout, reports exits, and answers pings (the host's heartbeat). It never looks inside
- * the worker's messages. When its stdin ends (the host is gone) it kills every worker and exits.
+ * the worker's messages, except to answer module fetches from its cache when the host asks for it
+ * (`module-cache.ts`). When its stdin ends (the host is gone) it kills every worker and exits.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
 import path from 'node:path'
+import { loadCodec, type Codec, type CodecName } from './codec.js'
+import { ModuleCache } from './module-cache.js'
 import { createChunkReader, createDeframer, frame, jsonFrame, Kind } from './wire.js'
 
 const out = new net.Socket({ fd: 1, readable: false, writable: true })
 const input = new net.Socket({ fd: 0, readable: true, writable: false })
-const workers = new Map<number, { child: ChildProcess; channel: net.Socket }>()
+const workers = new Map<number, { child: ChildProcess; toWorker: (bytes: Buffer) => void }>()
+const modules = new ModuleCache()
+// Both codecs before any frame is read, so a fork never waits on an import (its input would).
+// Without devalue (staged by the pool), its workers are relayed uncached.
+const codecs: Partial<Record<CodecName, Codec>> = { v8: await loadCodec('v8'), devalue: await loadCodec('devalue').catch(() => undefined) }
 
 /**
  * The sandbox's basics every worker gets under Vitest's own variables: its HOME, USER, LANG and
@@ -26,7 +33,18 @@ function send(buf: Buffer): void {
   out.write(buf)
 }
 
-function fork(id: number, spec: { entry: string; args: string[]; execArgv: string[]; env: Record<string, string>; cwd: string }): void {
+interface ForkSpec {
+  entry: string
+  args: string[]
+  execArgv: string[]
+  env: Record<string, string>
+  cwd: string
+  codec?: CodecName
+  /** Answer the worker's module fetches from the sandbox's cache (a Vitest worker speaking `codec`). */
+  moduleCache?: boolean
+}
+
+function fork(id: number, spec: ForkSpec): void {
   let child: ChildProcess
   try {
     child = spawn(process.execPath, [...spec.execArgv, spec.entry, ...spec.args], {
@@ -39,7 +57,10 @@ function fork(id: number, spec: { entry: string; args: string[]; execArgv: strin
     return send(jsonFrame(id, Kind.FAILED, { message: (err as Error).message }))
   }
   const channel = child.stdio[3] as net.Socket
-  workers.set(id, { child, channel })
+  const relay = { fromWorker: (d: Buffer) => send(frame(id, Kind.FROM_WORKER, d)), fromHost: (d: Buffer) => void channel.write(d) }
+  const codec = spec.moduleCache && spec.codec ? codecs[spec.codec] : undefined
+  const route = codec ? modules.tap(codec, relay.fromWorker, relay.fromHost) : relay
+  workers.set(id, { child, toWorker: route.fromHost })
   child.once('error', (err) => {
     if (!child.pid) {
       workers.delete(id)
@@ -49,7 +70,7 @@ function fork(id: number, spec: { entry: string; args: string[]; execArgv: strin
   child.once('spawn', () => send(jsonFrame(id, Kind.SPAWNED, { pid: child.pid })))
   child.stdout!.on('data', (d: Buffer) => send(frame(id, Kind.STDOUT, d)))
   child.stderr!.on('data', (d: Buffer) => send(frame(id, Kind.STDERR, d)))
-  channel.on('data', (d: Buffer) => send(frame(id, Kind.FROM_WORKER, d)))
+  channel.on('data', route.fromWorker)
   channel.on('error', () => {})
   // 'close' comes after stdout/stderr and the channel have drained: output precedes the exit.
   child.once('close', (code, signal) => {
@@ -63,7 +84,9 @@ function onFrame(id: number, kind: number, payload: Buffer): void {
     case Kind.FORK:
       return fork(id, JSON.parse(payload.toString()))
     case Kind.TO_WORKER:
-      return void workers.get(id)?.channel.write(Buffer.from(payload))
+      return workers.get(id)?.toWorker(Buffer.from(payload))
+    case Kind.CLEAR_MODULES:
+      return modules.clear()
     case Kind.KILL: {
       const w = workers.get(id)
       if (w) w.child.kill(JSON.parse(payload.toString()).signal ?? 'SIGKILL')

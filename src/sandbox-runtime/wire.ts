@@ -11,10 +11,11 @@
 
 export const Kind = {
   // host -> agent
-  FORK: 1, // JSON { entry, args, execArgv, env, cwd }
+  FORK: 1, // JSON { entry, args, execArgv, env, cwd, codec, moduleCache? }
   TO_WORKER: 2, // bytes for the worker's private channel (fd 3)
   KILL: 3, // JSON { signal }
   PING: 4,
+  CLEAR_MODULES: 5, // forget the module cache's answers (a watch-mode rerun)
   // agent -> host
   HELLO: 10, // JSON { node, v8, pid }
   FROM_WORKER: 11, // bytes from the worker's private channel

@@ -1,0 +1,71 @@
+/**
+ * The agent's module cache, for workers whose messages it relays (a sandbox across a network):
+ * the host's answer to a worker's `fetch` (Vitest's module runner asking for a module's code) is
+ * kept, and the same request from a later worker of this sandbox is answered here, so a module's
+ * code crosses the link once per sandbox instead of once per test file. The request is the key
+ * (see `keyOf`), only answers without an error are kept, and the host clears the cache before each
+ * watch-mode rerun. The bytes it relays are not changed.
+ */
+import type { Codec } from './codec.js'
+import { createMessageSplitter, lengthPrefixed } from './wire.js'
+
+type RpcFrame = { t?: string; i?: string | number; m?: string; a?: unknown[]; r?: unknown; e?: unknown }
+
+/**
+ * `fetch(url, importer, environment, options, traceCarrier)`: Vitest's host resolves `url` against
+ * `importer` only when it does not start with '/' (Vite has already resolved every static import
+ * to such a URL), so the importer is part of the key only then; the trace carrier never shapes the
+ * answer. Everything else is.
+ */
+function keyOf(args: unknown[]): string {
+  const [url, importer, environment, options] = args
+  return JSON.stringify([url, typeof url === 'string' && url.startsWith('/') ? null : importer, environment, options])
+}
+
+export class ModuleCache {
+  private answers = new Map<string, unknown>()
+  /** Bumped on each clear: an answer to a request made before it is not kept. */
+  private generation = 0
+
+  clear(): void {
+    this.answers.clear()
+    this.generation++
+  }
+
+  /**
+   * One worker's two directions through the cache: `fromWorker` and `fromHost` take its bytes as
+   * they come and pass them on to `toHost` and `toWorker`, whole messages at a time.
+   */
+  tap(codec: Codec, toHost: (bytes: Buffer) => void, toWorker: (bytes: Buffer) => void): { fromWorker(chunk: Buffer): void; fromHost(chunk: Buffer): void } {
+    const asked = new Map<string | number, { key: string; generation: number }>()
+    const decode = (payload: Buffer): RpcFrame | undefined => {
+      try {
+        return codec.decode(payload) as RpcFrame
+      } catch {
+        return undefined // not ours to judge: the other end reports it
+      }
+    }
+    return {
+      fromWorker: createMessageSplitter((payload) => {
+        const msg = decode(payload)
+        if (msg?.t === 'q' && msg.m === 'fetch' && msg.i !== undefined && Array.isArray(msg.a)) {
+          const key = keyOf(msg.a)
+          if (this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
+          asked.set(msg.i, { key, generation: this.generation })
+        }
+        toHost(lengthPrefixed(payload))
+      }),
+      fromHost: createMessageSplitter((payload) => {
+        if (asked.size) {
+          const msg = decode(payload)
+          const request = msg?.t === 's' && msg.i !== undefined ? asked.get(msg.i) : undefined
+          if (request) {
+            asked.delete(msg!.i!)
+            if (msg!.e === undefined && request.generation === this.generation) this.answers.set(request.key, msg!.r)
+          }
+        }
+        toWorker(lengthPrefixed(payload))
+      }),
+    }
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * The agent's module cache, with both real codecs: a module's answer crosses the link once per
+ * sandbox, every other byte passes through unchanged, and nothing stale or failed is reused.
+ */
+import { describe, expect, it } from 'vitest'
+import { loadCodec, type CodecName } from '../src/sandbox-runtime/codec.js'
+import { ModuleCache } from '../src/sandbox-runtime/module-cache.js'
+import { createMessageSplitter, lengthPrefixed } from '../src/sandbox-runtime/wire.js'
+
+describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
+  async function setup() {
+    const codec = await loadCodec(name)
+    const cache = new ModuleCache()
+    const worker = () => {
+      const toHost: unknown[] = []
+      const toWorker: unknown[] = []
+      const rawToHost: Buffer[] = []
+      const tap = cache.tap(
+        codec,
+        (b) => {
+          rawToHost.push(b)
+          createMessageSplitter((p) => toHost.push(codec.decode(p)))(b)
+        },
+        (b) => createMessageSplitter((p) => toWorker.push(codec.decode(p)))(b),
+      )
+      const send = (msg: unknown) => tap.fromWorker(lengthPrefixed(codec.encode(msg)))
+      const answer = (msg: unknown) => tap.fromHost(lengthPrefixed(codec.encode(msg)))
+      return { tap, toHost, toWorker, rawToHost, send, answer }
+    }
+    return { codec, cache, worker }
+  }
+  const fetch = (i: number, id: string, importer?: string, options = { cached: false }) => ({ t: 'q', i, m: 'fetch', a: [id, importer, 'ssr', options] })
+  const result = { code: 'export const x = 1', file: '/w/src/x.ts', id: '/w/src/x.ts', url: '/src/x.ts', invalidate: false }
+
+  it("answers a later worker's fetch of the same module from the cache, with that worker's id", async () => {
+    const { worker } = await setup()
+    const a = worker()
+    a.send(fetch(1, '/src/x.ts', '/w/test/a.test.ts'))
+    expect(a.toHost).toEqual([fetch(1, '/src/x.ts', '/w/test/a.test.ts')])
+    a.answer({ t: 's', i: 1, r: result })
+    expect(a.toWorker).toEqual([{ t: 's', i: 1, r: result }])
+    const b = worker()
+    b.send(fetch(7, '/src/x.ts', '/w/test/a.test.ts'))
+    expect(b.toHost).toEqual([])
+    expect(b.toWorker).toEqual([{ t: 's', i: 7, r: result }])
+  })
+
+  it('keys on what shapes the answer, keeps no error, and forgets everything on clear', async () => {
+    const { worker, cache } = await setup()
+    const a = worker()
+    a.send(fetch(1, '/src/x.ts', '/w/test/a.test.ts'))
+    a.answer({ t: 's', i: 1, r: result })
+    const b = worker()
+    b.send(fetch(1, '/src/x.ts', '/w/test/b.test.ts')) // a resolved URL: the importer does not matter
+    b.send(fetch(2, 'lodash', '/w/src/x.ts')) // a bare one is resolved against its importer
+    b.answer({ t: 's', i: 2, r: { externalize: '/w/node_modules/lodash/index.js', type: 'commonjs' } })
+    b.send(fetch(3, 'lodash', '/w/other/y.ts'))
+    b.send(fetch(4, '/src/x.ts', '/w/test/a.test.ts', { cached: true })) // other options
+    b.send(fetch(5, '/src/missing.ts'))
+    expect(b.toHost.map((m: any) => m.i)).toEqual([2, 3, 4, 5])
+    expect(b.toWorker).toEqual([{ t: 's', i: 1, r: result }, { t: 's', i: 2, r: { externalize: '/w/node_modules/lodash/index.js', type: 'commonjs' } }])
+    b.answer({ t: 's', i: 5, e: new Error('Failed to load url /src/missing.ts') })
+    b.answer({ t: 's', i: 2, e: new Error('Failed to load url /src/missing.ts') })
+    const c = worker()
+    c.send(fetch(1, '/src/missing.ts'))
+    expect(c.toHost).toHaveLength(1) // the error was not kept
+    // An answer to a request made before a clear is not kept either.
+    c.send(fetch(2, '/src/y.ts'))
+    cache.clear()
+    c.answer({ t: 's', i: 2, r: result })
+    const d = worker()
+    d.send(fetch(1, '/src/x.ts', '/w/test/a.test.ts'))
+    d.send(fetch(2, '/src/y.ts'))
+    expect(d.toHost).toHaveLength(2)
+  })
+
+  it('passes every other message through byte for byte, however the stream is cut', async () => {
+    const { worker, codec } = await setup()
+    const a = worker()
+    const messages = [{ t: 'q', i: 1, m: 'onTaskUpdate', a: [[['id', { state: 'pass' }]]] }, { __vitest_worker_response__: true, type: 'started' }, fetch(2, '/src/x.ts')]
+    const bytes = Buffer.concat(messages.map((m) => lengthPrefixed(codec.encode(m))))
+    for (let at = 0; at < bytes.length; at += 3) a.tap.fromWorker(bytes.subarray(at, at + 3))
+    expect(Buffer.concat(a.rawToHost).equals(bytes)).toBe(true)
+    expect(a.toHost).toEqual(messages)
+  })
+})
