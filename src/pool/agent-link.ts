@@ -7,10 +7,9 @@
  */
 import type { Socket } from 'node:net'
 import type { DirectChannel, ProviderProcess } from '../providers/types.js'
-import type { CodecName } from '../sandbox-runtime/codec.js'
-import { createDeframer, frame, jsonFrame, Kind, numberedChunk } from '../sandbox-runtime/wire.js'
+import { createDeframer, DIRECT_ENV, frame, jsonFrame, Kind, numberedChunk, type ForkSpec } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
-import { DIRECT_ENV, DirectClaims, type DirectClaim } from './direct.js'
+import { DirectClaims, type DirectClaim } from './direct.js'
 
 const log = debug('link')
 
@@ -25,15 +24,6 @@ export interface ChannelHandlers {
   lost(reason: string): void
 }
 
-export interface ForkSpec {
-  entry: string
-  args: string[]
-  execArgv: string[]
-  env: Record<string, string>
-  cwd: string
-  /** The codec of a Vitest worker's messages, for the agent's module cache; absent for other processes. */
-  codec?: CodecName
-}
 
 /**
  * Where a worker's messages go: over the link; held until its direct socket is claimed; or over

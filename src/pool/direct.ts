@@ -8,8 +8,6 @@ import { randomBytes } from 'node:crypto'
 import type { Socket } from 'node:net'
 import type { DirectChannel } from '../providers/types.js'
 
-/** The variable that tells a worker `<socket path>#<token>` (it removes it before Vitest runs). */
-export const DIRECT_ENV = 'VITEST_POOL_SANDBOX_CHANNEL'
 const TOKEN_LENGTH = 32 // hex characters, then '\n'
 const CLAIM_TIMEOUT_MS = 10_000
 

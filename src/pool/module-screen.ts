@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
+import type { RpcFrame } from '../sandbox-runtime/wire.js'
 import type { Workspace } from '../workspace/collect.js'
 import { debug } from '../debug.js'
 
@@ -29,7 +30,6 @@ const EXTENSIONS = ['.mjs', '.js', '.mts', '.ts', '.jsx', '.tsx', '.json']
 /** A folder that does not exist: twin requests live under it. */
 const ABSENT = `/.vitest-sandbox-absent-${randomBytes(6).toString('hex')}`
 
-export type RpcFrame = { t?: string; i?: string | number; m?: string; a?: unknown[]; r?: any; e?: unknown }
 
 /**
  * `{ cached, tmp, ...rest }` (or a warm entry `{ tmp, ...rest }`) as `{ code, sourceMap, ...rest }`:

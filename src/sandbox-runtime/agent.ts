@@ -10,7 +10,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { loadCodec, type Codec, type CodecName } from './codec.js'
 import { ModuleCache } from './module-cache.js'
-import { createChunkReader, createDeframer, frame, jsonFrame, Kind } from './wire.js'
+import { createChunkReader, createDeframer, frame, jsonFrame, Kind, type ForkSpec } from './wire.js'
 
 const out = new net.Socket({ fd: 1, readable: false, writable: true })
 const input = new net.Socket({ fd: 0, readable: true, writable: false })
@@ -31,17 +31,6 @@ baseEnv.PATH = [`${process.cwd()}/node_modules/.bin`, path.dirname(process.execP
 
 function send(buf: Buffer): void {
   out.write(buf)
-}
-
-interface ForkSpec {
-  entry: string
-  args: string[]
-  execArgv: string[]
-  env: Record<string, string>
-  cwd: string
-  codec?: CodecName
-  /** Answer the worker's module fetches from the sandbox's cache (a Vitest worker speaking `codec`). */
-  moduleCache?: boolean
 }
 
 function fork(id: number, spec: ForkSpec): void {

@@ -7,9 +7,7 @@
  * watch-mode rerun. The bytes it relays are not changed.
  */
 import type { Codec } from './codec.js'
-import { createMessageSplitter, lengthPrefixed } from './wire.js'
-
-type RpcFrame = { t?: string; i?: string | number; m?: string; a?: unknown[]; r?: unknown; e?: unknown }
+import { createMessageSplitter, lengthPrefixed, type RpcFrame } from './wire.js'
 
 /**
  * `fetch(url, importer, environment, options, traceCarrier)`: Vitest's host resolves `url` against

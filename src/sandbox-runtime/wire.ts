@@ -8,6 +8,7 @@
  * to the agent: the worker and the host frame and encode them (see `codec.ts`), the agent only
  * relays bytes. Runs inside sandboxes: Node built-ins only.
  */
+import type { CodecName } from './codec.js'
 
 export const Kind = {
   // host -> agent
@@ -28,6 +29,25 @@ export const Kind = {
 } as const
 
 export const MAX_FRAME = 64 * 1024 * 1024
+
+/** What a FORK frame asks the agent to start. */
+export interface ForkSpec {
+  entry: string
+  args: string[]
+  execArgv: string[]
+  env: Record<string, string>
+  cwd: string
+  /** The codec of a Vitest worker's messages, for the agent's module cache; absent for other processes. */
+  codec?: CodecName
+  /** Answer the worker's module fetches from the sandbox's cache (set by the agent link for relayed workers). */
+  moduleCache?: boolean
+}
+
+/** A birpc message of Vitest's worker RPC: a call (`t: 'q'`) or its answer (`t: 's'`). */
+export type RpcFrame = { t?: string; i?: string | number; m?: string; a?: unknown[]; r?: any; e?: unknown }
+
+/** The variable that tells a worker `<socket path>#<token>` of its direct channel (it removes it before Vitest runs). */
+export const DIRECT_ENV = 'VITEST_POOL_SANDBOX_CHANNEL'
 
 export function frame(channel: number, kind: number, payload?: Uint8Array): Buffer {
   const len = payload?.length ?? 0

@@ -11,9 +11,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import { pathToFileURL } from 'node:url'
 import { loadCodec, type CodecName } from './codec.js'
-import { createMessageSplitter, lengthPrefixed } from './wire.js'
-
-const DIRECT_ENV = 'VITEST_POOL_SANDBOX_CHANNEL'
+import { createMessageSplitter, DIRECT_ENV, lengthPrefixed } from './wire.js'
 
 export const HOST_CALL = Symbol.for('vitest-pool-sandbox.host-call')
 
