@@ -18,8 +18,9 @@ function run(cmd, args) {
   }
 }
 
-// The project, and the Vitest 5 fixture (its own lockfile: Vitest 5 and Node 22 from npm).
-for (const dir of ['.', 'fixtures/vitest5']) {
+// The project, the Vitest 5 fixture (its own lockfile: Vitest 5 and Node 22 from npm), and the
+// Vitest 4.0 one (refused).
+for (const dir of ['.', 'fixtures/vitest5', 'fixtures/vitest40']) {
   const marker = path.join(root, dir, 'node_modules/.package-lock.json')
   const stale = !fs.existsSync(marker) || fs.statSync(path.join(root, dir, 'package-lock.json')).mtimeMs > fs.statSync(marker).mtimeMs
   if (stale) run(npm, ['ci', '--no-audit', '--no-fund', '--prefix', dir])

@@ -8,8 +8,9 @@ import type { PoolOptions, PoolRunnerInitializer, PoolWorker } from 'vitest/node
 import { runHistory } from './durations.js'
 import { FallbackWorker } from './fallback.js'
 import { Fleet } from './fleet.js'
-import { resolveOptions, SandboxOptionsError, type ResolvedOptions, type SandboxPoolOptions } from './options.js'
+import { resolveOptions, type ResolvedOptions, type SandboxPoolOptions } from './options.js'
 import { RUNTIME_DIR } from './runtime-files.js'
+import { assertRunningVitest, assertSupportedVitest } from './vitest-version.js'
 import { SandboxPoolWorker } from './worker.js'
 
 export type { SandboxPoolOptions } from './options.js'
@@ -55,13 +56,6 @@ function allowRuntimeFiles(project: PoolOptions['project']): void {
   if (Array.isArray(allow) && !allow.includes(RUNTIME_DIR)) allow.push(RUNTIME_DIR)
 }
 
-/** The pool speaks Vitest 4.1's and 5's pool protocol (4.0 sends the worker config with each run, and lacks vitest/runtime). */
-function assertSupportedVitest(version: string): void {
-  const [major, minor] = version.split('.').map(Number)
-  if (major > 4 || (major === 4 && minor >= 1)) return
-  throw new SandboxOptionsError(`vitest-pool-sandbox needs Vitest 4.1 or newer; this project runs Vitest ${version}. Fix: npm install --save-dev vitest@^4.1 (or pnpm add -D / yarn add -D)`)
-}
-
 /**
  * The resolved options of each sandbox() pool, by its createPoolWorker function (which survives
  * Vite's config merging, unlike the object around it), for `vitest-sandbox template` to read from
@@ -77,6 +71,7 @@ export function sandboxOptionsOf(pool: unknown): ResolvedOptions | undefined {
 }
 
 export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
+  assertRunningVitest()
   const resolved = resolveOptions(options, os.availableParallelism())
   sizeScheduler(resolved)
   return createSandboxPool(resolved)

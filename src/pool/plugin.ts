@@ -8,6 +8,7 @@ import os from 'node:os'
 import type { Plugin } from 'vitest/config'
 import { createSandboxPool, sizeScheduler, WORKERS_SET } from './index.js'
 import { resolveOptions, type SandboxPoolOptions } from './options.js'
+import { assertSupportedVitest } from './vitest-version.js'
 
 /** The pool the command line asks for (`--pool=x` or `--pool x`), which wins over the config's. */
 function poolOnCommandLine(): string | undefined {
@@ -35,7 +36,9 @@ export function sandboxPlugin(options?: SandboxPoolOptions): Plugin {
     },
     configureVitest({ project }) {
       const config = project.config as { pool?: string; poolRunner?: unknown }
-      if (config.pool === 'sandbox' && !config.poolRunner) config.poolRunner = pool
+      if (config.pool !== 'sandbox') return
+      assertSupportedVitest(project.vitest.version)
+      config.poolRunner ??= pool
     },
   }
 }
