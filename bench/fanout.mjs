@@ -15,6 +15,7 @@ import { startServe, stopServe, watasuEnv } from './serve.mjs'
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const suite = path.join(repo, '.bench', 'fanout')
+const logs = path.join(repo, '.bench', 'fanout-logs')
 const FILES = Number(process.env.BENCH_FILES ?? 32)
 const SLEEP_MS = Number(process.env.BENCH_SLEEP_MS ?? 5000)
 const COUNTS = (process.env.BENCH_SANDBOXES ?? '1,4,16').split(',').map(Number)
@@ -40,9 +41,9 @@ async function run(serve, proxy, n, pool = 'sandbox') {
   const report = path.join(os.tmpdir(), `vps-bench-report-${process.pid}-${n}.json`)
   const before = { ...proxy.bytes }
   const started = Date.now()
-  const child = spawn(process.execPath, [path.join(repo, 'node_modules/vitest/vitest.mjs'), 'run', '--reporter=json', `--outputFile.json=${report}`], {
+  const child = spawn(process.execPath, [path.join(repo, 'node_modules/vitest/vitest.mjs'), 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`], {
     cwd: suite,
-    env: { ...process.env, NO_COLOR: '1', N: String(n), USAGE: usage, P: pool, ...watasuEnv(serve, proxy) },
+    env: { ...process.env, DEBUG: process.env.DEBUG ?? 'vitest-pool-sandbox:fleet', NO_COLOR: '1', N: String(n), USAGE: usage, P: pool, ...watasuEnv(serve, proxy) },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''
@@ -59,6 +60,11 @@ async function run(serve, proxy, n, pool = 'sandbox') {
   const code = await new Promise((r) => child.once('exit', r))
   clearInterval(sampler)
   const wallMs = Date.now() - started
+  // Every run's output is kept, so an outlier can be explained (a rerun, a lost sandbox).
+  fs.mkdirSync(logs, { recursive: true })
+  fs.writeFileSync(path.join(logs, `${pool}-${n}-${proxy.rttMs}ms.log`), out)
+  const reruns = out.split('running it again on another sandbox').length - 1
+  if (reruns) console.error(`${pool} on ${n}: ${reruns} files ran again after a lost sandbox or worker`)
   const json = JSON.parse(fs.readFileSync(report, 'utf8'))
   if (code !== 0 || json.numPassedTests !== FILES) throw new Error(`run on ${n} sandboxes failed (${code}):\n${out}`)
   const u = pool === 'forks' ? undefined : JSON.parse(fs.readFileSync(usage, 'utf8'))

@@ -1,14 +1,15 @@
 // A TCP proxy on loopback that delays every chunk by half the round trip each way and limits each
 // direction's bandwidth, so a loopback server behaves like one across a network. Bytes are relayed
-// unchanged and in order (HTTP and WebSocket alike).
+// unchanged and in order (HTTP and WebSocket alike). Bytes up are also counted by connection kind:
+// plain HTTP (API calls, file uploads) and WebSocket (process streams: RPC, module code).
 import net from 'node:net'
 
 /**
  * @param {{ target: { host: string, port: number }, rttMs?: number, bytesPerSecond?: number }} opts
- * @returns {Promise<{ port: number, url: string, bytes: { up: number, down: number }, close(): Promise<void> }>}
+ * @returns {Promise<{ port: number, url: string, rttMs: number, bytes: { up: number, down: number, httpUp: number, streamUp: number }, close(): Promise<void> }>}
  */
 export async function startLatencyProxy({ target, rttMs = 0, bytesPerSecond = Infinity }) {
-  const bytes = { up: 0, down: 0 }
+  const bytes = { up: 0, down: 0, httpUp: 0, streamUp: 0 }
   const sockets = new Set()
   // One lane per direction of a connection: a chunk leaves after the delay, and not before the
   // lane has sent the previous chunks at the bandwidth limit.
@@ -35,7 +36,15 @@ export async function startLatencyProxy({ target, rttMs = 0, bytesPerSecond = In
     sockets.add(client).add(upstream)
     client.setNoDelay(true)
     upstream.setNoDelay(true)
-    client.on('data', lane(upstream, (n) => (bytes.up += n)))
+    let kind
+    const up = lane(upstream, (n) => {
+      bytes.up += n
+      bytes[kind] += n
+    })
+    client.on('data', (chunk) => {
+      kind ??= /\r\nupgrade:\s*websocket\r\n/i.test(chunk.toString('latin1', 0, 4096)) ? 'streamUp' : 'httpUp'
+      up(chunk)
+    })
     upstream.on('data', lane(client, (n) => (bytes.down += n)))
     const end = (other) => () => setTimeout(() => other.end(), rttMs / 2 + 1)
     client.on('end', end(upstream))
@@ -50,6 +59,7 @@ export async function startLatencyProxy({ target, rttMs = 0, bytesPerSecond = In
   return {
     port,
     url: `http://127.0.0.1:${port}`,
+    rttMs,
     bytes,
     close: async () => {
       for (const s of sockets) s.destroy()
