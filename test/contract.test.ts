@@ -1,17 +1,20 @@
 /**
  * The provider contract: every provider, driven only through the SandboxProvider interface the
  * fleet uses, behaves the same. local() is the real engine in-process; watasu() talks to a real
- * `vitest-sandbox serve` process; opensandbox() talks to the fake OpenSandbox (real HTTP and
- * WebSockets on loopback, the official SDK keeps it honest in opensandbox.test.ts).
+ * `vitest-sandbox serve` process; opensandbox() and e2b() talk to fakes of those services (real
+ * HTTP and WebSockets on loopback; the official SDKs keep them honest in opensandbox.test.ts and
+ * e2b.test.ts).
  */
 import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { e2b } from '../src/providers/e2b.js'
 import { local } from '../src/providers/local.js'
 import { opensandbox } from '../src/providers/opensandbox.js'
 import { watasu } from '../src/providers/watasu.js'
 import type { ProviderProcess, ProviderSandbox, ProviderSession, SandboxProvider } from '../src/providers/types.js'
 import { tempDir, waitFor } from './support/engine.js'
+import { startFakeE2B } from './support/fake-e2b.js'
 import { startFakeOpenSandbox } from './support/fake-opensandbox.js'
 import { startServe } from './support/serve.js'
 
@@ -32,6 +35,10 @@ const setups: Record<string, () => Promise<Setup>> = {
   'opensandbox (fake)': async () => {
     const fake = await startFakeOpenSandbox({ minTimeoutSec: 1 })
     return { provider: opensandbox({ domain: fake.domain, apiKey: fake.apiKey }), close: fake.close }
+  },
+  'e2b (fake)': async () => {
+    const fake = await startFakeE2B()
+    return { provider: e2b({ apiUrl: fake.url, sandboxUrl: fake.url, apiKey: fake.apiKey }), close: fake.close }
   },
 }
 

@@ -1,7 +1,7 @@
 /**
  * Remote providers end to end: real fixture suites through watasu() against a real
- * `vitest-sandbox serve` (also through a faulty network), and through opensandbox() against the
- * fake OpenSandbox, with faults injected (a 503 on create, a 429 burst, 502s on uploads,
+ * `vitest-sandbox serve` (also through a faulty network), and through opensandbox() and e2b()
+ * against the fakes of those services, with faults injected (a 503 on create, a 429 burst, 502s on uploads,
  * WebSockets cut mid-file), compared test by test with forks; afterwards nothing is left (checked with `vitest-sandbox reap`). And the provider's API
  * key never reaches a sandbox.
  */
@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { SandboxClient } from '../src/protocol/client.js'
 import { watasu } from '../src/providers/watasu.js'
+import { startFakeE2B, type FakeE2B } from './support/fake-e2b.js'
 import { startFakeOpenSandbox, type FakeOpenSandbox } from './support/fake-opensandbox.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 import { CLI, startServe } from './support/serve.js'
@@ -37,7 +38,7 @@ function cli(command: string, env: Record<string, string>, args: string[] = []):
 const reap = (env: Record<string, string>, args: string[] = []) => cli('reap', env, args)
 
 /** A run of the feature fixture reported every test as forks did, and left no pool sandbox alive. */
-async function expectAsForksAndNoneLeft(run: Awaited<ReturnType<typeof runFixture>>, provider: 'watasu' | 'opensandbox', env: Record<string, string>): Promise<void> {
+async function expectAsForksAndNoneLeft(run: Awaited<ReturnType<typeof runFixture>>, provider: 'watasu' | 'opensandbox' | 'e2b', env: Record<string, string>): Promise<void> {
   expect(run.json, run.output).toBeDefined()
   expect(testsOf(run.json)).toEqual(forks)
   expect(run.code).toBe(forksCode)
@@ -171,7 +172,60 @@ describe('opensandbox() against the fake OpenSandbox', () => {
     expect(wrong.stdout).toMatch(/✘ opensandbox: GET \/sandboxes\?.*Authentication credentials are invalid[\s\S]*fix: the provider refused OPEN_SANDBOX_API_KEY: check its value/)
     const unset = await cli('doctor', { OPEN_SANDBOX_API_KEY: '' }, ['--provider', 'opensandbox'])
     expect(unset.stdout).toMatch(/✘ opensandbox: OPEN_SANDBOX_API_KEY is not set/)
-    const none = await cli('doctor', {}, ['--provider', 'e2b'])
-    expect(none.stderr).toMatch(/unknown --provider 'e2b'; the remote providers are watasu, opensandbox/)
+    const none = await cli('doctor', {}, ['--provider', 'heyo'])
+    expect(none.stderr).toMatch(/unknown --provider 'heyo'; the remote providers are watasu, opensandbox, e2b/)
+  })
+})
+
+describe('e2b() against the fake E2B', () => {
+  let fake: FakeE2B
+  let env: Record<string, string>
+  beforeAll(async () => {
+    fake = await startFakeE2B({ apiKey: `${KEY_MARKER}-${Date.now()}-e2b` })
+    env = { VPS_PROVIDER: 'e2b', E2B_API_URL: fake.url, E2B_SANDBOX_URL: fake.url, E2B_API_KEY: fake.apiKey }
+  })
+  afterAll(() => fake?.close())
+
+  it('loses no result to a 503 on create, a 429 burst, 502s on uploads or a process stream cut mid-file, and leaks no sandbox', { timeout: 300_000 }, async () => {
+    fake.inject({ where: 'api', method: 'POST', path: /^\/v2\/sandboxes$/, status: 503 })
+    fake.inject({ where: 'api', method: 'GET', path: /^\/snapshots$/, status: 429, times: 3 })
+    fake.inject({ where: 'envd', method: 'POST', path: /^\/files$/, status: 502, times: 2 })
+    // envd keeps no output for a dropped stream: the sandbox is lost, and its files run again.
+    let cut = 0
+    const cutter = setInterval(() => {
+      if (!cut && fake.requests.filter((r) => r.path === '/process.Process/SendInput').length > 20) cut = fake.dropStreams()
+    }, 200)
+    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+    await expectAsForksAndNoneLeft(run, 'e2b', env)
+    expect(cut).toBeGreaterThan(0)
+    expect(run.output).toMatch(/was lost[^\n]*e2b: lost the process stream/)
+    expect(fake.sandboxes.size).toBe(0)
+    // The key went to the API only: never to envd, which runs inside the sandbox.
+    const envd = fake.requests.filter((r) => r.where === 'envd')
+    expect(envd.length).toBeGreaterThan(10)
+    expect(envd.filter((r) => JSON.stringify(r.headers).includes(KEY_MARKER))).toEqual([])
+  })
+
+  it('lets no test see the API key', { timeout: 120_000 }, async () => {
+    const run = await runFixture('secrets', { env })
+    expect(run.json?.numPassedTests, run.output).toBe(1)
+  })
+
+  it('doctor and reap reach it with E2B_API_KEY, or name the fix', { timeout: 60_000 }, async () => {
+    const ok = await cli('doctor', env, ['--provider', 'e2b'])
+    expect(ok.stdout, ok.stderr).toMatch(/✔ e2b: reachable with E2B_API_KEY; \d+ pool sandboxes? alive/)
+    const wrong = await cli('doctor', { ...env, E2B_API_KEY: 'not-the-key' }, ['--provider', 'e2b'])
+    expect(wrong.status).toBe(1)
+    expect(wrong.stdout).toMatch(/✘ e2b: [\s\S]*Invalid API key[\s\S]*fix: the provider refused E2B_API_KEY: check its value/)
+    const { e2b } = await import('../src/providers/e2b.js')
+    const session = await e2b({ apiUrl: fake.url, sandboxUrl: fake.url, apiKey: fake.apiKey }).connect()
+    const left = await session.createSandbox({ timeoutSec: 600, labels: { 'vitest-sandbox': 'pool', 'vitest-sandbox-run': 'vps-leaked' }, network: false })
+    try {
+      const r = await reap(env)
+      expect(r.stdout, r.stderr).toContain(`killed: ${left.id} (run vps-leaked`)
+      expect(await session.listSandboxes({})).toEqual([])
+    } finally {
+      await session.close()
+    }
   })
 })

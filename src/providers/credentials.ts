@@ -5,6 +5,7 @@
 export const PROVIDER_ENV = {
   watasu: ['WATASU_API_KEY', 'WATASU_ACCESS_TOKEN'],
   opensandbox: ['OPEN_SANDBOX_API_KEY'],
+  e2b: ['E2B_API_KEY'],
 } as const
 
 export type RemoteProviderName = keyof typeof PROVIDER_ENV

@@ -1,5 +1,6 @@
 /** The providers by name, for the command line (`reap --provider`, `doctor`). */
 import type { RemoteProviderName } from './credentials.js'
+import { e2b } from './e2b.js'
 import { opensandbox } from './opensandbox.js'
 import type { SandboxProvider } from './types.js'
 import { watasu } from './watasu.js'
@@ -8,6 +9,7 @@ import { watasu } from './watasu.js'
 export const REMOTE_PROVIDERS: Record<RemoteProviderName, () => SandboxProvider> = {
   watasu: () => watasu(),
   opensandbox: () => opensandbox(),
+  e2b: () => e2b(),
 }
 
 export function isRemoteProvider(name: string): name is RemoteProviderName {
