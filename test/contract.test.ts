@@ -10,6 +10,7 @@ import fs from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { e2b } from '../src/providers/e2b.js'
 import { local } from '../src/providers/local.js'
+import { microsandbox, virtualizationProblem } from '../src/providers/microsandbox.js'
 import { opensandbox } from '../src/providers/opensandbox.js'
 import { watasu } from '../src/providers/watasu.js'
 import type { ProviderProcess, ProviderSandbox, ProviderSession, SandboxProvider } from '../src/providers/types.js'
@@ -17,6 +18,7 @@ import { tempDir, waitFor } from './support/engine.js'
 import { startFakeE2B } from './support/fake-e2b.js'
 import { startFakeOpenSandbox } from './support/fake-opensandbox.js'
 import { startServe } from './support/serve.js'
+import { startStandInMicrosandbox } from './support/stand-in-microsandbox.js'
 
 interface Setup {
   provider: SandboxProvider
@@ -40,7 +42,18 @@ const setups: Record<string, () => Promise<Setup>> = {
     const fake = await startFakeE2B()
     return { provider: e2b({ apiUrl: fake.url, sandboxUrl: fake.url, apiKey: fake.apiKey }), close: fake.close }
   },
+  // The adapter on a machine that passes the virtualization check, with the SDK stood in by the
+  // local engine (the SDK's types are checked against what the adapter uses when it builds).
+  'microsandbox (adapter, SDK stood in)': async () => {
+    const standIn = await startStandInMicrosandbox()
+    const probe = { platform: 'linux', kvmAccess: () => {}, cpuinfo: () => 'flags\t\t: fpu vme svm' }
+    return { provider: microsandbox({}, { load: async () => standIn.sdk, probe }), close: standIn.close }
+  },
 }
+// microsandbox itself, where this machine can boot microVMs (VPS_MICROSANDBOX_IMAGE: an image with node).
+const noVm = virtualizationProblem()
+if (noVm) console.log(`provider contract: microsandbox (real microVMs) skipped: ${noVm}`)
+else setups['microsandbox (real microVMs)'] = async () => ({ provider: microsandbox({ image: process.env.VPS_MICROSANDBOX_IMAGE }), close: async () => {} })
 
 function collect(proc: ProviderProcess) {
   const out: Buffer[] = []

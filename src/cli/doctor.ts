@@ -11,6 +11,7 @@ import { Engine } from '../engine/engine.js'
 import { detectHost, installHint, parseVersion, ROOT_DROP_ID, which } from '../engine/host.js'
 import { keyVariable, PROVIDER_ENV, type RemoteProviderName } from '../providers/credentials.js'
 import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
+import { virtualizationProblem } from '../providers/microsandbox.js'
 import { POOL_LABEL } from '../providers/types.js'
 import { DEFAULT_PATH } from '../engine/policy.js'
 
@@ -172,7 +173,29 @@ async function finish(checks: Check[]): Promise<Check[]> {
     }
     checks.push(await probe(provider, set))
   }
+  checks.push(microsandboxCheck(false))
   return checks
+}
+
+/** The microsandbox package above `dir`, if the project has it. */
+function hasMicrosandbox(dir = process.cwd()): boolean {
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'node_modules', 'microsandbox', 'package.json'))) return true
+    if (path.dirname(d) === d) return false
+  }
+}
+
+/**
+ * microsandbox(): whether this machine can boot its microVMs. A problem fails `doctor --provider
+ * microsandbox`; otherwise it is a note (with the fix), since a project may have the package
+ * without running on this machine.
+ */
+function microsandboxCheck(asked: boolean): Check {
+  if (!asked && !hasMicrosandbox()) return { name: 'microsandbox', ok: true, info: true, detail: 'the microsandbox package is not installed (needed only for microsandbox())' }
+  const problem = virtualizationProblem()
+  if (!problem) return { name: 'microsandbox', ok: true, detail: 'hardware virtualization and /dev/kvm are there for its microVMs' }
+  const [detail, fix] = problem.split('. Fix: ')
+  return asked ? { name: 'microsandbox', ok: false, detail, fix } : { name: 'microsandbox', ok: true, info: true, detail: `microsandbox() cannot run here: ${detail}${fix ? `; fix: ${fix}` : ''}` }
 }
 
 async function probe(provider: RemoteProviderName, variable: string): Promise<Check> {
@@ -193,6 +216,7 @@ async function probe(provider: RemoteProviderName, variable: string): Promise<Ch
 
 /** Only the given remote provider: reachable, key accepted (for CI jobs that never use local()). */
 async function providerChecks(provider: string): Promise<Check[]> {
+  if (provider === 'microsandbox') return [microsandboxCheck(true)]
   if (!isRemoteProvider(provider)) throw new Error(`doctor: unknown --provider '${provider}'; the remote providers are ${Object.keys(PROVIDER_ENV).join(', ')}`)
   const vars = PROVIDER_ENV[provider]
   const set = keyVariable(provider)
