@@ -102,6 +102,17 @@ export class Http {
     }
   }
 
+  /** DELETE a resource: true if it was there, false if it was already gone (404). */
+  async delete(path: string): Promise<boolean> {
+    try {
+      await this.call('DELETE', path).then((r) => r.body.dump())
+      return true
+    } catch (err) {
+      if (err instanceof HttpError && err.status === 404) return false
+      throw err
+    }
+  }
+
   async json<T>(method: Dispatcher.HttpMethod, path: string, json?: unknown, call: Omit<CallOptions, 'json'> = {}): Promise<T> {
     const res = await this.call(method, path, { ...call, json })
     const text = await res.body.text()

@@ -11,7 +11,7 @@ import { Agent, type Dispatcher } from 'undici'
 import { env, requireKey } from './credentials.js'
 import { E2BProcess } from './e2b-process.js'
 import type { CreateOptions, ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, TemplateSummary, Upload } from './types.js'
-import { Http, HttpError } from '../net/http.js'
+import { Http } from '../net/http.js'
 import { debug } from '../debug.js'
 
 const log = debug('e2b')
@@ -145,7 +145,7 @@ class E2BSession implements ProviderSession {
   }
 
   deleteTemplate(id: string): Promise<boolean> {
-    return this.delete(`/templates/${enc(id)}`)
+    return this.api.delete(`/templates/${enc(id)}`)
   }
 
   async listSandboxes(labels: Record<string, string>): Promise<SandboxSummary[]> {
@@ -156,18 +156,7 @@ class E2BSession implements ProviderSession {
   }
 
   killSandbox(id: string): Promise<boolean> {
-    return this.delete(`/sandboxes/${enc(id)}`)
-  }
-
-  /** DELETE an API resource; false if it was already gone. */
-  private async delete(resource: string): Promise<boolean> {
-    try {
-      await this.api.call('DELETE', resource).then((r) => r.body.dump())
-      return true
-    } catch (err) {
-      if (err instanceof HttpError && err.status === 404) return false
-      throw err
-    }
+    return this.api.delete(`/sandboxes/${enc(id)}`)
   }
 
   async close(): Promise<void> {

@@ -189,7 +189,7 @@ class OpenSandboxSession implements ProviderSession {
   }
 
   deleteTemplate(id: string): Promise<boolean> {
-    return this.delete(`/snapshots/${encodeURIComponent(id)}`)
+    return this.lifecycle.delete(`/snapshots/${encodeURIComponent(id)}`)
   }
 
   async listSandboxes(labels: Record<string, string>): Promise<SandboxSummary[]> {
@@ -205,18 +205,7 @@ class OpenSandboxSession implements ProviderSession {
   }
 
   killSandbox(id: string): Promise<boolean> {
-    return this.delete(`/sandboxes/${encodeURIComponent(id)}`)
-  }
-
-  /** DELETE a lifecycle resource; false if it was already gone. */
-  private async delete(resource: string): Promise<boolean> {
-    try {
-      await this.lifecycle.call('DELETE', resource).then((r) => r.body.dump())
-      return true
-    } catch (err) {
-      if (err instanceof HttpError && err.status === 404) return false
-      throw err
-    }
+    return this.lifecycle.delete(`/sandboxes/${encodeURIComponent(id)}`)
   }
 
   async close(): Promise<void> {
