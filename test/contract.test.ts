@@ -43,14 +43,15 @@ const setups: Record<string, () => Promise<Setup>> = {
     return { provider: e2b({ apiUrl: fake.url, sandboxUrl: fake.url, apiKey: fake.apiKey }), close: fake.close }
   },
   // The adapter on a machine that passes the virtualization check, with the SDK stood in by the
-  // local engine (the SDK's types are checked against what the adapter uses when it builds).
+  // local engine (microsandbox.test.ts checks the SDK's own types against what the adapter uses).
   'microsandbox (adapter, SDK stood in)': async () => {
     const standIn = await startStandInMicrosandbox()
     const probe = { platform: 'linux', kvmAccess: () => {}, cpuinfo: () => 'flags\t\t: fpu vme svm' }
     return { provider: microsandbox({}, { load: async () => standIn.sdk, probe }), close: standIn.close }
   },
 }
-// microsandbox itself, where this machine can boot microVMs (VPS_MICROSANDBOX_IMAGE: an image with node).
+// microsandbox itself, where this machine can boot microVMs (with the microsandbox package installed,
+// and VPS_MICROSANDBOX_IMAGE: an image with node).
 const noVm = virtualizationProblem()
 if (noVm) console.log(`provider contract: microsandbox (real microVMs) skipped: ${noVm}`)
 else setups['microsandbox (real microVMs)'] = async () => ({ provider: microsandbox({ image: process.env.VPS_MICROSANDBOX_IMAGE }), close: async () => {} })

@@ -1,16 +1,22 @@
 /**
  * microsandbox(): the virtualization check that runs before any sandbox is attempted (with the
- * fix, in doctor too), and what the adapter asks of the SDK (checked against the SDK's own types
- * when the package builds; run here against the stand-in, which the provider contract suite also
- * drives). The fixture suite through real microVMs runs only where this machine can boot them;
+ * fix, in doctor too), and what the adapter asks of the SDK: checked against the SDK's own types
+ * (its published declarations, from npm), and run against the stand-in, which the provider
+ * contract suite also drives. The fixture suite through real microVMs runs only where this machine can boot them;
  * elsewhere its test is skipped, and the reason is in its name.
  */
-import { execFile } from 'node:child_process'
+import { execFile, execFileSync, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { microsandbox, virtualizationProblem } from '../src/providers/microsandbox.js'
 import { startStandInMicrosandbox } from './support/stand-in-microsandbox.js'
 import { CLI } from './support/serve.js'
-import { runFixture, testsOf } from './support/vitest-run.js'
+import { REPO, runFixture, testsOf } from './support/vitest-run.js'
+
+/** The SDK version the adapter was written against (an optional peer: not in this package's install). */
+const SDK_VERSION = '0.6.18'
 
 const CAN_BOOT = { platform: 'linux', kvmAccess: () => {}, cpuinfo: () => 'processor\t: 0\nflags\t\t: fpu vme vmx sse\n' }
 const enoent = () => {
@@ -50,6 +56,32 @@ describe('the virtualization check', () => {
       expect(r.code).toBe(0)
       expect(r.stdout).toMatch(/✔ microsandbox: hardware virtualization/)
     }
+  })
+})
+
+describe("the SDK's own types", () => {
+  // The published package's declarations, from npm, against what the adapter calls.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-msb-types-'))
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const tsc = (extra: string) => {
+    fs.writeFileSync(
+      path.join(dir, 'check.ts'),
+      `import type * as Sdk from './package/dist/index.js'\nimport type { MicrosandboxSdk } from ${JSON.stringify(path.join(REPO, 'src/providers/microsandbox.js'))}\n` +
+        `type Wanted = MicrosandboxSdk${extra}\nconst conforms: typeof Sdk extends Wanted ? true : never = true\nvoid conforms\n`,
+    )
+    return spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--skipLibCheck', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--typeRoots', path.join(REPO, 'node_modules/@types'), '--types', 'node', path.join(dir, 'check.ts')], { encoding: 'utf8' })
+  }
+
+  it(`have every call the adapter makes (microsandbox ${SDK_VERSION})`, { timeout: 120_000 }, () => {
+    const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
+    const tarball = execFileSync(npm, ['pack', `microsandbox@${SDK_VERSION}`, '--silent'], { cwd: dir, encoding: 'utf8' }).trim().split('\n').pop()!
+    execFileSync('tar', ['xzf', tarball], { cwd: dir })
+    const ok = tsc('')
+    expect(ok.status, ok.stdout + ok.stderr).toBe(0)
+    // The check can fail: a call the SDK does not have is refused.
+    const missing = tsc(" & { Snapshot: { notInTheSdk(): void } }")
+    expect(missing.status).not.toBe(0)
+    expect(missing.stdout).toMatch(/Type 'true' is not assignable to type 'never'/)
   })
 })
 

@@ -1,7 +1,7 @@
 /**
  * A stand-in for the `microsandbox` SDK where no microVM can boot (no hardware virtualization, as
  * on this project's machines): the part of the SDK microsandbox() uses (`MicrosandboxSdk`, which
- * the SDK's own types are checked to satisfy when the package builds), carried out by the local
+ * microsandbox.test.ts checks the SDK's own types against), carried out by the local
  * engine, with the SDK's semantics the adapter relies on: names as ids, labels in `configJson`, a
  * paged listing that includes stopped sandboxes, snapshots only of stopped sandboxes, exec events
  * `started`/`stdout`/`stderr`/`exited` with 128 + n for a signal.
