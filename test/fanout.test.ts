@@ -168,7 +168,7 @@ describe('fan-out on real runs', () => {
 })
 
 describe("the agent's module cache on real runs", () => {
-  /** Module fetches the host answered in a run of the `modules` fixture (one sandbox). */
+  /** Module fetches and resolutions the host answered in a run of the `modules` fixture (one sandbox). */
   async function hostFetches(files: string[], relay: boolean): Promise<number> {
     const usageFile = path.join(os.tmpdir(), `vps-modules-usage-${process.pid}-${Date.now()}.json`)
     const run = await runFixture('modules', { args: files, env: { VPS_USAGE_FILE: usageFile, ...(relay ? { VPS_RELAY: '1' } : {}) } })
@@ -177,16 +177,17 @@ describe("the agent's module cache on real runs", () => {
     const usage = readUsage(usageFile)
     fs.rmSync(usageFile, { force: true })
     expect(usage.sandboxes).toHaveLength(1)
-    return usage.sandboxes[0].moduleFetches
+    return usage.sandboxes[0].moduleRequests
   }
 
-  it("answers a shared module graph once per sandbox: each further file costs the host only its own test file's fetch", { timeout: 180_000 }, async () => {
+  it("answers a shared module graph once per sandbox: each further file costs the host only its own test file's resolution and fetch", { timeout: 180_000 }, async () => {
     const all = ['a', 'b', 'c', 'd'].map((n) => `test/${n}.test.ts`)
     const relayedOne = await hostFetches(all.slice(0, 1), true)
     const relayedAll = await hostFetches(all, true)
-    // The graph (index and five modules) and Vitest's own modules cross once.
+    // The graph (index and five modules), Vitest's own modules and the resolutions every worker
+    // starts with cross once; each further file resolves and fetches its own test file.
     expect(relayedOne).toBeGreaterThan(6)
-    expect(relayedAll - relayedOne).toBe(3)
+    expect(relayedAll - relayedOne).toBe(3 * 2)
     // Workers on the direct channel bypass the agent (and its cache): every file fetches it all.
     const directOne = await hostFetches(all.slice(0, 1), false)
     const directAll = await hostFetches(all, false)

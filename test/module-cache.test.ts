@@ -45,6 +45,24 @@ describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
     expect(b.toWorker).toEqual([{ t: 's', i: 7, r: result }])
   })
 
+  it('keeps resolutions too, keyed on the whole request, apart from fetches', async () => {
+    const { worker } = await setup()
+    const resolve = (i: number, id: string, importer: string | null) => ({ t: 'q', i, m: 'resolve', a: [id, importer, 'ssr'] })
+    const resolved = { id: '/w/dist/snapshot-environment.js', file: '/w/dist/snapshot-environment.js', url: '/@fs/w/dist/snapshot-environment.js' }
+    const a = worker()
+    a.send(resolve(1, '/w/dist/snapshot-environment.js', null))
+    a.answer({ t: 's', i: 1, r: resolved })
+    a.send(resolve(2, './x', '/w/src/a.ts'))
+    a.answer({ t: 's', i: 2, r: null }) // not found is an answer too
+    const b = worker()
+    b.send(resolve(4, '/w/dist/snapshot-environment.js', null))
+    b.send(resolve(5, './x', '/w/src/a.ts'))
+    b.send(resolve(6, './x', '/w/src/b.ts')) // another importer
+    b.send(fetch(7, '/w/dist/snapshot-environment.js')) // a fetch of the same id is another question
+    expect(b.toWorker).toEqual([{ t: 's', i: 4, r: resolved }, { t: 's', i: 5, r: null }])
+    expect(b.toHost.map((m: any) => m.i)).toEqual([6, 7])
+  })
+
   it('keys on what shapes the answer, keeps no error, and forgets everything on clear', async () => {
     const { worker, cache } = await setup()
     const a = worker()

@@ -20,8 +20,8 @@ export interface SandboxUsageReport {
   /** Time with at least one file running; the rest of its lifetime is idle. */
   busyMs: number
   idleMs: number
-  /** Module fetches the host answered for its workers (the agent's cache answers the rest). */
-  moduleFetches: number
+  /** Module fetches and resolutions the host answered for its workers (the agent's cache answers the rest). */
+  moduleRequests: number
   lost?: string
 }
 
@@ -52,7 +52,7 @@ export class SandboxUsage {
   endedAt?: number
   lost?: string
   files = 0
-  moduleFetches = 0
+  moduleRequests = 0
   private active = 0
   private busySince = 0
   private busyMs = 0
@@ -88,7 +88,7 @@ export class SandboxUsage {
       lifetimeMs,
       busyMs,
       idleMs: lifetimeMs - busyMs,
-      moduleFetches: this.moduleFetches,
+      moduleRequests: this.moduleRequests,
       ...(this.lost ? { lost: this.lost } : {}),
     }
   }

@@ -19,6 +19,7 @@ import type { Lease } from './slots.js'
 import { HostFileRefusal, HostFiles, refusedAttachment, type UpdateMode } from './host-files.js'
 import { FILE_NAMING_METHODS, MODULE_METHODS, ModuleScreen } from './module-screen.js'
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
+import { CACHED_METHODS } from '../sandbox-runtime/module-cache.js'
 import { codecFor, workerEnv } from './worker-env.js'
 import { createMessageSplitter, lengthPrefixed, type RpcFrame } from '../sandbox-runtime/wire.js'
 import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT } from './runtime-files.js'
@@ -333,7 +334,7 @@ export class SandboxPoolWorker implements PoolWorker {
     }
     if (message?.t === 'q') {
       if (RESULT_METHODS.has(message.m)) this.resultsSeen = true
-      if (message.m === 'fetch' && this.lease) this.lease.host.usage.moduleFetches++
+      if (CACHED_METHODS.has(message.m) && this.lease) this.lease.host.usage.moduleRequests++
       if (message.m === 'resolveSnapshotPath' && message.i !== undefined) this.snapRequests.set(message.i, path.resolve(String(message.a?.[0])))
       if (message.m === 'onTaskArtifactRecord') {
         const refused = refusedAttachment(message.a?.[1], (p) => this.fleet.workspace.isGiven(path.resolve(this.options.project.config.root, p)))

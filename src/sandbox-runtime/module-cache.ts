@@ -1,24 +1,30 @@
 /**
  * The agent's module cache, for workers whose messages it relays (a sandbox across a network):
- * the host's answer to a worker's `fetch` (Vitest's module runner asking for a module's code) is
- * kept, and the same request from a later worker of this sandbox is answered here, so a module's
- * code crosses the link once per sandbox instead of once per test file. The request is the key
- * (see `keyOf`), only answers without an error are kept, and the host clears the cache before each
+ * the host's answer to a worker's `fetch` (Vitest's module runner asking for a module's code) or
+ * `resolve` (an id resolved by Vite) is kept, and the same request from a later worker of this
+ * sandbox is answered here, so a module's code crosses the link once per sandbox instead of once
+ * per test file, and so do the resolutions every worker starts with. The request is the key (see
+ * `KEYS`), only answers without an error are kept, and the host clears the cache before each
  * watch-mode rerun. The bytes it relays are not changed.
  */
 import type { Codec } from './codec.js'
 import { createMessageSplitter, lengthPrefixed, type RpcFrame } from './wire.js'
 
 /**
- * `fetch(url, importer, environment, options, traceCarrier)`: Vitest's host resolves `url` against
- * `importer` only when it does not start with '/' (Vite has already resolved every static import
- * to such a URL), so the importer is part of the key only then; the trace carrier never shapes the
- * answer. Everything else is.
+ * The methods whose answers are kept, and each one's key.
+ * - `fetch(url, importer, environment, options, traceCarrier)`: Vitest's host resolves `url`
+ *   against `importer` only when it does not start with '/' (Vite has already resolved every
+ *   static import to such a URL), so the importer is part of the key only then; the trace carrier
+ *   never shapes the answer. Everything else is.
+ * - `resolve(id, importer, environment)`: all of it.
  */
-function keyOf(args: unknown[]): string {
-  const [url, importer, environment, options] = args
-  return JSON.stringify([url, typeof url === 'string' && url.startsWith('/') ? null : importer, environment, options])
+const KEYS: Record<string, (args: unknown[]) => string> = {
+  fetch: ([url, importer, environment, options]) => JSON.stringify(['fetch', url, typeof url === 'string' && url.startsWith('/') ? null : importer, environment, options]),
+  resolve: (args) => JSON.stringify(['resolve', ...args]),
 }
+
+/** The methods whose answers the cache keeps (the host counts the ones it answers). */
+export const CACHED_METHODS: ReadonlySet<string> = new Set(Object.keys(KEYS))
 
 export class ModuleCache {
   private answers = new Map<string, unknown>()
@@ -46,10 +52,11 @@ export class ModuleCache {
     return {
       fromWorker: createMessageSplitter((payload) => {
         const msg = decode(payload)
-        if (msg?.t === 'q' && msg.m === 'fetch' && msg.i !== undefined && Array.isArray(msg.a)) {
-          const key = keyOf(msg.a)
-          if (this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
-          asked.set(msg.i, { key, generation: this.generation })
+        const keyOf = msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && Object.hasOwn(KEYS, msg.m!) ? KEYS[msg.m!] : undefined
+        if (keyOf) {
+          const key = keyOf(msg!.a as unknown[])
+          if (this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg!.i, r: this.answers.get(key) })))
+          asked.set(msg!.i!, { key, generation: this.generation })
         }
         toHost(lengthPrefixed(payload))
       }),
