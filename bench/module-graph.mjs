@@ -66,12 +66,14 @@ async function run(name, env) {
 
 const serve = await startServe()
 const proxies = { 0: await startLatencyProxy({ target: { host: serve.host, port: serve.port } }), 50: await startLatencyProxy({ target: { host: serve.host, port: serve.port }, rttMs: 50 }) }
+// BENCH_POOLS: a subset by key (forks, local, watasu0, watasu50); forks is always run, as the base.
+const wanted = new Set(['forks', ...(process.env.BENCH_POOLS ?? 'local,watasu0,watasu50').split(',')])
 const configs = [
-  { name: 'forks', env: { P: 'forks' } },
-  { name: 'sandbox, local()', env: { P: 'local' } },
-  { name: 'sandbox, watasu() → serve, 0 ms', env: { P: 'watasu', ...watasuEnv(serve, proxies[0]) } },
-  { name: 'sandbox, watasu() → serve, 50 ms', env: { P: 'watasu', ...watasuEnv(serve, proxies[50]) } },
-]
+  { key: 'forks', name: 'forks', env: { P: 'forks' } },
+  { key: 'local', name: 'sandbox, local()', env: { P: 'local' } },
+  { key: 'watasu0', name: 'sandbox, watasu() → serve, 0 ms', env: { P: 'watasu', ...watasuEnv(serve, proxies[0]) } },
+  { key: 'watasu50', name: 'sandbox, watasu() → serve, 50 ms', env: { P: 'watasu', ...watasuEnv(serve, proxies[50]) } },
+].filter((c) => wanted.has(c.key))
 const results = new Map(configs.map((c) => [c.name, []]))
 try {
   for (const c of configs) await run(c.name, c.env) // warm-up: templates, caches
