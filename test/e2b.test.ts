@@ -129,6 +129,18 @@ describe('e2b() beyond the contract', () => {
     expect(start.headers.authorization).toBe(`Basic ${Buffer.from('root:').toString('base64')}`)
   })
 
+  it('fails a start whose stream ends before the process starts, with envd\'s reason', async () => {
+    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
+    try {
+      fake.state.endBeforeStart = 1
+      await expect(sbx.start({ cmd: 'true' })).rejects.toThrow(/e2b: the process stream of sandbox \S+ ended before the process started: resource_exhausted: too many processes/)
+      const proc = await sbx.start({ cmd: 'true' })
+      expect((await proc.exited).exitCode).toBe(0)
+    } finally {
+      await sbx.kill()
+    }
+  })
+
   it('says a process is lost when its stream drops before the end', async () => {
     const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
     try {

@@ -85,7 +85,8 @@ export class E2BProcess implements ProviderProcess {
       let ended: EndEvent | undefined
       const split = envelopeSplitter((flags, msg) => {
         if (flags & 0x02) {
-          if (msg.error) failed(new Error(`e2b: ${msg.error.code}: ${msg.error.message}`))
+          // Settles the start only if no start event came (a promise settles once).
+          failed(new Error(`e2b: the process stream of ${where} ended before the process started${msg.error ? `: ${msg.error.code}: ${msg.error.message}` : ''}`))
           return proc.deliver(() => proc.finish(ended, msg.error ? `${msg.error.code}: ${msg.error.message}` : undefined))
         }
         const event = msg.event ?? {}
@@ -105,6 +106,7 @@ export class E2BProcess implements ProviderProcess {
       })
       ;(async () => {
         for await (const chunk of res.body) split(chunk as Buffer)
+        failed(new Error(`e2b: the process stream of ${where} ended before the process started`))
         proc.deliver(() => proc.finish(ended, 'the stream ended without an end message'))
       })().catch((err: Error) => {
         failed(err)

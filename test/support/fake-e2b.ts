@@ -8,7 +8,8 @@
  * drift. Sandboxes are real local-engine sandboxes; the template id is recorded, not pulled.
  *
  * Faults: `inject()` answers matching requests with a status (429 with Retry-After, 5xx);
- * `dropStreams()` cuts every process stream without its end.
+ * `dropStreams()` cuts every process stream without its end; `state.endBeforeStart` ends the
+ * next process streams with an error before their start event.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
@@ -138,6 +139,8 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
   const snapshots = new Map<string, FakeSnapshot>()
   const faults: Fault[] = []
   const requests: RecordedRequest[] = []
+  /** endBeforeStart: the next process streams end (with envd's error) before their start event. */
+  const state = { endBeforeStart: 0 }
 
   function takeFault(where: Fault['where'], method: string, path: string): Fault | undefined {
     const f = faults.find((x) => x.where === where && x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
@@ -349,6 +352,11 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     const msg = JSON.parse(raw.subarray(5).toString())
     const config = { cmd: msg.process?.cmd, args: msg.process?.args ?? [], envs: msg.process?.envs ?? {}, ...(msg.process?.cwd ? { cwd: msg.process.cwd } : {}) }
     if (typeof config.cmd !== 'string' || !config.cmd) throw new ConnectError('invalid_argument', 'process.cmd is required')
+    if (state.endBeforeStart > 0) {
+      state.endBeforeStart--
+      res.writeHead(200, { 'content-type': 'application/connect+json' })
+      return void res.end(envelope({ error: { code: 'resource_exhausted', message: 'too many processes' } }, 0x02))
+    }
     let proc: SandboxProcess
     try {
       proc = await s.local.spawn({ cmd: config.cmd, args: config.args, cwd: config.cwd, env: config.envs, stdin: msg.stdin !== false })
@@ -457,6 +465,7 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     sandboxes,
     snapshots,
     requests,
+    state,
     /** Answer the next `times` matching requests with `status`. */
     inject(fault: Omit<Fault, 'times'> & { times?: number }): void {
       faults.push({ times: 1, ...fault })
