@@ -52,11 +52,10 @@ export class ModuleCache {
     return {
       fromWorker: createMessageSplitter((payload) => {
         const msg = decode(payload)
-        const keyOf = msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && Object.hasOwn(KEYS, msg.m!) ? KEYS[msg.m!] : undefined
-        if (keyOf) {
-          const key = keyOf(msg!.a as unknown[])
-          if (this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg!.i, r: this.answers.get(key) })))
-          asked.set(msg!.i!, { key, generation: this.generation })
+        if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && msg.m !== undefined && CACHED_METHODS.has(msg.m)) {
+          const key = KEYS[msg.m](msg.a)
+          if (this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
+          asked.set(msg.i, { key, generation: this.generation })
         }
         toHost(lengthPrefixed(payload))
       }),
