@@ -141,6 +141,17 @@ describe('e2b() beyond the contract', () => {
     }
   })
 
+  it('fails a process whose envd claims an envelope over the limit, without buffering it', async () => {
+    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
+    try {
+      fake.state.oversizedEnvelope = 1
+      const proc = await sbx.start({ cmd: 'sh', args: ['-c', 'echo out; sleep 30'] })
+      await expect(proc.exited).rejects.toThrow(/e2b: lost the process stream of sandbox \S+ \(pid \d+\): envd sent an envelope of 1073741824 bytes, over the limit of 16777216/)
+    } finally {
+      await sbx.kill()
+    }
+  })
+
   it('says a process is lost when its stream drops before the end', async () => {
     const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
     try {

@@ -19,6 +19,13 @@ export function envelope(message: unknown, flags = 0): Buffer {
   return Buffer.concat([head, body])
 }
 
+/**
+ * Largest envelope the host takes. envd sends one read of a pipe (32 KiB, a third more as base64)
+ * per event, but envd runs inside the sandbox, where the tested code may have replaced it: an
+ * envelope claiming gigabytes must fail the process, not grow the host's memory.
+ */
+export const MAX_ENVELOPE = 16 * 1024 * 1024
+
 /** Splits a byte stream into Connect envelopes, whatever the chunking. */
 export function envelopeSplitter(onEnvelope: (flags: number, message: any) => void): (chunk: Buffer) => void {
   let buf: Buffer = Buffer.alloc(0)
@@ -26,6 +33,7 @@ export function envelopeSplitter(onEnvelope: (flags: number, message: any) => vo
     buf = buf.length ? Buffer.concat([buf, chunk]) : chunk
     while (buf.length >= 5) {
       const n = buf.readUInt32BE(1)
+      if (n > MAX_ENVELOPE) throw new Error(`envd sent an envelope of ${n} bytes, over the limit of ${MAX_ENVELOPE}`)
       if (buf.length < 5 + n) return
       const flags = buf[0]
       const text = buf.subarray(5, 5 + n).toString()

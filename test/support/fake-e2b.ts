@@ -9,7 +9,8 @@
  *
  * Faults: `inject()` answers matching requests with a status (429 with Retry-After, 5xx);
  * `dropStreams()` cuts every process stream without its end; `state.endBeforeStart` ends the
- * next process streams with an error before their start event.
+ * next process streams with an error before their start event, `state.oversizedEnvelope` sends
+ * an envelope header claiming 1 GiB.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
@@ -139,8 +140,11 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
   const snapshots = new Map<string, FakeSnapshot>()
   const faults: Fault[] = []
   const requests: RecordedRequest[] = []
-  /** endBeforeStart: the next process streams end (with envd's error) before their start event. */
-  const state = { endBeforeStart: 0 }
+  /**
+   * endBeforeStart: the next process streams end (with envd's error) before their start event.
+   * oversizedEnvelope: the next stream's first output claims 1 GiB, as a replaced envd could.
+   */
+  const state = { endBeforeStart: 0, oversizedEnvelope: 0 }
 
   function takeFault(where: Fault['where'], method: string, path: string): Fault | undefined {
     const f = faults.find((x) => x.where === where && x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
@@ -368,7 +372,14 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     res.writeHead(200, { 'content-type': 'application/connect+json' })
     const event = (e: unknown) => res.writableEnded || res.write(envelope({ event: e }))
     event({ start: { pid: p.pid } })
+    let oversized = state.oversizedEnvelope > 0 && state.oversizedEnvelope-- > 0
     const onOutput = (e: { type: 'stdout' | 'stderr'; data: Buffer }) => {
+      if (oversized) {
+        oversized = false
+        const head = Buffer.alloc(5)
+        head.writeUInt32BE(1 << 30, 1)
+        return void res.write(Buffer.concat([head, e.data]))
+      }
       for (let off = 0; off < e.data.length; off += READ_SIZE) event({ data: { [e.type]: e.data.subarray(off, off + READ_SIZE).toString('base64') } })
     }
     for (const e of proc.eventsSince(0)) onOutput(e)
