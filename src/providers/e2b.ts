@@ -2,7 +2,7 @@
  * `e2b()`: E2B's cloud sandboxes (Firecracker microVMs). The API creates, lists, renews, snapshots
  * and kills sandboxes; each sandbox's envd takes file uploads and runs processes (e2b-process.ts).
  * Spoken directly rather than through the `e2b` SDK: the SDK hands process output over as UTF-8
- * strings (not byte-exact), retries only 429s, and would add 40 packages to every install; its
+ * strings (not byte-exact), retries only 429s, and would add 21 packages to an install; its
  * wire format is small, and the fake in test/ is checked against the SDK itself. Credentials as
  * the SDK reads them. The API key goes to the API only, never to envd, which runs inside the
  * sandbox: envd gets the sandbox's own access token.
