@@ -1,7 +1,7 @@
 /**
  * The provider contract: every provider, driven only through the SandboxProvider interface the
  * fleet uses, behaves the same. local() is the real engine in-process; watasu() talks to a real
- * `vitest-sandbox serve` process; opensandbox() and e2b() talk to fakes of those services (real
+ * `vitest-sandbox serve` process; opensandbox(), e2b() and heyo() talk to fakes of those services (real
  * HTTP and WebSockets on loopback; the official SDKs keep them honest in opensandbox.test.ts and
  * e2b.test.ts).
  */
@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { e2b } from '../src/providers/e2b.js'
+import { heyo } from '../src/providers/heyo.js'
 import { local } from '../src/providers/local.js'
 import { microsandbox, virtualizationProblem } from '../src/providers/microsandbox.js'
 import { opensandbox } from '../src/providers/opensandbox.js'
@@ -16,6 +17,7 @@ import { watasu } from '../src/providers/watasu.js'
 import type { ProviderProcess, ProviderSandbox, ProviderSession, SandboxProvider } from '../src/providers/types.js'
 import { tempDir, waitFor } from './support/engine.js'
 import { startFakeE2B } from './support/fake-e2b.js'
+import { startFakeHeyo } from './support/fake-heyo.js'
 import { startFakeOpenSandbox } from './support/fake-opensandbox.js'
 import { startServe } from './support/serve.js'
 import { startStandInMicrosandbox } from './support/stand-in-microsandbox.js'
@@ -41,6 +43,19 @@ const setups: Record<string, () => Promise<Setup>> = {
   'e2b (fake)': async () => {
     const fake = await startFakeE2B()
     return { provider: e2b({ apiUrl: fake.url, sandboxUrl: fake.url, apiKey: fake.apiKey }), close: fake.close }
+  },
+  // Heyo's daemon (the cloud makes no images, so it could not pass the template case; heyo.test.ts
+  // covers its differences). Its sandboxes always have the network (`alwaysOnline`).
+  'heyo (fake daemon)': async () => {
+    const fake = await startFakeHeyo({ mode: 'daemon' })
+    const stateDir = tempDir('contract-heyo')
+    return {
+      provider: heyo({ baseUrl: fake.url, stateDir }),
+      close: async () => {
+        await fake.close()
+        fs.rmSync(stateDir, { recursive: true, force: true })
+      },
+    }
   },
   // The adapter on a machine that passes the virtualization check, with the SDK stood in by the
   // local engine (microsandbox.test.ts checks the SDK's own types against what the adapter uses).

@@ -1,7 +1,7 @@
 /**
  * Remote providers end to end: real fixture suites through watasu() against a real
- * `vitest-sandbox serve` (also through a faulty network), and through opensandbox() and e2b()
- * against the fakes of those services, with faults injected (a 503 on create, a 429 burst, 502s on uploads,
+ * `vitest-sandbox serve` (also through a faulty network), and through opensandbox(), e2b() and
+ * heyo() against the fakes of those services, with faults injected (a 503 on create, a 429 burst, 502s on uploads,
  * WebSockets cut mid-file), compared test by test with forks; afterwards nothing is left (checked with `vitest-sandbox reap`). And the provider's API
  * key never reaches a sandbox.
  */
@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { SandboxClient } from '../src/protocol/client.js'
 import { watasu } from '../src/providers/watasu.js'
 import { startFakeE2B, type FakeE2B } from './support/fake-e2b.js'
+import { startFakeHeyo, type FakeHeyo } from './support/fake-heyo.js'
 import { startFakeOpenSandbox, type FakeOpenSandbox } from './support/fake-opensandbox.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 import { CLI, startServe } from './support/serve.js'
@@ -38,7 +39,7 @@ function cli(command: string, env: Record<string, string>, args: string[] = []):
 const reap = (env: Record<string, string>, args: string[] = []) => cli('reap', env, args)
 
 /** A run of the feature fixture reported every test as forks did, and left no pool sandbox alive. */
-async function expectAsForksAndNoneLeft(run: Awaited<ReturnType<typeof runFixture>>, provider: 'watasu' | 'opensandbox' | 'e2b', env: Record<string, string>): Promise<void> {
+async function expectAsForksAndNoneLeft(run: Awaited<ReturnType<typeof runFixture>>, provider: 'watasu' | 'opensandbox' | 'e2b' | 'heyo', env: Record<string, string>): Promise<void> {
   expect(run.json, run.output).toBeDefined()
   expect(testsOf(run.json)).toEqual(forks)
   expect(run.code).toBe(forksCode)
@@ -172,8 +173,8 @@ describe('opensandbox() against the fake OpenSandbox', () => {
     expect(wrong.stdout).toMatch(/✘ opensandbox: GET \/sandboxes\?.*Authentication credentials are invalid[\s\S]*fix: the provider refused OPEN_SANDBOX_API_KEY: check its value/)
     const unset = await cli('doctor', { OPEN_SANDBOX_API_KEY: '' }, ['--provider', 'opensandbox'])
     expect(unset.stdout).toMatch(/✘ opensandbox: OPEN_SANDBOX_API_KEY is not set/)
-    const none = await cli('doctor', {}, ['--provider', 'heyo'])
-    expect(none.stderr).toMatch(/unknown --provider 'heyo'; the remote providers are watasu, opensandbox, e2b/)
+    const none = await cli('doctor', {}, ['--provider', 'nonesuch'])
+    expect(none.stderr).toMatch(/unknown --provider 'nonesuch'; the remote providers are watasu, opensandbox, e2b, heyo/)
   })
 })
 
@@ -222,6 +223,80 @@ describe('e2b() against the fake E2B', () => {
     const left = await session.createSandbox({ timeoutSec: 600, labels: { 'vitest-sandbox': 'pool', 'vitest-sandbox-run': 'vps-leaked' }, network: false })
     try {
       const r = await reap(env)
+      expect(r.stdout, r.stderr).toContain(`killed: ${left.id} (run vps-leaked`)
+      expect(await session.listSandboxes({})).toEqual([])
+    } finally {
+      await session.close()
+    }
+  })
+})
+
+describe('heyo() against the fake Heyo', () => {
+  let daemon: FakeHeyo
+  let cloud: FakeHeyo
+  let env: Record<string, string>
+  beforeAll(async () => {
+    daemon = await startFakeHeyo({ mode: 'daemon' })
+    cloud = await startFakeHeyo({ mode: 'cloud' })
+    // The daemon takes no key; one is set anyway (the client sends it), for the secrets fixture to look for.
+    env = { VPS_PROVIDER: 'heyo', HEYO_BASE_URL: daemon.url, HEYO_API_KEY: `${KEY_MARKER}-${Date.now()}-heyo`, VPS_NETWORK: 'allow' }
+  })
+  afterAll(async () => {
+    await daemon?.close()
+    await cloud?.close()
+  })
+  const deploys = (fake: FakeHeyo) => fake.requests.filter((r) => r.path === '/sandbox-deploy').length
+
+  it('reports the feature fixture as forks does through a 503 on create, a 429 burst, 502s on uploads and shells cut mid-file, and leaks no sandbox', { timeout: 300_000 }, async () => {
+    daemon.inject({ method: 'POST', path: /^\/sandbox-deploy$/, status: 503 })
+    daemon.inject({ method: 'GET', path: /^\/deployed-sandboxes$/, status: 429, times: 3 })
+    daemon.inject({ method: 'POST', path: /\/write-file$/, status: 502, times: 2 })
+    let cuts = 0
+    // Once test files run (their agents' shells are open), cut every shell socket a few times.
+    const cutter = setInterval(() => {
+      if (cuts < 3 && daemon.sandboxes.size >= 2 && daemon.dropShells() > 0) cuts++
+    }, 1500)
+    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+    await expectAsForksAndNoneLeft(run, 'heyo', env)
+    expect(cuts).toBeGreaterThan(0)
+    expect(daemon.sandboxes.size).toBe(0)
+  })
+
+  it('lets no test see the API key', { timeout: 120_000 }, async () => {
+    const run = await runFixture('secrets', { env })
+    expect(run.json?.numPassedTests, run.output).toBe(1)
+  })
+
+  it('refuses a run that keeps the network off (Heyo cannot), before any sandbox exists', { timeout: 60_000 }, async () => {
+    const before = deploys(daemon)
+    const run = await runFixture('secrets', { env: { ...env, VPS_NETWORK: '' } })
+    expect(run.code).toBe(1)
+    expect(run.output).toMatch(/sandbox: heyo sandboxes cannot be cut off from the network, and this run keeps it off \(network: 'none', the default\)\. To run there with the network reachable from tests, set sandbox\(\{ network: 'allow' \}\)/)
+    expect(deploys(daemon)).toBe(before)
+  })
+
+  it("on the cloud: the key is named when missing, and a run stops before building a template the cloud cannot keep", { timeout: 60_000 }, async () => {
+    const cloudEnv = { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: cloud.apiKey }
+    const run = await runFixture('secrets', { env: cloudEnv })
+    expect(run.code).toBe(1)
+    expect(run.output).toMatch(/this run needs the template vitest-sandbox-\w+ \(dependencies copied from the host's node_modules once per key\), and heyo cannot make one\.\s+heyo: Heyo's cloud cannot make an image from a sandbox \(only a local Heyo daemon has snapshot-image\)/)
+    const noKey = await runFixture('secrets', { env: { ...cloudEnv, HEYO_API_KEY: '' } })
+    expect(noKey.code).toBe(1)
+    expect(noKey.output).toMatch(/heyo\(\): no API key for Heyo's cloud at http:\/\/127\.0\.0\.1:\d+\. Set HEYO_API_KEY in the environment/)
+    expect(deploys(cloud)).toBe(0)
+  })
+
+  it('doctor and reap reach it, or name the fix', { timeout: 60_000 }, async () => {
+    const ok = await cli('doctor', env, ['--provider', 'heyo'])
+    expect(ok.stdout, ok.stderr).toMatch(/✔ heyo: reachable with HEYO_API_KEY; \d+ pool sandboxes? alive/)
+    const wrong = await cli('doctor', { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: 'not-the-key' }, ['--provider', 'heyo'])
+    expect(wrong.status).toBe(1)
+    expect(wrong.stdout).toMatch(/✘ heyo: GET \/deployed-sandboxes: Unauthorized[\s\S]*fix: the provider refused HEYO_API_KEY: check its value/)
+    const { heyo } = await import('../src/providers/heyo.js')
+    const session = await heyo({ baseUrl: daemon.url }).connect()
+    const left = await session.createSandbox({ timeoutSec: 600, labels: { 'vitest-sandbox': 'pool', 'vitest-sandbox-run': 'vps-leaked' }, network: true })
+    try {
+      const r = await reap({ ...env, HEYO_API_KEY: '' })
       expect(r.stdout, r.stderr).toContain(`killed: ${left.id} (run vps-leaked`)
       expect(await session.listSandboxes({})).toEqual([])
     } finally {

@@ -22,7 +22,7 @@ const USAGE = `usage: vitest-sandbox <command> [options]
 commands:
   doctor [--fix]     check bubblewrap, user namespaces, AppArmor, overlayfs and provider
                      credentials; print the exact fix for each problem (--fix runs the safe ones)
-      --provider P       check only remote provider P (watasu, opensandbox, e2b): reachable, key accepted
+      --provider P       check only remote provider P (watasu, opensandbox, e2b, heyo): reachable, key accepted
   serve              run the local sandbox engine over the process runtime protocol
       --host H           address to listen on (default 127.0.0.1)
       --port N           port (default 8787; 0 picks a free one)
@@ -36,12 +36,12 @@ commands:
                      test whose result differs and both wall times (exit 1 on any difference)
       --sandboxes N      sandboxes for the sandbox run (default 1)
       --concurrency N    test files at once per sandbox (default: CPUs - 1)
-      --provider P       a remote provider (watasu, opensandbox, e2b), configured from its variables
+      --provider P       a remote provider (watasu, opensandbox, e2b, heyo), configured from its variables
       --dependencies D   template.dependencies: auto, host, install or copy
       --install-env A,B  template.installEnv: host variables for the install step only
   reap [options]     list the sandboxes the pool created that are still alive on a remote
                      provider, and kill them
-      --provider P       watasu, opensandbox or e2b (default: each one whose API key is set)
+      --provider P       watasu, opensandbox, e2b or heyo (default: each one configured)
       --older-than D     only sandboxes created at least D ago (90s, 30m, 2h, 7d)
       --run ID           only the sandboxes of one run (its id is in DEBUG logs and labels)
       --dry-run          list them, kill nothing

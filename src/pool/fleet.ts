@@ -108,6 +108,9 @@ export class Fleet {
     }
     this.bundles.pack(this.workspace, () => this.creating > 0)
     this.session = await this.connect()
+    if (this.session.alwaysOnline && this.opts.network !== 'allow') {
+      throw new Error(`sandbox: ${this.providerName} sandboxes cannot be cut off from the network, and this run keeps it off (network: 'none', the default). To run there with the network reachable from tests, set sandbox({ network: 'allow' }).`)
+    }
     await this.prepareTemplate()
     this.target = this.sandboxCount()
     log('run %s: workspace %s (%d files, %d bytes), template %s (%s), %d sandboxes', this.runId, root, this.workspace.files.length, this.workspace.bytes, this.template?.id ?? 'none', this.template?.source, this.target)

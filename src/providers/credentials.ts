@@ -6,6 +6,8 @@ export const PROVIDER_ENV = {
   watasu: ['WATASU_API_KEY', 'WATASU_ACCESS_TOKEN'],
   opensandbox: ['OPEN_SANDBOX_API_KEY'],
   e2b: ['E2B_API_KEY'],
+  // A local Heyo daemon takes no key: its URL alone configures heyo().
+  heyo: ['HEYO_API_KEY', 'HEYO_BASE_URL'],
 } as const
 
 export type RemoteProviderName = keyof typeof PROVIDER_ENV

@@ -1,6 +1,7 @@
 /** The providers by name, for the command line (`reap --provider`, `doctor`). */
 import type { RemoteProviderName } from './credentials.js'
 import { e2b } from './e2b.js'
+import { heyo } from './heyo.js'
 import { opensandbox } from './opensandbox.js'
 import type { SandboxProvider } from './types.js'
 import { watasu } from './watasu.js'
@@ -10,6 +11,7 @@ export const REMOTE_PROVIDERS: Record<RemoteProviderName, () => SandboxProvider>
   watasu: () => watasu(),
   opensandbox: () => opensandbox(),
   e2b: () => e2b(),
+  heyo: () => heyo(),
 }
 
 export function isRemoteProvider(name: string): name is RemoteProviderName {

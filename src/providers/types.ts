@@ -117,6 +117,13 @@ export interface ProviderSession {
    * node_modules folders (`hostLayers`): the embedded local engine.
    */
   readonly sharesHost: boolean
+  /**
+   * Set where sandboxes cannot be cut off from the network: `network: false` is then not
+   * enforced, so the pool refuses a run that keeps the network off, before anything is built.
+   */
+  readonly alwaysOnline?: true
+  /** Why no template can be made here, where none can: the pool stops before it would build one. */
+  readonly noTemplates?: string
   createSandbox(opts: CreateOptions): Promise<ProviderSandbox>
   /** The id of a template built earlier under this name, if the provider still has it. */
   findTemplate(name: string): Promise<string | undefined>

@@ -87,6 +87,7 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   if (!name) return { source, hostLayers }
   const found = await session.findTemplate(name)
   if (found) return { id: found, name, source, hostLayers }
+  if (session.noTemplates) throw new TemplateError(`sandbox: this run needs the template ${name} (${sourceText(source)}), and ${provider} cannot make one.\n${session.noTemplates}`)
 
   const plan: BuildPlan = {
     name,
