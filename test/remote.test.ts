@@ -276,7 +276,8 @@ describe('heyo() against the fake Heyo', () => {
   })
 
   it("on the cloud: the key is named when missing, and a run stops before building a template the cloud cannot keep", { timeout: 60_000 }, async () => {
-    const cloudEnv = { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: cloud.apiKey }
+    // HEYO_ENV says what the URL is: a loopback one would otherwise be taken for a daemon.
+    const cloudEnv = { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: cloud.apiKey, HEYO_ENV: 'cloud' }
     const run = await runFixture('secrets', { env: cloudEnv })
     expect(run.code).toBe(1)
     expect(run.output).toMatch(/this run needs the template vitest-sandbox-\w+ \(dependencies copied from the host's node_modules once per key\), and heyo cannot make one\.\s+heyo: Heyo's cloud cannot make an image from a sandbox \(only a local Heyo daemon has snapshot-image\)/)
@@ -289,7 +290,7 @@ describe('heyo() against the fake Heyo', () => {
   it('doctor and reap reach it, or name the fix', { timeout: 60_000 }, async () => {
     const ok = await cli('doctor', env, ['--provider', 'heyo'])
     expect(ok.stdout, ok.stderr).toMatch(/✔ heyo: reachable with HEYO_API_KEY; \d+ pool sandboxes? alive/)
-    const wrong = await cli('doctor', { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: 'not-the-key' }, ['--provider', 'heyo'])
+    const wrong = await cli('doctor', { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: 'not-the-key', HEYO_ENV: 'cloud' }, ['--provider', 'heyo'])
     expect(wrong.status).toBe(1)
     expect(wrong.stdout).toMatch(/✘ heyo: GET \/deployed-sandboxes: Unauthorized[\s\S]*fix: the provider refused HEYO_API_KEY: check its value/)
     const { heyo } = await import('../src/providers/heyo.js')

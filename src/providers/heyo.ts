@@ -39,7 +39,10 @@ export interface HeyoOptions {
   apiKey?: string
   /** The API's URL: Heyo's cloud, or a daemon's. @default process.env.HEYO_BASE_URL ?? 'https://server.heyo.computer' */
   baseUrl?: string
-  /** What `baseUrl` is (the paths of the shell stream and images differ). @default 'daemon' for a loopback URL, else 'cloud' */
+  /**
+   * What `baseUrl` is (the shell stream's path differs, and only a daemon makes images).
+   * @default from process.env.HEYO_ENV ('local': 'daemon', another value: 'cloud'), else 'daemon' for a loopback URL and 'cloud' for any other
+   */
   mode?: 'cloud' | 'daemon'
   /** Image sandboxes start from before the pool's own template. It must have Node 20 or later. @default 'node:22' */
   image?: string
@@ -99,7 +102,8 @@ export function heyo(options: HeyoOptions = {}): SandboxProvider {
     name: 'heyo',
     async connect() {
       const baseUrl = (options.baseUrl ?? env('HEYO_BASE_URL') ?? CLOUD_URL).replace(/\/+$/, '')
-      const mode = options.mode ?? (isLoopback(baseUrl) ? 'daemon' : 'cloud')
+      const named = env('HEYO_ENV')
+      const mode = options.mode ?? (named ? (named === 'local' ? 'daemon' : 'cloud') : isLoopback(baseUrl) ? 'daemon' : 'cloud')
       if (mode !== 'cloud' && mode !== 'daemon') throw new Error(`heyo(): mode must be 'cloud' or 'daemon' (got ${JSON.stringify(mode)})`)
       const apiKey = options.apiKey ?? env('HEYO_API_KEY')
       if (!apiKey && mode === 'cloud') throw new Error(`heyo(): no API key for Heyo's cloud at ${baseUrl}. Set HEYO_API_KEY in the environment (it never enters a sandbox), or pass heyo({ apiKey }); a local daemon needs none (heyo({ baseUrl: 'http://127.0.0.1:34099' })).`)

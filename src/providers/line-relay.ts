@@ -14,8 +14,9 @@
  *   (kill the process group).
  *
  * The relay reads its process's spec from a file that it then deletes, so the typed command stays
- * short. It ends its process group when the terminal hangs up (the session ended), so nothing
- * outlives the link.
+ * short. It ends its process's group when the terminal hangs up (the session ended) or it is asked
+ * to stop (SIGTERM, SIGINT), so nothing outlives the link; only a SIGKILL of the relay itself would
+ * leave the group to the sandbox's own end.
  */
 import { randomBytes } from 'node:crypto'
 import os from 'node:os'
@@ -29,7 +30,7 @@ export const LINE_RELAY = [
   'let c,ended=false;',
   'const end=(r)=>{if(ended)return;ended=true;out("X",JSON.stringify(r));process.stdout.write("",()=>setTimeout(()=>process.exit(0),150))};',
   'const killGroup=()=>{try{process.kill(-c.pid,"SIGKILL")}catch{}};',
-  'process.on("SIGHUP",()=>{killGroup();process.exit(129)});',
+  'for(const [sig,n] of [["SIGHUP",1],["SIGTERM",15],["SIGINT",2]])process.on(sig,()=>{killGroup();process.exit(128+n)});',
   'try{c=spawn(s.cmd,s.args,{cwd:s.cwd||undefined,env:{...process.env,...s.env},stdio:["pipe","pipe","pipe"],detached:true})}catch(e){end({code:127,signal:null,error:e.message});return}',
   'c.on("error",(e)=>end({code:127,signal:null,error:e.message}));',
   'c.stdin.on("error",()=>{});if(!s.stdin)c.stdin.end();',

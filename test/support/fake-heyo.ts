@@ -8,8 +8,9 @@
  * `script` inside the sandbox), so echo, `\r\n`, the prompt and control characters are the
  * kernel's own.
  *
- * Faults: `inject()` answers matching requests with a status (429, 5xx); `dropShells()` cuts every
- * shell socket without a close (clients resume with their session id within `graceMs`).
+ * Faults: `inject()` answers matching requests with a status (429, 5xx; shell upgrades too);
+ * `dropShells()` cuts every shell socket without a close (clients resume with their session id
+ * within `graceMs`; after it the shell is hung up, as a terminal whose client is gone).
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
@@ -122,6 +123,12 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
   const faults: Fault[] = []
   const requests: RecordedRequest[] = []
   const graceMs = options.graceMs ?? 60_000
+
+  function takeFault(method: string, path: string): Fault | undefined {
+    const f = faults.find((x) => x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
+    if (f) f.times--
+    return f
+  }
 
   function authorized(headers: http.IncomingHttpHeaders): boolean {
     return mode === 'daemon' || headers.authorization === `Bearer ${apiKey}`
@@ -278,9 +285,8 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url!, 'http://fake-heyo')
     requests.push({ method: req.method!, path: url.pathname, headers: req.headers })
-    const fault = faults.find((f) => f.times > 0 && (!f.method || f.method === req.method) && f.path.test(url.pathname))
+    const fault = takeFault(req.method!, url.pathname)
     if (fault) {
-      fault.times--
       return send(res, fault.status, { message: `injected ${fault.status}` }, fault.status === 429 ? { 'retry-after': '0' } : {})
     }
     api(req, res, url).catch((err: Error) => {
@@ -298,11 +304,19 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
     requests.push({ method: 'GET', path: url.pathname, headers: req.headers })
     const m = shellPath.exec(url.pathname)
     const refuse = (status: number, text: string) => socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n${JSON.stringify({ message: text })}`)
+    const fault = takeFault('GET', url.pathname)
+    if (fault) return refuse(fault.status, `injected ${fault.status}`)
     if (!authorized(req.headers)) return refuse(401, 'Unauthorized')
     const s = m && sandboxes.get(decodeURIComponent(m[1]))
     if (!s || !s.local.running) return refuse(404, 'Sandbox not found')
     wss.handleUpgrade(req, socket, head, (ws) => serveShell(s, ws))
   })
+
+  /** End a session as a terminal server does: its PTY closes, and the kernel hangs up the shell's session. */
+  function hangUp(sh: Shell): void {
+    // Killing `script` closes the PTY's master side.
+    if (sh.proc.running) sh.proc.kill('SIGKILL', false)
+  }
 
   function attach(sh: Shell, ws: WebSocket): void {
     clearTimeout(sh.expiry)
@@ -350,7 +364,7 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
       } else if (msg.type === 'ack' && sh) {
         sh.unacked = sh.unacked.filter((u) => u.seq > msg.seq)
       } else if (msg.type === 'close' && sh) {
-        if (sh.proc.running) sh.proc.kill('SIGHUP', true)
+        hangUp(sh)
       }
     })
     ws.on('close', () => {
@@ -359,7 +373,7 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
       const session = sh
       session.expiry = setTimeout(() => {
         shells.delete(session.sessionId)
-        if (session.proc.running) session.proc.kill('SIGHUP', true)
+        hangUp(session)
       }, graceMs)
       session.expiry.unref()
     })
