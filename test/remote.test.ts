@@ -275,16 +275,20 @@ describe('heyo() against the fake Heyo', () => {
     expect(deploys(daemon)).toBe(before)
   })
 
-  it("on the cloud: the key is named when missing, and a run stops before building a template the cloud cannot keep", { timeout: 60_000 }, async () => {
+  it("on the cloud, which keeps no templates: each sandbox gets its dependencies itself, no test sees the key, and a missing key is named", { timeout: 180_000 }, async () => {
     // HEYO_ENV says what the URL is: a loopback one would otherwise be taken for a daemon.
-    const cloudEnv = { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: cloud.apiKey, HEYO_ENV: 'cloud' }
+    const cloudEnv = { ...env, HEYO_BASE_URL: cloud.url, HEYO_API_KEY: `${KEY_MARKER}-${cloud.apiKey}`, HEYO_ENV: 'cloud' }
+    cloud.acceptKey(cloudEnv.HEYO_API_KEY)
     const run = await runFixture('secrets', { env: cloudEnv })
-    expect(run.code).toBe(1)
-    expect(run.output).toMatch(/this run needs the template vitest-sandbox-\w+ \(dependencies copied from the host's node_modules once per key\), and heyo cannot make one\.\s+heyo: Heyo's cloud cannot make an image from a sandbox \(only a local Heyo daemon has snapshot-image\)/)
+    expect(run.json?.numPassedTests, run.output).toBe(1)
+    expect(run.output).toMatch(/sandbox: template: none can be kept on heyo \(heyo: Heyo's cloud cannot make an image from a sandbox \(only a local Heyo daemon has snapshot-image\)[^\n]*\); each sandbox gets its dependencies copied from the host's node_modules itself, before its first test file/)
+    expect(cloud.requests.filter((r) => r.path.includes('snapshot-image'))).toEqual([])
+    // No builder: the one sandbox copied the dependencies itself.
+    expect(cloud.requests.filter((r) => r.path === '/sandbox-deploy').length).toBe(1)
     const noKey = await runFixture('secrets', { env: { ...cloudEnv, HEYO_API_KEY: '' } })
     expect(noKey.code).toBe(1)
     expect(noKey.output).toMatch(/heyo\(\): no API key for Heyo's cloud at http:\/\/127\.0\.0\.1:\d+\. Set HEYO_API_KEY in the environment/)
-    expect(deploys(cloud)).toBe(0)
+    expect(cloud.requests.filter((r) => r.path === '/sandbox-deploy').length).toBe(1)
   })
 
   it('doctor and reap reach it, or name the fix', { timeout: 60_000 }, async () => {

@@ -127,6 +127,10 @@ async function build(session: ProviderSession, project: Project, root: string, o
   const labels = { [POOL_LABEL]: 'pool', [RUN_LABEL]: `template-build-${Date.now().toString(36)}` }
   opts.log(`template for ${path.relative(process.cwd(), root) || '.'} on ${options.provider.name} (from ${project.from})`)
   const t = await ensureTemplate(session, templateSpec(options, workspace), options.provider.name, () => createProgress('template', { log: opts.log, tty }), labels)
+  if (t.unkept) {
+    opts.log(`nothing was built: ${session.noTemplates}`)
+    return 1
+  }
   if (!t.id) {
     opts.log(`nothing to build: ${options.provider.name} layers the host's ${t.hostLayers.length} node_modules folder${t.hostLayers.length === 1 ? '' : 's'} into each sandbox as they are (add template.setup commands to cache their result)`)
     return 0

@@ -15,6 +15,7 @@ import { AgentLink } from './agent-link.js'
 import { SlotQueue, type Lease, type SlotHost } from './slots.js'
 import { Bundles, startAgent, syncDelta } from './transfer.js'
 import { renewTtl } from '../providers/exec.js'
+import { installIn, type BuildPlan } from '../template/build.js'
 import { templateName } from '../template/key.js'
 import { createProgress, type ProgressSink } from '../template/progress.js'
 import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL, type Template, type TemplateSpec } from '../template/template.js'
@@ -233,6 +234,7 @@ export class Fleet {
     const sandbox = await this.session!.createSandbox({ template, hostLayers, timeoutSec: this.opts.timeout, labels, network: this.opts.network === 'allow' })
     usage.id = sandbox.id
     try {
+      if (this.template!.unkept) await this.installOwn(sandbox, this.template!.unkept)
       const agent = await startAgent(sandbox, await this.bundles.current(), root)
       const link = new AgentLink(agent, { direct: sandbox.channel })
       link.onLost = (reason) => {
@@ -250,6 +252,18 @@ export class Fleet {
       await sandbox.kill().catch(() => {})
       throw new Error(`sandbox: could not start sandbox ${sandbox.id} (${this.providerName}): ${(err as Error).message}`)
     }
+  }
+
+  /** Where the provider keeps no templates: this sandbox runs the template's steps itself. */
+  private async installOwn(sandbox: ProviderSandbox, plan: BuildPlan): Promise<void> {
+    const started = Date.now()
+    const stopRenewing = renewTtl(sandbox, this.opts.timeout)
+    try {
+      await installIn(sandbox, plan, { step: (text) => log('sandbox %s: %s', sandbox.id, text), output: () => {}, end: () => {} })
+    } finally {
+      stopRenewing()
+    }
+    log('sandbox %s: its own dependencies took %d ms', sandbox.id, Date.now() - started)
   }
 
   /**

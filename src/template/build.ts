@@ -72,41 +72,49 @@ export function createBuilder(session: ProviderSession, plan: BuildPlan): Promis
 export async function buildIn(builder: ProviderSandbox, plan: BuildPlan, progress: TemplateProgress): Promise<string> {
   const stopRenewing = renewTtl(builder, BUILDER_TTL)
   try {
-    const { root } = plan
-    const run = (script: string, opts: { env?: Record<string, string>; label?: string; cwd?: string } = {}) =>
-      runScript(builder, script, opts.cwd ?? root, { ...opts, onOutput: (b) => progress.output(b) })
-
-    const config = plan.source === 'install' ? await installConfigFiles(root) : []
-    const uploaded = [...plan.files, ...config]
-    progress.step(`uploading the workspace (${plan.files.length} files)`)
-    await builder.upload(`${STAGING}/workspace.tar`, () => packFiles(root, uploaded))
-    await builder.upload(`${STAGING}/uploaded.json`, Buffer.from(JSON.stringify(uploaded.map((f) => f.path))))
-    await run(`mkdir -p ${q(root)} && tar -xf ${STAGING}/workspace.tar -C ${q(root)} && rm ${STAGING}/workspace.tar`, { cwd: '/', label: 'unpacking the workspace' })
-
-    if (plan.source === 'copy') {
-      const deps = await listFiles(root, ['**/node_modules/**'], CACHE_DIRS)
-      progress.step(`copying ${deps.length} dependency files from the host`)
-      await builder.upload(`${STAGING}/deps.tar`, () => packFiles(root, deps))
-      await run(`tar -xf ${STAGING}/deps.tar -C ${q(root)} && rm ${STAGING}/deps.tar`, { cwd: '/', label: 'unpacking the dependencies' })
-    }
-    if (plan.source === 'install') {
-      const pm = plan.packageManager!
-      progress.step(`installing with ${pm.name} ${pm.version} (${pm.install})`)
-      await run(pm.install, { env: { ...INSTALL_ENV, ...plan.installEnv }, label: pm.install })
-      // Registry configuration (it may hold tokens) and caches never reach setup or the template.
-      // (A failed install leaves them in a builder that is killed, and caches nothing.)
-      await run(`rm -rf ${CACHE} ${config.map((f) => q(f.path)).join(' ')}`, { label: 'removing the install configuration' })
-    }
-    for (const command of plan.setup) {
-      progress.step(`running ${JSON.stringify(command)}`)
-      await run(command, { label: command })
-    }
+    await installIn(builder, plan, progress)
     progress.step('removing the workspace files (sandboxes get fresh ones)')
-    await run(`node -e ${q(REMOVE_LISTED)} ${STAGING}/uploaded.json ${q(root)} && rm -rf ${STAGING}`, { cwd: '/', label: 'removing the workspace files' })
+    await runScript(builder, `node -e ${q(REMOVE_LISTED)} ${STAGING}/uploaded.json ${q(plan.root)} && rm -rf ${STAGING}`, '/', { label: 'removing the workspace files', onOutput: (b) => progress.output(b) })
     progress.step('snapshotting')
     return await builder.snapshot(plan.name)
   } finally {
     stopRenewing()
+  }
+}
+
+/**
+ * The build's steps up to the snapshot: the workspace, the dependencies, the setup commands. Also
+ * what each sandbox runs itself where the provider keeps no templates.
+ */
+export async function installIn(builder: ProviderSandbox, plan: BuildPlan, progress: TemplateProgress): Promise<void> {
+  const { root } = plan
+  const run = (script: string, opts: { env?: Record<string, string>; label?: string; cwd?: string } = {}) =>
+    runScript(builder, script, opts.cwd ?? root, { ...opts, onOutput: (b) => progress.output(b) })
+
+  const config = plan.source === 'install' ? await installConfigFiles(root) : []
+  const uploaded = [...plan.files, ...config]
+  progress.step(`uploading the workspace (${plan.files.length} files)`)
+  await builder.upload(`${STAGING}/workspace.tar`, () => packFiles(root, uploaded))
+  await builder.upload(`${STAGING}/uploaded.json`, Buffer.from(JSON.stringify(uploaded.map((f) => f.path))))
+  await run(`mkdir -p ${q(root)} && tar -xf ${STAGING}/workspace.tar -C ${q(root)} && rm ${STAGING}/workspace.tar`, { cwd: '/', label: 'unpacking the workspace' })
+
+  if (plan.source === 'copy') {
+    const deps = await listFiles(root, ['**/node_modules/**'], CACHE_DIRS)
+    progress.step(`copying ${deps.length} dependency files from the host`)
+    await builder.upload(`${STAGING}/deps.tar`, () => packFiles(root, deps))
+    await run(`tar -xf ${STAGING}/deps.tar -C ${q(root)} && rm ${STAGING}/deps.tar`, { cwd: '/', label: 'unpacking the dependencies' })
+  }
+  if (plan.source === 'install') {
+    const pm = plan.packageManager!
+    progress.step(`installing with ${pm.name} ${pm.version} (${pm.install})`)
+    await run(pm.install, { env: { ...INSTALL_ENV, ...plan.installEnv }, label: pm.install })
+    // Registry configuration (it may hold tokens) and caches never reach setup or the template.
+    // (A failed install leaves them in a builder that is killed, and caches nothing.)
+    await run(`rm -rf ${CACHE} ${config.map((f) => q(f.path)).join(' ')}`, { label: 'removing the install configuration' })
+  }
+  for (const command of plan.setup) {
+    progress.step(`running ${JSON.stringify(command)}`)
+    await run(command, { label: command })
   }
 }
 

@@ -42,6 +42,8 @@ export interface Template {
   source: DependencySource
   /** Host node_modules folders layered into every sandbox (source 'host'). */
   hostLayers: string[]
+  /** Where the provider keeps no templates: the build's steps, which each sandbox runs itself. */
+  unkept?: BuildPlan
 }
 
 export class TemplateError extends Error {}
@@ -87,7 +89,6 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   if (!name) return { source, hostLayers }
   const found = await session.findTemplate(name)
   if (found) return { id: found, name, source, hostLayers }
-  if (session.noTemplates) throw new TemplateError(`sandbox: this run needs the template ${name} (${sourceText(source)}), and ${provider} cannot make one.\n${session.noTemplates}`)
 
   const plan: BuildPlan = {
     name,
@@ -101,6 +102,10 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
     labels: { ...labels, role: BUILDER_ROLE, [TEMPLATE_LABEL]: name },
   }
   const shown = progress()
+  if (session.noTemplates) {
+    shown.end(`none can be kept on ${provider} (${session.noTemplates.split('\n')[0]}); each sandbox gets its ${sourceText(source).replace(/ once per key$/, '')} itself, before its first test file`)
+    return { name, source, hostLayers, unkept: plan }
+  }
   const release = await session.lockTemplate?.(name, () => shown.step('waiting for another run on this machine, which builds it'))
   try {
     for (;;) {

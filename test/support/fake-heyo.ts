@@ -130,8 +130,9 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
     return f
   }
 
+  const keys = new Set([apiKey])
   function authorized(headers: http.IncomingHttpHeaders): boolean {
-    return mode === 'daemon' || headers.authorization === `Bearer ${apiKey}`
+    return mode === 'daemon' || [...keys].some((k) => headers.authorization === `Bearer ${k}`)
   }
 
   function sandboxOr404(id: string): FakeSandbox {
@@ -415,6 +416,10 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
     sandboxes,
     images,
     requests,
+    /** Take `key` too (a key a test chose). */
+    acceptKey(key: string): void {
+      keys.add(key)
+    },
     /** Answer the next `times` matching requests with `status`. */
     inject(fault: Omit<Fault, 'times'> & { times?: number }): void {
       faults.push({ times: 1, ...fault })
