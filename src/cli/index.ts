@@ -39,6 +39,7 @@ commands:
       --provider P       a remote provider (watasu, opensandbox, e2b, heyo), configured from its variables
       --dependencies D   template.dependencies: auto, host, install or copy
       --install-env A,B  template.installEnv: host variables for the install step only
+      --network N        network: none (default) or allow (heyo() needs allow)
   reap [options]     list the sandboxes the pool created that are still alive on a remote
                      provider, and kill them
       --provider P       watasu, opensandbox, e2b or heyo (default: each one configured)
@@ -91,9 +92,10 @@ async function main(argv: string[]): Promise<number> {
       const { values, positionals } = parseArgs({
         args: own,
         allowPositionals: true,
-        options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' }, provider: { type: 'string' }, dependencies: { type: 'string' }, 'install-env': { type: 'string' } },
+        options: { sandboxes: { type: 'string' }, concurrency: { type: 'string' }, provider: { type: 'string' }, dependencies: { type: 'string' }, 'install-env': { type: 'string' }, network: { type: 'string' } },
       })
       const sandboxOptions: Record<string, unknown> = {}
+      if (values.network !== undefined) sandboxOptions.network = values.network
       // Validated by sandbox() itself, which names the option and what it accepts.
       if (values.dependencies !== undefined || values['install-env'] !== undefined) {
         sandboxOptions.template = { dependencies: values.dependencies, installEnv: values['install-env']?.split(',').filter(Boolean) }
