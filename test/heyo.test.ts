@@ -8,7 +8,9 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import WebSocket from 'ws'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import path from 'node:path'
 import { heyo, labelsOfName, nameWithLabels } from '../src/providers/heyo.js'
+import { ensureTemplate } from '../src/template/template.js'
 import type { ProviderProcess, ProviderSandbox, ProviderSession } from '../src/providers/types.js'
 import { tempDir, waitFor } from './support/engine.js'
 import { startFakeHeyo, type FakeHeyo } from './support/fake-heyo.js'
@@ -69,21 +71,16 @@ describe('heyo() against the fake daemon', () => {
     fs.rmSync(stateDir, { recursive: true, force: true })
   })
 
-  it("the fake's shell is a real terminal: it echoes, writes \\r\\n and takes ^C as an interrupt", async () => {
+  it("the fake's shell is a real terminal: it echoes, writes \\r\\n, and bytes typed into it raw do not arrive as sent", async () => {
     const prompt = /bash-[\d.]+[$#] $/
-    const out = await typeInShell(
-      fake,
-      sbx.id,
-      [
-        [prompt, Buffer.from('sleep 30; echo slept\n')],
-        [/sleep 30; echo slept\r\n/, Buffer.from([3])],
-        [/\^C[\s\S]*[$#] $/, Buffer.from("printf 'a\\nb' ; echo done-$((6*7))\n")],
-      ],
-      /done-42/,
-    )
+    const out = await typeInShell(fake, sbx.id, [[prompt, Buffer.from("printf 'a\\nb' ; echo done-$((6*7))\n")]], /done-42/)
     expect(out).toContain("printf 'a\\nb'") // the echo of what was typed
     expect(out).toContain('a\r\nb') // \n became \r\n
-    expect(out.split('slept').length).toBe(2) // only in the echo of what was typed: ^C ended the sleep
+    // Every byte value typed at a `cat`: the line discipline takes \r, ^C, ^D, ^U, ^W... for itself.
+    await typeInShell(fake, sbx.id, [[prompt, Buffer.from('cat > /tmp/raw.bin\n')], [/cat > \/tmp\/raw\.bin\r\n/, EVERY_BYTE]], /cat > \/tmp\/raw\.bin\r\n/)
+    await new Promise((r) => setTimeout(r, 1000))
+    const arrived = Buffer.from(await apiExec(fake, sbx.id, 'base64 -w0 /tmp/raw.bin 2>/dev/null'), 'base64')
+    expect(arrived.equals(EVERY_BYTE)).toBe(false)
   })
 
   it('carries every byte value both ways, stdout and stderr apart, through that terminal', async () => {
@@ -197,6 +194,23 @@ describe('heyo() against the fake cloud', () => {
     expect(shells.length).toBeGreaterThan(0)
     expect(shells.every((r) => r.headers.authorization === `Bearer ${fake.apiKey}`)).toBe(true)
     await expect(heyo({ baseUrl: fake.url, apiKey: 'wrong', mode: 'cloud' }).connect().then((s) => s.listSandboxes({}))).rejects.toThrow(/Unauthorized/)
+  })
+
+  it('keeps no template on the cloud: each sandbox gets the build plan, but never registry credentials', async () => {
+    const progress = () => ({ step: () => {}, output: () => {}, end: () => {} })
+    const spec = { root: path.resolve('fixtures/install-npm'), setup: [], dependencies: 'install' as const, installEnv: ['VPS_REGISTRY_TOKEN'], files: [] }
+    const deploys = () => fake.requests.filter((r) => r.path === '/sandbox-deploy').length
+    const before = deploys()
+    const unkept = await ensureTemplate(session, { ...spec, installEnv: [] }, 'heyo', progress, {})
+    expect(unkept.id).toBeUndefined()
+    expect(unkept.unkept?.packageManager?.name).toBe('npm')
+    process.env.VPS_REGISTRY_TOKEN = 'secret'
+    try {
+      await expect(ensureTemplate(session, spec, 'heyo', progress, {})).rejects.toThrow(/heyo keeps no templates, so each test sandbox would install its own dependencies, and template\.installEnv \(VPS_REGISTRY_TOKEN\) would reach sandboxes that run tests/)
+    } finally {
+      delete process.env.VPS_REGISTRY_TOKEN
+    }
+    expect(deploys()).toBe(before)
   })
 
   it('says why no template can be made on the cloud, and makes no call for one', async () => {

@@ -122,7 +122,7 @@ export interface ProviderSession {
    * enforced, so the pool refuses a run that keeps the network off, before anything is built.
    */
   readonly alwaysOnline?: true
-  /** Why no template can be made here, where none can: the pool stops before it would build one. */
+  /** Why no template can be kept here, where none can: each sandbox then runs the template's steps itself. */
   readonly noTemplates?: string
   createSandbox(opts: CreateOptions): Promise<ProviderSandbox>
   /** The id of a template built earlier under this name, if the provider still has it. */

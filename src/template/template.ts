@@ -103,6 +103,12 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
   }
   const shown = progress()
   if (session.noTemplates) {
+    // The sandboxes that install are the ones that run tests: what an install script leaves
+    // running there would still be there, with the credentials in its environment.
+    if (Object.keys(plan.installEnv).length) {
+      shown.end('failed')
+      throw new TemplateError(`sandbox: ${provider} keeps no templates, so each test sandbox would install its own dependencies, and template.installEnv (${Object.keys(plan.installEnv).join(', ')}) would reach sandboxes that run tests. Install on the host and use template: { dependencies: 'copy' }, or drop template.installEnv.\n${session.noTemplates}`)
+    }
     shown.end(`none can be kept on ${provider} (${session.noTemplates.split('\n')[0]}); each sandbox gets its ${sourceText(source).replace(/ once per key$/, '')} itself, before its first test file`)
     return { name, source, hostLayers, unkept: plan }
   }
