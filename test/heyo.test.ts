@@ -196,7 +196,7 @@ describe('heyo() against the fake cloud', () => {
     await expect(heyo({ baseUrl: fake.url, apiKey: 'wrong', mode: 'cloud' }).connect().then((s) => s.listSandboxes({}))).rejects.toThrow(/Unauthorized/)
   })
 
-  it('keeps no template on the cloud: each sandbox gets the build plan, but never registry credentials', async () => {
+  it('keeps no template on the cloud: each sandbox gets the build plan, but never registry credentials (installEnv, or written out in .npmrc)', async () => {
     const progress = () => ({ step: () => {}, output: () => {}, end: () => {} })
     const spec = { root: path.resolve('fixtures/install-npm'), setup: [], dependencies: 'install' as const, installEnv: ['VPS_REGISTRY_TOKEN'], files: [] }
     const deploys = () => fake.requests.filter((r) => r.path === '/sandbox-deploy').length
@@ -210,6 +210,15 @@ describe('heyo() against the fake cloud', () => {
     } finally {
       delete process.env.VPS_REGISTRY_TOKEN
     }
+    // Nor a credential written out in the workspace's .npmrc.
+    const root = tempDir('heyo-npmrc')
+    fs.writeFileSync(path.join(root, 'package.json'), '{"name":"x","version":"1.0.0"}')
+    fs.writeFileSync(path.join(root, 'package-lock.json'), '{"name":"x","version":"1.0.0","lockfileVersion":3,"packages":{"":{"name":"x","version":"1.0.0"}}}')
+    fs.writeFileSync(path.join(root, '.npmrc'), '//registry.example/:_authToken=npm_literal\n')
+    await expect(ensureTemplate(session, { ...spec, root, installEnv: [] }, 'heyo', progress, {})).rejects.toThrow(/\.npmrc holds a registry credential in clear, which install scripts in sandboxes that run tests could read/)
+    fs.writeFileSync(path.join(root, '.npmrc'), '//registry.example/:_authToken=${NPM_TOKEN}\n')
+    expect((await ensureTemplate(session, { ...spec, root, installEnv: [] }, 'heyo', progress, {})).unkept).toBeDefined()
+    fs.rmSync(root, { recursive: true, force: true })
     expect(deploys()).toBe(before)
   })
 

@@ -5,6 +5,8 @@
  * then the workspace files come out again, so the template holds only what those steps made, and
  * the sandbox is snapshotted. Registry credentials reach the install step only.
  */
+import fs from 'node:fs'
+import path from 'node:path'
 import fg from 'fast-glob'
 import { listFiles, type WorkspaceFile } from '../workspace/collect.js'
 import { NEVER } from '../workspace/given.js'
@@ -116,6 +118,15 @@ export async function installIn(builder: ProviderSandbox, plan: BuildPlan, progr
     progress.step(`running ${JSON.stringify(command)}`)
     await run(command, { label: command })
   }
+}
+
+/** npm's and Yarn's credential keys, with a value written out (not `${VAR}`). */
+const LITERAL_CREDENTIAL = /^\s*(?:\S*:)?(?:_authToken|_auth|_password|npmAuthToken|npmAuthIdent)\s*[=:]\s*["']?(?!\$\{)[^\s"']+/m
+
+/** The workspace's package manager configuration files that hold a credential in clear. */
+export async function filesWithLiteralCredentials(root: string): Promise<string[]> {
+  const files = await installConfigFiles(root)
+  return files.filter((f) => LITERAL_CREDENTIAL.test(fs.readFileSync(path.join(root, f.path), 'utf8'))).map((f) => f.path)
 }
 
 /** The package manager's configuration files of the workspace (secrets to test sandboxes). */

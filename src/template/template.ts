@@ -14,7 +14,7 @@
  */
 import { lockfilesOf, nodeModulesFolders, type WorkspaceFile } from '../workspace/collect.js'
 import type { ProviderSession, SandboxSummary } from '../providers/types.js'
-import { buildIn, createBuilder, type BuildPlan } from './build.js'
+import { buildIn, createBuilder, filesWithLiteralCredentials, type BuildPlan } from './build.js'
 import { templateName, type DependencySource, type KeyInputs } from './key.js'
 import { detectPackageManager } from './package-manager.js'
 import type { TemplateProgress } from './progress.js'
@@ -108,6 +108,11 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
     if (Object.keys(plan.installEnv).length) {
       shown.end('failed')
       throw new TemplateError(`sandbox: ${provider} keeps no templates, so each test sandbox would install its own dependencies, and template.installEnv (${Object.keys(plan.installEnv).join(', ')}) would reach sandboxes that run tests. Install on the host and use template: { dependencies: 'copy' }, or drop template.installEnv.\n${session.noTemplates}`)
+    }
+    const inClear = source === 'install' ? await filesWithLiteralCredentials(spec.root) : []
+    if (inClear.length) {
+      shown.end('failed')
+      throw new TemplateError(`sandbox: ${provider} keeps no templates, so each test sandbox would install its own dependencies, and ${inClear.join(', ')} hold${inClear.length === 1 ? 's' : ''} a registry credential in clear, which install scripts in sandboxes that run tests could read. Install on the host and use template: { dependencies: 'copy' }.\n${session.noTemplates}`)
     }
     shown.end(`none can be kept on ${provider} (${session.noTemplates.split('\n')[0]}); each sandbox gets its ${sourceText(source).replace(/ once per key$/, '')} itself, before its first test file`)
     return { name, source, hostLayers, unkept: plan }
