@@ -7,6 +7,7 @@
  * keeps no output for a stream that drops, so a dropped stream is a lost process.
  */
 import { EventEmitter } from 'node:events'
+import { earlyEvents } from './early-events.js'
 import type { Http } from '../net/http.js'
 import type { ProcessExit, ProcessSpec, ProviderProcess } from './types.js'
 
@@ -64,8 +65,7 @@ export class E2BProcess implements ProviderProcess {
   private pending: { data: Buffer; done: () => void; fail: (err: Error) => void }[] = []
   private sending: Promise<void> = Promise.resolve()
   private killed = false
-  /** What happened before the caller of start() had a turn to add its listeners, in order. */
-  private held: (() => void)[] | undefined = []
+  private readonly early = earlyEvents()
   readonly exited: Promise<ProcessExit>
   private settle!: { resolve: (e: ProcessExit) => void; reject: (err: Error) => void }
 
@@ -101,11 +101,7 @@ export class E2BProcess implements ProviderProcess {
         if (event.start) {
           proc.pid = event.start.pid
           started()
-          setImmediate(() => {
-            const early = proc.held!
-            proc.held = undefined
-            for (const f of early) f()
-          })
+          proc.early.release()
         } else if (event.data) {
           for (const kind of ['stdout', 'stderr'] as const) if (event.data[kind]) proc.deliver(() => proc.events.emit(kind, Buffer.from(event.data[kind], 'base64')))
         } else if (event.end) {
@@ -125,8 +121,7 @@ export class E2BProcess implements ProviderProcess {
   }
 
   private deliver(f: () => void): void {
-    if (this.held) this.held.push(f)
-    else f()
+    this.early.deliver(f)
   }
 
   /** The stream is over: the exit, or (no end event) the process is lost. */

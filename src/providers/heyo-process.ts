@@ -8,6 +8,7 @@
  */
 import { EventEmitter } from 'node:events'
 import WebSocket from 'ws'
+import { earlyEvents } from './early-events.js'
 import { createLineParser, exitOfReport, INPUT_PART, relayInput, type RelaySpec } from './line-relay.js'
 import type { ProcessExit, ProviderProcess } from './types.js'
 import { RECONNECT_DELAYS } from '../net/http.js'
@@ -56,15 +57,14 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
   private killed = false
   /** The shell's own output before the relay ran (why it did not, if it did not). */
   private noise = ''
-  /** Output between the relay's start and the caller's first turn (it adds its listeners then). */
-  private held: (() => void)[] | undefined = []
+  private readonly early = earlyEvents()
   private started!: { resolve: () => void; reject: (e: Error) => void }
 
   private constructor(private readonly target: ShellTarget, private readonly spec: RelaySpec) {
     super()
     this.exited = new Promise((resolve, reject) => (this.settle = { resolve, reject }))
     this.exited.catch(() => {})
-    const deliver = (f: () => void) => (this.held ? this.held.push(f) : f())
+    const deliver = (f: () => void) => this.early.deliver(f)
     this.parse = createLineParser(spec.token, {
       ready: () => this.onReady(),
       stdout: (b) => deliver(() => this.emit('stdout', b)),
@@ -96,11 +96,7 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
     } finally {
       clearTimeout(timer)
     }
-    setImmediate(() => {
-      const early = proc.held!
-      proc.held = undefined
-      for (const f of early) f()
-    })
+    proc.early.release()
     return proc
   }
 

@@ -6,6 +6,7 @@
 import { EventEmitter } from 'node:events'
 import type { Engine } from '../engine/engine.js'
 import type { OutputEvent, SandboxProcess } from '../engine/process.js'
+import { earlyEvents } from './early-events.js'
 import type { ProcessExit, ProcessSpec, ProviderProcess } from './types.js'
 
 class LocalProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffer] }> implements ProviderProcess {
@@ -18,15 +19,11 @@ class LocalProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffer] }> 
       if (proc.exit) done()
       else proc.once('exit', done)
     })
-    const emit = (e: OutputEvent) => this.emit(e.type, e.data)
-    // Output so far and until the caller has had a turn to add its listeners waits, in order.
-    let held: OutputEvent[] | undefined = proc.eventsSince(0)
-    proc.on('output', (e) => (held ? held.push(e) : emit(e)))
-    setImmediate(() => {
-      const early = held!
-      held = undefined
-      for (const e of early) emit(e)
-    })
+    const early = earlyEvents()
+    const emit = (e: OutputEvent) => early.deliver(() => this.emit(e.type, e.data))
+    for (const e of proc.eventsSince(0)) emit(e)
+    proc.on('output', emit)
+    early.release()
   }
 
   write(data: Uint8Array): Promise<void> {

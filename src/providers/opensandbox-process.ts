@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import os from 'node:os'
 import WebSocket from 'ws'
+import { earlyEvents } from './early-events.js'
 import { createRelayParser, RELAY, shellQuote, type RelayExit } from './framed-stdio.js'
 import type { ProcessExit, ProcessSpec, ProviderProcess } from './types.js'
 import { type Http, HttpError, RECONNECT_DELAYS } from '../net/http.js'
@@ -91,7 +92,7 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       let connected = false
       // Output before `connected` waits: if this socket is cut first, the next one's replay has it.
       // After it, one more turn, so a caller that awaits `start` has added its listeners.
-      let held: Buffer[] | undefined = []
+      const early = earlyEvents()
       ws.on('unexpected-response', (_req, res) => {
         let text = ''
         res.on('data', (d: Buffer) => (text += d))
@@ -99,16 +100,12 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       })
       ws.on('message', (data: Buffer, binary) => {
         try {
-          if (binary) return held ? void held.push(data) : this.take(data)
+          if (binary) return early.deliver(() => this.take(data))
           const msg = JSON.parse(data.toString()) as { type: string; exit_code?: number; code?: string; error?: string }
           if (msg.type === 'connected') {
             connected = true
             this.resend()
-            setImmediate(() => {
-              const early = held!
-              held = undefined
-              for (const b of early) this.take(b)
-            })
+            early.release()
             resolve()
           } else if (msg.type === 'exit') {
             this.shellExit = msg.exit_code
