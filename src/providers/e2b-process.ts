@@ -95,7 +95,7 @@ export class E2BProcess implements ProviderProcess {
         if (flags & 0x02) {
           // Settles the start only if no start event came (a promise settles once).
           failed(new Error(`e2b: the process stream of ${where} ended before the process started${msg.error ? `: ${msg.error.code}: ${msg.error.message}` : ''}`))
-          return proc.deliver(() => proc.finish(ended, msg.error ? `${msg.error.code}: ${msg.error.message}` : undefined))
+          return proc.early.deliver(() => proc.finish(ended, msg.error ? `${msg.error.code}: ${msg.error.message}` : undefined))
         }
         const event = msg.event ?? {}
         if (event.start) {
@@ -103,7 +103,7 @@ export class E2BProcess implements ProviderProcess {
           started()
           proc.early.release()
         } else if (event.data) {
-          for (const kind of ['stdout', 'stderr'] as const) if (event.data[kind]) proc.deliver(() => proc.events.emit(kind, Buffer.from(event.data[kind], 'base64')))
+          for (const kind of ['stdout', 'stderr'] as const) if (event.data[kind]) proc.early.deliver(() => proc.events.emit(kind, Buffer.from(event.data[kind], 'base64')))
         } else if (event.end) {
           ended = event.end
         }
@@ -111,17 +111,13 @@ export class E2BProcess implements ProviderProcess {
       ;(async () => {
         for await (const chunk of res.body) split(chunk as Buffer)
         failed(new Error(`e2b: the process stream of ${where} ended before the process started`))
-        proc.deliver(() => proc.finish(ended, 'the stream ended without an end message'))
+        proc.early.deliver(() => proc.finish(ended, 'the stream ended without an end message'))
       })().catch((err: Error) => {
         failed(err)
-        proc.deliver(() => proc.finish(ended, err.message))
+        proc.early.deliver(() => proc.finish(ended, err.message))
       })
     })
     return proc
-  }
-
-  private deliver(f: () => void): void {
-    this.early.deliver(f)
   }
 
   /** The stream is over: the exit, or (no end event) the process is lost. */
