@@ -137,6 +137,14 @@ describe('heyo() against the fake daemon', () => {
     await waitFor(async () => !(await running()).includes('sleep 31'), 10_000, 'the sleeps to end')
   })
 
+  it('starts a process with one write-file call (its spec) and no exec', async () => {
+    const calls = () => fake.requests.filter((r) => r.path.startsWith(`/sandbox/${sbx.id}/`)).map((r) => r.path.split('/').pop())
+    const before = calls().length
+    const proc = await sbx.start({ cmd: 'true' })
+    expect((await proc.exited).exitCode).toBe(0)
+    expect(calls().slice(before)).toEqual(['write-file'])
+  })
+
   it('keeps labels in the name, and lists only the sandboxes it named', async () => {
     const labels = { 'vitest-sandbox': 'pool', 'vitest-sandbox-run': 'r-1', role: 'template-builder', 'vitest-sandbox-template': 'vitest-sandbox-0123abcd' }
     expect(labelsOfName(nameWithLabels(labels))).toEqual(labels)

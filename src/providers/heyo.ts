@@ -3,19 +3,20 @@
  * its HTTP API (docs/heyo-protocol.md; Heyo's TypeScript SDK is not installable, so the wire is
  * spoken directly from its Swift and Rust SDKs). Sandboxes are created, then polled until
  * running. Processes run over the shell stream through the line relay (heyo-process.ts). Files go
- * in as `write-file` parts that one `exec` joins. Heyo has no labels, so a sandbox's labels are
- * encoded in its name, and no egress control (`alwaysOnline`: the pool refuses a run that keeps
- * the network off).
- * Templates are images made from a sandbox (`snapshot-image`), which only the daemon has, and
- * which no call lists: this machine keeps the record of the ones it made.
+ * in as `write-file` calls, several joined by one `exec` where a file is large or outside the
+ * staging folder. Heyo has no labels, so a sandbox's labels are encoded in its name, and no egress
+ * control (`alwaysOnline`: the pool refuses a run that keeps the network off). Templates are
+ * images made from a sandbox (`snapshot-image`), which only the daemon has, and which no call
+ * lists: this machine keeps the record of the ones it made.
  */
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { buffer } from 'node:stream/consumers'
 import pLimit from 'p-limit'
 import { Agent } from 'undici'
 import { env } from './credentials.js'
-import { singleQuoted as q, STAGING } from './exec.js'
+import { singleQuoted as q } from './exec.js'
 import { HeyoProcess } from './heyo-process.js'
 import { LINE_RELAY, relaySpec } from './line-relay.js'
 import type { CreateOptions, ProcessSpec, ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, TemplateSummary, Upload } from './types.js'
@@ -27,9 +28,9 @@ const log = debug('heyo')
 const CLOUD_URL = 'https://server.heyo.computer'
 /** Content bytes per `write-file` call: the cloud takes JSON bodies up to 1 MB, and base64 adds a third. */
 const FILE_PART = 512 * 1024
-/** Where upload parts wait for the `exec` that joins them (write-file paths are relative to a mount). */
+/** The mount write-file paths are relative to; its staging folder holds the relay, process specs and upload parts. */
 const MOUNT = '/workspace'
-const PARTS_DIR = '.vitest-sandbox-parts'
+const STAGE = `${MOUNT}/.vitest-sandbox`
 const NAME_PREFIX = 'vitest-sandbox.'
 /** How long a new sandbox may take to be running. */
 const READY_TIMEOUT_MS = 5 * 60_000
@@ -91,11 +92,6 @@ function isLoopback(url: string): boolean {
 
 const enc = encodeURIComponent
 
-async function collect(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const chunks: Uint8Array[] = []
-  for await (const c of stream) chunks.push(c)
-  return Buffer.concat(chunks)
-}
 
 export function heyo(options: HeyoOptions = {}): SandboxProvider {
   return {
@@ -267,7 +263,8 @@ const NO_CLOUD_IMAGES =
 
 
 class HeyoSandbox implements ProviderSandbox {
-  private relay?: Promise<string>
+  /** The relay's upload, once per sandbox. */
+  private relay?: Promise<void>
 
   constructor(readonly id: string, private readonly session: HeyoSession) {}
 
@@ -276,31 +273,33 @@ class HeyoSandbox implements ProviderSandbox {
     return this.session.api.json('POST', `/sandbox/${enc(this.id)}/exec`, { command }, { retry: false })
   }
 
+  /** One write-file call: `data` (at most FILE_PART bytes) at `file`, a path inside the mount. */
+  private async put(file: string, data: Buffer): Promise<void> {
+    const json = { file_path: path.posix.relative(MOUNT, file), mount_path: MOUNT, content: data.toString('base64') }
+    await this.session.api.call('POST', `/sandbox/${enc(this.id)}/write-file`, { json }).then((r) => r.body.dump())
+  }
+
+  /** A file that fits one call and belongs in the staging folder goes straight there; others go in parts one `exec` joins. */
   async upload(target: string, body: Upload): Promise<void> {
-    const data = typeof body === 'function' ? await collect(body()) : Buffer.from(body)
-    const dir = `${PARTS_DIR}/${randomBytes(6).toString('hex')}`
+    const data = typeof body === 'function' ? await buffer(body()) : Buffer.from(body)
+    if (target.startsWith(`${STAGE}/`) && data.length <= FILE_PART) return this.put(target, data)
+    const parts = `${STAGE}/parts-${randomBytes(6).toString('hex')}`
     const count = Math.max(1, Math.ceil(data.length / FILE_PART))
-    const names = Array.from({ length: count }, (_, i) => `${dir}/${String(i).padStart(6, '0')}`)
     const limit = pLimit(4)
-    await Promise.all(
-      names.map((file, i) =>
-        limit(async () => {
-          const content = data.subarray(i * FILE_PART, (i + 1) * FILE_PART).toString('base64')
-          await this.session.api.call('POST', `/sandbox/${enc(this.id)}/write-file`, { json: { file_path: file, mount_path: MOUNT, content } }).then((r) => r.body.dump())
-        }),
-      ),
-    )
-    const parts = `${MOUNT}/${dir}`
+    await Promise.all(Array.from({ length: count }, (_, i) => limit(() => this.put(`${parts}/${String(i).padStart(6, '0')}`, data.subarray(i * FILE_PART, (i + 1) * FILE_PART)))))
     const r = await this.exec(`mkdir -p ${q(path.posix.dirname(target))} && cat ${parts}/* > ${q(target)} && rm -rf ${parts}`)
     if (r.exit_code !== 0) throw new Error(`heyo: writing ${target} in sandbox ${this.id} failed (exit ${r.exit_code}): ${(r.stderr || r.output || '').trim()}`)
   }
 
   async start(spec: ProcessSpec): Promise<HeyoProcess> {
-    this.relay ??= this.upload(`${STAGING}/heyo-relay.cjs`, Buffer.from(LINE_RELAY)).then(() => `${STAGING}/heyo-relay.cjs`)
-    this.relay.catch(() => (this.relay = undefined))
-    const relayFile = await this.relay
+    const relayFile = `${STAGE}/relay.cjs`
+    if (!this.relay) {
+      this.relay = this.upload(relayFile, Buffer.from(LINE_RELAY))
+      this.relay.catch(() => (this.relay = undefined)) // the next start tries again
+    }
+    await this.relay
     const relay = relaySpec(spec)
-    const specFile = `${STAGING}/heyo-${randomBytes(6).toString('hex')}.json`
+    const specFile = `${STAGE}/process-${randomBytes(6).toString('hex')}.json`
     await this.upload(specFile, Buffer.from(JSON.stringify(relay)))
     return HeyoProcess.start({ ...this.session.shell(this.id), where: `sandbox ${this.id}` }, relay, relayFile, specFile)
   }
