@@ -23,6 +23,7 @@ import { Engine } from '../../src/engine/engine.js'
 import type { SandboxProcess } from '../../src/engine/process.js'
 import type { LocalSandbox } from '../../src/engine/sandbox.js'
 import { tempDir } from './engine.js'
+import { readBody, readJsonBody, sendJson as send } from './fake-http.js'
 
 const ENVD_VERSION = '0.6.13'
 const TEAM = 'fake-team'
@@ -86,27 +87,10 @@ class ConnectError extends Error {
   }
 }
 
-function send(res: http.ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
-  const text = body === undefined ? '' : JSON.stringify(body)
-  res.writeHead(status, { ...(text ? { 'content-type': 'application/json' } : {}), ...headers })
-  res.end(text)
-}
 
-async function readBody(req: http.IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  for await (const c of req) chunks.push(c as Buffer)
-  return Buffer.concat(chunks)
-}
 
-async function readJson(req: http.IncomingMessage): Promise<Record<string, any>> {
-  const text = (await readBody(req)).toString()
-  if (!text) return {}
-  try {
-    return JSON.parse(text)
-  } catch {
-    throw new ApiError(400, 'Error when parsing request: invalid JSON body')
-  }
-}
+
+const readJson = (req: http.IncomingMessage) => readJsonBody(req, { invalid: () => new ApiError(400, 'Error when parsing request: invalid JSON body') })
 
 function envelope(message: unknown, flags = 0): Buffer {
   const body = Buffer.from(JSON.stringify(message))

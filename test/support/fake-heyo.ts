@@ -21,6 +21,7 @@ import { Engine } from '../../src/engine/engine.js'
 import type { SandboxProcess } from '../../src/engine/process.js'
 import type { LocalSandbox } from '../../src/engine/sandbox.js'
 import { tempDir } from './engine.js'
+import { readJsonBody, sendJson as send } from './fake-http.js'
 
 /** Images every fake has (the pool's default first). */
 const BASE_IMAGES = ['node:22', 'ubuntu:24.04']
@@ -71,28 +72,7 @@ class ApiError extends Error {
   }
 }
 
-function send(res: http.ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
-  const text = body === undefined ? '' : JSON.stringify(body)
-  res.writeHead(status, { ...(text ? { 'content-type': 'application/json' } : {}), ...headers })
-  res.end(text)
-}
 
-async function readJson(req: http.IncomingMessage, limit: number): Promise<Record<string, any>> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const c of req) {
-    size += (c as Buffer).length
-    if (size > limit) throw new ApiError(413, 'Payload Too Large')
-    chunks.push(c as Buffer)
-  }
-  const text = Buffer.concat(chunks).toString()
-  if (!text) return {}
-  try {
-    return JSON.parse(text)
-  } catch {
-    throw new ApiError(400, 'invalid JSON body')
-  }
-}
 
 function outputFrame(seq: number, data: Buffer): Buffer {
   const head = Buffer.alloc(9)
@@ -221,7 +201,7 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
     const method = req.method!
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
     const json = async () => {
-      const body = await readJson(req, mode === 'cloud' ? MAX_BODY : 64 * MAX_BODY)
+      const body = await readJsonBody(req, { limit: mode === 'cloud' ? MAX_BODY : 64 * MAX_BODY, tooLarge: () => new ApiError(413, 'Payload Too Large'), invalid: () => new ApiError(400, 'invalid JSON body') })
       requests[requests.length - 1].body = body
       return body
     }

@@ -22,6 +22,7 @@ import { Engine } from '../../src/engine/engine.js'
 import type { SandboxProcess } from '../../src/engine/process.js'
 import type { LocalSandbox } from '../../src/engine/sandbox.js'
 import { tempDir } from './engine.js'
+import { readJsonBody, sendJson } from './fake-http.js'
 
 const EXECD_PORT = 44772
 const REPLAY_LIMIT = 1024 * 1024
@@ -85,22 +86,10 @@ class FakeError extends Error {
 }
 
 function send(res: http.ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
-  const text = body === undefined ? '' : JSON.stringify(body)
-  res.writeHead(status, { 'x-request-id': randomUUID().replace(/-/g, ''), ...(text ? { 'content-type': 'application/json' } : {}), ...headers })
-  res.end(text)
+  sendJson(res, status, body, { 'x-request-id': randomUUID().replace(/-/g, ''), ...headers })
 }
 
-async function readJson(req: http.IncomingMessage): Promise<Record<string, any>> {
-  const chunks: Buffer[] = []
-  for await (const c of req) chunks.push(c as Buffer)
-  const text = Buffer.concat(chunks).toString()
-  if (!text) return {}
-  try {
-    return JSON.parse(text)
-  } catch {
-    throw new FakeError(400, 'INVALID_REQUEST_BODY', 'invalid JSON body')
-  }
-}
+const readJson = (req: http.IncomingMessage) => readJsonBody(req, { invalid: () => new FakeError(400, 'INVALID_REQUEST_BODY', 'invalid JSON body') })
 
 /** FastAPI's request-validation answer. */
 function invalid(field: string, msg: string): FakeError & { detail: unknown } {
