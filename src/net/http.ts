@@ -12,6 +12,34 @@ const log = debug('http')
 /** Waits (ms) before each attempt to reopen a dropped process socket: about 20 s in all. */
 export const RECONNECT_DELAYS = [0, 250, 500, 1000, 2000, 2000, 2000, 2000, 2000, 2000, 2000, 2000]
 
+export interface ReopenOptions {
+  /** An error after which another attempt is pointless (the sandbox or process is gone). */
+  fatal: (err: unknown) => boolean
+  /** Checked before each attempt: true gives up quietly (the process ended meanwhile). */
+  stop?: () => boolean
+}
+
+/** Reopen a dropped process socket: `attempt(n)` after each of RECONNECT_DELAYS until one succeeds; rejects with the last error. */
+export async function reopen(attempt: (n: number) => Promise<void>, opts: ReopenOptions): Promise<void> {
+  let last: unknown
+  for (const [n, delay] of RECONNECT_DELAYS.entries()) {
+    await new Promise((r) => setTimeout(r, delay))
+    if (opts.stop?.()) return
+    try {
+      return await attempt(n)
+    } catch (err) {
+      last = err
+      if (opts.fatal(err)) break
+    }
+  }
+  throw last
+}
+
+/** A process socket refused because the sandbox or process is gone, or the key was: not worth retrying. */
+export function isGone(err: unknown): boolean {
+  return err instanceof HttpError && (err.status === 404 || err.status === 401)
+}
+
 export class HttpError extends Error {
   constructor(
     message: string,

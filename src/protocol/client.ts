@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
 import WebSocket from 'ws'
 import { debug } from '../debug.js'
-import { type Body, Http, HttpError as RuntimeError, RECONNECT_DELAYS } from '../net/http.js'
+import { type Body, Http, HttpError as RuntimeError, isGone, reopen } from '../net/http.js'
 import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from './frames.js'
 
 const log = debug('client')
@@ -429,19 +429,19 @@ export class RemoteProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buf
   private async onClose(): Promise<void> {
     if (this.done) return
     let lastError: unknown
-    for (const [i, delay] of RECONNECT_DELAYS.entries()) {
-      await new Promise((r) => setTimeout(r, delay))
-      try {
-        this.emit('reconnect', i + 1)
-        await this.reconnect(this.nextCursor)
-        // Whether the server got input whose ack was lost cannot be known: it goes again.
-        for (const a of this.acks) this.ws!.send(a.frame)
-        return
-      } catch (err) {
-        lastError = err
-        // A 404 means the sandbox or process is gone: no point in retrying.
-        if (err instanceof RuntimeError && (err.status === 404 || err.status === 401)) break
-      }
+    try {
+      await reopen(
+        async (i) => {
+          this.emit('reconnect', i + 1)
+          await this.reconnect(this.nextCursor)
+          // Whether the server got input whose ack was lost cannot be known: it goes again.
+          for (const a of this.acks) this.ws!.send(a.frame)
+        },
+        { fatal: isGone },
+      )
+      return
+    } catch (err) {
+      lastError = err
     }
     this.done = true
     for (const a of this.acks) a.reject(new RuntimeError('process socket closed', 0, 'closed'))

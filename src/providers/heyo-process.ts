@@ -11,7 +11,7 @@ import WebSocket from 'ws'
 import { earlyEvents } from './early-events.js'
 import { createLineParser, exitOfReport, INPUT_PART, relayInput, type RelaySpec } from './line-relay.js'
 import type { ProcessExit, ProviderProcess } from './types.js'
-import { RECONNECT_DELAYS } from '../net/http.js'
+import { HttpError, isGone, reopen } from '../net/http.js'
 import { debug } from '../debug.js'
 
 const log = debug('heyo')
@@ -60,12 +60,12 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
   private readonly early = earlyEvents()
   private started!: { resolve: () => void; reject: (e: Error) => void }
 
-  private constructor(private readonly target: ShellTarget, private readonly spec: RelaySpec) {
+  private constructor(private readonly target: ShellTarget, token: string) {
     super()
     this.exited = new Promise((resolve, reject) => (this.settle = { resolve, reject }))
     this.exited.catch(() => {})
     const deliver = (f: () => void) => this.early.deliver(f)
-    this.parse = createLineParser(spec.token, {
+    this.parse = createLineParser(token, {
       ready: () => this.onReady(),
       stdout: (b) => deliver(() => this.emit('stdout', b)),
       stderr: (b) => deliver(() => this.emit('stderr', b)),
@@ -84,7 +84,7 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
    * at `relayFile`); resolves once the relay says it runs.
    */
   static async start(target: ShellTarget, spec: RelaySpec, relayFile: string, specFile: string): Promise<HeyoProcess> {
-    const proc = new HeyoProcess(target, spec)
+    const proc = new HeyoProcess(target, spec.token)
     const running = new Promise<void>((resolve, reject) => (proc.started = { resolve, reject }))
     running.catch(() => {})
     await proc.open()
@@ -108,19 +108,8 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
   }
 
   /** Connect (or reconnect with the session id), retrying with backoff; resolves at `ready`. */
-  private async open(): Promise<void> {
-    let last: unknown
-    for (const delay of RECONNECT_DELAYS) {
-      await new Promise((r) => setTimeout(r, delay))
-      if (this.state === 'done') return
-      try {
-        return await this.connect()
-      } catch (err) {
-        last = err
-        if ((err as { fatal?: boolean }).fatal) break
-      }
-    }
-    throw last
+  private open(): Promise<void> {
+    return reopen(() => this.connect(), { fatal: (err) => isGone(err) || (err instanceof HttpError && err.status === 403), stop: () => this.state === 'done' })
   }
 
   private connect(): Promise<void> {
@@ -128,11 +117,10 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
       const ws = new WebSocket(this.target.url, { headers: this.target.headers, maxPayload: 64 * 1024 * 1024 })
       this.ws = ws
       let ready = false
-      const refuse = (message: string, fatal: boolean) => reject(Object.assign(new Error(message), { fatal }))
       ws.on('unexpected-response', (_req, res) => {
         let text = ''
         res.on('data', (d: Buffer) => (text += d))
-        res.on('end', () => refuse(`heyo: opening the shell of ${this.target.where}: ${res.statusCode} ${text}`, res.statusCode === 401 || res.statusCode === 403 || res.statusCode === 404))
+        res.on('end', () => reject(new HttpError(`heyo: opening the shell of ${this.target.where}: ${res.statusCode} ${text}`, res.statusCode ?? 0, `http_${res.statusCode}`)))
       })
       ws.on('open', () => ws.send(JSON.stringify({ type: 'init', cols: 200, rows: 50, ...(this.sessionId ? { sessionId: this.sessionId } : {}) })))
       ws.on('message', (data: Buffer, binary) => {
@@ -151,7 +139,7 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
           } else if (msg.type === 'error') {
             log('shell of %s: %s %s', this.target.where, msg.code, msg.message)
             if (msg.code === 'session_expired') this.fail(`heyo: the shell session of ${this.target.where} expired while disconnected: the process is lost`)
-            else if (!ready) refuse(`heyo: the shell of ${this.target.where}: ${msg.message}`, false)
+            else if (!ready) reject(new Error(`heyo: the shell of ${this.target.where}: ${msg.message}`))
           }
         } catch (err) {
           this.fail(`heyo: the shell of ${this.target.where} sent bad output: ${(err as Error).message}`)

@@ -12,7 +12,7 @@ import WebSocket from 'ws'
 import { earlyEvents } from './early-events.js'
 import { createRelayParser, RELAY, shellQuote, type RelayExit } from './framed-stdio.js'
 import type { ProcessExit, ProcessSpec, ProviderProcess } from './types.js'
-import { type Http, HttpError, RECONNECT_DELAYS } from '../net/http.js'
+import { type Http, HttpError, isGone, reopen } from '../net/http.js'
 import { numberedChunk } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 
@@ -172,20 +172,14 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
   }
 
   /** Connect, retrying with backoff; after the first attempt, with `takeover` (execd may still hold the cut socket). */
-  private async open(takeover: boolean): Promise<void> {
-    let last: unknown
-    for (const [attempt, delay] of RECONNECT_DELAYS.entries()) {
-      await new Promise((r) => setTimeout(r, delay))
-      if (this.done) return
-      try {
+  private open(takeover: boolean): Promise<void> {
+    return reopen(
+      (attempt) => {
         log('process %s: connecting at offset %d', this.session, this.offset)
-        return await this.connect(takeover || attempt > 0)
-      } catch (err) {
-        last = err
-        if (err instanceof HttpError && (err.status === 404 || err.status === 401)) break
-      }
-    }
-    throw last
+        return this.connect(takeover || attempt > 0)
+      },
+      { fatal: isGone, stop: () => this.done },
+    )
   }
 
   /** execd's stdin message carrying one numbered input chunk for the relay. */
