@@ -113,13 +113,16 @@ export function createLineParser(token: string, on: RelayEvents): (chunk: Buffer
     else throw new Error(`the terminal relay sent an unknown frame kind ${JSON.stringify(kind)}`)
   }
   return (chunk) => {
-    // latin1 keeps every byte one character: frames are ASCII, noise is only shown.
-    line += chunk.toString('latin1')
+    // latin1 keeps every byte one character: frames are ASCII, noise is only shown. Only the new
+    // chunk is searched for line ends, so a long line costs its length, not its length squared.
+    let text = chunk.toString('latin1')
     let n: number
-    while ((n = line.indexOf('\n')) >= 0) {
-      take(line.slice(0, n))
-      line = line.slice(n + 1)
+    while ((n = text.indexOf('\n')) >= 0) {
+      take(line + text.slice(0, n))
+      line = ''
+      text = text.slice(n + 1)
     }
+    line += text
     if (line.length > MAX_RELAY_LINE) throw new Error(`the terminal relay sent a line of over ${MAX_RELAY_LINE} bytes`)
   }
 }
