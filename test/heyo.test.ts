@@ -137,6 +137,13 @@ describe('heyo() against the fake daemon', () => {
     await waitFor(async () => !(await running()).includes('sleep 31'), 10_000, 'the sleeps to end')
   })
 
+  it('fails a process when code in the sandbox writes an endless line to the terminal, without buffering it', async () => {
+    // The process finds the relay's terminal and writes 17 MiB to it with no newline.
+    const script = "const fs=require('fs');const fd=fs.openSync(fs.readlinkSync('/proc/'+process.ppid+'/fd/0'),'w');const b=Buffer.alloc(1<<20,65);for(let i=0;i<17;i++)fs.writeSync(fd,b);setTimeout(()=>{},30000)"
+    const proc = await sbx.start({ cmd: 'node', args: ['-e', script] })
+    await expect(proc.exited).rejects.toThrow(/heyo: the shell of sandbox \S+ sent bad output: the terminal relay sent a line of over 16777216 bytes/)
+  })
+
   it('starts a process with one write-file call (its spec) and no exec', async () => {
     const calls = () => fake.requests.filter((r) => r.path.startsWith(`/sandbox/${sbx.id}/`)).map((r) => r.path.split('/').pop())
     const before = calls().length
