@@ -4,7 +4,7 @@
  * it in the contract suite) cannot drift from the real service. Then what only e2b() does: byte-
  * exact output (the SDK's strings are not), retries, a lost stream, and the key kept from envd.
  */
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { AuthenticationError, CommandExitError, Sandbox } from 'e2b'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { e2b } from '../src/providers/e2b.js'
@@ -40,6 +40,17 @@ describe('the official SDK against the fake', () => {
       await sbx.commands.closeStdin(cat.pid)
       expect((await cat.wait()).exitCode).toBe(0)
       expect(out.join('')).toBe('one\ntwo\n')
+
+      // A dropped stream leaves the process running; Connect reattaches to what it writes from then on,
+      // and after its exit still tells the exit.
+      const talker = await sbx.commands.run('read line; echo "got $line"', { background: true, stdin: true, timeoutMs: 0 })
+      const first = talker.wait().catch((err: Error) => err)
+      expect(fake.dropStreams()).toBe(1)
+      expect(await first).toBeInstanceOf(Error)
+      const again = await sbx.commands.connect(talker.pid, { timeoutMs: 0 })
+      await sbx.commands.sendStdin(talker.pid, 'late\n')
+      expect(await again.wait()).toMatchObject({ exitCode: 0, stdout: 'got late\n' })
+      expect((await (await sbx.commands.connect(talker.pid)).wait()).exitCode).toBe(0)
 
       const sleeper = await sbx.commands.run('sleep 300', { background: true, timeoutMs: 0 })
       expect((await sbx.commands.list()).map((p) => p.pid)).toContain(sleeper.pid)
@@ -152,12 +163,55 @@ describe('e2b() beyond the contract', () => {
     }
   })
 
-  it('says a process is lost when its stream drops before the end', async () => {
+  it('reattaches a dropped stream and loses no byte: 2 MiB through cat with the stream cut five times', async () => {
+    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
+    try {
+      const proc = await sbx.start({ cmd: 'cat', stdin: true })
+      const out: Buffer[] = []
+      proc.on('stdout', (b) => out.push(b))
+      const data = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i)), randomBytes(2 << 20)])
+      const reattached = () => fake.requests.filter((r) => r.path === '/process.Process/Connect').length
+      const before = reattached()
+      let cuts = 0
+      for (let off = 0; off < data.length; off += 64 * 1024) {
+        await proc.write(data.subarray(off, off + 64 * 1024))
+        if (off % (384 * 1024) === 0 && off > 0 && cuts < 5) {
+          cuts += fake.dropStreams()
+          // The next cut waits for this one's reattach.
+          while (reattached() - before < cuts) await new Promise((r) => setTimeout(r, 20))
+        }
+      }
+      await proc.closeStdin()
+      expect((await proc.exited).exitCode).toBe(0)
+      expect(cuts).toBe(5)
+      const got = Buffer.concat(out)
+      expect(got.length).toBe(data.length)
+      expect(createHash('sha256').update(got).digest('hex')).toBe(createHash('sha256').update(data).digest('hex'))
+    } finally {
+      await sbx.kill()
+    }
+  })
+
+  it('fails a process whose relay output is a forged frame header claiming 4 GiB, without buffering it', async () => {
+    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
+    try {
+      // Code in a real sandbox could write it into the relay's stdout pipe through /proc; the fake writes it.
+      fake.state.forgedFrame = 1
+      const proc = await sbx.start({ cmd: 'sh', args: ['-c', 'echo out; sleep 30'] })
+      await expect(proc.exited).rejects.toThrow(/e2b: lost the process stream of sandbox \S+ \(pid \d+\): the relay sent a frame of 4294967295 bytes, over the limit of 16777216/)
+    } finally {
+      await sbx.kill()
+    }
+  })
+
+  it('says a process is lost when its stream drops and envd no longer knows it', async () => {
     const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
     try {
       const proc = await sbx.start({ cmd: 'sleep', args: ['30'] })
+      // In one turn, before the host can reattach: as if envd had restarted.
       expect(fake.dropStreams()).toBe(1)
-      await expect(proc.exited).rejects.toThrow(/e2b: lost the process stream of sandbox \S+ \(pid \d+\)/)
+      fake.sandboxes.get(sbx.id)!.processes.clear()
+      await expect(proc.exited).rejects.toThrow(/e2b: lost the process stream of sandbox \S+ \(pid \d+\): .*reattaching failed: .*not_found/)
     } finally {
       await sbx.kill()
     }

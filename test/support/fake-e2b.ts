@@ -4,13 +4,14 @@
  * status codes and error shapes follow E2B's OpenAPI spec and envd's specs; the process service
  * speaks the Connect protocol with the JSON codec (enveloped server streams, unary JSON calls),
  * with envd's end events (`exitCode` omitted when 0, `exited` omitted when false, -1 for a signal)
- * and envd's 32 KiB output reads. The official `e2b` SDK drives it in e2b.test.ts so it cannot
+ * and envd's 32 KiB output reads. A process outlives its dropped stream, and `Connect` reattaches
+ * to its live output only (what it wrote meanwhile is gone), as envd's fan-out does. The official `e2b` SDK drives it in e2b.test.ts so it cannot
  * drift. Sandboxes are real local-engine sandboxes; the template id is recorded, not pulled.
  *
  * Faults: `inject()` answers matching requests with a status (429 with Retry-After, 5xx);
- * `dropStreams()` cuts every process stream without its end; `state.endBeforeStart` ends the
+ * `dropStreams()` cuts every process stream (Start or Connect) without its end; `state.endBeforeStart` ends the
  * next process streams with an error before their start event, `state.oversizedEnvelope` sends
- * an envelope header claiming 1 GiB.
+ * an envelope header claiming 1 GiB, `state.forgedFrame` a relay frame header claiming 4 GiB.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
@@ -127,8 +128,10 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
   /**
    * endBeforeStart: the next process streams end (with envd's error) before their start event.
    * oversizedEnvelope: the next stream's first output claims 1 GiB, as a replaced envd could.
+   * forgedFrame: the next stream's first output is a relay frame header claiming 4 GiB, as code
+   * in the sandbox that opened the relay's stdout pipe (`/proc/<pid>/fd/1`) could write.
    */
-  const state = { endBeforeStart: 0, oversizedEnvelope: 0 }
+  const state = { endBeforeStart: 0, oversizedEnvelope: 0, forgedFrame: 0 }
 
   function takeFault(where: Fault['where'], method: string, path: string): Fault | undefined {
     const f = faults.find((x) => x.where === where && x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
@@ -290,6 +293,7 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     const m = /^\/(process\.Process|filesystem\.Filesystem)\/(\w+)$/.exec(path)
     if (!m || req.method !== 'POST') throw new ConnectError('unimplemented', `${req.method} ${path} is not implemented`)
     if (m[1] === 'process.Process' && m[2] === 'Start') return start(s, req, res)
+    if (m[1] === 'process.Process' && m[2] === 'Connect') return connect(s, req, res)
     if (!String(req.headers['content-type']).startsWith('application/json')) throw new ConnectError('invalid_argument', `unary calls take application/json, not ${req.headers['content-type']}`)
     const msg = JSON.parse((await readBody(req)).toString() || '{}')
     send(res, 200, await unary(s, `${m[1]}/${m[2]}`, msg))
@@ -332,12 +336,17 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     throw new ConnectError('unimplemented', `${method} is not implemented`)
   }
 
-  /** `Start`: a server stream of the process's events, ended by an end-of-stream envelope. */
-  async function start(s: FakeSandbox, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+  /** A server stream's request: one envelope of JSON. */
+  async function streamRequest(req: http.IncomingMessage): Promise<Record<string, any>> {
     if (!String(req.headers['content-type']).startsWith('application/connect+json')) throw new ConnectError('invalid_argument', `a stream takes application/connect+json, not ${req.headers['content-type']}`)
     const raw = await readBody(req)
     if (raw.length < 5 || raw.readUInt32BE(1) !== raw.length - 5) throw new ConnectError('invalid_argument', 'the request is not one envelope')
-    const msg = JSON.parse(raw.subarray(5).toString())
+    return JSON.parse(raw.subarray(5).toString())
+  }
+
+  /** `Start`: a server stream of the process's events, ended by an end-of-stream envelope. */
+  async function start(s: FakeSandbox, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const msg = await streamRequest(req)
     const config = { cmd: msg.process?.cmd, args: msg.process?.args ?? [], envs: msg.process?.envs ?? {}, ...(msg.process?.cwd ? { cwd: msg.process.cwd } : {}) }
     if (typeof config.cmd !== 'string' || !config.cmd) throw new ConnectError('invalid_argument', 'process.cmd is required')
     if (state.endBeforeStart > 0) {
@@ -351,13 +360,42 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     } catch (err) {
       throw new ConnectError('internal', `error starting process: ${(err as Error).message}`)
     }
-    const p: FakeProcess = { pid: s.nextPid++, proc, config, stream: res }
+    const p: FakeProcess = { pid: s.nextPid++, proc, config }
     s.processes.set(p.pid, p)
+    // envd subscribes a Start stream before the process runs: it sees all of its output.
+    await follow(p, req, res, proc.eventsSince(0))
+  }
+
+  /**
+   * `Connect`: the events of a running process from now on (envd forks its live output: what the
+   * process wrote while no stream listened is gone). For a process that has exited, its start
+   * and retained end. Errors come in the end-of-stream envelope, as connect-go sends them.
+   */
+  async function connect(s: FakeSandbox, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const msg = await streamRequest(req)
+    const p = s.processes.get(msg.process?.pid)
     res.writeHead(200, { 'content-type': 'application/connect+json' })
-    const event = (e: unknown) => res.writableEnded || res.write(envelope({ event: e }))
+    if (!p) return void res.end(envelope({ error: { code: 'not_found', message: `process with pid ${msg.process?.pid} not found` } }, 0x02))
+    await follow(p, req, res, [])
+  }
+
+  /** Streams a process's events to `res` (after `earlier`) until its end; `dropStreams()` cuts it. */
+  async function follow(p: FakeProcess, req: http.IncomingMessage, res: http.ServerResponse, earlier: Iterable<{ type: 'stdout' | 'stderr'; data: Buffer }>): Promise<void> {
+    const { proc } = p
+    p.stream = res
+    if (!res.headersSent) res.writeHead(200, { 'content-type': 'application/connect+json' })
+    const event = (e: unknown) => res.writableEnded || res.destroyed || res.write(envelope({ event: e }))
     event({ start: { pid: p.pid } })
     let oversized = state.oversizedEnvelope > 0 && state.oversizedEnvelope-- > 0
+    let forged = state.forgedFrame > 0 && state.forgedFrame-- > 0
     const onOutput = (e: { type: 'stdout' | 'stderr'; data: Buffer }) => {
+      if (forged) {
+        forged = false
+        const head = Buffer.alloc(11)
+        head[0] = 79
+        head.writeUInt32BE(0xffffffff, 7)
+        return void event({ data: { stdout: head.toString('base64') } })
+      }
       if (oversized) {
         oversized = false
         const head = Buffer.alloc(5)
@@ -366,8 +404,9 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
       }
       for (let off = 0; off < e.data.length; off += READ_SIZE) event({ data: { [e.type]: e.data.subarray(off, off + READ_SIZE).toString('base64') } })
     }
-    for (const e of proc.eventsSince(0)) onOutput(e)
+    for (const e of earlier) onOutput(e)
     proc.on('output', onOutput)
+    res.once('close', () => proc.off('output', onOutput))
     const interval = Number(req.headers['keepalive-ping-interval'] ?? 90)
     const keepalive = setInterval(() => event({ keepalive: {} }), interval * 1000)
     const deadline = Number(req.headers['connect-timeout-ms'] ?? 0)
@@ -378,7 +417,7 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     proc.off('output', onOutput)
     const status = exit.signal ? `signal: ${GO_SIGNAL[exit.signal] ?? exit.signal}` : `exit status ${exit.exitCode}`
     event({ end: { ...(exit.signal ? { exitCode: -1 } : exit.exitCode ? { exitCode: exit.exitCode } : {}), ...(exit.signal ? {} : { exited: true }), status, ...(exit.signal || exit.exitCode ? { error: status } : {}) } })
-    if (!res.writableEnded) res.end(envelope({}, 0x02))
+    if (!res.writableEnded && !res.destroyed) res.end(envelope({}, 0x02))
   }
 
   async function upload(s: FakeSandbox, req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<void> {
