@@ -204,6 +204,26 @@ describe('e2b() beyond the contract', () => {
     }
   })
 
+  it('stops reattaching a process once it is killed (the link closed, its sandbox goes next)', async () => {
+    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
+    try {
+      const proc = await sbx.start({ cmd: 'sleep', args: ['30'] })
+      const connects = () => fake.requests.filter((r) => r.path === '/process.Process/Connect').length
+      const before = connects()
+      fake.inject({ where: 'envd', method: 'POST', path: /^\/process\.Process\/Connect$/, status: 502, times: 20 })
+      expect(fake.dropStreams()).toBe(1)
+      while (connects() - before < 2) await new Promise((r) => setTimeout(r, 20))
+      proc.kill()
+      expect(await proc.exited).toMatchObject({ signal: 'SIGKILL', error: 'killed' })
+      const tried = connects() - before
+      await new Promise((r) => setTimeout(r, 3000))
+      expect(connects() - before).toBe(tried)
+    } finally {
+      fake.clearFaults()
+      await sbx.kill()
+    }
+  })
+
   it('says a process is lost when its stream drops and envd no longer knows it', async () => {
     const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
     try {

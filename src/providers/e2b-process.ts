@@ -78,6 +78,8 @@ interface Report {
   error?: string
 }
 
+const KILLED: Report = { code: null, signal: 'SIGKILL' }
+
 /** A stream that must not be reattached: envd broke the protocol, or the process is gone. */
 class Fatal extends Error {}
 
@@ -94,6 +96,8 @@ export class E2BProcess implements ProviderProcess {
   private readonly acker: NodeJS.Timeout
   /** The stream now followed; a stream it replaced is ignored. */
   private stream?: Dispatcher.ResponseData
+  /** Whether that stream is open (from its start event to its end). */
+  private attached = false
   private report?: Report
   private settled = false
   private killed = false
@@ -152,7 +156,7 @@ export class E2BProcess implements ProviderProcess {
         const event = msg.event ?? {}
         if (event.start) {
           this.pid = event.start.pid
-          began = true
+          began = this.attached = true
           started()
         } else if (event.data?.stdout) {
           this.reader.push(Buffer.from(event.data.stdout, 'base64'))
@@ -181,7 +185,9 @@ export class E2BProcess implements ProviderProcess {
           problem ??= (err as Error).message
         }
         failed(new Error(`e2b: the process stream of ${this.where} ended ${before}${problem ? `: ${problem}` : ''}`))
-        if (began && this.stream === res) this.early.deliver(() => this.over(ended, problem, fatal))
+        if (!began || this.stream !== res) return
+        this.attached = false
+        this.early.deliver(() => this.over(ended, problem, fatal))
       })()
     })
   }
@@ -192,6 +198,8 @@ export class E2BProcess implements ProviderProcess {
     if (this.report) return this.finish(this.report)
     if (fatal) return this.lose(fatal.message)
     if (end) return this.finishUnreported(end)
+    // Killed (the link closed, the sandbox goes next): nothing more to hear from it.
+    if (this.killed) return this.finish(KILLED)
     void this.reattach(problem)
   }
 
@@ -210,11 +218,13 @@ export class E2BProcess implements ProviderProcess {
             throw err
           }
         },
-        { fatal: (err) => err instanceof Fatal || isGone(err), stop: () => this.settled },
+        { fatal: (err) => err instanceof Fatal || isGone(err), stop: () => this.settled || this.killed },
       )
     } catch (err) {
       this.lose(`${why}; reattaching failed: ${(err as Error).message}`)
     }
+    // Killed while no stream was followed: the attempts stopped.
+    if (this.killed && !this.attached) this.finish(KILLED)
   }
 
   private onFrame(kind: number, data: Buffer): void {

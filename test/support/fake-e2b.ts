@@ -504,6 +504,10 @@ export async function startFakeE2B(options: FakeE2BOptions = {}) {
     inject(fault: Omit<Fault, 'times'> & { times?: number }): void {
       faults.push({ times: 1, ...fault })
     },
+    /** Forget the faults not yet used. */
+    clearFaults(): void {
+      faults.length = 0
+    },
     /** Cut every process stream without its end; returns how many. */
     dropStreams(): number {
       let n = 0
