@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { AuthenticationError, CommandExitError, Sandbox } from 'e2b'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { e2b } from '../src/providers/e2b.js'
-import type { ProviderSession } from '../src/providers/types.js'
+import type { ProviderSandbox, ProviderSession } from '../src/providers/types.js'
 import { startFakeE2B, type FakeE2B } from './support/fake-e2b.js'
 
 let fake: FakeE2B
@@ -96,9 +96,18 @@ describe('e2b() beyond the contract', () => {
   })
   afterAll(() => session?.close())
 
-  it('carries every byte value out of a process, which the SDK turns into U+FFFD', async () => {
+  /** Runs `fn` with a fresh sandbox, killed afterwards whatever `fn` does. */
+  async function inSandbox(fn: (sbx: ProviderSandbox) => Promise<void>): Promise<void> {
     const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
     try {
+      await fn(sbx)
+    } finally {
+      await sbx.kill()
+    }
+  }
+
+  it('carries every byte value out of a process, which the SDK turns into U+FFFD', async () => {
+    await inSandbox(async (sbx) => {
       const proc = await sbx.start({ cmd: 'node', args: ['-e', 'const b=Buffer.alloc(256*64);for(let i=0;i<b.length;i++)b[i]=i%256;process.stdout.write(b);process.stderr.write(Buffer.from([0xff,0xfe,0xc3]))'] })
       const out: Buffer[] = []
       const err: Buffer[] = []
@@ -109,9 +118,7 @@ describe('e2b() beyond the contract', () => {
       for (let i = 0; i < expected.length; i++) expected[i] = i % 256
       expect(Buffer.concat(out).equals(expected)).toBe(true)
       expect([...Buffer.concat(err)]).toEqual([0xff, 0xfe, 0xc3])
-    } finally {
-      await sbx.kill()
-    }
+    })
   })
 
   it('retries 503s and 429s on the API and envd, and sends the API key to the API only', async () => {
@@ -141,31 +148,24 @@ describe('e2b() beyond the contract', () => {
   })
 
   it('fails a start whose stream ends before the process starts, with envd\'s reason', async () => {
-    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
-    try {
+    await inSandbox(async (sbx) => {
       fake.state.endBeforeStart = 1
       await expect(sbx.start({ cmd: 'true' })).rejects.toThrow(/e2b: the process stream of sandbox \S+ ended before the process started: resource_exhausted: too many processes/)
       const proc = await sbx.start({ cmd: 'true' })
       expect((await proc.exited).exitCode).toBe(0)
-    } finally {
-      await sbx.kill()
-    }
+    })
   })
 
   it('fails a process whose envd claims an envelope over the limit, without buffering it', async () => {
-    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
-    try {
+    await inSandbox(async (sbx) => {
       fake.state.oversizedEnvelope = 1
       const proc = await sbx.start({ cmd: 'sh', args: ['-c', 'echo out; sleep 30'] })
       await expect(proc.exited).rejects.toThrow(/e2b: lost the process stream of sandbox \S+ \(pid \d+\): envd sent an envelope of 1073741824 bytes, over the limit of 16777216/)
-    } finally {
-      await sbx.kill()
-    }
+    })
   })
 
   it('reattaches a dropped stream and loses no byte: 2 MiB through cat with the stream cut five times', async () => {
-    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
-    try {
+    await inSandbox(async (sbx) => {
       const proc = await sbx.start({ cmd: 'cat', stdin: true })
       const out: Buffer[] = []
       proc.on('stdout', (b) => out.push(b))
@@ -187,54 +187,46 @@ describe('e2b() beyond the contract', () => {
       const got = Buffer.concat(out)
       expect(got.length).toBe(data.length)
       expect(createHash('sha256').update(got).digest('hex')).toBe(createHash('sha256').update(data).digest('hex'))
-    } finally {
-      await sbx.kill()
-    }
+    })
   })
 
   it('fails a process whose relay output is a forged frame header claiming 4 GiB, without buffering it', async () => {
-    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
-    try {
+    await inSandbox(async (sbx) => {
       // Code in a real sandbox could write it into the relay's stdout pipe through /proc; the fake writes it.
       fake.state.forgedFrame = 1
       const proc = await sbx.start({ cmd: 'sh', args: ['-c', 'echo out; sleep 30'] })
       await expect(proc.exited).rejects.toThrow(/e2b: lost the process stream of sandbox \S+ \(pid \d+\): the relay sent a frame of 4294967295 bytes, over the limit of 16777216/)
-    } finally {
-      await sbx.kill()
-    }
+    })
   })
 
   it('stops reattaching a process once it is killed (the link closed, its sandbox goes next)', async () => {
-    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
     try {
-      const proc = await sbx.start({ cmd: 'sleep', args: ['30'] })
-      const connects = () => fake.requests.filter((r) => r.path === '/process.Process/Connect').length
-      const before = connects()
-      fake.inject({ where: 'envd', method: 'POST', path: /^\/process\.Process\/Connect$/, status: 502, times: 20 })
-      expect(fake.dropStreams()).toBe(1)
-      while (connects() - before < 2) await new Promise((r) => setTimeout(r, 20))
-      proc.kill()
-      expect(await proc.exited).toMatchObject({ signal: 'SIGKILL', error: 'killed' })
-      const tried = connects() - before
-      await new Promise((r) => setTimeout(r, 3000))
-      expect(connects() - before).toBe(tried)
+      await inSandbox(async (sbx) => {
+        const proc = await sbx.start({ cmd: 'sleep', args: ['30'] })
+        const connects = () => fake.requests.filter((r) => r.path === '/process.Process/Connect').length
+        const before = connects()
+        fake.inject({ where: 'envd', method: 'POST', path: /^\/process\.Process\/Connect$/, status: 502, times: 20 })
+        expect(fake.dropStreams()).toBe(1)
+        while (connects() - before < 2) await new Promise((r) => setTimeout(r, 20))
+        proc.kill()
+        expect(await proc.exited).toMatchObject({ signal: 'SIGKILL', error: 'killed' })
+        const tried = connects() - before
+        await new Promise((r) => setTimeout(r, 3000))
+        expect(connects() - before).toBe(tried)
+      })
     } finally {
       fake.clearFaults()
-      await sbx.kill()
     }
   })
 
   it('says a process is lost when its stream drops and envd no longer knows it', async () => {
-    const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
-    try {
+    await inSandbox(async (sbx) => {
       const proc = await sbx.start({ cmd: 'sleep', args: ['30'] })
       // In one turn, before the host can reattach: as if envd had restarted.
       expect(fake.dropStreams()).toBe(1)
       fake.sandboxes.get(sbx.id)!.processes.clear()
       await expect(proc.exited).rejects.toThrow(/e2b: lost the process stream of sandbox \S+ \(pid \d+\): .*reattaching failed: .*not_found/)
-    } finally {
-      await sbx.kill()
-    }
+    })
   })
 
   it('names the variable when no key is set', async () => {
