@@ -253,7 +253,10 @@ export class E2BProcess implements ProviderProcess {
     })
   }
 
-  /** The relay itself ended without its report (killed by envd, or it crashed): envd's end event says how. */
+  /**
+   * The relay ended and its report was not taken (envd killed it, it crashed, or it stopped
+   * waiting for a host away for a minute after the exit): envd's end event says how.
+   */
   private finishUnreported(end: EndEvent): void {
     const name = /^signal: (\w+)/.exec(end.status ?? '')?.[1]
     const signal = name === 'killed' ? 'SIGKILL' : name === 'terminated' ? 'SIGTERM' : name ? `SIG${name.toUpperCase()}` : null

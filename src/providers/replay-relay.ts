@@ -15,7 +15,8 @@
  *   position, behind `MARK` + the frame's data, a nonce fresh for each reattach).
  *
  * The relay ends its process's group when asked to stop (SIGTERM, SIGINT, SIGHUP). After the exit
- * it waits, at most a minute, for the host to take its X frame.
+ * it waits, at most a minute, for the host to take its X frame, then exits with its process's
+ * status (128 + the signal's number for a signal), so that envd's end event still tells it.
  */
 import { randomBytes } from 'node:crypto'
 
@@ -25,11 +26,11 @@ const {spawn}=require("child_process");
 const s=JSON.parse(process.argv[1]);
 const H=11,MARK=Buffer.from("\\0vsync");
 const frame=(k,p,b)=>{const h=Buffer.alloc(H);h[0]=k;h.writeUIntBE(p,1,6);h.writeUInt32BE(b.length,7);return Buffer.concat([h,b])};
-let log=[],start=0,end=0,done=false,nonce="",c;
+let log=[],start=0,end=0,done=false,nonce="",c,status=0;
 const out=(k,b)=>{const f=frame(k,end,b);log.push(f);end+=f.length;process.stdout.write(f)};
-const leave=()=>process.stdout.write("",()=>process.exit(0));
+const leave=()=>process.stdout.write("",()=>process.exit(status));
 const killGroup=()=>{if(c&&c.pid>0)try{process.kill(-c.pid,"SIGKILL")}catch{}};
-const finish=(r)=>{if(done)return;done=true;out(88,Buffer.from(JSON.stringify(r)));setTimeout(leave,60000)};
+const finish=(r)=>{if(done)return;done=true;status=r.signal?128+(require("os").constants.signals[r.signal]||1):r.code??0;out(88,Buffer.from(JSON.stringify(r)));setTimeout(leave,s.linger)};
 for(const [sig,n] of [["SIGHUP",1],["SIGTERM",15],["SIGINT",2]])process.on(sig,()=>{killGroup();process.exit(128+n)});
 try{c=spawn(s.cmd,s.args,{stdio:["pipe","pipe","pipe"],detached:true})}catch(e){c={pid:0};finish({code:127,signal:null,error:e.message})}
 if(c.on){
@@ -65,9 +66,15 @@ export function relayFrame(kind: number, position: number, data: Uint8Array = Bu
   return Buffer.concat([head, data])
 }
 
-/** The relay's spec argument for a process: what it spawns (its environment is the relay's own). */
-export function relayArgs(spec: { cmd: string; args?: string[]; stdin?: boolean }): string[] {
-  return ['-e', RELAY, JSON.stringify({ cmd: spec.cmd, args: spec.args ?? [], stdin: spec.stdin ?? false })]
+/** How long the relay keeps its exit report for a host that has not taken it. */
+const LINGER_MS = 60_000
+
+/**
+ * The relay's arguments for a process: what it spawns (its environment is the relay's own), and
+ * how long it waits after the exit for the host (`lingerMs`, shorter only in tests).
+ */
+export function relayArgs(spec: { cmd: string; args?: string[]; stdin?: boolean }, lingerMs = LINGER_MS): string[] {
+  return ['-e', RELAY, JSON.stringify({ cmd: spec.cmd, args: spec.args ?? [], stdin: spec.stdin ?? false, linger: lingerMs })]
 }
 
 /**
