@@ -5,13 +5,15 @@
  * speaks the Connect protocol with the JSON codec (enveloped server streams, unary JSON calls),
  * with envd's end events (`exitCode` omitted when 0, `exited` omitted when false, -1 for a signal)
  * and envd's 32 KiB output reads. A process outlives its dropped stream, and `Connect` reattaches
- * to its live output only (what it wrote meanwhile is gone), as envd's fan-out does. The official `e2b` SDK drives it in e2b.test.ts so it cannot
- * drift. Sandboxes are real local-engine sandboxes; the template id is recorded, not pulled.
+ * to its live output only (what it wrote meanwhile is gone), as envd's fan-out does. The official
+ * `e2b` SDK drives it in e2b.test.ts so it cannot drift. Sandboxes are real local-engine
+ * sandboxes; the template id is recorded, not pulled.
  *
  * Faults: `inject()` answers matching requests with a status (429 with Retry-After, 5xx);
- * `dropStreams()` cuts every process stream (Start or Connect) without its end; `state.endBeforeStart` ends the
- * next process streams with an error before their start event, `state.oversizedEnvelope` sends
- * an envelope header claiming 1 GiB, `state.forgedFrame` a relay frame header claiming 4 GiB.
+ * `dropStreams()` cuts every process stream (Start or Connect) without its end;
+ * `state.endBeforeStart` ends the next process streams with an error before their start event,
+ * `state.oversizedEnvelope` sends an envelope header claiming 1 GiB, `state.forgedFrame` a relay
+ * frame header claiming 4 GiB.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import fs from 'node:fs'
