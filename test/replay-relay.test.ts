@@ -21,7 +21,7 @@ function runRelay(spec: { cmd: string; args?: string[]; stdin?: boolean }, linge
   const until = async (ok: () => boolean) => {
     while (!ok()) await new Promise((r) => setTimeout(r, 10))
   }
-  return { child, frames, reader, raw, exit, until, send: (...f: Buffer[]) => child.stdin.write(Buffer.concat(f)) }
+  return { frames, reader, raw, exit, until, send: (...f: Buffer[]) => child.stdin.write(Buffer.concat(f)) }
 }
 
 describe('the replay relay', () => {
@@ -67,7 +67,8 @@ describe('the replay relay', () => {
     r.send(relayFrame(KIND.kill, 0))
     await r.until(() => r.frames.some((f) => f.kind === KIND.exit))
     expect(r.frames.at(-1)!.data).toBe(JSON.stringify({ code: null, signal: 'SIGKILL' }))
-    // Reaped soon after (a zombie answers signal 0 for a moment); a survivor would sleep 300 s past the test's timeout.
+    // Reaped soon after (a zombie answers signal 0 for a moment); a survivor would sleep 300 s,
+    // past the test's timeout.
     await r.until(() => {
       try {
         process.kill(pid, 0)
