@@ -38,6 +38,23 @@ function cli(command: string, env: Record<string, string>, args: string[] = []):
 }
 const reap = (env: Record<string, string>, args: string[] = []) => cli('reap', env, args)
 
+/**
+ * Cuts connections at most three times while a run goes on: the first time as soon as `ready()`
+ * (so that a fast run sees a cut too), then at least 1.5 s apart. A cut counts when `cut()` found
+ * something to cut.
+ */
+function cutWhileRunning(ready: () => boolean, cut: () => number): { readonly cuts: number; stop(): void } {
+  let cuts = 0
+  let last = 0
+  const timer = setInterval(() => {
+    if (cuts < 3 && Date.now() - last >= 1500 && ready() && cut() > 0) {
+      cuts++
+      last = Date.now()
+    }
+  }, 50)
+  return { get cuts() { return cuts }, stop: () => clearInterval(timer) }
+}
+
 /** A run of the feature fixture reported every test as forks did, and left no pool sandbox alive. */
 async function expectAsForksAndNoneLeft(run: Awaited<ReturnType<typeof runFixture>>, provider: 'watasu' | 'opensandbox' | 'e2b' | 'heyo', env: Record<string, string>): Promise<void> {
   expect(run.json, run.output).toBeDefined()
@@ -68,15 +85,12 @@ describe('watasu() against vitest-sandbox serve', () => {
       proxy.inject({ method: 'POST', path: /^\/v1\/sandboxes$/, status: 503 })
       proxy.inject({ method: 'GET', path: /^\/v1\/sandbox_snapshots$/, status: 429, times: 3 })
       proxy.inject({ method: 'PUT', path: /^\/runtime\/v1\/files$/, status: 502, times: 2 })
-      let cuts = 0
       // Once both agents are linked (each sandbox's one process socket), cut every socket, a few times.
-      const cutter = setInterval(() => {
-        if (cuts < 3 && proxy.seen.filter((r) => r.method === 'WS').length >= 2 && proxy.dropSockets() > 0) cuts++
-      }, 1500)
+      const cutter = cutWhileRunning(() => proxy.seen.filter((r) => r.method === 'WS').length >= 2, () => proxy.dropSockets())
       const faulty = { ...env, WATASU_API_URL: `${proxy.url}/v1`, WATASU_SANDBOX_URL: proxy.url }
-      const run = await runFixture('features', { env: { ...faulty, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+      const run = await runFixture('features', { env: { ...faulty, VPS_FORWARDED: 'forwarded-value' } }).finally(() => cutter.stop())
       await expectAsForksAndNoneLeft(run, 'watasu', env)
-      expect(cuts).toBeGreaterThan(0)
+      expect(cutter.cuts).toBeGreaterThan(0)
       expect(proxy.seen.filter((r) => r.status).map((r) => r.status).sort()).toEqual([429, 429, 429, 502, 502, 503])
     } finally {
       await proxy.close()
@@ -117,16 +131,11 @@ describe('opensandbox() against the fake OpenSandbox', () => {
     fake.inject({ where: 'lifecycle', method: 'POST', path: /^\/sandboxes$/, status: 503 })
     fake.inject({ where: 'lifecycle', method: 'GET', path: /^\/snapshots$/, status: 429, times: 3 })
     fake.inject({ where: 'execd', method: 'POST', path: /^\/files\/upload$/, status: 502, times: 2 })
-    let cuts = 0
     // Cut every process socket a few times while test files run (the agents' links among them).
-    const cutter = setInterval(() => {
-      if (cuts < 3 && fake.sandboxes.size >= 2 && [...fake.sandboxes.values()].some((s) => s.sessions.size > 0)) {
-        if (fake.dropSockets() > 0) cuts++
-      }
-    }, 1500)
-    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+    const cutter = cutWhileRunning(() => fake.sandboxes.size >= 2 && [...fake.sandboxes.values()].some((s) => s.sessions.size > 0), () => fake.dropSockets())
+    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => cutter.stop())
     await expectAsForksAndNoneLeft(run, 'opensandbox', env)
-    expect(cuts).toBeGreaterThan(0)
+    expect(cutter.cuts).toBeGreaterThan(0)
     expect(fake.sandboxes.size).toBe(0)
     // The key went to the lifecycle server only: never to execd, which runs inside the sandbox.
     const execd = fake.requests.filter((r) => r.where === 'execd')
@@ -193,14 +202,11 @@ describe('e2b() against the fake E2B', () => {
     fake.inject({ where: 'envd', method: 'POST', path: /^\/files$/, status: 502, times: 2 })
     // Once the agents talk (their input calls), cut every process stream, a few times: each is
     // reattached, and the relay sends again what the drop lost.
-    let cuts = 0
-    const cutter = setInterval(() => {
-      if (cuts < 3 && fake.requests.filter((r) => r.path === '/process.Process/SendInput').length > 20 && fake.dropStreams() > 0) cuts++
-    }, 1500)
-    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+    const cutter = cutWhileRunning(() => fake.requests.filter((r) => r.path === '/process.Process/SendInput').length > 20, () => fake.dropStreams())
+    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => cutter.stop())
     await expectAsForksAndNoneLeft(run, 'e2b', env)
-    expect(cuts).toBeGreaterThan(0)
-    expect(fake.requests.filter((r) => r.path === '/process.Process/Connect').length).toBeGreaterThanOrEqual(cuts)
+    expect(cutter.cuts).toBeGreaterThan(0)
+    expect(fake.requests.filter((r) => r.path === '/process.Process/Connect').length).toBeGreaterThanOrEqual(cutter.cuts)
     expect(run.output).not.toMatch(/was lost|running it again/)
     expect(fake.sandboxes.size).toBe(0)
     // The key went to the API only: never to envd, which runs inside the sandbox.
@@ -253,14 +259,11 @@ describe('heyo() against the fake Heyo', () => {
     daemon.inject({ method: 'POST', path: /^\/sandbox-deploy$/, status: 503 })
     daemon.inject({ method: 'GET', path: /^\/deployed-sandboxes$/, status: 429, times: 3 })
     daemon.inject({ method: 'POST', path: /\/write-file$/, status: 502, times: 2 })
-    let cuts = 0
     // Once test files run (their agents' shells are open), cut every shell socket a few times.
-    const cutter = setInterval(() => {
-      if (cuts < 3 && daemon.sandboxes.size >= 2 && daemon.dropShells() > 0) cuts++
-    }, 1500)
-    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => clearInterval(cutter))
+    const cutter = cutWhileRunning(() => daemon.sandboxes.size >= 2, () => daemon.dropShells())
+    const run = await runFixture('features', { env: { ...env, VPS_FORWARDED: 'forwarded-value' } }).finally(() => cutter.stop())
     await expectAsForksAndNoneLeft(run, 'heyo', env)
-    expect(cuts).toBeGreaterThan(0)
+    expect(cutter.cuts).toBeGreaterThan(0)
     expect(daemon.sandboxes.size).toBe(0)
   })
 
