@@ -200,18 +200,3 @@ export class HostFiles {
     await fsp.mkdir(dir, { recursive: true })
   }
 }
-
-/**
- * The first attachment path of an artifact (`onTaskArtifactRecord`) that names a host file the
- * sandbox was not given: Vitest would copy that file into the attachments folder, inside the
- * workspace, where a later run's sandbox could read it.
- */
-export function refusedAttachment(artifact: any, isGiven: (p: string) => boolean): string | undefined {
-  const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
-  for (const a of attachments) {
-    const p = a?.path
-    if (typeof p !== 'string' || /^https?:\/\//.test(p)) continue
-    if (!isGiven(p)) return p
-  }
-  return undefined
-}

@@ -1,8 +1,8 @@
 /**
  * SandboxPoolWorker: Vitest's PoolWorker for one test file, backed by a worker process inside a
  * sandbox (a channel on that sandbox's agent link). It relays Vitest's messages (encoded as
- * codec.ts decides) and answers on the host what must happen on the host: snapshot files
- * (host-files.ts) and the screening of module answers (module-screen.ts).
+ * codec.ts decides) through the host gateway (gateway/), which every message of the worker
+ * passes, and answers on the host what must happen there: snapshot files (host-files.ts).
  *
  * The sandbox worker starts when Vitest sends the file to run, not when Vitest starts the
  * PoolWorker: Vitest bounds a start at 90 s, and the first start of a run may have to wait for
@@ -16,12 +16,16 @@ import type { PoolOptions, PoolWorker, WorkerRequest } from 'vitest/node'
 import { failedFileCalls } from './failed-file.js'
 import type { Fleet, SandboxHost } from './fleet.js'
 import type { Lease } from './slots.js'
-import { HostFileRefusal, HostFiles, refusedAttachment, type UpdateMode } from './host-files.js'
-import { FILE_NAMING_METHODS, MODULE_METHODS, ModuleScreen } from './module-screen.js'
+import { generateFileHash } from 'vitest/node'
+import { HostFileRefusal, HostFiles, type UpdateMode } from './host-files.js'
+import { Gateway, ProtocolViolation } from './gateway/gateway.js'
+import { fileRules } from './gateway/file-rules.js'
+import { screenConfigEnv } from './gateway/config-env.js'
+import { printable } from './gateway/printable.js'
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
 import { CACHED_METHODS } from '../sandbox-runtime/module-cache.js'
 import { codecFor, workerEnv } from './worker-env.js'
-import { createMessageSplitter, lengthPrefixed, type RpcFrame } from '../sandbox-runtime/wire.js'
+import { createMessageSplitter, lengthPrefixed, MAX_FRAME, type RpcFrame } from '../sandbox-runtime/wire.js'
 import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT } from './runtime-files.js'
 import { STAGING } from '../providers/exec.js'
 import { debug } from '../debug.js'
@@ -66,9 +70,8 @@ export class SandboxPoolWorker implements PoolWorker {
   private config?: { snapshotOptions?: { updateSnapshot?: string }; snapshotEnvironment?: string }
   private runRequest?: WorkerRequest
   private readonly snapFiles = new Set<string>()
-  private readonly snapRequests = new Map<string | number, string>()
   private readonly hostCalls = new Map<string | number, () => void>()
-  private screen?: ModuleScreen
+  private gateway?: Gateway
   private hostFiles?: HostFiles
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
@@ -125,18 +128,11 @@ export class SandboxPoolWorker implements PoolWorker {
         this.hostCalls.delete(m.i)
         return done()
       }
-      const testPath = this.snapRequests.get(m.i)
-      if (testPath !== undefined) {
-        this.snapRequests.delete(m.i)
-        if (this.runFiles.includes(testPath) && typeof m.r === 'string') this.snapFiles.add(path.resolve(m.r))
-      }
-      if (this.screen?.owns(m)) {
-        const { toWorker, toHost } = this.screen.answer(m)
-        if (toHost) return this.emitSoon(toHost)
-        message = toWorker!
-      }
     }
-    this.transmit(message)
+    if (!this.gateway) return
+    const step = this.gateway.fromHost(m)
+    if (step.toHost) this.emitSoon(step.toHost)
+    if (step.toWorker) this.transmit(step.toWorker)
   }
 
   private request(m: any): void {
@@ -156,7 +152,7 @@ export class SandboxPoolWorker implements PoolWorker {
         this.inTask = true
         this.resultsSeen = false
         this.runRequest = m
-        if (this.state === 'running') return this.transmit(m)
+        if (this.state === 'running') return this.transmit(this.withScreenedEnv(m))
         if (this.state === 'idle') void this.launchAndRun()
         return
       case 'stop':
@@ -175,11 +171,11 @@ export class SandboxPoolWorker implements PoolWorker {
     try {
       await this.launch()
       if (this.stopped()) return
-      this.transmit(this.startRequest!)
+      this.transmit(this.withScreenedEnv(this.startRequest!))
       await this.waitForWorkerStart()
       if (this.stopped()) return
       this.state = 'running'
-      this.transmit(this.runRequest!)
+      this.transmit(this.withScreenedEnv(this.runRequest!))
     } catch (err) {
       if (this.stopped()) return
       if (!(err instanceof SandboxLost && this.rerun(`${err.message}, while starting ${this.relativeFiles ?? 'the file'}`))) await this.failFile(err as Error)
@@ -211,7 +207,18 @@ export class SandboxPoolWorker implements PoolWorker {
     this.exited = new Promise((r) => (this.markExited = r))
     this.startupStderr = ''
     const workspace = this.fleet.workspace
-    this.screen = new ModuleScreen(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR])
+    const project = this.options.project
+    this.gateway = new Gateway({
+      major: Number(project.vitest.version.split('.')[0]),
+      rules: fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR]),
+      environments: () => Object.keys(project.vite?.environments ?? {}),
+      runFiles: () => this.runFiles,
+      fileTaskId: (file) => generateFileHash(path.relative(project.config.root, file).split(path.sep).join('/'), project.name),
+      testEnvironment: () => (this.runRequest as any)?.context?.environment?.name,
+      projectName: project.name,
+      snapshotPath: (testPath, snapPath) => void (this.runFiles.includes(testPath) && this.snapFiles.add(snapPath)),
+      benchmarkRefusal: (method, file) => this.hostFiles?.benchmarkRefusal(method, file),
+    })
     this.hostFiles = new HostFiles({
       workspace,
       mode: () => (this.config?.snapshotOptions?.updateSnapshot ?? 'none') as UpdateMode,
@@ -230,14 +237,14 @@ export class SandboxPoolWorker implements PoolWorker {
         args: [path.join(this.options.distPath, 'worker.js'), codec.name],
         codec: codec.name,
         execArgv: this.options.execArgv,
-        env: workerEnv(this.options.env, this.settings.env, new Set([...Object.keys(this.options.project.vitest.config.env ?? {}), ...Object.keys(this.options.project.config.env ?? {})])),
+        env: workerEnv(this.options.env, this.settings.env, this.configuredEnv()),
         // Where forks would run it: the host's cwd (the same path exists in the sandbox).
         cwd: workspace.relative(process.cwd()) !== undefined ? process.cwd() : workspace.root,
       },
       {
         spawned: () => {},
         failed: () => current() && this.finished(),
-        data: createMessageSplitter((payload) => current() && this.onWorkerMessage(codec.decode(payload))),
+        data: this.reader(current, codec),
         stdout: (b) => current() && this.stdout.write(b),
         stderr: (b) => {
           if (!current()) return
@@ -324,40 +331,76 @@ export class SandboxPoolWorker implements PoolWorker {
     this.lease?.release()
   }
 
+  /** The worker's bytes as messages: over MAX_FRAME, or not decodable, is a protocol violation. */
+  private reader(current: () => boolean, codec: Codec): (chunk: Buffer) => void {
+    const split = createMessageSplitter((payload) => {
+      let message: unknown
+      try {
+        message = codec.decode(payload)
+      } catch (err) {
+        throw new ProtocolViolation(`a message that does not decode (${(err as Error).message})`)
+      }
+      this.onWorkerMessage(message)
+    }, MAX_FRAME)
+    return (chunk) => {
+      if (!current()) return
+      try {
+        split(chunk)
+      } catch (err) {
+        this.violation((err as Error).message)
+      }
+    }
+  }
+
+  /** A request whose config crosses with only Vitest's own variables, test.env and the names in `env` (README, "env"). */
+  private withScreenedEnv(request: WorkerRequest): WorkerRequest {
+    const config = (request as any).context?.config
+    if (!config) return request
+    const env = screenConfigEnv(config.env, { forward: this.settings.env, configured: this.configuredEnv(), workspace: this.fleet.workspace, envDir: this.options.project.vite?.config?.envDir })
+    return { ...request, context: { ...(request as any).context, config: { ...config, env } } } as WorkerRequest
+  }
+
+  /** Variables the project's config sets for workers (`test.env`). */
+  private configuredEnv(): Set<string> {
+    return new Set([...Object.keys(this.options.project.vitest.config.env ?? {}), ...Object.keys(this.options.project.config.env ?? {})])
+  }
+
+  /**
+   * The worker broke the host gateway's protocol: it is ended at once (its later messages are
+   * dropped), and its file fails naming the violation; the run goes on.
+   */
+  private violation(what: string): void {
+    if (this.state === 'failed' || this.state === 'stopped') return
+    const lease = this.lease
+    const channel = this.channel
+    this.attempt = MAX_RERUNS + 1 // events of the ended worker are no longer current
+    if (lease && channel !== undefined && lease.host.link.alive) lease.host.link.kill(channel, 'SIGKILL')
+    const error = new Error(`vitest-pool-sandbox: the test worker broke the host gateway's protocol and was ended: ${printable(what)}`)
+    log('%s (%s)', error.message, this.relativeFiles)
+    if (this.state === 'launching') this.workerStarted?.reject(error)
+    else void this.failFile(error)
+  }
+
   private onWorkerMessage(message: any): void {
-    if (message?.__sandbox_pool__) return void this.answerHostCall(message)
-    if (message?.__vitest_worker_response__ && message.type === 'started') {
+    if (message?.__sandbox_pool__ === true) {
+      if (!Number.isSafeInteger(message.id) || typeof message.op !== 'string' || !Array.isArray(message.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
+      return void this.answerHostCall(message)
+    }
+    const step = this.gateway!.fromWorker(message)
+    if (step.toWorker) return this.transmit(step.toWorker)
+    const out = step.toHost as any
+    if (out?.__vitest_worker_response__ && out.type === 'started') {
       // Vitest already has its 'started' (see the header).
-      if (message.error) this.workerStarted?.reject(message.error instanceof Error ? message.error : new Error(String(message.error?.message ?? message.error)))
+      if (out.error) this.workerStarted?.reject(out.error instanceof Error ? out.error : new Error(printable(String(out.error?.message ?? out.error))))
       else this.workerStarted?.resolve()
       return
     }
-    if (message?.t === 'q') {
-      if (RESULT_METHODS.has(message.m)) this.resultsSeen = true
-      if (CACHED_METHODS.has(message.m) && this.lease) this.lease.host.usage.moduleRequests++
-      if (message.m === 'resolveSnapshotPath' && message.i !== undefined) this.snapRequests.set(message.i, path.resolve(String(message.a?.[0])))
-      if (message.m === 'onTaskArtifactRecord') {
-        const refused = refusedAttachment(message.a?.[1], (p) => this.fleet.workspace.isGiven(path.resolve(this.options.project.config.root, p)))
-        if (refused) {
-          // Vitest would copy that host file into the attachments folder, inside the workspace,
-          // where a later run's sandbox could read it.
-          if (message.i !== undefined) this.transmit({ t: 's', i: message.i, e: new Error(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) })
-          return
-        }
-      }
-      if (MODULE_METHODS.has(message.m) && this.screen) message = this.screen.request(message)
-      if (FILE_NAMING_METHODS.has(message.m) && this.screen) {
-        const { forward, refuse } = this.screen.call(message)
-        if (refuse) return void (message.i !== undefined && this.transmit({ t: 's', i: message.i, e: refuse }))
-        message = forward
-      }
-      if (message.m === 'writeBenchmarkResult' || message.m === 'readBenchmarkResult') {
-        const refused = this.hostFiles?.benchmarkRefusal(message.m, message.a?.[0])
-        if (refused) return void (message.i !== undefined && this.transmit({ t: 's', i: message.i, e: new Error(`vitest-pool-sandbox: ${refused}`) }))
-      }
+    if (out?.t === 'q') {
+      if (RESULT_METHODS.has(out.m)) this.resultsSeen = true
+      if (CACHED_METHODS.has(out.m) && this.lease) this.lease.host.usage.moduleRequests++
     }
-    if (message?.__vitest_worker_response__ && message.type === 'testfileFinished') this.inTask = false
-    this.events.emit('message', message)
+    if (out?.__vitest_worker_response__ && out.type === 'testfileFinished') this.inTask = false
+    if (out) this.events.emit('message', out)
   }
 
   private transmit(message: unknown): void {

@@ -23,6 +23,15 @@ const KEYS: Record<string, (args: unknown[]) => string> = {
   resolve: (args) => JSON.stringify(['resolve', ...args]),
 }
 
+/** The key of a request, or undefined for one that has none (arguments that do not serialize: a worker's own making). */
+function keyOf(method: string, args: unknown[]): string | undefined {
+  try {
+    return KEYS[method](args)
+  } catch {
+    return undefined
+  }
+}
+
 /** The methods whose answers the cache keeps (the host counts the ones it answers). */
 export const CACHED_METHODS: ReadonlySet<string> = new Set(Object.keys(KEYS))
 
@@ -41,7 +50,7 @@ export class ModuleCache {
    * they come and pass them on to `toHost` and `toWorker`, whole messages at a time.
    */
   tap(codec: Codec, toHost: (bytes: Buffer) => void, toWorker: (bytes: Buffer) => void): { fromWorker(chunk: Buffer): void; fromHost(chunk: Buffer): void } {
-    const asked = new Map<string | number, { key: string; generation: number }>()
+    const asked = new Map<string | number, { key: string; generation: number } | undefined>()
     const decode = (payload: Buffer): RpcFrame | undefined => {
       try {
         return codec.decode(payload) as RpcFrame
@@ -52,20 +61,22 @@ export class ModuleCache {
     return {
       fromWorker: createMessageSplitter((payload) => {
         const msg = decode(payload)
-        if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && msg.m !== undefined && CACHED_METHODS.has(msg.m)) {
-          const key = KEYS[msg.m](msg.a)
-          if (this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
-          asked.set(msg.i, { key, generation: this.generation })
+        if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m)) {
+          const key = keyOf(msg.m, msg.a)
+          if (key !== undefined && this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
+          // A second request with an id in flight: neither answer can be told to which it belongs, so none is kept.
+          if (asked.has(msg.i)) asked.set(msg.i, undefined)
+          else if (key !== undefined) asked.set(msg.i, { key, generation: this.generation })
         }
         toHost(lengthPrefixed(payload))
       }),
       fromHost: createMessageSplitter((payload) => {
         if (asked.size) {
           const msg = decode(payload)
-          const request = msg?.t === 's' && msg.i !== undefined ? asked.get(msg.i) : undefined
-          if (request) {
-            asked.delete(msg!.i!)
-            if (msg!.e === undefined && request.generation === this.generation) this.answers.set(request.key, msg!.r)
+          if (msg?.t === 's' && msg.i !== undefined && asked.has(msg.i)) {
+            const request = asked.get(msg.i)
+            asked.delete(msg.i)
+            if (request && msg.e === undefined && request.generation === this.generation) this.answers.set(request.key, msg.r)
           }
         }
         toWorker(lengthPrefixed(payload))

@@ -1,0 +1,269 @@
+/**
+ * The host gateway of one sandboxed worker: everything the worker sends the host passes here,
+ * and the sandbox is a hostile client of a narrow, typed API.
+ *
+ * - The host owns the conversation: each call gets the gateway's own id before Vitest sees it,
+ *   and the gateway keeps its own record of what it asked and what the answer must satisfy. The
+ *   worker's ids only come back to it on the answers.
+ * - Allow-list (methods.ts): a method not on it, arguments of another shape, a duplicate id in
+ *   flight, an answer-shaped or unknown message are protocol violations (`ProtocolViolation`):
+ *   the worker is ended and its file fails naming the violation.
+ * - File ids are read and screened before the host touches them (module-screen.ts); coverage
+ *   (coverage.ts), error stacks (stacks.ts), attachments, benchmark and snapshot paths by the
+ *   rule of their method. A worker names only its own file's tasks.
+ */
+import path from 'node:path'
+import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js'
+import { ModuleScreen, type ScreenedCall } from './module-screen.js'
+import { screenCoverage } from './coverage.js'
+import { screenPaths } from './stacks.js'
+import type { FileRules } from './file-rules.js'
+import type { RpcFrame } from '../../sandbox-runtime/wire.js'
+
+/** Calls one worker may have in flight. */
+export const MAX_IN_FLIGHT = 1024
+/** The longest request id a worker may choose (birpc's are 21 characters). */
+const MAX_WORKER_ID = 64
+/** Worker-to-host messages that are not RPC: Vitest's worker responses. */
+const WORKER_RESPONSES = new Set(['started', 'stopped', 'testfileFinished'])
+
+export class ProtocolViolation extends Error {}
+
+/** What the gateway needs to know of the worker's run; all of it from the host. */
+export interface GatewayContext {
+  /** Vitest's major version on the host. */
+  major: number
+  rules: FileRules
+  /** The host's Vite environments (`fetch`/`resolve` name one). */
+  environments(): string[]
+  /** The test files of the worker's current run (absolute). */
+  runFiles(): string[]
+  /** The task id of a test file (Vitest's `generateFileHash`). */
+  fileTaskId(file: string): string
+  /** The test environment Vitest sent the worker (`context.environment.name`). */
+  testEnvironment(): string | undefined
+  projectName: string
+  /** The host's answer to `resolveSnapshotPath` of one of the worker's files. */
+  snapshotPath(testPath: string, snapPath: string): void
+  /** Why a benchmark result path is refused, if it is. */
+  benchmarkRefusal(method: string, file: unknown): string | undefined
+}
+
+/** A call the gateway made for the worker. */
+interface Call {
+  /** The worker's id, given back on the answer. */
+  workerId: string | number
+  method: string
+  spec: MethodSpec
+  screened?: ScreenedCall
+  /** For resolveSnapshotPath: the worker's own test file. */
+  testPath?: string
+}
+
+/** What to do with a message. */
+export interface Step {
+  /** To Vitest (a call with the gateway's id, a worker response, an event). */
+  toHost?: unknown
+  /** To the worker (an answer the gateway gives itself). */
+  toWorker?: RpcFrame
+}
+
+export class Gateway {
+  private nextId = 0
+  private readonly calls = new Map<string, Call>()
+  private readonly workerIds = new Set<string | number>()
+  private readonly screen: ModuleScreen
+
+  constructor(private readonly ctx: GatewayContext) {
+    this.screen = new ModuleScreen(ctx.rules)
+  }
+
+  /** Calls in flight (for tests and the bound). */
+  get inFlight(): number {
+    return this.calls.size
+  }
+
+  /** A message from the worker. Throws ProtocolViolation. */
+  fromWorker(msg: unknown): Step {
+    if (msg === null || typeof msg !== 'object') throw new ProtocolViolation('a message that is not an object')
+    const m = msg as Record<string, unknown>
+    if (m.__vitest_worker_response__ === true) {
+      if (typeof m.type !== 'string' || !WORKER_RESPONSES.has(m.type)) throw new ProtocolViolation(`an unknown worker response ${JSON.stringify(String(m.type)).slice(0, 80)}`)
+      return { toHost: m }
+    }
+    if (m.t === 'q') return this.call(m as RpcFrame)
+    if (m.t === 's') throw new ProtocolViolation('an answer, but the host asked the worker nothing')
+    throw new ProtocolViolation('a message of no known kind')
+  }
+
+  private call(frame: RpcFrame): Step {
+    const method = frame.m
+    const spec = methodSpec(method, this.ctx.major)
+    if (!spec) {
+      const name = typeof method === 'string' ? method.slice(0, 80) : typeof method
+      const why = typeof method === 'string' && Object.hasOwn(REFUSED, method) ? ` (${REFUSED[method]})` : ''
+      throw new ProtocolViolation(`a call of ${JSON.stringify(name)}, which is not on the host gateway's list for Vitest ${this.ctx.major}${why}`)
+    }
+    const wrong = badArguments(method!, spec, frame.a)
+    if (wrong) throw new ProtocolViolation(wrong)
+    const args = [...(frame.a as unknown[])]
+    const event = frame.i === undefined
+    if (!event) {
+      const id = frame.i
+      if ((typeof id !== 'string' && typeof id !== 'number') || String(id).length > MAX_WORKER_ID || id === '' || id === 0) throw new ProtocolViolation('a call id that is not a short string or number')
+      if (this.workerIds.has(id)) throw new ProtocolViolation(`a second call with id ${JSON.stringify(String(id))} while the first is in flight`)
+      if (this.calls.size >= MAX_IN_FLIGHT) throw new ProtocolViolation(`over ${MAX_IN_FLIGHT} calls in flight`)
+    }
+    const call: Call = { workerId: frame.i as string | number, method: method!, spec }
+    const early = this.apply(call, args)
+    if (early) {
+      if (event) return {}
+      return { toWorker: { t: 's', i: frame.i, ...early } }
+    }
+    if (event) return { toHost: { t: 'q', m: method, a: call.screened?.args ?? args } }
+    return { toHost: this.ask(call) }
+  }
+
+  /** Give the call a host id and record it. */
+  private ask(call: Call): RpcFrame {
+    const id = `g${++this.nextId}`
+    this.calls.set(id, call)
+    this.workerIds.add(call.workerId)
+    return { t: 'q', i: id, m: call.method, a: call.screened!.args }
+  }
+
+  /**
+   * The method's rule, applied to the arguments (in place: they are the gateway's copy). Returns
+   * an answer when the gateway answers the call itself, without the host.
+   */
+  private apply(call: Call, args: unknown[]): { r?: unknown; e?: unknown } | undefined {
+    const ctx = this.ctx
+    call.screened = { method: call.method, asked: args, args }
+    switch (call.spec.rule) {
+      case 'module': {
+        if (call.method !== 'ensureModuleGraphEntry' && !ctx.environments().includes(args[2] as string)) throw new ProtocolViolation(`${call.method}: environment ${JSON.stringify(String(args[2]).slice(0, 80))} is not one of the host's`)
+        call.screened = this.screen.call(call.method, args)
+        return call.screened.answer ? { e: call.screened.answer.error } : undefined
+      }
+      case 'warm':
+        if (!ctx.environments().includes(args[0] as string)) throw new ProtocolViolation(`${call.method}: environment ${JSON.stringify(String(args[0]).slice(0, 80))} is not one of the host's`)
+        call.screened = this.screen.warmCall(args)
+        return undefined
+      case 'tasks':
+        this.ownTasks(call.method, args)
+        if (call.method === 'onTaskArtifactRecord') {
+          const refused = refusedAttachment(args[1], (p) => ctx.rules.isGiven(path.resolve(ctx.rules.root, p)))
+          // Vitest would copy that host file into the attachments folder.
+          if (refused) return { e: refusal(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) }
+        }
+        if (call.method === 'onTaskUpdate' || call.method === 'onCollected') screenPaths(args, ctx.rules.mayName)
+        return undefined
+      case 'errors':
+        screenPaths(args, ctx.rules.mayName)
+        return undefined
+      case 'coverage': {
+        const meta = args[0] as Record<string, unknown>
+        const files = ctx.runFiles()
+        const testFiles = Array.isArray(meta.testFiles) ? meta.testFiles.filter((f) => typeof f === 'string' && files.includes(path.resolve(ctx.rules.root, f))) : []
+        // Every field the host's provider reads, from the host where it knows it.
+        args[0] = {
+          coverage: screenCoverage(meta.coverage, ctx.rules.isGiven),
+          testFiles,
+          environment: ctx.testEnvironment() ?? 'node',
+          projectName: ctx.projectName,
+        }
+        return undefined
+      }
+      case 'snapshot-path': {
+        const testPath = path.resolve(ctx.rules.root, args[0] as string)
+        if (!ctx.runFiles().includes(testPath)) return { e: refusal(`vitest-pool-sandbox: resolveSnapshotPath of ${String(args[0]).slice(0, 200)} refused: not this worker's test file`) }
+        call.testPath = testPath
+        return undefined
+      }
+      case 'host-file': {
+        const refused = ctx.benchmarkRefusal(call.method, args[0])
+        return refused ? { e: refusal(`vitest-pool-sandbox: ${refused}`) } : undefined
+      }
+      case 'plain':
+        return undefined
+    }
+  }
+
+  /** Task ids a call names must belong to the worker's own files. */
+  private ownTasks(method: string, args: unknown[]): void {
+    const own = this.ctx.runFiles().map((f) => this.ctx.fileTaskId(f))
+    const isOwn = (id: unknown) => typeof id === 'string' && own.some((o) => id === o || id.startsWith(`${o}_`))
+    const check = (id: unknown, what: string) => {
+      if (!isOwn(id)) throw new ProtocolViolation(`${method}: ${what} ${JSON.stringify(String(id)).slice(0, 80)} is not a task of this worker's file`)
+    }
+    const checkFile = (file: any) => {
+      if (file === null || typeof file !== 'object') throw new ProtocolViolation(`${method}: a file that is not an object`)
+      check(file.id, 'file id')
+      if (typeof file.filepath !== 'string' || !this.ctx.runFiles().includes(path.resolve(file.filepath))) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+    }
+    switch (method) {
+      case 'onQueued':
+        return checkFile(args[0])
+      case 'onCollected':
+        return (args[0] as unknown[]).forEach(checkFile)
+      case 'onTaskUpdate':
+        for (const pack of args[0] as unknown[]) check(Array.isArray(pack) ? pack[0] : undefined, 'task')
+        for (const event of args[1] as unknown[]) check(Array.isArray(event) ? event[0] : undefined, 'task')
+        return
+      case 'onTaskArtifactRecord':
+        return check(args[0], 'task')
+      case 'onUserConsoleLog': {
+        const taskId = (args[0] as { taskId?: unknown }).taskId
+        if (taskId !== undefined) check(taskId, 'task')
+        return
+      }
+    }
+  }
+
+  /**
+   * A message Vitest sends the worker. Answers to the gateway's calls go back under the worker's
+   * id, after the call's rule; answers to nothing the gateway asked are dropped.
+   */
+  fromHost(frame: RpcFrame): Step {
+    if (frame.t !== 's') return { toWorker: frame }
+    const id = typeof frame.i === 'string' ? frame.i : undefined
+    const call = id === undefined ? undefined : this.calls.get(id)
+    if (!call) return {}
+    this.calls.delete(id!)
+    this.workerIds.delete(call.workerId)
+    const answer = (a: { result?: unknown; error?: unknown }): Step => ({ toWorker: a.error !== undefined ? { t: 's', i: call.workerId, e: a.error } : { t: 's', i: call.workerId, r: a.result } })
+    switch (call.spec.rule) {
+      case 'module':
+      case 'warm': {
+        const screened = this.screen.answer(call.screened!, frame.r, frame.e)
+        if ('retry' in screened) return { toHost: this.ask({ ...call, screened: screened.retry }) }
+        return answer(screened)
+      }
+      case 'snapshot-path':
+        if (frame.e === undefined && typeof frame.r === 'string') this.ctx.snapshotPath(call.testPath!, path.resolve(frame.r))
+        return answer({ result: frame.r, error: frame.e })
+      default:
+        return answer({ result: frame.r, error: frame.e })
+    }
+  }
+}
+
+/** An error the gateway answers with: no host stack (it would name the host's install paths). */
+export function refusal(message: string): Error {
+  const error = new Error(message)
+  error.stack = `Error: ${message}`
+  return error
+}
+
+/** A path of an artifact's attachments that is not given (Vitest copies it from the host), if any. */
+export function refusedAttachment(artifact: any, isGiven: (p: string) => boolean): string | undefined {
+  const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
+  for (const a of attachments) {
+    const p = a?.path
+    if (p === undefined) continue
+    if (typeof p !== 'string') return String(p)
+    if (/^https?:\/\//.test(p)) continue
+    if (!isGiven(p)) return p
+  }
+  return undefined
+}

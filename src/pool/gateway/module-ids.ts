@@ -1,0 +1,140 @@
+/**
+ * Module ids as the gateway reads them, before anything on the host touches them. Every form Vite
+ * or Vitest accepts is first brought to one canonical form (the same rewrite for a file that
+ * exists and one that does not, so the rewrite itself reveals nothing); a form the gateway does
+ * not know is refused. A canonical id then names the host paths Vite could read for it: both
+ * readings of `/x` (root-relative, then absolute), with the extension and index lookups.
+ */
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+
+/** Extensions Vite tries for an import without one. */
+const EXTENSIONS = ['.mjs', '.js', '.mts', '.ts', '.jsx', '.tsx', '.json', '.cjs', '.cts', '.node']
+/** The longest id the gateway reads: Vite has no use for longer ones. */
+export const MAX_ID_LENGTH = 4096
+/** A folder that does not exist: importers the worker may not name are read from under it. */
+export const ABSENT = `/.vitest-sandbox-absent-${randomBytes(6).toString('hex')}`
+
+/**
+ * What an id names. `file`: host paths, where `head` + `path` + `tail` is the canonical id;
+ * `other`: a bare, builtin or virtual id (its answer is screened instead); `refused`: a form
+ * the gateway does not read (answered as a module that does not exist, whatever it names).
+ */
+export type ModuleId =
+  | FileId
+  | { kind: 'other'; id: string }
+  | { kind: 'refused'; id: string }
+
+/** A file id: `head` + the path part + `tail` is the canonical id; `dir` is the importer's folder of a relative one. */
+export interface FileId {
+  kind: 'file'
+  id: string
+  head: string
+  path: string
+  tail: string
+  rootRelative: boolean
+  dir?: string
+}
+
+/** A code point no module id has: C0 and C1 controls (but a leading `\0` of a virtual id), DEL, backslash. */
+const NOT_IN_IDS = /[\u0001-\u001f\u007f-\u009f\\]|(?!^)\0/
+
+function decoded(s: string): string {
+  try {
+    return decodeURIComponent(s)
+  } catch {
+    return s
+  }
+}
+
+/** `/a//b/../c` as `/a/c`, percent-escapes undone: what the file system would open. */
+function plainPath(p: string): string {
+  return path.posix.normalize(decoded(p))
+}
+
+/** Splits `id` at its query or hash. */
+function splitQuery(id: string): [string, string] {
+  const at = id.search(/[?#]/)
+  return at < 0 ? [id, ''] : [id.slice(0, at), id.slice(at)]
+}
+
+/**
+ * Reads a module id (and, for a relative one, the path of its importer, already read). Bare ids
+ * with `..` segments are refused: no package name has them, and a resolver would walk out of
+ * `node_modules` with them.
+ */
+export function readModuleId(id: string, importerPath: string | undefined): ModuleId {
+  if (id.length > MAX_ID_LENGTH || NOT_IN_IDS.test(id)) return { kind: 'refused', id }
+  if (id.startsWith('/@id/')) {
+    const inner = readModuleId(id.slice(5).replace(/^__x00__/, '\0'), importerPath)
+    return inner.kind === 'file' ? { ...inner, id: '/@id/' + inner.id, head: '/@id/' + inner.head } : inner.kind === 'other' ? { kind: 'other', id } : { kind: 'refused', id }
+  }
+  const [bare, tail] = splitQuery(id)
+  if (/^file:/i.test(id)) {
+    // Any slash count, `localhost`, escapes: one form, file:///path.
+    let file: string
+    try {
+      file = fileURLToPath(new URL(bare.replace(/^file:\/*(localhost\/)?/i, 'file:///')))
+    } catch {
+      return { kind: 'refused', id }
+    }
+    const p = plainPath(file)
+    const head = 'file://'
+    return { kind: 'file', id: pathToFileURL(p).href + tail, head, path: p, tail, rootRelative: false }
+  }
+  if (bare.startsWith('/@fs/')) return fileId('/@fs', bare.slice(4), tail, false)
+  if (bare.startsWith('/')) return fileId('', bare, tail, true)
+  if (bare === '.' || bare === '..' || bare.startsWith('./') || bare.startsWith('../')) {
+    if (importerPath === undefined) return { kind: 'refused', id }
+    // Canonical: the path relative to the importer's folder, in Vite's `./` form.
+    const p = plainPath(path.posix.join(path.posix.dirname(importerPath), bare))
+    let rel = path.posix.relative(path.posix.dirname(importerPath), p) || '.'
+    if (!rel.startsWith('.')) rel = `./${rel}`
+    return { kind: 'file', id: rel + tail, head: '', path: p, tail, rootRelative: false, dir: path.posix.dirname(importerPath) }
+  }
+  if (/^[a-z]:/i.test(bare) && !/^(node|virtual|data|npm|jsr|bun):/i.test(bare)) return { kind: 'refused', id }
+  if (bare.split('/').some((s) => s === '..' || s === '.' || decoded(s) === '..')) return { kind: 'refused', id }
+  return { kind: 'other', id }
+}
+
+function fileId(prefix: string, rest: string, tail: string, rootRelative: boolean): ModuleId {
+  const p = plainPath(rest)
+  return { kind: 'file', id: prefix + p + tail, head: prefix, path: p, tail, rootRelative }
+}
+
+/** The host paths Vite may read for a canonical file id: both readings of `/x`, with lookups. */
+export function candidates(file: FileId, root: string): string[] {
+  const bases = file.rootRelative ? [path.join(root, file.path), file.path] : [file.path]
+  return bases.flatMap((b) => [b, ...EXTENSIONS.map((e) => b + e), ...EXTENSIONS.map((e) => path.join(b, `index${e}`)), path.join(b, 'package.json')])
+}
+
+/** Strings of a twin's answer and what they stand for in the asked one. */
+export type TwinMap = Array<[twin: string, asked: string]>
+
+/**
+ * A twin of a canonical file id: the same id with one name (the deepest whose part before any
+ * extension has at least four characters, so that mapping it back cannot hit other text) replaced
+ * by random characters of the same length, extensions kept, such that no path Vite may read for it exists. The same length keeps columns in
+ * the twin's source maps true for the asked id. Falls back to a path under ABSENT.
+ */
+export function twinOf(file: FileId, root: string): { id: string; map: TwinMap } {
+  const [idPath] = splitQuery(file.id.slice(file.head.length))
+  const segments = idPath.split('/')
+  for (let at = segments.length - 1; at >= 0; at--) {
+    // The name without its extensions: Vite reads a file by its extension (`.txt` is an asset).
+    const name = segments[at].slice(0, segments[at].indexOf('.', 1) >>> 0)
+    if (name.length < 4 || name.startsWith('.')) continue
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const random = randomBytes(name.length).toString('hex').slice(0, name.length).replace(/^\d/, 'x')
+      const twinPath = [...segments.slice(0, at), random + segments[at].slice(name.length), ...segments.slice(at + 1)].join('/')
+      const hostPath = plainPath(file.dir === undefined ? (file.head.endsWith('file://') ? fileURLToPath('file://' + twinPath) : twinPath) : path.posix.join(file.dir, twinPath))
+      if (!candidates({ ...file, path: hostPath }, root).some((c) => fs.existsSync(c))) {
+        return { id: file.head + twinPath + file.tail, map: [[random, name]] }
+      }
+    }
+  }
+  const id = file.dir === undefined ? file.head + ABSENT + file.path + file.tail : ABSENT + file.path + file.tail
+  return { id, map: [[ABSENT, '']] }
+}

@@ -1,0 +1,209 @@
+/**
+ * The module calls of one worker (`fetch`, `resolve`, `ensureModuleGraphEntry`, Vitest 5's
+ * `fetchWarmModules`), screened so that the host's Vite reveals nothing of host files the sandbox
+ * was not given: for such a file every answer (code, error, frame, resolved path) is the answer
+ * Vitest gives for a file that does not exist. That answer is Vitest's own: the call is made for
+ * a twin id that names nothing (module-ids.ts), and the twin is mapped back in the answer.
+ *
+ * Ids are read by the gateway before the host sees them; answers are checked too (links,
+ * aliases, extension lookups), and Vitest 5's cached modules are inlined as code. The gateway
+ * owns the calls: this file only says what to ask and what to answer.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { ABSENT, candidates, readModuleId, twinOf, type TwinMap } from './module-ids.js'
+import type { FileRules } from './file-rules.js'
+import { debug } from '../../debug.js'
+
+const log = debug('worker')
+
+/** Vitest 5 stores a cached module as its code, this marker, and its source map (one line of JSON). */
+const CACHED_SOURCE_MAP = '\n//# vitestSourceMap='
+
+/** What the screen asked the host, for a call: the arguments as sent, and how to read the answer. */
+export interface ScreenedCall {
+  method: string
+  /** The arguments as the worker sent them. */
+  asked: unknown[]
+  /** The arguments as sent to the host. */
+  args: unknown[]
+  /** Strings of the answer to map back (a twin id or a replaced importer). */
+  map?: TwinMap
+  /** A call already answered by the gateway (a form it refuses): the error to give. */
+  answer?: { error: Error }
+}
+
+/** What the worker gets, or a second call to make first (the twin of a file the answer named). */
+export type ScreenedAnswer = { result?: unknown; error?: unknown } | { retry: ScreenedCall }
+
+/** Vitest's error for a module id that names nothing it can load. */
+function notFound(id: string, importer?: string): Error {
+  const message = `Cannot find module '${id}'${importer ? ` imported from '${importer}'` : ''}`
+  return Object.assign(new Error(message), { code: 'ERR_MODULE_NOT_FOUND', stack: `Error: ${message}` })
+}
+
+/**
+ * `{ cached, tmp, ...rest }` (or a warm entry `{ tmp, ...rest }`) as `{ code, sourceMap, ...rest }`:
+ * exactly what Vitest 5's worker makes of it after reading `tmp` itself.
+ */
+function inlineCached(result: Record<string, any>): Record<string, any> {
+  if (typeof result.tmp !== 'string') return result
+  const { cached: _cached, tmp, ...rest } = result
+  const content = fs.readFileSync(tmp, 'utf8')
+  const at = content.lastIndexOf(CACHED_SOURCE_MAP)
+  if (at === -1) return { ...rest, code: content, sourceMap: undefined }
+  return { ...rest, code: content.slice(0, at), sourceMap: content.slice(at + CACHED_SOURCE_MAP.length) || undefined }
+}
+
+/** A string of a twin's answer as it reads for the asked id, in inline source maps too. */
+function untwin(text: string, map: TwinMap): string {
+  const swap = (t: string) => map.reduce((acc, [twin, asked]) => acc.split(twin).join(asked), t)
+  return swap(
+    text.replace(/(data:application\/json;(?:charset=utf-8;)?base64,)([A-Za-z0-9+/=]+)/g, (all, head: string, data: string) => {
+      const json = Buffer.from(data, 'base64').toString('utf8')
+      const swapped = swap(json)
+      return swapped === json ? all : head + Buffer.from(swapped).toString('base64')
+    }),
+  )
+}
+
+/** Apply `map` to every string of an answer (errors included). */
+function mapStrings(value: unknown, map: (s: string) => string, depth = 0): unknown {
+  if (depth > 8) return value
+  if (typeof value === 'string') return map(value)
+  if (value instanceof Error) {
+    const copy = new Error(mapStrings(value.message, map) as string)
+    copy.name = value.name
+    copy.stack = mapStrings(value.stack, map) as string
+    for (const key of Object.keys(value)) (copy as any)[key] = mapStrings((value as any)[key], map, depth + 1)
+    if ('cause' in value) copy.cause = mapStrings(value.cause, map, depth + 1)
+    return copy
+  }
+  if (Array.isArray(value)) return value.map((v) => mapStrings(v, map, depth + 1))
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {}
+    for (const [k, v] of Object.entries(value)) out[k] = mapStrings(v, map, depth + 1)
+    return out
+  }
+  return value
+}
+
+/** Every absolute path or file URL named in the strings of an answer. */
+export function pathsIn(value: unknown, out: Set<string> = new Set(), depth = 0): Set<string> {
+  if (depth > 8 || value == null) return out
+  if (typeof value === 'string') {
+    for (const m of value.matchAll(/(?:file:\/\/)?(\/[^\s'"`()<>,;?#]+)/g)) out.add(m[1].replace(/(?::\d+)+$/, '').replace(/[.:]+$/, ''))
+  } else if (value instanceof Error) {
+    pathsIn(value.message, out, depth + 1)
+    pathsIn(value.stack, out, depth + 1)
+    for (const key of Object.keys(value)) pathsIn((value as any)[key], out, depth + 1)
+    if ('cause' in value) pathsIn(value.cause, out, depth + 1)
+  } else if (typeof value === 'object') {
+    for (const v of Object.values(value)) pathsIn(v, out, depth + 1)
+  }
+  return out
+}
+
+/** The absolute host path a module id, path or file URL of an answer names (query dropped). */
+function pathOf(v: unknown): string | undefined {
+  if (typeof v !== 'string') return undefined
+  let file = v.replace(/[?#].*$/, '')
+  if (file.startsWith('file://')) {
+    try {
+      file = fileURLToPath(file)
+    } catch {
+      return undefined
+    }
+  }
+  return path.isAbsolute(file) ? path.posix.normalize(file) : undefined
+}
+
+export class ModuleScreen {
+  constructor(private readonly rules: FileRules) {}
+
+  /**
+   * An importer as the host gets it: one the worker may name as is (inside the workspace, a
+   * dependency, Vitest itself, a virtual module), else the same path under a folder that does not
+   * exist — whether it exists on the host or not, so the answer tells nothing of it.
+   */
+  private importer(importer: unknown): { importer: string | undefined; path?: string; map?: TwinMap } {
+    if (typeof importer !== 'string') return { importer: undefined }
+    const read = readModuleId(importer, undefined)
+    if (read.kind === 'other') return { importer }
+    if (read.kind === 'file' && !read.rootRelative && this.rules.mayName(read.path)) return { importer, path: read.path }
+    if (read.kind === 'file' && read.rootRelative) {
+      const inRoot = path.join(this.rules.root, read.path)
+      if (this.rules.mayName(inRoot) && this.rules.mayName(read.path)) return { importer, path: fs.existsSync(inRoot) ? inRoot : read.path }
+    }
+    const plain = read.kind === 'file' ? read.path : '/'
+    return { importer: ABSENT + plain, path: ABSENT + plain, map: [[ABSENT, '']] }
+  }
+
+  /** A module call from the worker (`fetch(id, importer, …)`, `resolve(id, importer, …)`, `ensureModuleGraphEntry(id, importer)`), as it goes to the host. */
+  call(method: string, asked: unknown[]): ScreenedCall {
+    const [id, rawImporter, ...rest] = asked as [string, unknown, ...unknown[]]
+    const importer = this.importer(rawImporter)
+    const read = readModuleId(id, importer.path)
+    const base: ScreenedCall = { method, asked, args: [id, importer.importer, ...rest], map: importer.map }
+    if (read.kind === 'refused') return { ...base, answer: { error: notFound(id, typeof rawImporter === 'string' ? rawImporter : undefined) } }
+    if (read.kind === 'other') return base
+    if (read.id !== id) base.map = [...(base.map ?? []), [read.id, id]]
+    const named = candidates(read, this.rules.root).filter((c) => !this.rules.mayName(c))
+    if (named.length === 0) return { ...base, args: [read.id, importer.importer, ...rest] }
+    if (method === 'ensureModuleGraphEntry') return { ...base, answer: { error: notFound(id) } }
+    log('%s of %s: not given, asking for its twin', method, id)
+    const twin = twinOf(read, this.rules.root)
+    return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
+  }
+
+  /** The host's answer to a screened call. */
+  answer(call: ScreenedCall, result: unknown, error: unknown): ScreenedAnswer {
+    const map = call.map
+    const mapped = (v: unknown) => (map ? mapStrings(v, (t) => untwin(t, map)) : v)
+    if (call.method === 'fetchWarmModules') return error !== undefined ? { error } : { result: this.warmModules(result) }
+    const inlined = error === undefined && result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result
+    const named = error !== undefined ? pathsIn(error) : this.filesOf(inlined)
+    const leak = [...named].find((f) => !this.rules.mayName(f) && !f.startsWith(ABSENT))
+    if (leak === undefined) return error !== undefined ? { error: mapped(error) } : { result: mapped(inlined) }
+    log('%s of %s: the answer names %s, which is not given', call.method, call.asked[0], leak)
+    const id = call.asked[0] as string
+    const read = readModuleId(id, undefined)
+    if (read.kind !== 'file' || call.map?.some(([twin]) => String(call.args[0]).includes(twin))) {
+      // A bare or aliased id, or a twin that still led to a host file: Vite's answer for a module that resolves to nothing.
+      return { error: notFound(id, typeof call.asked[1] === 'string' ? call.asked[1] : undefined) }
+    }
+    const twin = twinOf(read, this.rules.root)
+    return { retry: { ...call, args: [twin.id, ...call.args.slice(1)], map: [...twin.map, ...(call.map ?? [])] } }
+  }
+
+  /** Vitest 5's `fetchWarmModules(environment, files)`: only the files the worker may name are asked for. */
+  warmCall(asked: unknown[]): ScreenedCall {
+    const [environment, files] = asked as [string, string[]]
+    return { method: 'fetchWarmModules', asked, args: [environment, files.filter((f) => { const p = pathOf(f); return p === undefined || this.rules.mayName(p) })] }
+  }
+
+  /** Host paths a successful answer hands to the sandbox (code of a file, an external, a resolved id). */
+  private filesOf(result: any): Set<string> {
+    const out = new Set<string>()
+    if (!result || typeof result !== 'object') return out
+    for (const key of ['file', 'externalize', 'id', 'url']) {
+      const file = pathOf(result[key])
+      if (file) out.add(file.startsWith('/@fs/') ? file.slice(4) : file)
+    }
+    return out
+  }
+
+  /** Vitest 5's batch of already transformed modules: inlined, and screened entry by entry. */
+  private warmModules(result: unknown): unknown {
+    if (!result || typeof result !== 'object') return result
+    const out: Record<string, unknown> = {}
+    for (const [id, entry] of Object.entries(result as Record<string, any>)) {
+      const inlined = entry && typeof entry === 'object' ? inlineCached(entry) : entry
+      // A refused entry is left out: the worker then fetches it, and gets the twin's answer.
+      if ([...this.filesOf(inlined)].some((f) => !this.rules.mayName(f))) continue
+      out[id] = inlined
+    }
+    return out
+  }
+}
