@@ -101,4 +101,16 @@ describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
     expect(Buffer.concat(a.rawToHost).equals(bytes)).toBe(true)
     expect(a.toHost).toEqual(messages)
   })
+
+  it('holds no message over the frame limit: the host gets its header alone (and ends the worker), nothing after', async () => {
+    const { worker, codec } = await setup()
+    const a = worker()
+    const head = Buffer.alloc(4)
+    head.writeUInt32BE(3 * 1024 ** 3)
+    a.tap.fromWorker(Buffer.concat([lengthPrefixed(codec.encode(fetch(1, '/src/x.ts'))), head, Buffer.alloc(1024, 1)]))
+    a.tap.fromWorker(Buffer.alloc(1024 * 1024, 2))
+    a.tap.fromWorker(lengthPrefixed(codec.encode(fetch(2, '/src/y.ts'))))
+    const sent = Buffer.concat(a.rawToHost)
+    expect(sent.equals(Buffer.concat([lengthPrefixed(codec.encode(fetch(1, '/src/x.ts'))), head]))).toBe(true)
+  })
 })

@@ -10,6 +10,7 @@ import type { DirectChannel, ProviderProcess } from '../providers/types.js'
 import { createDeframer, DIRECT_ENV, frame, jsonFrame, Kind, numberedChunk, type ForkSpec } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 import { DirectClaims, type DirectClaim } from './direct.js'
+import { printable } from './gateway/printable.js'
 
 const log = debug('link')
 
@@ -75,7 +76,7 @@ export class AgentLink {
           return h.spawned(JSON.parse(payload.toString()).pid)
         case Kind.FAILED:
           this.drop(channel)
-          return h.failed(JSON.parse(payload.toString()).message)
+          return h.failed(printable(String(JSON.parse(payload.toString()).message)))
         case Kind.FROM_WORKER:
           // A worker on a direct socket sends nothing here.
           return h.route.kind === 'relay' ? h.data(payload) : undefined

@@ -13,10 +13,9 @@
 import { EventEmitter } from 'node:events'
 import path from 'node:path'
 import type { PoolOptions, PoolWorker, WorkerRequest } from 'vitest/node'
-import { failedFileCalls } from './failed-file.js'
+import { failedFileCalls, fileTaskId } from './failed-file.js'
 import type { Fleet, SandboxHost } from './fleet.js'
 import type { Lease } from './slots.js'
-import { generateFileHash } from 'vitest/node'
 import { HostFileRefusal, HostFiles, type UpdateMode } from './host-files.js'
 import { Gateway, ProtocolViolation } from './gateway/gateway.js'
 import { fileRules } from './gateway/file-rules.js'
@@ -213,9 +212,12 @@ export class SandboxPoolWorker implements PoolWorker {
       rules: fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR]),
       environments: () => Object.keys(project.vite?.environments ?? {}),
       runFiles: () => this.runFiles,
-      fileTaskId: (file) => generateFileHash(path.relative(project.config.root, file).split(path.sep).join('/'), project.name),
+      fileTaskId: (file) => fileTaskId(project, file),
+      isTask: (id) => typeof id === 'string' && project.vitest.state.idMap.has(id),
       testEnvironment: () => (this.runRequest as any)?.context?.environment?.name,
       projectName: project.name,
+      projectRoot: project.config.root,
+      coverageProvider: () => (project.vitest.config.coverage?.enabled ? project.vitest.config.coverage.provider : undefined),
       snapshotPath: (testPath, snapPath) => void (this.runFiles.includes(testPath) && this.snapFiles.add(snapPath)),
       benchmarkRefusal: (method, file) => this.hostFiles?.benchmarkRefusal(method, file),
     })
@@ -255,7 +257,7 @@ export class SandboxPoolWorker implements PoolWorker {
           if (!current()) return
           this.finished()
           if (this.state === 'launching') {
-            const why = `the test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) exited ${signal ? `with ${signal}` : `with code ${code}`} before it started${this.startupStderr ? `:\n${this.startupStderr.trim()}` : ''}`
+            const why = `the test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) exited ${signal ? `with ${signal}` : `with code ${code}`} before it started${this.startupStderr ? `:\n${printable(this.startupStderr.trim())}` : ''}`
             return this.workerStarted?.reject(new Error(why))
           }
           this.events.emit('exit', code, signal)

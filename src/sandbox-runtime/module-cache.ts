@@ -8,7 +8,7 @@
  * watch-mode rerun. The bytes it relays are not changed.
  */
 import type { Codec } from './codec.js'
-import { createMessageSplitter, lengthPrefixed, type RpcFrame } from './wire.js'
+import { createMessageSplitter, lengthPrefixed, MAX_FRAME, MessageTooLarge, type RpcFrame } from './wire.js'
 
 /**
  * The methods whose answers are kept, and each one's key.
@@ -58,18 +58,32 @@ export class ModuleCache {
         return undefined // not ours to judge: the other end reports it
       }
     }
+    const split = createMessageSplitter((payload) => {
+      const msg = decode(payload)
+      if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m)) {
+        const key = keyOf(msg.m, msg.a)
+        if (key !== undefined && this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
+        // A second request with an id in flight: neither answer can be told to which it belongs, so none is kept.
+        if (asked.has(msg.i)) asked.set(msg.i, undefined)
+        else if (key !== undefined) asked.set(msg.i, { key, generation: this.generation })
+      }
+      toHost(lengthPrefixed(payload))
+    }, MAX_FRAME)
+    let overLimit = false
     return {
-      fromWorker: createMessageSplitter((payload) => {
-        const msg = decode(payload)
-        if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m)) {
-          const key = keyOf(msg.m, msg.a)
-          if (key !== undefined && this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
-          // A second request with an id in flight: neither answer can be told to which it belongs, so none is kept.
-          if (asked.has(msg.i)) asked.set(msg.i, undefined)
-          else if (key !== undefined) asked.set(msg.i, { key, generation: this.generation })
+      fromWorker: (chunk) => {
+        if (overLimit) return
+        try {
+          split(chunk)
+        } catch (err) {
+          if (!(err instanceof MessageTooLarge)) throw err
+          // Not buffered here either: the host gets the header alone, and its reader ends the worker for it.
+          overLimit = true
+          const head = Buffer.alloc(4)
+          head.writeUInt32BE(err.length)
+          toHost(head)
         }
-        toHost(lengthPrefixed(payload))
-      }),
+      },
       fromHost: createMessageSplitter((payload) => {
         if (asked.size) {
           const msg = decode(payload)

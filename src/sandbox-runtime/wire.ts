@@ -106,11 +106,18 @@ export function createFrameSplitter(headerBytes: number, bodyLength: (buf: Buffe
   }
 }
 
+/** A message header over the splitter's limit: the stream cannot be read on. */
+export class MessageTooLarge extends Error {
+  constructor(readonly length: number, limit: number) {
+    super(`message of ${length} bytes is over the limit of ${limit}`)
+  }
+}
+
 /** Splits a byte stream of [u32 length][payload] messages. */
 export function createMessageSplitter(onMessage: (payload: Buffer) => void, maxLength = Infinity): (chunk: Buffer) => void {
   const length = (buf: Buffer, at: number) => {
     const len = buf.readUInt32BE(at)
-    if (len > maxLength) throw new Error(`message of ${len} bytes is over the limit of ${maxLength}`)
+    if (len > maxLength) throw new MessageTooLarge(len, maxLength)
     return len
   }
   return createFrameSplitter(4, length, (frame) => onMessage(frame.subarray(4)))

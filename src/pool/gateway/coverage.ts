@@ -13,14 +13,18 @@ const ISTANBUL_FIELDS = ['statementMap', 'fnMap', 'branchMap', 's', 'f', 'b', 'b
 
 const isPlain = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
 
-/** The data as the host's provider gets it; `isGiven` answers for absolute host paths. */
-export function screenCoverage(coverage: unknown, isGiven: (file: string) => boolean): unknown {
+/**
+ * The data as the host's provider gets it, in the shape of the provider the host runs (`v8`,
+ * `istanbul`; a custom provider gets nothing); `isGiven` answers for absolute host paths.
+ */
+export function screenCoverage(coverage: unknown, provider: string | undefined, isGiven: (file: string) => boolean): unknown {
   if (coverage === undefined || coverage === null) return coverage
-  if (!isPlain(coverage)) return undefined
+  if (!isPlain(coverage) || (provider !== 'v8' && provider !== 'istanbul')) return undefined
   const given = (file: unknown): file is string => typeof file === 'string' && path.isAbsolute(file) && path.posix.normalize(file) === file && isGiven(file)
-  if (Array.isArray(coverage.result)) {
+  if (provider === 'v8') {
+    if (!Array.isArray(coverage.result)) return { result: [] }
     const result = coverage.result.filter((r): r is Record<string, unknown> => isPlain(r) && typeof r.url === 'string' && givenUrl(r.url, given))
-    return { result: result.map((r) => ({ scriptId: r.scriptId, url: r.url, functions: r.functions })) }
+    return { result: result.map((r) => ({ scriptId: r.scriptId, url: r.url, functions: r.functions, startOffset: r.startOffset })) }
   }
   const out: Record<string, unknown> = Object.create(null)
   for (const [file, entry] of Object.entries(coverage)) {

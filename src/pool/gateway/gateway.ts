@@ -38,11 +38,17 @@ export interface GatewayContext {
   environments(): string[]
   /** The test files of the worker's current run (absolute). */
   runFiles(): string[]
-  /** The task id of a test file (Vitest's `generateFileHash`). */
+  /** The task id the host's Vitest gives a test file. */
   fileTaskId(file: string): string
+  /** Whether the host's Vitest has a task of this id (of any file). */
+  isTask(id: unknown): boolean
   /** The test environment Vitest sent the worker (`context.environment.name`). */
   testEnvironment(): string | undefined
   projectName: string
+  /** The project's root, which Vitest's test file names are relative to. */
+  projectRoot: string
+  /** The coverage provider the host runs, if coverage is on (`v8`, `istanbul`, `custom`). */
+  coverageProvider(): string | undefined
   /** The host's answer to `resolveSnapshotPath` of one of the worker's files. */
   snapshotPath(testPath: string, snapPath: string): void
   /** Why a benchmark result path is refused, if it is. */
@@ -142,6 +148,7 @@ export class Gateway {
     switch (call.spec.rule) {
       case 'module': {
         if (call.method !== 'ensureModuleGraphEntry' && !ctx.environments().includes(args[2] as string)) throw new ProtocolViolation(`${call.method}: environment ${JSON.stringify(String(args[2]).slice(0, 80))} is not one of the host's`)
+        if (call.method === 'fetch') args.splice(3, 2, ...fetchOptions(args[3], args[4]))
         call.screened = this.screen.call(call.method, args)
         return call.screened.answer ? { e: call.screened.answer.error } : undefined
       }
@@ -163,13 +170,15 @@ export class Gateway {
         return undefined
       case 'coverage': {
         const meta = args[0] as Record<string, unknown>
-        const files = ctx.runFiles()
-        const testFiles = Array.isArray(meta.testFiles) ? meta.testFiles.filter((f) => typeof f === 'string' && files.includes(path.resolve(ctx.rules.root, f))) : []
-        // Every field the host's provider reads, from the host where it knows it.
+        // Vitest keys the data by the worker's Vite environment (`ssr`, `client`) or, failing
+        // that, its test environment's name: one of those, never a name the worker makes up.
+        const environment = [...ctx.environments(), ctx.testEnvironment()].find((name) => name !== undefined && name === meta.environment)
+        if (environment === undefined) throw new ProtocolViolation(`onAfterSuiteRun: environment ${JSON.stringify(String(meta.environment).slice(0, 80))} is neither a Vite environment of the host nor the test environment`)
+        // Every other field the host's provider reads, from the host.
         args[0] = {
-          coverage: screenCoverage(meta.coverage, ctx.rules.isGiven),
-          testFiles,
-          environment: ctx.testEnvironment() ?? 'node',
+          coverage: screenCoverage(meta.coverage, ctx.coverageProvider(), ctx.rules.isGiven),
+          testFiles: ctx.runFiles().map((file) => path.relative(ctx.projectRoot, file)).sort(),
+          environment,
           projectName: ctx.projectName,
         }
         return undefined
@@ -212,9 +221,16 @@ export class Gateway {
         return
       case 'onTaskArtifactRecord':
         return check(args[0], 'task')
+      case 'onTestBenchmark':
+        return check(args[0], 'task')
+      case 'onTestModuleDependencies':
+        if (!this.ctx.runFiles().includes(path.resolve(args[0] as string))) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+        return
       case 'onUserConsoleLog': {
+        // Vitest names a log's task by the test running, else by a stack frame's path (or
+        // "unknown"): text printed as the log's header. Only another file's task is refused.
         const taskId = (args[0] as { taskId?: unknown }).taskId
-        if (taskId !== undefined) check(taskId, 'task')
+        if (taskId !== undefined && !isOwn(taskId) && this.ctx.isTask(taskId)) check(taskId, 'task')
         return
       }
     }
@@ -246,6 +262,22 @@ export class Gateway {
         return answer({ result: frame.r, error: frame.e })
     }
   }
+}
+
+/**
+ * `fetch`'s options and trace carrier, rebuilt of the fields Vite and Vitest read: `cached` and
+ * `startOffset` (Vite's fetchModule), OpenTelemetry's propagation headers.
+ */
+function fetchOptions(options: unknown, carrier: unknown): [unknown, unknown] {
+  const o = (options ?? {}) as Record<string, unknown>
+  const kept: Record<string, unknown> = {}
+  if (typeof o.cached === 'boolean') kept.cached = o.cached
+  if (Number.isSafeInteger(o.startOffset)) kept.startOffset = o.startOffset
+  if (carrier === undefined || carrier === null) return [kept, undefined]
+  const c = carrier as Record<string, unknown>
+  const headers: Record<string, string> = {}
+  for (const key of ['traceparent', 'tracestate', 'baggage']) if (typeof c[key] === 'string' && (c[key] as string).length <= 8192) headers[key] = c[key] as string
+  return [kept, headers]
 }
 
 /** An error the gateway answers with: no host stack (it would name the host's install paths). */

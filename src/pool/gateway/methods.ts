@@ -64,7 +64,7 @@ export const METHODS: Readonly<Record<string, MethodSpec>> = Object.freeze({
   onTaskUpdate: { since: 4, args: [array, array], rule: 'tasks', host: 'reporters: task results and events' },
   onTaskArtifactRecord: { since: 4, args: [NAME, object], rule: 'tasks', host: 'records an artifact; copies `attachment.path` into the attachments folder' },
   onUserConsoleLog: { since: 4, args: [object], rule: 'tasks', host: 'console output of a test, printed by reporters' },
-  onTestBenchmark: { since: 5, args: [anything, anything], rule: 'tasks', host: 'reporters: a benchmark result' },
+  onTestBenchmark: { since: 5, args: [NAME, object], rule: 'tasks', host: 'reporters: a benchmark result' },
   onUnhandledError: { since: 4, args: [anything, optional(NAME)], rule: 'errors', host: 'an error outside tests: printed with a code frame of the nearest module-graph file' },
   onAsyncLeaks: { since: 4, args: [array], rule: 'errors', host: 'async leaks: printed with a code frame of the first stack frame\'s file' },
   onAfterSuiteRun: { since: 4, args: [object], rule: 'coverage', host: 'coverage data for the host\'s coverage provider, which reads the files it names' },
@@ -72,7 +72,7 @@ export const METHODS: Readonly<Record<string, MethodSpec>> = Object.freeze({
   snapshotSaved: { since: 4, args: [object], rule: 'plain', host: 'snapshot summary counts' },
   getCountOfFailedTests: { since: 4, args: [], rule: 'plain', host: 'a number (for `--bail`)' },
   onCancel: { since: 4, args: [optional(NAME)], rule: 'plain', host: 'cancels the run (`--bail`)' },
-  onTestModuleDependencies: { since: 5, args: [anything, anything], rule: 'plain', host: 'records a test file\'s module dependencies (paths, in Vitest\'s cache)' },
+  onTestModuleDependencies: { since: 5, args: [PATH, arrayOf(PATH, 100_000)], rule: 'tasks', host: 'records a test file\'s module dependencies (paths, in Vitest\'s cache)' },
   readBenchmarkResult: { since: 5, args: [PATH], rule: 'host-file', host: 'reads JSON at a path' },
   writeBenchmarkResult: { since: 5, args: [PATH, anything], rule: 'host-file', host: 'writes JSON at a path' },
 })

@@ -62,8 +62,8 @@ function splitQuery(id: string): [string, string] {
 
 /**
  * Reads a module id (and, for a relative one, the path of its importer, already read). Bare ids
- * with `..` segments are refused: no package name has them, and a resolver would walk out of
- * `node_modules` with them.
+ * with `..` segments or escaped path characters are refused: no package name has them, and a
+ * resolver would walk out of `node_modules` with them.
  */
 export function readModuleId(id: string, importerPath: string | undefined): ModuleId {
   if (id.length > MAX_ID_LENGTH || NOT_IN_IDS.test(id)) return { kind: 'refused', id }
@@ -95,7 +95,8 @@ export function readModuleId(id: string, importerPath: string | undefined): Modu
     return { kind: 'file', id: rel + tail, head: '', path: p, tail, rootRelative: false, dir: path.posix.dirname(importerPath) }
   }
   if (/^[a-z]:/i.test(bare) && !/^(node|virtual|data|npm|jsr|bun):/i.test(bare)) return { kind: 'refused', id }
-  if (bare.split('/').some((s) => s === '..' || s === '.' || decoded(s) === '..')) return { kind: 'refused', id }
+  // No package name has an escaped slash, backslash, dot or NUL: a resolver that undid one could walk anywhere.
+  if (/%(?:2f|5c|2e|00)/i.test(bare) || bare.split('/').some((s) => s === '..' || s === '.')) return { kind: 'refused', id }
   return { kind: 'other', id }
 }
 

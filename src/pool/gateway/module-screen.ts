@@ -51,6 +51,7 @@ function inlineCached(result: Record<string, any>): Record<string, any> {
   if (typeof result.tmp !== 'string') return result
   const { cached: _cached, tmp, ...rest } = result
   const content = fs.readFileSync(tmp, 'utf8')
+  log('inlined cached module %s', rest.file ?? tmp)
   const at = content.lastIndexOf(CACHED_SOURCE_MAP)
   if (at === -1) return { ...rest, code: content, sourceMap: undefined }
   return { ...rest, code: content.slice(0, at), sourceMap: content.slice(at + CACHED_SOURCE_MAP.length) || undefined }
@@ -93,7 +94,10 @@ function mapStrings(value: unknown, map: (s: string) => string, depth = 0): unkn
 export function pathsIn(value: unknown, out: Set<string> = new Set(), depth = 0): Set<string> {
   if (depth > 8 || value == null) return out
   if (typeof value === 'string') {
-    for (const m of value.matchAll(/(?:file:\/\/)?(\/[^\s'"`()<>,;?#]+)/g)) out.add(m[1].replace(/(?::\d+)+$/, '').replace(/[.:]+$/, ''))
+    for (const m of value.matchAll(/(?:file:\/\/)?(\/[^\s'"`()<>,;?#]+)/g)) {
+      const file = pathOf(m[1].replace(/(?::\d+)+$/, '').replace(/[.:]+$/, ''))
+      if (file) out.add(file)
+    }
   } else if (value instanceof Error) {
     pathsIn(value.message, out, depth + 1)
     pathsIn(value.stack, out, depth + 1)
@@ -105,19 +109,32 @@ export function pathsIn(value: unknown, out: Set<string> = new Set(), depth = 0)
   return out
 }
 
-/** The absolute host path a module id, path or file URL of an answer names (query dropped). */
+/**
+ * The absolute host path a module id, path or file URL of an answer names (query dropped; Vite's
+ * `/@id/` and `/@fs` prefixes and percent-escapes undone): what a reader of the answer could open.
+ */
 function pathOf(v: unknown): string | undefined {
   if (typeof v !== 'string') return undefined
   let file = v.replace(/[?#].*$/, '')
-  if (file.startsWith('file://')) {
+  for (let before = ''; before !== file; ) {
+    before = file
+    file = file.replace(/^\/@id\/(__x00__)?/, '/').replace(/^\/@fs(?=\/)/, '')
+  }
+  if (file.startsWith('file:')) {
     try {
-      file = fileURLToPath(file)
+      file = fileURLToPath(new URL(file.replace(/^file:\/*(localhost\/)?/i, 'file:///')))
     } catch {
       return undefined
     }
   }
+  try {
+    file = decodeURIComponent(file)
+  } catch {}
   return path.isAbsolute(file) ? path.posix.normalize(file) : undefined
 }
+
+/** Fields of a fetch answer that hold the module's code, not paths. */
+const CODE_FIELDS = new Set(['code', 'map', 'sourceMap'])
 
 export class ModuleScreen {
   constructor(private readonly rules: FileRules) {}
@@ -180,17 +197,21 @@ export class ModuleScreen {
   /** Vitest 5's `fetchWarmModules(environment, files)`: only the files the worker may name are asked for. */
   warmCall(asked: unknown[]): ScreenedCall {
     const [environment, files] = asked as [string, string[]]
-    return { method: 'fetchWarmModules', asked, args: [environment, files.filter((f) => { const p = pathOf(f); return p === undefined || this.rules.mayName(p) })] }
+    const mayAsk = (f: string) => {
+      const read = readModuleId(f, undefined)
+      return read.kind === 'other' || (read.kind === 'file' && candidates(read, this.rules.root).every((c) => this.rules.mayName(c)))
+    }
+    return { method: 'fetchWarmModules', asked, args: [environment, files.filter(mayAsk)] }
   }
 
-  /** Host paths a successful answer hands to the sandbox (code of a file, an external, a resolved id). */
+  /**
+   * Host paths a successful answer hands to the sandbox: every field but the code itself (and its
+   * map), which is the content of the file the answer names.
+   */
   private filesOf(result: any): Set<string> {
     const out = new Set<string>()
-    if (!result || typeof result !== 'object') return out
-    for (const key of ['file', 'externalize', 'id', 'url']) {
-      const file = pathOf(result[key])
-      if (file) out.add(file.startsWith('/@fs/') ? file.slice(4) : file)
-    }
+    if (!result || typeof result !== 'object') return pathsIn(result, out)
+    for (const [key, value] of Object.entries(result)) if (!CODE_FIELDS.has(key)) pathsIn(value, out)
     return out
   }
 

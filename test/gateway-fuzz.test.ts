@@ -1,0 +1,166 @@
+/**
+ * The host gateway under random input (seeded, bounded): frames mutated from the messages a real
+ * Vitest worker sends, and random answers from the host. Whatever arrives, the gateway either
+ * ends the worker (ProtocolViolation, never another error) or lets through only what its list
+ * allows: its own call ids to the host, listed methods with listed argument shapes, module ids
+ * that name no host file outside the workspace; and the worker gets back only its own ids.
+ */
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Gateway, ProtocolViolation, type GatewayContext } from '../src/pool/gateway/gateway.js'
+import { badArguments, methodSpec, METHODS, REFUSED } from '../src/pool/gateway/methods.js'
+import { fileRules } from '../src/pool/gateway/file-rules.js'
+import { collectWorkspace } from '../src/workspace/collect.js'
+
+let dir: string
+let root: string
+let secret: string
+let ctx: GatewayContext
+
+beforeAll(async () => {
+  dir = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'vps-fuzz-')))
+  root = path.join(dir, 'ws')
+  secret = path.join(dir, 'host-secret.ts')
+  fs.mkdirSync(path.join(root, 'test'), { recursive: true })
+  fs.writeFileSync(path.join(root, 'test/a.test.ts'), 'export {}\n')
+  fs.writeFileSync(path.join(root, 'src.ts'), 'export const x = 1\n')
+  fs.writeFileSync(path.join(root, '.env.local'), 'TOKEN=1\n')
+  fs.writeFileSync(secret, 'fuzz-secret\n')
+  const rules = fileRules(await collectWorkspace(root), [])
+  const own = path.join(root, 'test/a.test.ts')
+  ctx = {
+    major: 5,
+    rules,
+    environments: () => ['ssr', 'client'],
+    runFiles: () => [own],
+    fileTaskId: (file) => (file === own ? 'own' : 'other'),
+    isTask: (id) => id === 'other' || id === 'other_0',
+    testEnvironment: () => 'node',
+    projectName: '',
+    projectRoot: root,
+    coverageProvider: () => 'istanbul',
+    snapshotPath: () => {},
+    benchmarkRefusal: () => undefined,
+  }
+})
+
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+/** mulberry32: a small seeded generator, so a failure can be replayed from its seed. */
+function random(seed: number): () => number {
+  let a = seed
+  return () => {
+    a = (a + 0x6d2b79f5) | 0
+    let t = Math.imul(a ^ (a >>> 15), 1 | a)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+describe('the host gateway under random input', () => {
+  it('ends the worker or passes only listed, screened calls under its own ids', () => {
+    const seed = Number(process.env.VPS_FUZZ_SEED ?? 20261206) // another seed: VPS_FUZZ_SEED=n
+    const rnd = random(seed)
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]
+    const ids = () => [`${secret}?raw`, `file:${secret}`, `/@fs${secret}`, `/@id/${secret}`, `//${secret}`, `${root}/../host-secret.ts`, `./../host-secret`, `../host-secret.ts`, `vitest/../../${secret}`, `${root}/.env.local?raw`, `/src.ts`, `${root}/src.ts`, '/@id/__x00__virtual', 'node:fs', 'vitest', `${secret.replace(/\//g, '%2F')}`, '\u0000x', '']
+    const values = (): unknown[] => [undefined, null, 0, -1, 1e300, '', 'x', '__proto__', 'constructor', pick(ids()), [], [pick(ids())], {}, { __proto__: null }, { path: secret }, 'own', 'own_0', 'other', 'other_0', true]
+    let serial = 0
+    const seedFrames = (): Record<string, unknown>[] => [
+      { t: 'q', i: `a${++serial}`, m: 'fetch', a: [pick(ids()), `${root}/test/a.test.ts`, 'ssr', {}] },
+      { t: 'q', i: `b${++serial}`, m: 'resolve', a: [pick(ids()), pick([undefined, `${root}/test/a.test.ts`, `${dir}/x.ts`]), 'ssr'] },
+      { t: 'q', i: `c${++serial}`, m: 'ensureModuleGraphEntry', a: [pick(ids()), `${root}/test/a.test.ts`] },
+      { t: 'q', i: `d${++serial}`, m: 'fetchWarmModules', a: ['ssr', [pick(ids()), pick(ids())]] },
+      { t: 'q', i: `e${++serial}`, m: 'onTaskUpdate', a: [[['own_0', { state: 'pass' }, {}]], [['own_0', 'test-finished', undefined]]] },
+      { t: 'q', i: `f${++serial}`, m: 'onAfterSuiteRun', a: [{ coverage: { [secret]: { path: secret } }, testFiles: ['test/a.test.ts'], environment: 'ssr', projectName: '' }] },
+      { t: 'q', i: `g${++serial}`, m: 'resolveSnapshotPath', a: [pick([`${root}/test/a.test.ts`, `${root}/test/b.test.ts`, secret])] },
+      { t: 'q', i: `h${++serial}`, m: 'onUserConsoleLog', a: [{ type: 'stdout', content: 'x', taskId: pick(['own', 'other', 'src/x.ts:1', '__vitest__unknown_test__']) }] },
+      { t: 'q', i: `j${++serial}`, m: 'onUnhandledError', a: [{ message: 'x', stack: `Error\n    at ${secret}:1:1` }, 'Unhandled Error'] },
+      { t: 'q', m: 'onCancel', a: ['test-failure'] },
+      { t: 'q', i: `k${++serial}`, m: pick([...Object.keys(REFUSED), '__proto__', 'toString', 'hasOwnProperty']), a: [] },
+      { __vitest_worker_response__: true, type: pick(['started', 'testfileFinished', 'bogus', '__proto__']) },
+      { t: 's', i: 'g1', r: 1 },
+    ]
+    const mutate = (frame: Record<string, unknown>): unknown => {
+      const f: Record<string, unknown> = { ...frame, a: Array.isArray(frame.a) ? [...frame.a] : frame.a }
+      for (let n = Math.floor(rnd() * 3); n > 0; n--) {
+        const r = rnd()
+        if (r < 0.3 && Array.isArray(f.a)) (f.a as unknown[])[Math.floor(rnd() * ((f.a as unknown[]).length + 1))] = pick(values())
+        else if (r < 0.45) f.i = pick([f.i, 'a', 'b', 'g1', 0, -1, 'x'.repeat(100), {}, undefined])
+        else if (r < 0.55) f.m = pick([...Object.keys(METHODS), '__proto__', 'constructor'])
+        else if (r < 0.65) f.t = pick(['q', 's', 'x', undefined])
+        else if (r < 0.7) f.a = pick(values())
+      }
+      return rnd() < 0.02 ? pick(values()) : f
+    }
+    const secretNamed = (v: unknown) => JSON.stringify(v ?? null).includes(secret) && !JSON.stringify(v).includes('.vitest-sandbox-absent-')
+    /** Whether a forwarded module call names the host file, by any reading Vite may make of its id. */
+    const namesSecret = (args: unknown[]): boolean => {
+      if (secretNamed(args)) return true
+      const [id, importer] = args
+      if (typeof id !== 'string') return false
+      const bare = id.replace(/[?#].*$/, '')
+      const decoded = (() => { try { return decodeURIComponent(bare) } catch { return bare } })()
+      const forms = [bare, decoded].flatMap((f) => [f, f.replace(/^file:\/*(localhost)?/, '/'), f.replace(/^\/@(fs|id)\/*/, '/')])
+      const from = path.dirname(typeof importer === 'string' ? importer : `${root}/x`)
+      const readings = forms.flatMap((f) => (f.startsWith('.') ? [path.resolve(from, f)] : f.startsWith('/') ? [path.resolve(f), path.join(root, f)] : [path.resolve(root, 'node_modules', f)]))
+      const stem = (p: string) => p.replace(/\.ts$/, '')
+      return readings.some((r) => stem(r) === stem(secret))
+    }
+
+    let passed = 0
+    let ended = 0
+    for (let round = 0; round < 1500; round++) {
+      const gateway = new Gateway(ctx)
+      const asked = new Map<string, { workerId: unknown; method: string }>() // host id -> the worker id it must come back as
+      for (let step = 0; step < 25; step++) {
+        // Mostly what a worker sends, a third of the time mutated.
+        const frame = rnd() < 0.35 ? mutate(pick(seedFrames())) : pick(seedFrames())
+        let out
+        try {
+          out = gateway.fromWorker(frame)
+        } catch (err) {
+          expect(err, `round ${round} step ${step}: ${String((err as Error).stack)}`).toBeInstanceOf(ProtocolViolation)
+          ended++
+          break
+        }
+        passed++
+        const host = out.toHost as Record<string, any> | undefined
+        if (host && !host.__vitest_worker_response__) {
+          expect(host.t).toBe('q')
+          const spec = methodSpec(host.m, 5)
+          expect(spec, host.m).toBeDefined()
+          expect(badArguments(host.m, spec!, host.a)).toBeUndefined()
+          if (spec!.rule === 'module') expect(namesSecret(host.a), JSON.stringify(host.a)).toBe(false)
+          if (spec!.rule === 'warm') for (const id of host.a[1]) expect(namesSecret([id]), id).toBe(false)
+          if (host.i !== undefined) {
+            expect(host.i).toMatch(/^g\d+$/)
+            asked.set(host.i, { workerId: (frame as Record<string, unknown>).i, method: host.m })
+          }
+        }
+        if (out.toWorker) expect(out.toWorker.i).toBe((frame as Record<string, unknown>).i)
+        // The host answers some of what was asked, with random results; each goes back under the worker's id.
+        for (const [hostId, { workerId, method }] of [...asked]) {
+          if (rnd() < 0.5) continue
+          asked.delete(hostId)
+          const back = gateway.fromHost({ t: 's', i: hostId, ...(rnd() < 0.5 ? { r: pick(values()) } : { e: { message: pick(values()) } }) })
+          if (back.toWorker) expect(back.toWorker.i).toBe(workerId)
+          // A module answer naming the host file is screened (or asked again for a twin).
+          if (METHODS[method].rule === 'module' && back.toWorker) expect(secretNamed(back.toWorker), JSON.stringify(back.toWorker)).toBe(false)
+          const retry = back.toHost as Record<string, any> | undefined
+          if (retry) {
+            expect(retry.i).toMatch(/^g\d+$/)
+            expect(namesSecret(retry.a)).toBe(false)
+            asked.set(retry.i, { workerId, method })
+          }
+        }
+        // An answer to nothing the gateway asked goes nowhere.
+        expect(gateway.fromHost({ t: 's', i: pick(['a', 'g999999', 0]), r: 1 })).toEqual({})
+      }
+    }
+    // Both outcomes were exercised, many times.
+    expect(passed).toBeGreaterThan(2000)
+    expect(ended).toBeGreaterThan(500)
+  })
+})
