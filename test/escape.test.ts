@@ -124,6 +124,30 @@ describe('escape attempts: processes, identity, kernel', () => {
     expect(r.stderr).toMatch(/No such process/)
   })
 
+  it("a process cannot read or write another's memory, environment or descriptors in its sandbox: the init that started it, a sibling", async () => {
+    const r = await node(`
+      const { spawn } = require('child_process'); const fs = require('fs')
+      const sibling = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 5000)'], { env: { SIBLING: 'sibling-secret' } })
+      setTimeout(() => {
+        const got = {}
+        const tryIt = (name, f) => { try { f(); got[name] = 'allowed' } catch (e) { got[name] = e.code } }
+        for (const [who, pid] of [['init', process.ppid], ['sibling', sibling.pid]]) {
+          tryIt(who + ' status', () => fs.readFileSync('/proc/' + pid + '/status'))
+          tryIt(who + ' environ', () => fs.readFileSync('/proc/' + pid + '/environ'))
+          tryIt(who + ' mem', () => fs.closeSync(fs.openSync('/proc/' + pid + '/mem', 'r+')))
+          tryIt(who + ' fd', () => fs.readdirSync('/proc/' + pid + '/fd'))
+        }
+        console.log(JSON.stringify(got)); sibling.kill()
+      }, 300)`)
+    const got = JSON.parse(r.stdout)
+    // Both are there (their status is public), and closed: every process runs an execute-only
+    // Node, so each is non-dumpable (a plain Node lets a sibling read all three).
+    expect(got).toEqual({
+      'init status': 'allowed', 'init environ': 'EACCES', 'init mem': 'EACCES', 'init fd': 'EACCES',
+      'sibling status': 'allowed', 'sibling environ': 'EACCES', 'sibling mem': 'EACCES', 'sibling fd': 'EACCES',
+    })
+  })
+
   it('runs without capabilities, with no_new_privs, and as an unprivileged host uid', async () => {
     const r = await sh('grep -E "^(CapEff|CapBnd|NoNewPrivs|Seccomp):" /proc/self/status; id -u')
     expect(r.stdout).toMatch(/CapEff:\s+0000000000000000/)

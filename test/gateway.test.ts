@@ -85,7 +85,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       }
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(16)
+      expect(others.length, run.output).toBe(17)
       expect(run.output).not.toContain('attack-secret')
       expect(run.output).toMatch(/^HOST-PROTO clean$/m)
       // Coverage: reports of given files only, written only under the coverage folder.

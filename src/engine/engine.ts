@@ -8,6 +8,7 @@ import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { detectHost, type HostInfo } from './host.js'
+import { execOnlyCopy } from './exec-only.js'
 import { LayerStore, newId, type SnapshotRecord } from './layers.js'
 import type { SandboxLimits } from './policy.js'
 import { LocalSandbox, SandboxError } from './sandbox.js'
@@ -112,9 +113,10 @@ export class Engine {
 
   /** Check the host (bubblewrap, util-linux) and prepare the state folder. */
   static async start(opts: EngineOptions = {}): Promise<Engine> {
-    const host = detectHost()
-    const layers = new LayerStore(path.resolve(opts.stateDir ?? defaultStateDir()), host)
+    const detected = detectHost()
+    const layers = new LayerStore(path.resolve(opts.stateDir ?? defaultStateDir()), detected)
     await layers.init()
+    const host = { ...detected, sandboxNode: await execOnlyCopy(path.join(layers.root, 'node'), process.execPath) }
     log('engine ready: bwrap %s, state %s, sandbox uid %d', host.bwrapVersion, layers.root, host.uid)
     return new Engine(host, layers, opts)
   }

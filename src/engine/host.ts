@@ -21,6 +21,8 @@ export interface HostInfo {
   gid: number
   /** Host directory holding the running Node (its `bin/node`), bound read-only into sandboxes. */
   nodePrefix: string
+  /** An execute-only copy of that Node, bound over it in sandboxes (exec-only.ts). */
+  sandboxNode?: string
 }
 
 /** The unprivileged host identity sandboxes use when the engine runs as root (`nobody`). */

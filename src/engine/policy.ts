@@ -65,6 +65,11 @@ function nodeFromUsr(host: HostInfo): boolean {
   return host.nodePrefix === '/usr' || host.nodePrefix.startsWith('/usr/')
 }
 
+/** The running Node's path inside a sandbox. */
+function sandboxNodePath(host: HostInfo): string {
+  return nodeFromUsr(host) ? process.execPath : `${NODE_MOUNT}/bin/node`
+}
+
 /** PATH inside a sandbox: the running Node's bin first, then the system's. */
 export function sandboxPath(host: HostInfo): string {
   const nodeBin = nodeFromUsr(host) ? path.join(host.nodePrefix, 'bin') : `${NODE_MOUNT}/bin`
@@ -92,6 +97,8 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     // After the root is in place (bubblewrap mounts in order).
     ...(opts.network === 'host' ? hostResolver() : []),
     ...(nodeFromUsr(host) ? [] : ['--ro-bind', host.nodePrefix, NODE_MOUNT]),
+    // Node as every process of the sandbox runs it: execute-only, so each one is non-dumpable.
+    ...(host.sandboxNode ? ['--ro-bind', host.sandboxNode, sandboxNodePath(host)] : []),
     '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
     '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
     ...(opts.channelSocket ? ['--ro-bind', opts.channelSocket, CHANNEL_PATH] : []),
@@ -101,7 +108,7 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     '--clearenv', '--setenv', 'PATH', sandboxPath(host), '--setenv', 'HOME', SANDBOX_HOME,
     '--chdir', SANDBOX_HOME,
     '--seccomp', '3',
-    '--', nodeFromUsr(host) ? process.execPath : `${NODE_MOUNT}/bin/node`, `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
+    '--', sandboxNodePath(host), `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
   ]
   // The root overlay, then one overlay per host layer on top of it (bubblewrap binds the root
   // with its submounts), then bubblewrap.
