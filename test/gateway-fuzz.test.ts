@@ -43,6 +43,8 @@ beforeAll(async () => {
     coverageProvider: () => 'istanbul',
     snapshotPath: () => {},
     benchmarkRefusal: () => undefined,
+    bail: () => 1,
+    failedTests: () => 0,
   }
 })
 
@@ -77,7 +79,8 @@ describe('the host gateway under random input', () => {
       { t: 'q', i: `g${++serial}`, m: 'resolveSnapshotPath', a: [pick([`${root}/test/a.test.ts`, `${root}/test/b.test.ts`, secret])] },
       { t: 'q', i: `h${++serial}`, m: 'onUserConsoleLog', a: [{ type: 'stdout', content: 'x', taskId: pick(['own', 'other', 'src/x.ts:1', '__vitest__unknown_test__']) }] },
       { t: 'q', i: `j${++serial}`, m: 'onUnhandledError', a: [{ message: 'x', stack: `Error\n    at ${secret}:1:1` }, 'Unhandled Error'] },
-      { t: 'q', m: 'onCancel', a: ['test-failure'] },
+      { t: 'q', m: 'onCancel', a: [pick(['test-failure', 'keyboard-input'])] },
+      { t: 'q', i: `l${++serial}`, m: 'snapshotSaved', a: [{ filepath: pick([`${root}/test/a.test.ts`, 'test/a.test.ts', `${root}/test/b.test.ts`, secret]), added: pick([0, 1, '1', -1]), fileDeleted: false, matched: 0, unchecked: 0, uncheckedKeys: pick([[], ['k'], [1]]), unmatched: 0, updated: 0 }] },
       { t: 'q', i: `k${++serial}`, m: pick([...Object.keys(REFUSED), '__proto__', 'toString', 'hasOwnProperty']), a: [] },
       { __vitest_worker_response__: true, type: pick(['started', 'testfileFinished', 'bogus', '__proto__']) },
       { t: 's', i: 'g1', r: 1 },
@@ -119,7 +122,7 @@ describe('the host gateway under random input', () => {
         const frame = rnd() < 0.35 ? mutate(pick(seedFrames())) : pick(seedFrames())
         let out
         try {
-          out = gateway.fromWorker(frame)
+          out = gateway.fromWorker(frame, Math.floor(rnd() * 1024 * 1024))
         } catch (err) {
           expect(err, `round ${round} step ${step}: ${String((err as Error).stack)}`).toBeInstanceOf(ProtocolViolation)
           ended++
@@ -134,6 +137,8 @@ describe('the host gateway under random input', () => {
           expect(badArguments(host.m, spec!, host.a)).toBeUndefined()
           if (spec!.rule === 'module') expect(namesSecret(host.a), JSON.stringify(host.a)).toBe(false)
           if (spec!.rule === 'warm') for (const id of host.a[1]) expect(namesSecret([id]), id).toBe(false)
+          if (host.m === 'snapshotSaved') expect([`${root}/test/a.test.ts`, 'test/a.test.ts']).toContain(host.a[0].filepath)
+          if (host.m === 'onCancel') expect(host.a).toEqual(['test-failure'])
           if (host.i !== undefined) {
             expect(host.i).toMatch(/^g\d+$/)
             asked.set(host.i, { workerId: (frame as Record<string, unknown>).i, method: host.m })
@@ -159,6 +164,13 @@ describe('the host gateway under random input', () => {
         expect(gateway.fromHost({ t: 's', i: pick(['a', 'g999999', 0]), r: 1 })).toEqual({})
       }
     }
+    // What one worker holds in flight is bounded in bytes too.
+    const gateway = new Gateway(ctx)
+    const big = 100 * 1024 * 1024
+    for (const n of [1, 2]) gateway.fromWorker({ t: 'q', i: `big${n}`, m: 'getCountOfFailedTests', a: [] }, big)
+    expect(() => gateway.fromWorker({ t: 'q', i: 'big3', m: 'getCountOfFailedTests', a: [] }, big)).toThrow(/over 256 MiB of calls in flight/)
+    gateway.fromHost({ t: 's', i: 'g1', r: 0 })
+    expect(gateway.fromWorker({ t: 'q', i: 'big3', m: 'getCountOfFailedTests', a: [] }, big).toHost).toMatchObject({ i: 'g3' })
     // Both outcomes were exercised, many times.
     expect(passed).toBeGreaterThan(2000)
     expect(ended).toBeGreaterThan(500)

@@ -3,7 +3,8 @@
  * raw frames on a worker's private channel (a reused call id, an answer the host never asked for,
  * a method off the list, a 3 GiB header, results for another test file), and calls the gateway
  * screens (every id form, for existing and missing host files alike; coverage data naming host
- * files, `__proto__` keys and paths with `..`; error stacks naming host files; VITE_ variables).
+ * files, `__proto__` keys and paths with `..`; error stacks naming host files; VITE_ variables),
+ * and seeded fuzzers writing random frame streams cut at random byte boundaries (test/fuzz).
  * The host's output, reports, coverage reports, Object.prototype and files are checked afterwards,
  * on local sandboxes (a direct socket per worker) and relayed through watasu() → serve (the agent's
  * link and module cache), whose API key must not reach the sandbox either.
@@ -52,6 +53,8 @@ const VIOLATIONS: Record<string, RegExp> = {
   huge: /message of 3221225472 bytes is over the limit/,
   forge: /onTaskUpdate: task "-?\d+_0" is not a task of this worker's file/,
   'coverage-env': /onAfterSuiteRun: environment "__proto__" is neither a Vite environment of the host nor the test environment/,
+  cancel: /onCancel: the run is cancelled only for --bail \(set to off\)/,
+  summary: /snapshotSaved: a summary of a file that is not this worker's/,
 }
 
 const CASES = [
@@ -83,7 +86,14 @@ describe('the host gateway, attacked from sandboxed test code', () => {
         expect(failures.join('\n'), name).toMatch(/broke the host gateway's protocol and was ended/)
         expect(failures.join('\n'), name).toMatch(why)
       }
-      const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/'))
+      // The fuzzers (seeded, printed): each file passes or is ended for a violation, nothing else.
+      const fuzzed = Object.entries(tests).filter(([k]) => k.includes('/fuzz/'))
+      expect(fuzzed.filter(([k]) => k.endsWith('(file)')).length, run.output).toBe(3)
+      for (const [name, t] of fuzzed) if (t.status === 'failed') expect(t.failures.join('\n'), name).toMatch(/vitest-pool-sandbox: the test worker broke the host gateway's protocol and was ended/)
+      expect(run.output).toMatch(/gateway fuzz fuzz-1: seed \d+/)
+      // fuzz-1 sends 160 MiB in frames under the limit and a real 400 MiB one over it.
+      expect(Number(/^HOST-PEAK-RSS (\d+) MiB$/m.exec(run.output)?.[1]), run.output).toBeLessThan(1024)
+      const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
       expect(others.length, run.output).toBe(17)
       expect(run.output).not.toContain('attack-secret')

@@ -220,6 +220,8 @@ export class SandboxPoolWorker implements PoolWorker {
       coverageProvider: () => (project.vitest.config.coverage?.enabled ? project.vitest.config.coverage.provider : undefined),
       snapshotPath: (testPath, snapPath) => void (this.runFiles.includes(testPath) && this.snapFiles.add(snapPath)),
       benchmarkRefusal: (method, file) => this.hostFiles?.benchmarkRefusal(method, file),
+      bail: () => project.config.bail ?? 0,
+      failedTests: () => project.vitest.state.getCountOfFailedTests(),
     })
     this.hostFiles = new HostFiles({
       workspace,
@@ -342,7 +344,7 @@ export class SandboxPoolWorker implements PoolWorker {
       } catch (err) {
         throw new ProtocolViolation(`a message that does not decode (${(err as Error).message})`)
       }
-      this.onWorkerMessage(message)
+      this.onWorkerMessage(message, payload.length)
     }, MAX_FRAME)
     return (chunk) => {
       if (!current()) return
@@ -383,12 +385,12 @@ export class SandboxPoolWorker implements PoolWorker {
     else void this.failFile(error)
   }
 
-  private onWorkerMessage(message: any): void {
+  private onWorkerMessage(message: any, bytes: number): void {
     if (message?.__sandbox_pool__ === true) {
       if (!Number.isSafeInteger(message.id) || typeof message.op !== 'string' || !Array.isArray(message.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
       return void this.answerHostCall(message)
     }
-    const step = this.gateway!.fromWorker(message)
+    const step = this.gateway!.fromWorker(message, bytes)
     if (step.toWorker) return this.transmit(step.toWorker)
     const out = step.toHost as any
     if (out?.__vitest_worker_response__ && out.type === 'started') {

@@ -22,6 +22,8 @@ import type { RpcFrame } from '../../sandbox-runtime/wire.js'
 
 /** Calls one worker may have in flight. */
 export const MAX_IN_FLIGHT = 1024
+/** Bytes of calls one worker may have in flight (Vitest holds a call's arguments until it answers). */
+export const MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 /** The longest request id a worker may choose (birpc's are 21 characters). */
 const MAX_WORKER_ID = 64
 /** Worker-to-host messages that are not RPC: Vitest's worker responses. */
@@ -53,6 +55,10 @@ export interface GatewayContext {
   snapshotPath(testPath: string, snapPath: string): void
   /** Why a benchmark result path is refused, if it is. */
   benchmarkRefusal(method: string, file: unknown): string | undefined
+  /** The run's `--bail` (0: off). */
+  bail(): number
+  /** Failed tests the host's Vitest has counted so far in the run. */
+  failedTests(): number
 }
 
 /** A call the gateway made for the worker. */
@@ -64,6 +70,8 @@ interface Call {
   screened?: ScreenedCall
   /** For resolveSnapshotPath: the worker's own test file. */
   testPath?: string
+  /** The size of the worker's message, counted against MAX_IN_FLIGHT_BYTES. */
+  bytes: number
 }
 
 /** What to do with a message. */
@@ -76,7 +84,10 @@ export interface Step {
 
 export class Gateway {
   private nextId = 0
+  private bytesInFlight = 0
   private readonly calls = new Map<string, Call>()
+  /** The task ids of the worker's files, for the files they were worked out for. */
+  private own = { files: '', ids: [] as string[] }
   private readonly workerIds = new Set<string | number>()
   private readonly screen: ModuleScreen
 
@@ -89,20 +100,20 @@ export class Gateway {
     return this.calls.size
   }
 
-  /** A message from the worker. Throws ProtocolViolation. */
-  fromWorker(msg: unknown): Step {
+  /** A message from the worker, `bytes` long on the wire. Throws ProtocolViolation. */
+  fromWorker(msg: unknown, bytes = 0): Step {
     if (msg === null || typeof msg !== 'object') throw new ProtocolViolation('a message that is not an object')
     const m = msg as Record<string, unknown>
     if (m.__vitest_worker_response__ === true) {
       if (typeof m.type !== 'string' || !WORKER_RESPONSES.has(m.type)) throw new ProtocolViolation(`an unknown worker response ${JSON.stringify(String(m.type)).slice(0, 80)}`)
       return { toHost: m }
     }
-    if (m.t === 'q') return this.call(m as RpcFrame)
+    if (m.t === 'q') return this.call(m as RpcFrame, bytes)
     if (m.t === 's') throw new ProtocolViolation('an answer, but the host asked the worker nothing')
     throw new ProtocolViolation('a message of no known kind')
   }
 
-  private call(frame: RpcFrame): Step {
+  private call(frame: RpcFrame, bytes: number): Step {
     const method = frame.m
     const spec = methodSpec(method, this.ctx.major)
     if (!spec) {
@@ -119,8 +130,9 @@ export class Gateway {
       if ((typeof id !== 'string' && typeof id !== 'number') || String(id).length > MAX_WORKER_ID || id === '' || id === 0) throw new ProtocolViolation('a call id that is not a short string or number')
       if (this.workerIds.has(id)) throw new ProtocolViolation(`a second call with id ${JSON.stringify(String(id))} while the first is in flight`)
       if (this.calls.size >= MAX_IN_FLIGHT) throw new ProtocolViolation(`over ${MAX_IN_FLIGHT} calls in flight`)
+      if (this.bytesInFlight + bytes > MAX_IN_FLIGHT_BYTES) throw new ProtocolViolation(`over ${MAX_IN_FLIGHT_BYTES / 1024 / 1024} MiB of calls in flight`)
     }
-    const call: Call = { workerId: frame.i as string | number, method: method!, spec }
+    const call: Call = { workerId: frame.i as string | number, method: method!, spec, bytes }
     const early = this.apply(call, args)
     if (early) {
       if (event) return {}
@@ -135,6 +147,7 @@ export class Gateway {
     const id = `g${++this.nextId}`
     this.calls.set(id, call)
     this.workerIds.add(call.workerId)
+    this.bytesInFlight += call.bytes
     return { t: 'q', i: id, m: call.method, a: call.screened!.args }
   }
 
@@ -189,6 +202,12 @@ export class Gateway {
         call.testPath = testPath
         return undefined
       }
+      case 'bail': {
+        // What Vitest's worker does: cancel when a failed test brings the run's count to --bail.
+        const bail = ctx.bail()
+        if (args[0] !== 'test-failure' || !bail || ctx.failedTests() + 1 < bail) throw new ProtocolViolation(`onCancel: the run is cancelled only for --bail (set to ${bail || 'off'}), after a failure that reaches it`)
+        return undefined
+      }
       case 'host-file': {
         const refused = ctx.benchmarkRefusal(call.method, args[0])
         return refused ? { e: refusal(`vitest-pool-sandbox: ${refused}`) } : undefined
@@ -198,17 +217,26 @@ export class Gateway {
     }
   }
 
+  /** The task ids of the worker's files (worked out again only when its files change). */
+  private ownIds(): string[] {
+    const files = this.ctx.runFiles()
+    const key = files.join('\0')
+    if (this.own.files !== key) this.own = { files: key, ids: files.map((f) => this.ctx.fileTaskId(f)) }
+    return this.own.ids
+  }
+
   /** Task ids a call names must belong to the worker's own files. */
   private ownTasks(method: string, args: unknown[]): void {
-    const own = this.ctx.runFiles().map((f) => this.ctx.fileTaskId(f))
+    const own = this.ownIds()
     const isOwn = (id: unknown) => typeof id === 'string' && own.some((o) => id === o || id.startsWith(`${o}_`))
     const check = (id: unknown, what: string) => {
       if (!isOwn(id)) throw new ProtocolViolation(`${method}: ${what} ${JSON.stringify(String(id)).slice(0, 80)} is not a task of this worker's file`)
     }
+    const isOwnFile = (file: unknown) => typeof file === 'string' && this.ctx.runFiles().includes(path.resolve(this.ctx.rules.root, file))
     const checkFile = (file: any) => {
       if (file === null || typeof file !== 'object') throw new ProtocolViolation(`${method}: a file that is not an object`)
       check(file.id, 'file id')
-      if (typeof file.filepath !== 'string' || !this.ctx.runFiles().includes(path.resolve(file.filepath))) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+      if (!isOwnFile(file.filepath)) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
     }
     switch (method) {
       case 'onQueued':
@@ -220,11 +248,14 @@ export class Gateway {
         for (const event of args[1] as unknown[]) check(Array.isArray(event) ? event[0] : undefined, 'task')
         return
       case 'onTaskArtifactRecord':
-        return check(args[0], 'task')
       case 'onTestBenchmark':
         return check(args[0], 'task')
       case 'onTestModuleDependencies':
-        if (!this.ctx.runFiles().includes(path.resolve(args[0] as string))) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+        if (!isOwnFile(args[0])) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+        return
+      case 'snapshotSaved':
+        if (!isOwnFile((args[0] as { filepath?: unknown }).filepath)) throw new ProtocolViolation(`${method}: a summary of a file that is not this worker's`)
+        args[0] = snapshotSummary(method, args[0] as Record<string, unknown>)
         return
       case 'onUserConsoleLog': {
         // Vitest names a log's task by the test running, else by a stack frame's path (or
@@ -247,6 +278,7 @@ export class Gateway {
     if (!call) return {}
     this.calls.delete(id!)
     this.workerIds.delete(call.workerId)
+    this.bytesInFlight -= call.bytes
     const answer = (a: { result?: unknown; error?: unknown }): Step => ({ toWorker: a.error !== undefined ? { t: 's', i: call.workerId, e: a.error } : { t: 's', i: call.workerId, r: a.result } })
     switch (call.spec.rule) {
       case 'module':
@@ -278,6 +310,27 @@ function fetchOptions(options: unknown, carrier: unknown): [unknown, unknown] {
   const headers: Record<string, string> = {}
   for (const key of ['traceparent', 'tracestate', 'baggage']) if (typeof c[key] === 'string' && (c[key] as string).length <= 8192) headers[key] = c[key] as string
   return [kept, headers]
+}
+
+/** The counts Vitest's snapshot summary adds up: whole numbers in range, and the keys it lists. */
+function snapshotSummary(method: string, s: Record<string, unknown>): Record<string, unknown> {
+  const count = (key: string) => {
+    const n = s[key]
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || (n as number) > 1e7) throw new ProtocolViolation(`${method}: ${key} is not a count`)
+    return n
+  }
+  const keys = s.uncheckedKeys ?? []
+  if (!Array.isArray(keys) || keys.length > 100_000 || keys.some((k) => typeof k !== 'string' || k.length > 4096)) throw new ProtocolViolation(`${method}: uncheckedKeys is not a list of names`)
+  return {
+    filepath: s.filepath,
+    added: count('added'),
+    fileDeleted: s.fileDeleted === true,
+    matched: count('matched'),
+    unchecked: count('unchecked'),
+    uncheckedKeys: keys,
+    unmatched: count('unmatched'),
+    updated: count('updated'),
+  }
 }
 
 /** An error the gateway answers with: no host stack (it would name the host's install paths). */

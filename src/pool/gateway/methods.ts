@@ -18,6 +18,8 @@ export type Rule =
   | 'errors'
   /** the test path must be the worker's own file; the answer is that file's `.snap` */
   | 'snapshot-path'
+  /** cancels the run: only as `--bail` does, when the host's failed count reaches it */
+  | 'bail'
   /** a host path read or written: checked by the host file service */
   | 'host-file'
   /** nothing of the host's files is involved */
@@ -69,9 +71,9 @@ export const METHODS: Readonly<Record<string, MethodSpec>> = Object.freeze({
   onAsyncLeaks: { since: 4, args: [array], rule: 'errors', host: 'async leaks: printed with a code frame of the first stack frame\'s file' },
   onAfterSuiteRun: { since: 4, args: [object], rule: 'coverage', host: 'coverage data for the host\'s coverage provider, which reads the files it names' },
   resolveSnapshotPath: { since: 4, args: [PATH], rule: 'snapshot-path', host: 'maps a test file to its `.snap` path (no file access)' },
-  snapshotSaved: { since: 4, args: [object], rule: 'plain', host: 'snapshot summary counts' },
+  snapshotSaved: { since: 4, args: [object], rule: 'tasks', host: 'adds a file\'s snapshot counts and obsolete keys to the run\'s summary' },
   getCountOfFailedTests: { since: 4, args: [], rule: 'plain', host: 'a number (for `--bail`)' },
-  onCancel: { since: 4, args: [optional(NAME)], rule: 'plain', host: 'cancels the run (`--bail`)' },
+  onCancel: { since: 4, args: [optional(NAME)], rule: 'bail', host: 'cancels the run (`--bail`)' },
   onTestModuleDependencies: { since: 5, args: [PATH, arrayOf(PATH, 100_000)], rule: 'tasks', host: 'records a test file\'s module dependencies (paths, in Vitest\'s cache)' },
   readBenchmarkResult: { since: 5, args: [PATH], rule: 'host-file', host: 'reads JSON at a path' },
   writeBenchmarkResult: { since: 5, args: [PATH, anything], rule: 'host-file', host: 'writes JSON at a path' },
