@@ -138,8 +138,9 @@ describe('heyo() against the fake daemon', () => {
   })
 
   it('fails a process when code in the sandbox writes an endless line to the terminal, without buffering it', async () => {
-    // The process finds the relay's terminal and writes 17 MiB to it with no newline.
-    const script = "const fs=require('fs');const fd=fs.openSync(fs.readlinkSync('/proc/'+process.ppid+'/fd/0'),'w');const b=Buffer.alloc(1<<20,65);for(let i=0;i<17;i++)fs.writeSync(fd,b);setTimeout(()=>{},30000)"
+    // The process opens the relay's terminal and writes 17 MiB to it with no newline (the relay is
+    // non-dumpable, so its /proc/<pid>/fd is out of reach: the terminal is opened by name).
+    const script = "const fs=require('fs');let fd;try{fd=fs.openSync('/dev/tty','w')}catch{fd=fs.openSync('/dev/pts/'+fs.readdirSync('/dev/pts').find(n=>/^\\d+$/.test(n)),'w')};const b=Buffer.alloc(1<<20,65);for(let i=0;i<17;i++)fs.writeSync(fd,b);setTimeout(()=>{},30000)"
     const proc = await sbx.start({ cmd: 'node', args: ['-e', script] })
     await expect(proc.exited).rejects.toThrow(/heyo: the shell of sandbox \S+ sent bad output: the terminal relay sent a line of over 16777216 bytes/)
   })

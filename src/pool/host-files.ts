@@ -9,7 +9,8 @@
  *   new file-snapshot target;
  * - `'all'` (`-u`): also changed and removed entries, changed inline snapshots and targets, and
  *   removal of the test file's own obsolete `.snap` file;
- * - never: files the host executes or reads as configuration (PROTECTED), in any mode; and a
+ * - never: a path through a symbolic link; files the host executes or reads as configuration
+ *   (PROTECTED), in any mode; and a
  *   file-snapshot target with a code-like name outside `__snapshots__` unless `allowWrite` says so
  *   (test code chooses that path, and the host's config or globalSetup may import it).
  */
@@ -95,6 +96,20 @@ export interface HostFilesContext {
 
 export class HostFileRefusal extends Error {}
 
+/** Whether a path below `root` goes through a symbolic link on the host (a dangling one included). */
+function linkOnTheWay(root: string, file: string): boolean {
+  let at = root
+  for (const part of path.relative(root, file).split(path.sep)) {
+    at = path.join(at, part)
+    try {
+      if (fs.lstatSync(at).isSymbolicLink()) return true
+    } catch {
+      return false // nothing there: nothing further down either
+    }
+  }
+  return false
+}
+
 export class HostFiles {
   private readonly allow
 
@@ -111,14 +126,22 @@ export class HostFiles {
       case 'snapshot:read':
         return fsp.readFile(file, 'utf8').catch((e) => (e.code === 'ENOENT' ? null : Promise.reject(e)))
       case 'snapshot:write':
+        this.noLink(file, 'write')
         return this.write(file, String(args[1]))
       case 'snapshot:remove':
+        this.noLink(file, 'remove')
         return this.remove(file)
-      case 'snapshot:mkdir':
-        return this.mkdir(file)
       default:
         throw new HostFileRefusal(`unknown host call ${op}`)
     }
+  }
+
+  /**
+   * Writes never follow a symbolic link (a dangling one included): the rules below judge a file by
+   * its path, and a link with an innocent name may lead to a config file or a dot-folder.
+   */
+  private noLink(file: string, what: string): void {
+    if (linkOnTheWay(this.ctx.workspace.root, file)) throw new HostFileRefusal(`refused to ${what} ${this.rel(file)} from inside the sandbox: its path goes through a symbolic link`)
   }
 
   /**
@@ -129,6 +152,7 @@ export class HostFiles {
     const file = path.resolve(this.ctx.workspace.root, String(relative))
     if (!this.ctx.workspace.isGiven(file)) return `${method} of ${String(relative)}: not a file given to the sandbox`
     if (method === 'readBenchmarkResult') return undefined
+    if (linkOnTheWay(this.ctx.workspace.root, file)) return `${method} of ${this.rel(file)} refused: its path goes through a symbolic link`
     const protection = this.protection(file) ?? (CODE_NAME.test(file) ? 'its name looks like code' : undefined)
     return protection ? `${method} of ${this.rel(file)} refused: ${protection}` : undefined
   }
@@ -191,12 +215,5 @@ export class HostFiles {
     if (this.ctx.mode() !== 'all') throw new HostFileRefusal(`refused to remove ${this.rel(file)} from inside the sandbox: obsolete snapshot files are removed only with \`vitest -u\``)
     if (!this.ctx.snapFiles().has(file)) throw new HostFileRefusal(`refused to remove ${this.rel(file)} from inside the sandbox: only the running test file's own obsolete .snap file may be removed`)
     await fsp.rm(file, { force: true })
-  }
-
-  private async mkdir(dir: string): Promise<void> {
-    if (fs.existsSync(dir)) return
-    if (this.ctx.mode() === 'none') throw new HostFileRefusal(`refused to create ${this.rel(dir)}/ from inside the sandbox: snapshots are not updated in this run (update mode none)`)
-    if (this.rel(dir).split('/').some((p) => p.startsWith('.'))) throw new HostFileRefusal(`refused to create ${this.rel(dir)}/ from inside the sandbox: dot-folders are configuration`)
-    await fsp.mkdir(dir, { recursive: true })
   }
 }

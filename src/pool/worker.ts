@@ -18,6 +18,7 @@ import type { Fleet, SandboxHost } from './fleet.js'
 import type { Lease } from './slots.js'
 import { HostFileRefusal, HostFiles, type UpdateMode } from './host-files.js'
 import { Gateway, ProtocolViolation } from './gateway/gateway.js'
+import { screenLoads, type LoadingEnvironment } from './gateway/load-screen.js'
 import { fileRules } from './gateway/file-rules.js'
 import { screenConfigEnv } from './gateway/config-env.js'
 import { printable } from './gateway/printable.js'
@@ -207,9 +208,11 @@ export class SandboxPoolWorker implements PoolWorker {
     this.startupStderr = ''
     const workspace = this.fleet.workspace
     const project = this.options.project
+    const rules = fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR])
+    for (const environment of Object.values(project.vite?.environments ?? {})) screenLoads(environment as unknown as LoadingEnvironment, () => rules)
     this.gateway = new Gateway({
       major: Number(project.vitest.version.split('.')[0]),
-      rules: fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR]),
+      rules,
       environments: () => Object.keys(project.vite?.environments ?? {}),
       runFiles: () => this.runFiles,
       fileTaskId: (file) => fileTaskId(project, file),

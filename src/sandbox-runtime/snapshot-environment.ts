@@ -9,11 +9,8 @@ import { VitestSnapshotEnvironment } from 'vitest/runtime'
 type HostCall = (op: string, ...args: unknown[]) => Promise<unknown>
 const call = (process as unknown as Record<symbol, HostCall>)[Symbol.for('vitest-pool-sandbox.host-call')]
 
+// Folders are made on the host with the file written into them (Vitest makes none otherwise).
 class HostSnapshotEnvironment extends VitestSnapshotEnvironment {
-  override async prepareDirectory(dir: string): Promise<void> {
-    await call('snapshot:mkdir', dir)
-  }
-
   override async saveSnapshotFile(file: string, snapshot: string): Promise<void> {
     await call('snapshot:write', file, snapshot)
   }

@@ -13,10 +13,12 @@
  *   rule of their method. A worker names only its own file's tasks.
  */
 import path from 'node:path'
-import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js'
+import { badArguments, methodSpec, REFUSED, type MethodSpec, type Rule } from './methods.js'
 import { ModuleScreen, type ScreenedCall } from './module-screen.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
+import { acyclic, leakRecord, valueBudget } from './errors.js'
+import { ProtocolViolation } from './violation.js'
 import type { FileRules } from './file-rules.js'
 import type { RpcFrame } from '../../sandbox-runtime/wire.js'
 
@@ -24,12 +26,16 @@ import type { RpcFrame } from '../../sandbox-runtime/wire.js'
 export const MAX_IN_FLIGHT = 1024
 /** Bytes of calls one worker may have in flight (Vitest holds a call's arguments until it answers). */
 export const MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
+/** Bytes of results, logs, errors and coverage one worker may send: Vitest keeps them for the run. */
+export const MAX_KEPT_BYTES = 256 * 1024 * 1024
+/** The rules of methods whose data Vitest keeps for the run. */
+const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 /** The longest request id a worker may choose (birpc's are 21 characters). */
 const MAX_WORKER_ID = 64
 /** Worker-to-host messages that are not RPC: Vitest's worker responses. */
 const WORKER_RESPONSES = new Set(['started', 'stopped', 'testfileFinished'])
 
-export class ProtocolViolation extends Error {}
+export { ProtocolViolation }
 
 /** What the gateway needs to know of the worker's run; all of it from the host. */
 export interface GatewayContext {
@@ -85,6 +91,7 @@ export interface Step {
 export class Gateway {
   private nextId = 0
   private bytesInFlight = 0
+  private bytesKept = 0
   private readonly calls = new Map<string, Call>()
   /** The task ids of the worker's files, for the files they were worked out for. */
   private own = { files: '', ids: [] as string[] }
@@ -123,6 +130,7 @@ export class Gateway {
     }
     const wrong = badArguments(method!, spec, frame.a)
     if (wrong) throw new ProtocolViolation(wrong)
+    if (KEPT.has(spec.rule) && (this.bytesKept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / 1024 / 1024} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
     const args = [...(frame.a as unknown[])]
     const event = frame.i === undefined
     if (!event) {
@@ -172,13 +180,16 @@ export class Gateway {
       case 'tasks':
         this.ownTasks(call.method, args)
         if (call.method === 'onTaskArtifactRecord') {
-          const refused = refusedAttachment(args[1], (p) => ctx.rules.isGiven(path.resolve(ctx.rules.root, p)))
+          // Read as Vitest reads it: relative to the project root, through any link.
+          const refused = refusedAttachment(args[1], (p) => ctx.rules.isGiven(path.resolve(ctx.projectRoot, p)))
           // Vitest would copy that host file into the attachments folder.
           if (refused) return { e: refusal(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) }
         }
         if (call.method === 'onTaskUpdate' || call.method === 'onCollected') screenPaths(args, ctx.rules.mayName)
         return undefined
       case 'errors':
+        if (call.method === 'onAsyncLeaks') args[0] = (args[0] as unknown[]).map((leak) => leakRecord(leak, ctx.rules.mayName, ctx.projectName))
+        else args[0] = acyclic(args[0])
         screenPaths(args, ctx.rules.mayName)
         return undefined
       case 'coverage': {
@@ -233,10 +244,23 @@ export class Gateway {
       if (!isOwn(id)) throw new ProtocolViolation(`${method}: ${what} ${JSON.stringify(String(id)).slice(0, 80)} is not a task of this worker's file`)
     }
     const isOwnFile = (file: unknown) => typeof file === 'string' && this.ctx.runFiles().includes(path.resolve(this.ctx.rules.root, file))
+    // Vitest registers every task of the tree by its id, and prints and writes each one's result.
+    const budget = valueBudget()
+    const checkTree = (task: any, seen: Set<object>) => {
+      if (task === null || typeof task !== 'object') throw new ProtocolViolation(`${method}: a task that is not an object`)
+      if (seen.has(task)) return
+      seen.add(task)
+      check(task.id, 'task')
+      task.result = acyclic(task.result, budget)
+      task.meta = acyclic(task.meta, budget)
+      if (task.tasks !== undefined && !Array.isArray(task.tasks)) throw new ProtocolViolation(`${method}: tasks that are not a list`)
+      for (const child of task.tasks ?? []) checkTree(child, seen)
+    }
     const checkFile = (file: any) => {
       if (file === null || typeof file !== 'object') throw new ProtocolViolation(`${method}: a file that is not an object`)
       check(file.id, 'file id')
       if (!isOwnFile(file.filepath)) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+      checkTree(file, new Set())
     }
     switch (method) {
       case 'onQueued':
@@ -244,12 +268,18 @@ export class Gateway {
       case 'onCollected':
         return (args[0] as unknown[]).forEach(checkFile)
       case 'onTaskUpdate':
-        for (const pack of args[0] as unknown[]) check(Array.isArray(pack) ? pack[0] : undefined, 'task')
+        for (const pack of args[0] as unknown[]) {
+          check(Array.isArray(pack) ? pack[0] : undefined, 'task')
+          ;(pack as unknown[])[1] = acyclic((pack as unknown[])[1], budget)
+          ;(pack as unknown[])[2] = acyclic((pack as unknown[])[2], budget)
+        }
         for (const event of args[1] as unknown[]) check(Array.isArray(event) ? event[0] : undefined, 'task')
         return
       case 'onTaskArtifactRecord':
       case 'onTestBenchmark':
-        return check(args[0], 'task')
+        check(args[0], 'task')
+        args[1] = acyclic(args[1], budget)
+        return
       case 'onTestModuleDependencies':
         if (!isOwnFile(args[0])) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
         return
@@ -262,6 +292,7 @@ export class Gateway {
         // "unknown"): text printed as the log's header. Only another file's task is refused.
         const taskId = (args[0] as { taskId?: unknown }).taskId
         if (taskId !== undefined && !isOwn(taskId) && this.ctx.isTask(taskId)) check(taskId, 'task')
+        args[0] = acyclic(args[0], budget)
         return
       }
     }

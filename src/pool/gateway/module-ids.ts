@@ -71,6 +71,12 @@ export function readModuleId(id: string, importerPath: string | undefined): Modu
     const inner = readModuleId(id.slice(5).replace(/^__x00__/, '\0'), importerPath)
     return inner.kind === 'file' ? { ...inner, id: '/@id/' + inner.id, head: '/@id/' + inner.head } : inner.kind === 'other' ? { kind: 'other', id } : { kind: 'refused', id }
   }
+  if (id.startsWith('\0')) {
+    // A virtual id that names a path (`\0/x`, as plugins make them) is read as that path: Vite's
+    // answer for it tells, by its wording, whether the file exists.
+    const inner = readModuleId(id.slice(1), importerPath)
+    return inner.kind === 'file' ? { ...inner, id: '\0' + inner.id, head: '\0' + inner.head } : inner.kind === 'other' ? { kind: 'other', id } : { kind: 'refused', id }
+  }
   const [bare, tail] = splitQuery(id)
   if (/^file:/i.test(id)) {
     // Any slash count, `localhost`, escapes: one form, file:///path.

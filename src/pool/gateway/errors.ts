@@ -1,0 +1,81 @@
+/**
+ * Errors, results and leak records from a worker, in the shape Vitest's own worker sends them:
+ * Vitest serializes them in the worker (cycles become "[Circular]"), and the host's reporters
+ * print and write them recursively (an error's `cause`, a result as JSON). A raw message may hold
+ * cycles or endless nesting; the gateway copies what it passes the way Vitest would have sent it.
+ */
+import path from 'node:path'
+import { ABSENT } from './module-ids.js'
+import { ProtocolViolation } from './violation.js'
+
+/** Nesting deeper than Vitest's own serialized errors ever go. */
+const MAX_DEPTH = 64
+/** Values one copy may hold: shared parts are copied once per use, so a small message could unfold without end. */
+const MAX_VALUES = 1_000_000
+
+/** A budget of values for the copies of one message. */
+export const valueBudget = () => ({ left: MAX_VALUES })
+
+/** A copy of `value` without cycles (as "[Circular]") or nesting beyond MAX_DEPTH ("[Deep]"). */
+export function acyclic(value: unknown, budget = valueBudget()): unknown {
+  const on: object[] = []
+  const copy = (v: unknown): unknown => {
+    if (--budget.left < 0) throw new ProtocolViolation(`an error or result of over ${MAX_VALUES} values`)
+    if (v === null || typeof v !== 'object') return v
+    if (on.includes(v)) return '[Circular]'
+    if (on.length >= MAX_DEPTH) return '[Deep]'
+    on.push(v)
+    let out: unknown
+    if (Array.isArray(v)) out = v.map(copy)
+    else {
+      const o: Record<string, unknown> = {}
+      for (const key of Object.keys(v)) Object.defineProperty(o, key, { value: copy((v as Record<string, unknown>)[key]), enumerable: true, writable: true, configurable: true })
+      // Error objects keep message and stack as own, non-enumerable fields.
+      if (v instanceof Error) for (const key of ['name', 'message', 'stack'] as const) if (typeof v[key] === 'string') o[key] = v[key]
+      out = o
+    }
+    on.pop()
+    return out
+  }
+  return copy(value)
+}
+
+/** A frame of a V8 stack: `at [method (]location:line:column[)]`. */
+const FRAME = /^\s*at (?:(.*?) \()?(.+?):(\d+):(\d+)\)?$/
+
+/**
+ * A leak record as Vitest prints it (`<type> leaking in <filename>`, then a code frame of the
+ * first frame's file, read from disk without asking the module graph): rebuilt with V8 frames
+ * only, each file resolved as Vitest's stack parser resolves it and moved under ABSENT when the
+ * sandbox may not name it. Lines that are not such frames are dropped.
+ */
+export function leakRecord(leak: unknown, mayName: (file: string) => boolean, projectName: string): Record<string, unknown> {
+  const l = leak as Record<string, unknown>
+  if (l === null || typeof l !== 'object' || typeof l.type !== 'string' || typeof l.stack !== 'string' || typeof l.filename !== 'string') throw new ProtocolViolation('onAsyncLeaks: a leak that is not { type, stack, filename }')
+  const [head, ...lines] = l.stack.split('\n')
+  const frames = lines.flatMap((line) => {
+    const m = FRAME.exec(line)
+    if (!m) return []
+    const [, method, location, row, column] = m
+    const file = frameFile(location)
+    const named = file.startsWith('node:') || file.startsWith('internal:') || mayName(file) ? file : ABSENT + file
+    return [`    at ${method ? `${method.replace(/[()@\n]/g, '_')} (` : ''}${named}:${row}:${column}${method ? ')' : ''}`]
+  })
+  // The message line can never read as a frame.
+  const message = `Error: ${head.replace(/^\s*(Error: )?/, '').slice(0, 4096)}`
+  const filename = l.filename.startsWith('node:') || mayName(path.resolve(l.filename)) ? l.filename : ABSENT + path.resolve(l.filename)
+  return { type: l.type.slice(0, 256), stack: [message, ...frames].join('\n'), filename, projectName }
+}
+
+/** The file of a frame's location, as Vitest's stack parser reads it (file: and /@fs/ stripped, resolved). */
+function frameFile(location: string): string {
+  let file = location.startsWith('async ') ? location.slice(6) : location
+  if (/^https?:/.test(file)) {
+    try {
+      file = new URL(file).pathname
+    } catch {}
+  }
+  if (file.startsWith('/@fs/')) file = file.slice(4)
+  if (file.startsWith('file://')) file = file.slice(7)
+  return file.startsWith('node:') || file.startsWith('internal:') ? file : path.resolve(file)
+}
