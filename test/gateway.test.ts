@@ -35,7 +35,13 @@ function filesUnder(dir: string): string[] {
   return fs.readdirSync(dir, { withFileTypes: true, recursive: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name))
 }
 
+/** What the harness makes in the fixture (a run that was cut short may have left it). */
+function removeMade(): void {
+  for (const f of ['.env', 'coverage', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js']) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+}
+
 beforeAll(() => {
+  removeMade()
   hostDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-gw-'))
   fs.writeFileSync(path.join(hostDir, 'secret.js'), 'attack-secret-outside\nattack-secret-line-2\n')
   fs.writeFileSync(path.join(FIXTURE, '.env'), 'VITE_DOTENV=attack-secret-vite-dotenv\n')
@@ -58,30 +64,64 @@ function generateSourceMapAttacks(): void {
   fs.mkdirSync(dir, { recursive: true })
   fs.writeFileSync(path.join(hostDir, 'app.js.map'), JSON.stringify({ version: 3, sources: ['app.ts'], sourcesContent: ['attack-secret-sourcemap'], names: [], mappings: 'AAAA' }))
   fs.writeFileSync(path.join(hostDir, 'notjson.map'), 'atkmark-not-json\n')
-  const inline = (map: object) => `//# sourceMappingURL=data:application/json;base64,${Buffer.from(JSON.stringify(map)).toString('base64')}\n`
   const secret = path.join(hostDir, 'secret.js')
-  const mapOf = (from: string) => ({ version: 3, sources: [path.relative(from, secret), '/proc/self/environ'], names: [], mappings: 'AAAA;ACAA' })
-  fs.writeFileSync(path.join(FIXTURE, 'src/generated-mapped.js'), `export function f(x) {\n  return x + 1\n}\n${inline(mapOf(path.join(FIXTURE, 'src')))}`)
-  fs.writeFileSync(path.join(dir, 'external-map.js'), `export const a = 1\n//# sourceMappingURL=${path.relative(dir, path.join(hostDir, 'app.js.map'))}\n`)
-  fs.writeFileSync(path.join(dir, 'not-json-map.js'), `export const b = 2\n//# sourceMappingURL=${path.relative(dir, path.join(hostDir, 'notjson.map'))}\n`)
-  fs.writeFileSync(
-    path.join(dir, 'source-maps.test.ts'),
+  const inline = (map: object, mime = 'application/json') => `//# sourceMappingURL=data:${mime};base64,${Buffer.from(JSON.stringify(map)).toString('base64')}\n`
+  const mapOf = (from: string, sources = [path.relative(from, secret), '/proc/self/environ']) => ({ version: 3, sources, names: [], mappings: 'AAAA;ACAA' })
+  const write = (name: string, text: string) => fs.writeFileSync(path.join(dir, name), text)
+  // Every form convert-source-map reads: application/json, text/json, no type; a source with a
+  // query (Vite drops it before reading); a .map file outside; one that is not JSON.
+  fs.writeFileSync(path.join(FIXTURE, 'src/generated-mapped.js'), `export function f(x) {\n  return x + 1\n}\n${inline(mapOf(path.join(FIXTURE, 'src')), 'text/json')}`)
+  write('no-type.js', `export const c = 3\n${inline(mapOf(dir), '')}`)
+  write('query-source.js', `export const d = 4\n${inline(mapOf(dir, [`${secret}?/../../../..${dir}/zz`]))}`)
+  write('external-map.js', `export const a = 1\n//# sourceMappingURL=${path.relative(dir, path.join(hostDir, 'app.js.map'))}\n`)
+  write('not-json-map.js', `export const b = 2\n//# sourceMappingURL=${path.relative(dir, path.join(hostDir, 'notjson.map'))}\n`)
+  // Never imported (not in the host's module graph): Vitest reads them, and the map they name, for a stack frame.
+  write('frame-existing.js', `export {}\n//# sourceMappingURL=${path.relative(dir, secret)}\n`)
+  write('frame-missing.js', `export {}\n//# sourceMappingURL=${path.relative(dir, path.join(hostDir, 'nothere.js'))}\n`)
+  // The host's import analysis resolves what a given module imports.
+  write('import-existing.js', `import x from '${secret}'\nexport { x }\n`)
+  write('import-missing.js', `import x from '${path.join(hostDir, 'nothere.js')}'\nexport { x }\n`)
+  fs.mkdirSync(path.join(FIXTURE, 'test/node_modules'), { recursive: true })
+  fs.symlinkSync(hostDir, path.join(FIXTURE, 'test/node_modules/evil'))
+  write(
+    'source-maps.test.ts',
     `import { expect, it } from 'vitest'
+import { fileTaskId } from '../raw'
 import { f } from '../../src/generated-mapped.js'
 import { a } from './external-map.js'
 import { b } from './not-json-map.js'
+import { c } from './no-type.js'
+import { d } from './query-source.js'
 
 const rpc = (globalThis as any).__vitest_worker__.rpc
+const dir = import.meta.dirname
 const decoded = (s: string) => s.replace(/base64,([A-Za-z0-9+/=]+)/g, (_, b64) => Buffer.from(b64, 'base64').toString('utf8'))
+// Markers made at run time: this file's own source (in its map) must not match them.
+const SECRET = ['attack', 'sec'].join('-')
+const ENV = new RegExp(['PA', 'TH=|HO', 'ME='].join(''))
+const text = (v: unknown) => decoded(JSON.stringify(v, (_, x) => (x instanceof Error ? x.message : x)) ?? 'undefined')
+const settled = (p: Promise<unknown>) => p.then((r) => 'ok ' + text(r), (e: Error) => 'error ' + e.message)
 
-// Its own map names a host file and the host's environment, with no sourcesContent.
-it('gets no host file through a source map', async () => {
-  expect(f(1) + a + b).toBe(5)
-  for (const id of [import.meta.filename, '${path.join(FIXTURE, 'src/generated-mapped.js')}', '${path.join(dir, 'external-map.js')}']) {
-    const got = decoded(JSON.stringify(await rpc.fetch(id, undefined, 'ssr', {})))
-    // Markers made at run time: this file's own source (in its map) must not match them.
-    expect(got).not.toContain(['attack', 'secret'].join('-'))
-    expect(got).not.toMatch(new RegExp(['PA', 'TH=|HO', 'ME='].join('')))
+it('gets no host file through a source map, in any form', async () => {
+  expect(f(1) + a + b + c + d).toBe(12)
+  for (const id of [import.meta.filename, '${path.join(FIXTURE, 'src/generated-mapped.js')}', ...['external-map', 'no-type', 'query-source', 'not-json-map'].map((n) => \`\${dir}/\${n}.js\`)]) {
+    const got = text(await rpc.fetch(id, undefined, 'ssr', {}))
+    expect(got, id).not.toContain(SECRET)
+    expect(got, id).not.toMatch(ENV)
+  }
+})
+
+it('cannot tell an existing host file from a missing one through a stack frame, an import or a link', async () => {
+  const own = fileTaskId('test/generated/source-maps.test.ts')
+  const frame = (name: string) => settled(rpc.onTaskUpdate([[own, { state: 'run', errors: [{ name: 'Error', message: 'm', stack: \`Error: m\\n    at f (\${dir}/\${name}.js:2:1)\` }] }, undefined]], []))
+  expect(await frame('frame-existing')).toBe(await frame('frame-missing'))
+  for (const env of ['ssr', 'client']) {
+    const imported = async (name: string) => (await settled(rpc.fetch(\`\${dir}/\${name}.js\`, undefined, env, {}))).replace(/secret|nothere/g, 'X').replace(/existing|missing/g, 'Y')
+    expect(await imported('import-existing'), env).toBe(await imported('import-missing'))
+  }
+  for (const form of ['evil/secret.js', 'evil/secret', 'evil/secret.js?raw']) {
+    const linked = async (name: string) => (await settled(rpc.resolve(form.replace('secret', name), import.meta.filename, 'ssr'))).split(name).join('X')
+    expect(await linked('secret'), form).toBe(await linked('nothere'))
   }
 })
 ${inline(mapOf(dir))}`,
@@ -89,7 +129,7 @@ ${inline(mapOf(dir))}`,
 }
 
 afterAll(() => {
-  for (const f of ['.env', 'coverage', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'src/generated-mapped.js']) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+  removeMade()
   fs.rmSync(hostDir, { recursive: true, force: true })
 })
 
@@ -145,11 +185,14 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       expect(Number(/^HOST-PEAK-RSS (\d+) MiB$/m.exec(run.output)?.[1]), run.output).toBeLessThan(1536)
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(24)
+      expect(others.length, run.output).toBe(25)
       expect(run.output).not.toContain('attack-secret')
       expect(run.output).not.toContain('atkmark')
+      expect(run.output).not.toContain('attack-sec')
+      // A task tree that points a test at another file's file object: reported under its own file.
+      expect(run.output).not.toMatch(/FAIL +test\/victim\.test\.ts/)
       // A glob that lists a host folder fails the file's load, naming only the pattern.
-      expect(tests['fixtures/gateway-attack/test/refused/glob.test.ts (file)']?.failures.join('\n'), run.output).toMatch(/import\.meta\.glob pattern ".*" in fixtures\/gateway-attack\/test\/refused\/glob\.test\.ts reaches outside the workspace/)
+      for (const name of ['glob', 'glob-escaped']) expect(tests[`fixtures/gateway-attack/test/refused/${name}.test.ts (file)`]?.failures.join('\n'), run.output).toMatch(new RegExp(`import\\.meta\\.glob pattern ".*" in fixtures/gateway-attack/test/refused/${name}\\.test\\.ts reaches outside the workspace`))
       expect(run.output).toMatch(/^HOST-PROTO clean$/m)
       // Coverage: reports of given files only, written only under the coverage folder.
       const reports = filesUnder(path.join(FIXTURE, 'coverage'))

@@ -209,11 +209,13 @@ export class SandboxPoolWorker implements PoolWorker {
     const workspace = this.fleet.workspace
     const project = this.options.project
     const rules = fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR])
-    for (const environment of Object.values(project.vite?.environments ?? {})) screenLoads(environment as unknown as LoadingEnvironment, () => rules)
+    // The Vite environments a worker loads modules from; Vitest's own (`__vitest__`, `__vitest_vm__`) serve the host.
+    const environments = Object.keys(project.vite?.environments ?? {}).filter((name) => !name.startsWith('__vitest'))
+    for (const name of environments) screenLoads(project.vite.environments[name] as unknown as LoadingEnvironment, () => rules)
     this.gateway = new Gateway({
       major: Number(project.vitest.version.split('.')[0]),
       rules,
-      environments: () => Object.keys(project.vite?.environments ?? {}),
+      environments: () => environments,
       runFiles: () => this.runFiles,
       fileTaskId: (file) => fileTaskId(project, file),
       isTask: (id) => typeof id === 'string' && project.vitest.state.idMap.has(id),

@@ -125,7 +125,7 @@ export async function collectWorkspace(root: string, opts: WorkspaceOptions & Pi
 }
 
 /** The real path of `abs`, or of its nearest existing ancestor joined with the rest (for files not made yet). */
-function realPath(abs: string): string {
+export function realPath(abs: string): string {
   const rest: string[] = []
   for (let p = path.resolve(abs); ; p = path.dirname(p)) {
     try {

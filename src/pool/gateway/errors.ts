@@ -40,31 +40,57 @@ export function acyclic(value: unknown, budget = valueBudget()): unknown {
   return copy(value)
 }
 
-/** A frame of a V8 stack: `at [method (]location:line:column[)]`. */
+/** A line Vitest's stack parser reads as a V8 frame (its CHROME_IE_STACK_REGEXP). */
+const V8_FRAME_LINE = /^\s*at .*(?:\S:\d+|\(native\))/
+/** A V8 frame's parts: `at [method (]location:line:column[)]`. */
 const FRAME = /^\s*at (?:(.*?) \()?(.+?):(\d+):(\d+)\)?$/
 
 /**
- * A leak record as Vitest prints it (`<type> leaking in <filename>`, then a code frame of the
- * first frame's file, read from disk without asking the module graph): rebuilt with V8 frames
- * only, each file resolved as Vitest's stack parser resolves it and moved under ABSENT when the
- * sandbox may not name it. Lines that are not such frames are dropped.
+ * A stack as the host may parse it: each V8 frame's file resolved as Vitest's stack parser resolves
+ * it (relative to the host's cwd, `//`, `file:`, `/@fs/`) and moved under ABSENT unless `mayFrame`
+ * allows it; frame lines it cannot read are dropped. A stack without V8 frames would be parsed in
+ * Firefox's form (`fn@file:1:2`): only its first line is kept, up to any `@`.
  */
-export function leakRecord(leak: unknown, mayName: (file: string) => boolean, projectName: string): Record<string, unknown> {
+export function canonicalStack(stack: string, mayFrame: (file: string) => boolean): string {
+  const lines = stack.split('\n')
+  if (!lines.some((line) => V8_FRAME_LINE.test(line))) return lines[0].replace(/@.*$/, '')
+  return lines
+    .flatMap((line) => {
+      if (!V8_FRAME_LINE.test(line)) return [line]
+      const m = FRAME.exec(line)
+      if (!m) return []
+      const [, method, location, row, column] = m
+      const file = frameFile(location)
+      if (file.startsWith('node:') || file.startsWith('internal:') || mayFrame(file)) return [line]
+      return [`    at ${method ? `${method.replace(/[()@\n]/g, '_')} (` : ''}${ABSENT + file}:${row}:${column}${method ? ')' : ''}`]
+    })
+    .join('\n')
+}
+
+/** Every `stack` string of an (acyclic) value, made canonical, in place; `stacks` lists dropped. */
+export function screenStacks(value: unknown, mayFrame: (file: string) => boolean): void {
+  if (value === null || typeof value !== 'object') return
+  if (Array.isArray(value)) return value.forEach((v) => screenStacks(v, mayFrame))
+  const o = value as Record<string, unknown>
+  if (typeof o.stack === 'string') o.stack = canonicalStack(o.stack, mayFrame)
+  // Frames the host would take as parsed already, unread: it parses `stack` itself.
+  delete o.stacks
+  for (const key of Object.keys(o)) if (key !== 'stack') screenStacks(o[key], mayFrame)
+}
+
+/**
+ * A leak record as Vitest prints it (`<type> leaking in <filename>`, then a code frame of the
+ * first frame's file, read from disk without asking the module graph): rebuilt with a canonical
+ * stack whose message line can never read as a frame.
+ */
+export function leakRecord(leak: unknown, mayFrame: (file: string) => boolean, projectName: string): Record<string, unknown> {
   const l = leak as Record<string, unknown>
   if (l === null || typeof l !== 'object' || typeof l.type !== 'string' || typeof l.stack !== 'string' || typeof l.filename !== 'string') throw new ProtocolViolation('onAsyncLeaks: a leak that is not { type, stack, filename }')
-  const [head, ...lines] = l.stack.split('\n')
-  const frames = lines.flatMap((line) => {
-    const m = FRAME.exec(line)
-    if (!m) return []
-    const [, method, location, row, column] = m
-    const file = frameFile(location)
-    const named = file.startsWith('node:') || file.startsWith('internal:') || mayName(file) ? file : ABSENT + file
-    return [`    at ${method ? `${method.replace(/[()@\n]/g, '_')} (` : ''}${named}:${row}:${column}${method ? ')' : ''}`]
-  })
-  // The message line can never read as a frame.
+  const [head, ...frames] = l.stack.split('\n')
   const message = `Error: ${head.replace(/^\s*(Error: )?/, '').slice(0, 4096)}`
-  const filename = l.filename.startsWith('node:') || mayName(path.resolve(l.filename)) ? l.filename : ABSENT + path.resolve(l.filename)
-  return { type: l.type.slice(0, 256), stack: [message, ...frames].join('\n'), filename, projectName }
+  const stack = canonicalStack([message, ...frames.filter((line) => V8_FRAME_LINE.test(line))].join('\n'), mayFrame)
+  const filename = l.filename.startsWith('node:') || mayFrame(path.resolve(l.filename)) ? l.filename : ABSENT + path.resolve(l.filename)
+  return { type: l.type.slice(0, 256), stack, filename, projectName }
 }
 
 /** The file of a frame's location, as Vitest's stack parser reads it (file: and /@fs/ stripped, resolved). */

@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import type { Workspace } from '../../workspace/collect.js'
+import { realPath, type Workspace } from '../../workspace/collect.js'
 
 export interface FileRules {
   /** The workspace root (Vite reads `/x` as `<root>/x` first). */
@@ -14,6 +14,13 @@ export interface FileRules {
   isGiven(file: string): boolean
   /** May the sandbox learn of `file` (absolute): its existence, name or content? */
   mayName(file: string): boolean
+  /**
+   * May an answer word this path, whatever is there? Given paths, dependencies and runtime files by
+   * their path alone: an error that names another path would tell by its wording what Vite found.
+   */
+  mayWord(file: string): boolean
+  /** Links in the workspace that lead to what is not given (a listing that walks them would show it). */
+  outwardLinks: string[]
 }
 
 /**
@@ -21,13 +28,17 @@ export interface FileRules {
  *   package's snapshot environment)
  */
 export function fileRules(workspace: Workspace, runtimeDirs: string[]): FileRules {
-  const dependency = (file: string) => workspace.relative(file)?.split('/').includes('node_modules') ?? false
+  // A dependency where it really is: a link under node_modules may lead anywhere.
+  const underNodeModules = (file: string) => workspace.relative(file)?.split('/').includes('node_modules') ?? false
+  const dependency = (file: string) => underNodeModules(file) && workspace.relative(realPath(file)) !== undefined
   const runtime = (file: string) => runtimeDirs.some((d) => file === d || file.startsWith(d + path.sep))
   // One worker asks of the same paths again and again (stacks, task trees); its run changes no host file it may not name.
   const answers = new Map<string, boolean>()
   const mayName = (file: string) => !fs.existsSync(file) || workspace.isGiven(file) || dependency(file) || runtime(file)
   return {
     root: workspace.root,
+    mayWord: (file) => workspace.isGiven(file) || underNodeModules(file) || runtime(file),
+    outwardLinks: workspace.files.filter((f) => f.link !== undefined).map((f) => path.join(workspace.root, f.path)).filter((p) => !workspace.isGiven(p)),
     isGiven: (file) => workspace.isGiven(file),
     mayName: (file) => {
       let answer = answers.get(file)

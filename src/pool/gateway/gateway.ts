@@ -17,7 +17,9 @@ import { badArguments, methodSpec, REFUSED, type MethodSpec, type Rule } from '.
 import { ModuleScreen, type ScreenedCall } from './module-screen.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
-import { acyclic, leakRecord, valueBudget } from './errors.js'
+import { acyclic, leakRecord, screenStacks } from './errors.js'
+import { checkTasks, collectedResults, type TaskOwner } from './tasks.js'
+import { namesRefusedMap } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
 import type { FileRules } from './file-rules.js'
 import type { RpcFrame } from '../../sandbox-runtime/wire.js'
@@ -28,6 +30,8 @@ export const MAX_IN_FLIGHT = 1024
 export const MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 /** Bytes of results, logs, errors and coverage one worker may send: Vitest keeps them for the run. */
 export const MAX_KEPT_BYTES = 256 * 1024 * 1024
+/** Characters of module code one worker may be sent: Vite keeps each module it transforms for the run. */
+export const MAX_MODULE_CODE = 512 * 1024 * 1024
 /** The rules of methods whose data Vitest keeps for the run. */
 const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 /** The longest request id a worker may choose (birpc's are 21 characters). */
@@ -92,6 +96,7 @@ export class Gateway {
   private nextId = 0
   private bytesInFlight = 0
   private bytesKept = 0
+  private moduleCode = 0
   private readonly calls = new Map<string, Call>()
   /** The task ids of the worker's files, for the files they were worked out for. */
   private own = { files: '', ids: [] as string[] }
@@ -101,6 +106,20 @@ export class Gateway {
   constructor(private readonly ctx: GatewayContext) {
     this.screen = new ModuleScreen(ctx.rules)
   }
+
+  /**
+   * May a stack frame name this file? The host reads a frame's file, and the source map it names
+   * when the file is not in its module graph (Vitest's stack mapping).
+   */
+  private readonly mayFrame = (file: string): boolean => {
+    let answer = this.frames.get(file)
+    if (answer === undefined) {
+      answer = this.ctx.rules.mayName(file) && !namesRefusedMap(file, this.ctx.rules)
+      if (this.frames.size < 10_000) this.frames.set(file, answer)
+    }
+    return answer
+  }
+  private readonly frames = new Map<string, boolean>()
 
   /** Calls in flight (for tests and the bound). */
   get inFlight(): number {
@@ -131,6 +150,7 @@ export class Gateway {
     const wrong = badArguments(method!, spec, frame.a)
     if (wrong) throw new ProtocolViolation(wrong)
     if (KEPT.has(spec.rule) && (this.bytesKept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / 1024 / 1024} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
+    if ((spec.rule === 'module' || spec.rule === 'warm') && this.moduleCode > MAX_MODULE_CODE) throw new ProtocolViolation(`over ${MAX_MODULE_CODE / 1024 / 1024} MiB of module code asked for (the host keeps every module it transforms)`)
     const args = [...(frame.a as unknown[])]
     const event = frame.i === undefined
     if (!event) {
@@ -178,18 +198,24 @@ export class Gateway {
         call.screened = this.screen.warmCall(args)
         return undefined
       case 'tasks':
-        this.ownTasks(call.method, args)
+        checkTasks(call.method, args, this.owner)
         if (call.method === 'onTaskArtifactRecord') {
           // Read as Vitest reads it: relative to the project root, through any link.
           const refused = refusedAttachment(args[1], (p) => ctx.rules.isGiven(path.resolve(ctx.projectRoot, p)))
           // Vitest would copy that host file into the attachments folder.
           if (refused) return { e: refusal(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) }
         }
-        if (call.method === 'onTaskUpdate' || call.method === 'onCollected') screenPaths(args, ctx.rules.mayName)
+        if (call.method === 'onTaskUpdate' || call.method === 'onCollected') {
+          screenStacks(call.method === 'onTaskUpdate' ? args[0] : collectedResults(args[0] as unknown[]), this.mayFrame)
+          screenPaths(args, ctx.rules.mayName)
+        }
         return undefined
       case 'errors':
-        if (call.method === 'onAsyncLeaks') args[0] = (args[0] as unknown[]).map((leak) => leakRecord(leak, ctx.rules.mayName, ctx.projectName))
-        else args[0] = acyclic(args[0])
+        if (call.method === 'onAsyncLeaks') args[0] = (args[0] as unknown[]).map((leak) => leakRecord(leak, this.mayFrame, ctx.projectName))
+        else {
+          args[0] = acyclic(args[0])
+          screenStacks(args[0], this.mayFrame)
+        }
         screenPaths(args, ctx.rules.mayName)
         return undefined
       case 'coverage': {
@@ -228,74 +254,16 @@ export class Gateway {
     }
   }
 
-  /** The task ids of the worker's files (worked out again only when its files change). */
-  private ownIds(): string[] {
-    const files = this.ctx.runFiles()
-    const key = files.join('\0')
-    if (this.own.files !== key) this.own = { files: key, ids: files.map((f) => this.ctx.fileTaskId(f)) }
-    return this.own.ids
-  }
-
-  /** Task ids a call names must belong to the worker's own files. */
-  private ownTasks(method: string, args: unknown[]): void {
-    const own = this.ownIds()
-    const isOwn = (id: unknown) => typeof id === 'string' && own.some((o) => id === o || id.startsWith(`${o}_`))
-    const check = (id: unknown, what: string) => {
-      if (!isOwn(id)) throw new ProtocolViolation(`${method}: ${what} ${JSON.stringify(String(id)).slice(0, 80)} is not a task of this worker's file`)
-    }
-    const isOwnFile = (file: unknown) => typeof file === 'string' && this.ctx.runFiles().includes(path.resolve(this.ctx.rules.root, file))
-    // Vitest registers every task of the tree by its id, and prints and writes each one's result.
-    const budget = valueBudget()
-    const checkTree = (task: any, seen: Set<object>) => {
-      if (task === null || typeof task !== 'object') throw new ProtocolViolation(`${method}: a task that is not an object`)
-      if (seen.has(task)) return
-      seen.add(task)
-      check(task.id, 'task')
-      task.result = acyclic(task.result, budget)
-      task.meta = acyclic(task.meta, budget)
-      if (task.tasks !== undefined && !Array.isArray(task.tasks)) throw new ProtocolViolation(`${method}: tasks that are not a list`)
-      for (const child of task.tasks ?? []) checkTree(child, seen)
-    }
-    const checkFile = (file: any) => {
-      if (file === null || typeof file !== 'object') throw new ProtocolViolation(`${method}: a file that is not an object`)
-      check(file.id, 'file id')
-      if (!isOwnFile(file.filepath)) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
-      checkTree(file, new Set())
-    }
-    switch (method) {
-      case 'onQueued':
-        return checkFile(args[0])
-      case 'onCollected':
-        return (args[0] as unknown[]).forEach(checkFile)
-      case 'onTaskUpdate':
-        for (const pack of args[0] as unknown[]) {
-          check(Array.isArray(pack) ? pack[0] : undefined, 'task')
-          ;(pack as unknown[])[1] = acyclic((pack as unknown[])[1], budget)
-          ;(pack as unknown[])[2] = acyclic((pack as unknown[])[2], budget)
-        }
-        for (const event of args[1] as unknown[]) check(Array.isArray(event) ? event[0] : undefined, 'task')
-        return
-      case 'onTaskArtifactRecord':
-      case 'onTestBenchmark':
-        check(args[0], 'task')
-        args[1] = acyclic(args[1], budget)
-        return
-      case 'onTestModuleDependencies':
-        if (!isOwnFile(args[0])) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
-        return
-      case 'snapshotSaved':
-        if (!isOwnFile((args[0] as { filepath?: unknown }).filepath)) throw new ProtocolViolation(`${method}: a summary of a file that is not this worker's`)
-        args[0] = snapshotSummary(method, args[0] as Record<string, unknown>)
-        return
-      case 'onUserConsoleLog': {
-        // Vitest names a log's task by the test running, else by a stack frame's path (or
-        // "unknown"): text printed as the log's header. Only another file's task is refused.
-        const taskId = (args[0] as { taskId?: unknown }).taskId
-        if (taskId !== undefined && !isOwn(taskId) && this.ctx.isTask(taskId)) check(taskId, 'task')
-        args[0] = acyclic(args[0], budget)
-        return
-      }
-    }
+  /** The worker's files and their task ids (worked out again only when its files change). */
+  private readonly owner: TaskOwner = {
+    ownIds: () => {
+      const files = this.ctx.runFiles()
+      const key = files.join('\0')
+      if (this.own.files !== key) this.own = { files: key, ids: files.map((f) => this.ctx.fileTaskId(f)) }
+      return this.own.ids
+    },
+    isOwnFile: (file) => typeof file === 'string' && this.ctx.runFiles().includes(path.resolve(this.ctx.rules.root, file)),
+    isTask: (id) => this.ctx.isTask(id),
   }
 
   /**
@@ -314,6 +282,7 @@ export class Gateway {
     switch (call.spec.rule) {
       case 'module':
       case 'warm': {
+        this.moduleCode += codeLength(frame.r)
         const screened = this.screen.answer(call.screened!, frame.r, frame.e)
         if ('retry' in screened) return { toHost: this.ask({ ...call, screened: screened.retry }) }
         return answer(screened)
@@ -343,25 +312,12 @@ function fetchOptions(options: unknown, carrier: unknown): [unknown, unknown] {
   return [kept, headers]
 }
 
-/** The counts Vitest's snapshot summary adds up: whole numbers in range, and the keys it lists. */
-function snapshotSummary(method: string, s: Record<string, unknown>): Record<string, unknown> {
-  const count = (key: string) => {
-    const n = s[key]
-    if (!Number.isSafeInteger(n) || (n as number) < 0 || (n as number) > 1e7) throw new ProtocolViolation(`${method}: ${key} is not a count`)
-    return n
-  }
-  const keys = s.uncheckedKeys ?? []
-  if (!Array.isArray(keys) || keys.length > 100_000 || keys.some((k) => typeof k !== 'string' || k.length > 4096)) throw new ProtocolViolation(`${method}: uncheckedKeys is not a list of names`)
-  return {
-    filepath: s.filepath,
-    added: count('added'),
-    fileDeleted: s.fileDeleted === true,
-    matched: count('matched'),
-    unchecked: count('unchecked'),
-    uncheckedKeys: keys,
-    unmatched: count('unmatched'),
-    updated: count('updated'),
-  }
+/** The length of the module code in an answer (a fetch's, or each of a warm batch's). */
+function codeLength(result: unknown): number {
+  if (!result || typeof result !== 'object') return 0
+  const code = (result as { code?: unknown }).code
+  if (typeof code === 'string') return code.length
+  return Object.values(result).reduce<number>((n, entry) => n + (entry && typeof entry === 'object' && typeof (entry as { code?: unknown }).code === 'string' ? (entry as { code: string }).code.length : 0), 0)
 }
 
 /** An error the gateway answers with: no host stack (it would name the host's install paths). */

@@ -5,31 +5,45 @@
  * folders an `import.meta.glob` lists. The module's file is given, but what it names is chosen by
  * test code, so the gateway decides before Vite reads:
  *
- * - a source map whose file or sources are not all given (or dependencies) is dropped, comment
- *   and all: the module loads as its plain code;
- * - a glob pattern whose base is outside the workspace, or that climbs with `..` after a
- *   wildcard, fails the module's load with an error that names the pattern (which the sandbox
- *   wrote), never what is there.
+ * - a given file is loaded by the gateway, with the source map it may have (source-maps.ts):
+ *   Vite never extracts a map from a given file's comments itself;
+ * - an import the host resolves (import analysis of a given module, an alias, a link under
+ *   node_modules) to a file the sandbox may not name resolves to nothing, as a missing file;
+ * - each `import.meta.glob` is read from Vite's own parse of the module, just before Vite's glob
+ *   plugin expands it, and resolved as that plugin resolves it: a pattern whose fixed part is
+ *   outside the workspace, that climbs with `..` after it, that starts with `**`, that is not a
+ *   literal, or whose folder holds a link out of what is given fails the load with an error that
+ *   names the pattern (which the sandbox wrote), never what is there.
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { FileRules } from './file-rules.js'
-import { debug } from '../../debug.js'
-
-const log = debug('worker')
+import { ownSourceMap } from './source-maps.js'
+import { realPath } from '../../workspace/collect.js'
 
 /** The part of a Vite environment this screen needs. */
 export interface LoadingEnvironment {
-  config: { root: string; resolve?: { alias?: unknown } }
-  pluginContainer: { load(id: string, ...rest: unknown[]): Promise<unknown> }
+  config: { root: string }
+  pluginContainer: {
+    load(id: string, ...rest: unknown[]): Promise<unknown>
+    resolveId(id: string, ...rest: unknown[]): Promise<{ id: string } | null | undefined>
+  }
+  plugins?: ReadonlyArray<{ name: string; transform?: unknown }>
 }
+
+/** What a plugin hook's `this` offers that the glob check uses. */
+interface HookContext {
+  parse(code: string): unknown
+  resolve(id: string, importer?: string): Promise<{ id: string } | null>
+}
+type Handler = (this: HookContext, code: string, id: string, ...rest: unknown[]) => unknown
 
 const screened = new WeakMap<object, { rules: () => FileRules }>()
 
 /**
- * Puts the screen in front of the environment's loads (once; `rules` is read at each load, so a
- * watch-mode run's new workspace counts).
+ * Puts the screen in front of the environment's resolution, loads and glob expansion (once;
+ * `rules` is read each time, so a watch-mode run's new workspace counts). Only the environments
+ * sandboxed workers load from: Vitest's own (`__vitest__`) serves the host.
  */
 export function screenLoads(environment: LoadingEnvironment, rules: () => FileRules): void {
   const known = screened.get(environment)
@@ -40,177 +54,127 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   const load = container.load.bind(container)
   container.load = async (id: string, ...rest: unknown[]) => {
     const result = await load(id, ...rest)
-    return screenLoaded(environment, id, result, state.rules())
+    return result == null ? loadGiven(id, state.rules()) : result
   }
-}
-
-const SOURCE_MAP_COMMENT = /(?:\/\/|\/\*)[#@]\s*sourceMappingURL=([^\s*'"]+)[^\n]*/g
-
-async function screenLoaded(environment: LoadingEnvironment, id: string, result: unknown, rules: FileRules): Promise<unknown> {
-  const file = id.replace(/[?#].*$/, '')
-  if (id.startsWith('\0') || !path.isAbsolute(file)) return result
-  let code: string | undefined
-  if (result == null) {
-    // Vite would read the file itself and then its source map; only given files are read here.
-    if (!rules.isGiven(file)) return result
-    try {
-      code = fs.readFileSync(file, 'utf8')
-    } catch {
-      return result
-    }
-  } else code = typeof result === 'string' ? result : typeof (result as { code?: unknown }).code === 'string' ? (result as { code: string }).code : undefined
-  if (code === undefined) return result
-  if (code.includes('import.meta.glob')) checkGlobs(code, file, environment.config, rules)
-  const mapOk = !code.includes('sourceMappingURL') || [...code.matchAll(SOURCE_MAP_COMMENT)].every((m) => sourceMapAllowed(m[1], file, rules))
-  const resultMap = result && typeof result === 'object' ? (result as { map?: unknown }).map : undefined
-  if (mapOk && (resultMap == null || mapSourcesAllowed(resultMap, path.dirname(file), rules))) return result
-  log('%s: its source map names files that are not given; loaded without it', file)
-  const plain = code.replace(SOURCE_MAP_COMMENT, '')
-  return result && typeof result === 'object' ? { ...(result as object), code: plain, map: null } : { code: plain, map: null }
-}
-
-/** A `sourceMappingURL` target: an inline map, or a map file, all of whose files are given. */
-function sourceMapAllowed(url: string, file: string, rules: FileRules): boolean {
-  const inline = /^data:application\/json(?:;charset=[\w-]+)?(;base64)?,(.*)$/i.exec(url)
-  let text: string
-  let dir = path.dirname(file)
-  if (inline) {
-    try {
-      text = inline[1] ? Buffer.from(inline[2], 'base64').toString('utf8') : decodeURIComponent(inline[2])
-    } catch {
-      return false
+  // Imports inside given modules are resolved by the host too (import analysis, aliases, links
+  // under node_modules): a file the sandbox may not name resolves to nothing, as a missing one.
+  const resolveId = container.resolveId.bind(container)
+  container.resolveId = async (id: string, ...rest: unknown[]) => {
+    const resolved = await resolveId(id, ...rest)
+    const file = resolved?.id.replace(/[?#].*$/, '')
+    return file && path.isAbsolute(file) && !state.rules().mayName(file) ? null : resolved
+  }
+  const glob = environment.plugins?.find((p) => p.name === 'vite:import-glob') as { transform?: Handler | { handler: Handler } } | undefined
+  if (!glob?.transform) return
+  const check = async function (this: HookContext, code: string, id: string) {
+    if (code.includes('import.meta.glob')) await checkGlobs(this, code, id, environment.config.root, state.rules())
+  }
+  if (typeof glob.transform === 'function') {
+    const handler = glob.transform
+    glob.transform = async function (this: HookContext, code, id, ...rest) {
+      await check.call(this, code, id)
+      return handler.call(this, code, id, ...rest)
     }
   } else {
-    let mapFile: string
-    try {
-      mapFile = url.startsWith('file:') ? fileURLToPath(url) : path.resolve(dir, decodeURI(url))
-    } catch {
-      return false
+    const hook = glob.transform
+    const handler = hook.handler
+    hook.handler = async function (this: HookContext, code, id, ...rest) {
+      await check.call(this, code, id)
+      return handler.call(this, code, id, ...rest)
     }
-    if (!given(mapFile, rules)) return false
-    try {
-      text = fs.readFileSync(mapFile, 'utf8')
-    } catch {
-      return true // Vite finds nothing there either
-    }
-    dir = path.dirname(mapFile)
   }
+}
+
+/** A given file, read as Vite would read it, with only the source map the host may use. */
+function loadGiven(id: string, rules: FileRules): unknown {
+  const file = id.replace(/[?#].*$/, '')
+  if (id.startsWith('\0') || !path.isAbsolute(file) || !rules.isGiven(file)) return null
+  let code: string
   try {
-    return mapSourcesAllowed(JSON.parse(text), dir, rules)
+    code = fs.readFileSync(file, 'utf8')
   } catch {
-    return false // Vite would print the start of whatever it read
+    return null // Vite's own read fails the same way
   }
-}
-
-/** Whether every source a map names, as Vite resolves it, is a file the sandbox may be given. */
-function mapSourcesAllowed(map: unknown, dir: string, rules: FileRules): boolean {
-  const m = (typeof map === 'string' ? safeJson(map) : map) as { sources?: unknown; sourceRoot?: unknown; sections?: unknown } | undefined
-  if (!m || typeof m !== 'object') return true
-  if (m.sections !== undefined) return false // index maps: not what a module's own map is
-  if (m.sources === undefined) return true
-  if (!Array.isArray(m.sources)) return false
-  const root = typeof m.sourceRoot === 'string' ? m.sourceRoot : ''
-  return m.sources.every((source) => {
-    if (source === null) return true
-    if (typeof source !== 'string') return false
-    let p: string
-    try {
-      p = source.startsWith('file:') ? fileURLToPath(source) : path.resolve(dir, root, decodeURI(source))
-    } catch {
-      return false
-    }
-    return given(p, rules)
-  })
-}
-
-function safeJson(text: string): unknown {
-  try {
-    return JSON.parse(text)
-  } catch {
-    return undefined
-  }
-}
-
-/** Given, or a dependency (the sandbox has those too); inside the workspace either way. */
-function given(p: string, rules: FileRules): boolean {
-  const rel = path.relative(rules.root, p)
-  return !rel.startsWith('..') && !path.isAbsolute(rel) && rules.mayName(p)
+  return ownSourceMap(code, file, rules)
 }
 
 /** Characters that make a glob segment a pattern rather than a name. */
 const GLOB_CHARS = /[*?{}[\]()!+@]/
 
-/** Each `import.meta.glob(...)`'s patterns (and `base`) must stay inside the workspace. */
-function checkGlobs(code: string, file: string, config: LoadingEnvironment['config'], rules: FileRules): void {
-  for (const m of code.matchAll(/import\.meta\.glob\s*(?:<[^>]*>)?\s*\(/g)) {
-    const args = callArguments(code, m.index + m[0].length)
-    const patterns = stringsIn(args.first)
-    const base = /\bbase\s*:\s*(['"`])([^'"`]*)\1/.exec(args.rest)?.[2]
-    for (const raw of base === undefined ? patterns : [...patterns, base]) {
-      const pattern = raw.replace(/^!/, '')
-      const resolved = globBase(pattern, file, config, base !== undefined && raw !== base ? base : undefined)
-      if (resolved === undefined) continue // not a form Vite takes: Vite says so itself
-      const parts = pattern.split('/')
+function refuse(pattern: string, file: string, rules: FileRules, why: string): Error {
+  return new Error(`vitest-pool-sandbox: import.meta.glob pattern ${JSON.stringify(pattern).slice(0, 300)} in ${path.relative(rules.root, file)} ${why}`)
+}
+
+/** Every `import.meta.glob(...)` of the module, as Vite's parser reads it. */
+async function checkGlobs(ctx: HookContext, code: string, id: string, root: string, rules: FileRules): Promise<void> {
+  const file = id.replace(/[?#].*$/, '')
+  let ast: unknown
+  try {
+    ast = ctx.parse(code)
+  } catch {
+    throw refuse('import.meta.glob', file, rules, 'could not be read to check it (the sandbox pool reads every glob before the host lists files)')
+  }
+  for (const call of globCalls(ast)) {
+    const [first, options] = call.arguments as Node[]
+    const literal = (n: Node | undefined): string | undefined => (n?.type === 'Literal' && typeof n.value === 'string' ? n.value : n?.type === 'TemplateLiteral' && (n.expressions as unknown[]).length === 0 ? (n.quasis as Array<{ value: { raw: string } }>)[0].value.raw : undefined)
+    const patterns = first?.type === 'ArrayExpression' ? (first.elements as Node[]).map(literal) : [literal(first)]
+    let base: string | undefined
+    for (const prop of options?.type === 'ObjectExpression' ? (options.properties as Node[]) : []) {
+      const key = prop.key as Node | undefined
+      const name = key?.type === 'Identifier' ? key.name : literal(key)
+      if (name === 'base') base = literal(prop.value as Node) ?? refusedBase(file, rules)
+      if (name === 'exhaustive' && !((prop.value as Node)?.type === 'Literal' && (prop.value as Node).value === false)) throw refuse('exhaustive', file, rules, 'asks to list dependencies too, whose links may lead anywhere')
+    }
+    for (const raw of patterns) {
+      if (raw === undefined) throw refuse('import.meta.glob', file, rules, 'is not a literal pattern')
+      const pattern = raw.startsWith('!') ? raw.slice(1) : raw
+      const absolute = await absoluteGlob(ctx, pattern, id, root, base)
+      if (absolute === undefined) throw refuse(raw, file, rules, 'is not one the sandbox pool can check (start it with ./, ../, / or an alias)')
+      const parts = absolute.split('/')
       const wild = parts.findIndex((p) => GLOB_CHARS.test(p))
-      const climbs = wild >= 0 && parts.slice(wild).includes('..')
-      const rel = path.relative(rules.root, resolved)
-      if (climbs || rel.startsWith('..') || path.isAbsolute(rel)) {
-        throw new Error(`vitest-pool-sandbox: import.meta.glob pattern ${JSON.stringify(raw)} in ${path.relative(rules.root, file)} reaches outside the workspace given to the sandbox`)
-      }
+      const fixed = path.posix.normalize((wild < 0 ? parts : parts.slice(0, wild)).join('/') || '/')
+      const inRoot = (p: string) => p === rules.root || p.startsWith(rules.root + path.sep)
+      if (wild >= 0 && parts.slice(wild).join('/').includes('..')) throw refuse(raw, file, rules, 'climbs with .. after a wildcard')
+      if (!inRoot(fixed) || !inRoot(realPath(fixed))) throw refuse(raw, file, rules, 'reaches outside the workspace given to the sandbox')
+      // A pattern that goes deeper than one level below its fixed part walks into links there.
+      const deep = wild >= 0 && (parts.length - wild > 1 || parts.slice(wild).some((p) => p.includes('**')))
+      if (rules.outwardLinks.some((link) => link === fixed || (deep && link.startsWith(fixed + path.sep)))) throw refuse(raw, file, rules, 'would list a link that leads out of what the sandbox is given')
     }
   }
 }
 
-/** The folder a glob pattern starts listing from, as Vite reads it (relative, root-relative, an alias). */
-function globBase(pattern: string, file: string, config: LoadingEnvironment['config'], base: string | undefined): string | undefined {
-  const from = base === undefined ? path.dirname(file) : path.resolve(path.dirname(file), base)
-  if (pattern.startsWith('./') || pattern.startsWith('../')) return path.resolve(from, fixedPart(pattern))
-  if (pattern.startsWith('/')) return path.join(config.root, fixedPart(pattern))
-  const aliased = aliasFor(pattern, config.resolve?.alias)
-  return aliased === undefined ? undefined : path.resolve(config.root, fixedPart(aliased))
+function refusedBase(file: string, rules: FileRules): never {
+  throw refuse('base', file, rules, 'has a base option that is not a literal')
 }
 
-/** A pattern's segments before the first one with a wildcard. */
-function fixedPart(pattern: string): string {
-  const parts = pattern.split('/')
-  const wild = parts.findIndex((p) => GLOB_CHARS.test(p))
-  return (wild < 0 ? parts : parts.slice(0, wild)).join('/')
+/** The absolute pattern Vite's glob plugin lists (its `toAbsoluteGlob`), or undefined for forms it does not resolve here. */
+async function absoluteGlob(ctx: HookContext, glob: string, importer: string, root: string, base: string | undefined): Promise<string | undefined> {
+  const importerDir = path.posix.dirname(importer.replace(/[?#].*$/, ''))
+  const dir = base === undefined ? importerDir : base.startsWith('/') ? path.posix.join(root, base) : path.posix.resolve(importerDir, base)
+  if (glob.startsWith('/')) return path.posix.join(root, glob.slice(1))
+  if (glob.startsWith('./')) return path.posix.join(dir, glob.slice(2))
+  if (glob.startsWith('../')) return path.posix.join(dir, glob)
+  if (glob.startsWith('**') || glob.startsWith('#')) return undefined
+  const resolved = (await ctx.resolve(glob, importer))?.id
+  return resolved && path.isAbsolute(resolved) ? resolved : undefined
 }
 
-/** `pattern` with the config's first matching alias applied, if one matches. */
-function aliasFor(pattern: string, aliases: unknown): string | undefined {
-  const entries = Array.isArray(aliases) ? aliases : aliases && typeof aliases === 'object' ? Object.entries(aliases).map(([find, replacement]) => ({ find, replacement })) : []
-  for (const { find, replacement } of entries as Array<{ find: unknown; replacement: unknown }>) {
-    if (typeof replacement !== 'string') continue
-    if (typeof find === 'string' && (pattern === find || pattern.startsWith(`${find}/`))) return replacement + pattern.slice(find.length)
-    if (find instanceof RegExp && find.test(pattern)) return pattern.replace(find, replacement)
-  }
-  return undefined
-}
+type Node = { type: string; [key: string]: unknown }
 
-/** The text of a call's first argument and of the rest, from just after its `(`. */
-function callArguments(code: string, at: number): { first: string; rest: string } {
-  let depth = 0
-  let quote: string | undefined
-  let comma = -1
-  for (let i = at; i < code.length; i++) {
-    const c = code[i]
-    if (quote) {
-      if (c === '\\') i++
-      else if (c === quote) quote = undefined
-      continue
+/** The `import.meta.glob(...)` calls of an ESTree program. */
+function globCalls(ast: unknown): Node[] {
+  const calls: Node[] = []
+  const walk = (n: unknown): void => {
+    if (Array.isArray(n)) return n.forEach(walk)
+    if (!n || typeof n !== 'object') return
+    const node = n as Node
+    if (node.type === 'CallExpression') {
+      const callee = node.callee as Node
+      const object = callee?.object as Node | undefined
+      if (callee?.type === 'MemberExpression' && !callee.computed && (callee.property as Node)?.name === 'glob' && object?.type === 'MetaProperty') calls.push(node)
     }
-    if (c === '"' || c === "'" || c === '`') quote = c
-    else if (c === '(' || c === '[' || c === '{') depth++
-    else if (c === ')' || c === ']' || c === '}') {
-      if (depth === 0) return comma < 0 ? { first: code.slice(at, i), rest: '' } : { first: code.slice(at, comma), rest: code.slice(comma + 1, i) }
-      depth--
-    } else if (c === ',' && depth === 0 && comma < 0) comma = i
+    for (const [key, value] of Object.entries(node)) if (key !== 'type' && value && typeof value === 'object') walk(value)
   }
-  return { first: code.slice(at), rest: '' }
-}
-
-/** The string literals of an expression (a string or an array of them). */
-function stringsIn(text: string): string[] {
-  return [...text.matchAll(/(['"`])((?:\\.|(?!\1)[^\\])*)\1/g)].map((m) => m[2])
+  walk(ast)
+  return calls
 }

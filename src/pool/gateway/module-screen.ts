@@ -179,10 +179,13 @@ export class ModuleScreen {
     const map = call.map
     const mapped = (v: unknown) => (map ? mapStrings(v, (t) => untwin(t, map)) : v)
     if (call.method === 'fetchWarmModules') return error !== undefined ? { error } : { result: this.warmModules(result) }
-    const inlined = error === undefined && result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result
-    const named = error !== undefined ? pathsIn(error) : this.filesOf(inlined)
+    // An error names the paths the worker asked for or imported, and Vite words it by what it
+    // found: every path it may not word is moved under ABSENT, whatever is there.
+    if (error !== undefined) return { error: mapStrings(mapped(error), (t) => this.worded(t)) }
+    const inlined = result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result
+    const named = this.filesOf(inlined)
     const leak = [...named].find((f) => !this.rules.mayName(f) && !f.startsWith(ABSENT))
-    if (leak === undefined) return error !== undefined ? { error: mapped(error) } : { result: mapped(inlined) }
+    if (leak === undefined) return { result: mapped(inlined) }
     log('%s of %s: the answer names %s, which is not given', call.method, call.asked[0], leak)
     const id = call.asked[0] as string
     const read = readModuleId(id, undefined)
@@ -202,6 +205,15 @@ export class ModuleScreen {
       return read.kind === 'other' || (read.kind === 'file' && candidates(read, this.rules.root).every((c) => this.rules.mayName(c)))
     }
     return { method: 'fetchWarmModules', asked, args: [environment, files.filter(mayAsk)] }
+  }
+
+  /** Text with every absolute path or file URL it may not word moved under ABSENT. */
+  private worded(text: string): string {
+    // Paths where a path starts (not the tail of a relative path or of a URL).
+    return text.replace(/(?<![^\s'"`(<[=,])(file:\/\/)?(\/[^\s'"`()<>,;?#:]+)/g, (all, url: string | undefined, p: string) => {
+      const file = pathOf(p)
+      return !file || file.startsWith(ABSENT) || this.rules.mayWord(file) ? all : `${url ?? ''}${ABSENT}${p}`
+    })
   }
 
   /**

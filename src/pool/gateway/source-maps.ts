@@ -1,0 +1,97 @@
+/**
+ * A given file's own source map, as the host may use it. Vite (and Vitest, for stack frames of
+ * files outside the module graph) extracts a map from a file's comments with convert-source-map,
+ * reads a `.map` file it names, and later reads every source that has no `sourcesContent` from
+ * disk; the coverage provider reports every source. Test code writes those comments, so the
+ * gateway extracts the map itself, in every form convert-source-map reads, and keeps it only when
+ * it can read it whole and every source is a given file (or a URL or virtual name no one reads).
+ * Anything else is no map at all.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import type { FileRules } from './file-rules.js'
+
+// convert-source-map's own expressions (v2), which Vite and Vitest use.
+const INLINE = /^\s*?\/[/*][@#]\s+?sourceMappingURL=data:(((?:application|text)\/json)(?:;charset=([^;,]+?)?)?)?(?:;(base64))?,(.*?)$/gm
+const MAP_FILE = /(?:\/\/[@#][ \t]+sourceMappingURL=([^\s'"`]+?)[ \t]*$)|(?:\/\*[@#][ \t]+sourceMappingURL=([^*]+?)[ \t]*(?:\*\/){1}[ \t]*$)/gm
+/** A source Vite never reads: a URL (not file:) or a virtual name. */
+const UNREAD_SOURCE = /^(?:dep:|browser-external:|virtual:)|\0|^(?!file:)[a-z][a-z0-9+.-]*:\/\//i
+
+/** `code` without its map comments, and the map the host may use (or null). */
+export function ownSourceMap(code: string, file: string, rules: FileRules): { code: string; map: object | null } {
+  const plain = code.replace(INLINE, '').replace(MAP_FILE, '')
+  if (plain === code) return { code, map: null }
+  const map = readMap(code, file, rules)
+  return { code: plain, map: map && sourcesGiven(map, file, rules) ? map : null }
+}
+
+/** Whether a file names a source map the host may not read (Vitest would read it for a stack frame). */
+export function namesRefusedMap(file: string, rules: FileRules): boolean {
+  let code: string
+  try {
+    code = fs.readFileSync(file, 'utf8')
+  } catch {
+    return false
+  }
+  if (!code.includes('sourceMappingURL')) return false
+  const { code: plain, map } = ownSourceMap(code, file, rules)
+  return plain !== code && map === null
+}
+
+/** The map as convert-source-map would find it (the last inline comment, else the last map file), or undefined. */
+function readMap(code: string, file: string, rules: FileRules): Record<string, unknown> | undefined {
+  const inline = [...code.matchAll(INLINE)].pop()
+  let text: string
+  if (inline) {
+    try {
+      text = inline[4] ? Buffer.from(inline[5], 'base64').toString('utf8') : decodeURIComponent(inline[5])
+    } catch {
+      return undefined
+    }
+  } else {
+    const named = [...code.matchAll(MAP_FILE)].pop()
+    const url = named?.[1] ?? named?.[2]
+    if (!url) return undefined
+    const mapFile = path.resolve(path.dirname(file), url)
+    if (!inWorkspace(mapFile, rules) || !rules.isGiven(mapFile)) return undefined
+    try {
+      text = fs.readFileSync(mapFile, 'utf8')
+    } catch {
+      return undefined
+    }
+  }
+  try {
+    const map = JSON.parse(text)
+    return map && typeof map === 'object' && !Array.isArray(map) ? map : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Every source, resolved as Vite's injectSourcesContent resolves it, is a given file or never read. */
+function sourcesGiven(map: Record<string, unknown>, file: string, rules: FileRules): boolean {
+  if (map.sections !== undefined || !Array.isArray(map.sources)) return false
+  if (map.sourceRoot !== undefined && typeof map.sourceRoot !== 'string') return false
+  let sourceRoot: string | undefined
+  try {
+    sourceRoot = fs.realpathSync(path.resolve(path.dirname(file), (map.sourceRoot as string | undefined) || ''))
+  } catch {}
+  return map.sources.every((source) => {
+    if (source === null) return true
+    if (typeof source !== 'string') return false
+    if (UNREAD_SOURCE.test(source)) return true
+    let clean: string
+    try {
+      clean = decodeURI(source).replace(/[?#].*$/, '')
+    } catch {
+      return false
+    }
+    const p = sourceRoot ? path.resolve(sourceRoot, clean) : path.resolve(clean)
+    return inWorkspace(p, rules) && rules.mayName(p)
+  })
+}
+
+function inWorkspace(p: string, rules: FileRules): boolean {
+  const rel = path.relative(rules.root, p)
+  return !rel.startsWith('..') && !path.isAbsolute(rel)
+}

@@ -1,0 +1,136 @@
+/**
+ * What a worker says of tasks: its files' trees, their results, logs, artifacts, benchmarks and
+ * snapshot summaries. Vitest registers every task of a tree by id and its reporters print and
+ * write each result recursively, so every task must be the worker's own, shaped as Vitest's worker
+ * sends it, with its links to file and suite set from the tree and no cycles in what is printed.
+ */
+import { acyclic, valueBudget } from './errors.js'
+import { ProtocolViolation } from './violation.js'
+
+/** What the host knows of the worker the tasks must belong to. */
+export interface TaskOwner {
+  /** The task ids of the worker's files. */
+  ownIds(): string[]
+  /** Whether a path (absolute or relative to the workspace) is one of the worker's files. */
+  isOwnFile(file: unknown): boolean
+  /** Whether the host's Vitest has a task of this id (of any file). */
+  isTask(id: unknown): boolean
+}
+
+/** Task ids a call names must belong to the worker's own files (in place: the gateway's copy). */
+export function checkTasks(method: string, args: unknown[], owner: TaskOwner): void {
+  const own = owner.ownIds()
+  const isOwn = (id: unknown) => typeof id === 'string' && own.some((o) => id === o || id.startsWith(`${o}_`))
+  const check = (id: unknown, what: string) => {
+    if (!isOwn(id)) throw new ProtocolViolation(`${method}: ${what} ${JSON.stringify(String(id)).slice(0, 80)} is not a task of this worker's file`)
+  }
+  const budget = valueBudget()
+  // Vitest registers every task of a tree by its id, and its reporters print each one under the
+  // file and suite it points to: those links are set from the tree itself, never taken as sent.
+  const checkTree = (task: any, file: object, parent: object | undefined, seen: Set<object>) => {
+    if (task === null || typeof task !== 'object') throw new ProtocolViolation(`${method}: a task that is not an object`)
+    if (seen.has(task)) throw new ProtocolViolation(`${method}: a task that is in its tree twice`)
+    seen.add(task)
+    check(task.id, 'task')
+    if (task.type !== 'test' && task.type !== 'suite') throw new ProtocolViolation(`${method}: a task of type ${JSON.stringify(String(task.type)).slice(0, 40)}`)
+    if (typeof task.name !== 'string' || !TASK_MODES.has(task.mode)) throw new ProtocolViolation(`${method}: a task without a name or mode`)
+    task.file = file
+    // As Vitest's worker sends them: a top-level task has no suite (the file stands for it).
+    task.suite = parent === file ? undefined : parent
+    task.result = taskResult(method, task.result, budget)
+    task.meta = acyclic(task.meta, budget)
+    if (task.type === 'test') {
+      for (const list of ['annotations', 'artifacts']) if (!Array.isArray(task[list])) task[list] = []
+      if (task.tasks !== undefined) throw new ProtocolViolation(`${method}: a test with tasks`)
+      return
+    }
+    if (!Array.isArray(task.tasks)) throw new ProtocolViolation(`${method}: a suite whose tasks are not a list`)
+    for (const child of task.tasks) checkTree(child, file, task, seen)
+  }
+  const checkFile = (file: any) => {
+    if (file === null || typeof file !== 'object') throw new ProtocolViolation(`${method}: a file that is not an object`)
+    check(file.id, 'file id')
+    if (!owner.isOwnFile(file.filepath)) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+    checkTree(file, file, undefined, new Set())
+  }
+  switch (method) {
+    case 'onQueued':
+      return checkFile(args[0])
+    case 'onCollected':
+      return (args[0] as unknown[]).forEach(checkFile)
+    case 'onTaskUpdate':
+      for (const pack of args[0] as unknown[]) {
+        check(Array.isArray(pack) ? pack[0] : undefined, 'task')
+        ;(pack as unknown[])[1] = taskResult(method, (pack as unknown[])[1], budget)
+        ;(pack as unknown[])[2] = acyclic((pack as unknown[])[2], budget)
+      }
+      for (const event of args[1] as unknown[]) check(Array.isArray(event) ? event[0] : undefined, 'task')
+      return
+    case 'onTaskArtifactRecord':
+    case 'onTestBenchmark':
+      check(args[0], 'task')
+      args[1] = acyclic(args[1], budget)
+      return
+    case 'onTestModuleDependencies':
+      if (!owner.isOwnFile(args[0])) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+      return
+    case 'snapshotSaved':
+      if (!owner.isOwnFile((args[0] as { filepath?: unknown }).filepath)) throw new ProtocolViolation(`${method}: a summary of a file that is not this worker's`)
+      args[0] = snapshotSummary(method, args[0] as Record<string, unknown>)
+      return
+    case 'onUserConsoleLog': {
+      // Vitest names a log's task by the test running, else by a stack frame's path (or
+      // "unknown"): text printed as the log's header. Only another file's task is refused.
+      const taskId = (args[0] as { taskId?: unknown }).taskId
+      if (taskId !== undefined && !isOwn(taskId) && owner.isTask(taskId)) check(taskId, 'task')
+      args[0] = acyclic(args[0], budget)
+      return
+    }
+  }
+}
+
+/** The results of every task of collected trees (their stacks are screened; the trees hold cycles). */
+export function collectedResults(files: unknown[]): unknown[] {
+  const out: unknown[] = []
+  const walk = (task: any) => {
+    out.push(task.result)
+    for (const child of task.type === 'suite' ? task.tasks : []) walk(child)
+  }
+  files.forEach(walk)
+  return out
+}
+
+/** Vitest's task modes and result states. */
+const TASK_MODES: ReadonlySet<unknown> = new Set(['run', 'skip', 'only', 'todo', 'queued'])
+const TASK_STATES: ReadonlySet<unknown> = new Set(['run', 'skip', 'only', 'todo', 'queued', 'pass', 'fail'])
+
+/** A task's result as reporters read it: a known state, errors as a list, no cycles. */
+function taskResult(method: string, result: unknown, budget: ReturnType<typeof valueBudget>): unknown {
+  if (result === undefined) return undefined
+  const r = acyclic(result, budget) as Record<string, unknown>
+  if (r === null || typeof r !== 'object' || Array.isArray(r)) throw new ProtocolViolation(`${method}: a task result that is not an object`)
+  if (!TASK_STATES.has(r.state)) throw new ProtocolViolation(`${method}: a task result of state ${JSON.stringify(String(r.state)).slice(0, 40)}`)
+  if (r.errors !== undefined && !Array.isArray(r.errors)) throw new ProtocolViolation(`${method}: task errors that are not a list`)
+  return r
+}
+
+/** The counts Vitest's snapshot summary adds up: whole numbers in range, and the keys it lists. */
+function snapshotSummary(method: string, s: Record<string, unknown>): Record<string, unknown> {
+  const count = (key: string) => {
+    const n = s[key]
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || (n as number) > 1e7) throw new ProtocolViolation(`${method}: ${key} is not a count`)
+    return n
+  }
+  const keys = s.uncheckedKeys ?? []
+  if (!Array.isArray(keys) || keys.length > 100_000 || keys.some((k) => typeof k !== 'string' || k.length > 4096)) throw new ProtocolViolation(`${method}: uncheckedKeys is not a list of names`)
+  return {
+    filepath: s.filepath,
+    added: count('added'),
+    fileDeleted: s.fileDeleted === true,
+    matched: count('matched'),
+    unchecked: count('unchecked'),
+    uncheckedKeys: keys,
+    unmatched: count('unmatched'),
+    updated: count('updated'),
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * The glob check of load-screen.ts against Vite's own parser: the forms the attack suite cannot run
+ * (a `**` pattern walks the host from its root: it would hang the run it failed in), and what it
+ * lets through unchanged.
+ */
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { parseAst } from 'vite'
+import { afterAll, expect, it } from 'vitest'
+import { screenLoads, type LoadingEnvironment } from '../src/pool/gateway/load-screen.js'
+import { fileRules } from '../src/pool/gateway/file-rules.js'
+import { collectWorkspace } from '../src/workspace/collect.js'
+
+const dir = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'vps-load-')))
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+async function globCheck(): Promise<(code: string) => Promise<string>> {
+  fs.mkdirSync(path.join(dir, 'ws/src'), { recursive: true })
+  fs.writeFileSync(path.join(dir, 'ws/src/a.ts'), 'export {}\n')
+  fs.symlinkSync(os.tmpdir(), path.join(dir, 'ws/src/out'))
+  const rules = fileRules(await collectWorkspace(path.join(dir, 'ws')), [])
+  const plugin = { name: 'vite:import-glob', transform: { handler: async (code: string) => `expanded ${code.length}` } }
+  const environment: LoadingEnvironment = { config: { root: path.join(dir, 'ws') }, pluginContainer: { load: async () => null, resolveId: async () => null }, plugins: [plugin] }
+  screenLoads(environment, () => rules)
+  const context = { parse: (code: string) => parseAst(code), resolve: async () => null }
+  return (code) => (plugin.transform.handler as any).call(context, code, path.join(dir, 'ws/src/a.ts')).then(String, (e: Error) => e.message)
+}
+
+it('refuses globs that reach outside the workspace, in every form Vite reads, and passes the rest', async () => {
+  const check = await globCheck()
+  for (const code of [
+    "import.meta.glob('**/atk/*.js')",
+    "import.meta.glob('../../../../*')",
+    "import.meta.glob('\\x2e\\x2e/../../*')",
+    "import.meta.glob(/* ) */ '../../../*')",
+    "import.meta.glob(['./*', '../../*'])",
+    "import.meta.glob('./*', { base: '../../../' })",
+    "import.meta.glob('./*/../../../*')",
+    "import.meta.glob('./{..,x}/*')",
+    "import.meta.glob('./*', { exhaustive: true })",
+    "import.meta.glob('./out/*')",
+    "import.meta.glob('./**')",
+    "import.meta.glob(`${x}/*`)",
+    "import.meta.glob('@alias/*')",
+  ]) {
+    expect(await check(code), code).toMatch(/^vitest-pool-sandbox: import\.meta\.glob pattern .* in src\/a\.ts /)
+  }
+  for (const code of ["import.meta.glob('./*.ts')", "import.meta.glob(['/src/*', '!./a.ts'], { eager: true })", "const s = 'import.meta.glob(\"../../*\")'"]) {
+    expect(await check(code), code).toBe(`expanded ${code.length}`)
+  }
+})
