@@ -64,7 +64,8 @@ describe('vitest-sandbox serve', () => {
       const code = await new Promise((r) => child.once('exit', r))
       expect(code).toBe(0)
       expect(out).toMatch(/SIGTERM: killing all sandboxes/)
-      expect(hostProcessesMatching(`sleep ${marker}`)).toEqual([])
+      // The kernel ends a sandbox's processes as its namespace's init goes: moments after the server.
+      await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 0, 5000, 'the sleep to end with its sandbox')
     } finally {
       child.kill('SIGKILL')
       fs.rmSync(state, { recursive: true, force: true })

@@ -104,13 +104,16 @@ function startProcess(h: Header): void {
   })
   child.once('exit', (code, signal) => {
     exitInfo = { code, signal }
-    setTimeout(() => {
+    // A loop that was starved (a loaded machine) runs expired timers before it reads the pipes:
+    // one more turn reads what is already there before the pipes are given up.
+    const giveUp = () => {
       if (reported) return
       if (child.stdout!.isPaused() || child.stderr!.isPaused()) return // the reader is behind, not gone
       child.stdout!.destroy()
       child.stderr!.destroy()
       report()
-    }, 2000).unref()
+    }
+    setTimeout(() => setImmediate(() => setImmediate(giveUp)), 2000).unref()
   })
 }
 

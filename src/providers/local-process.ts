@@ -14,15 +14,16 @@ class LocalProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffer] }> 
 
   constructor(private readonly proc: SandboxProcess) {
     super()
-    this.exited = new Promise((resolve) => {
-      const done = () => resolve({ exitCode: proc.exit!.exitCode, error: proc.exit!.error ?? null, signal: proc.exit!.signal })
-      if (proc.exit) done()
-      else proc.once('exit', done)
-    })
     const early = earlyEvents()
     const emit = (e: OutputEvent) => early.deliver(() => this.emit(e.type, e.data))
     for (const e of proc.eventsSince(0)) emit(e)
     proc.on('output', emit)
+    // Through the same queue as the output: a caller that awaits the exit has every byte before it.
+    this.exited = new Promise((resolve) => {
+      const done = () => resolve({ exitCode: proc.exit!.exitCode, error: proc.exit!.error ?? null, signal: proc.exit!.signal })
+      if (proc.exit) early.deliver(done)
+      else proc.once('exit', () => early.deliver(done))
+    })
     early.release()
   }
 
