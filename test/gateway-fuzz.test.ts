@@ -43,6 +43,7 @@ beforeAll(async () => {
     coverageProvider: () => 'istanbul',
     snapshotPath: () => {},
     benchmarkRefusal: () => undefined,
+    envAllowed: (name) => name === 'MODE',
     bail: () => 1,
     failedTests: () => 0,
   }
@@ -181,6 +182,14 @@ describe('the host gateway under random input', () => {
       fetcher.fromHost({ t: 's', i: asked.i, r: { code: 'c'.repeat(200 * 1024 * 1024), file: `${root}/src.ts`, id: `${root}/src.ts`, url: '/src.ts', invalidate: false } })
     }
     expect(() => fetchSrc('m3')).toThrow(/over 512 MiB of module code/)
+    // And the ids it asks for: Vitest keeps each (externals such as data: URLs, durations).
+    const asker = new Gateway(ctx)
+    const data = (n: number) => asker.fromWorker({ t: 'q', m: 'fetch', i: `d${n}`, a: [`data:text/javascript,${String(n).padEnd(4000, 'x')}`, undefined, 'ssr', {}] })
+    let n = 0
+    expect(() => {
+      for (; n < 10_000; n++) asker.fromHost({ t: 's', i: (data(n).toHost as { i: string }).i, r: { externalize: 'data:', type: 'module' } })
+    }).toThrow(/over 32 MiB of module ids/)
+    expect(n).toBeGreaterThan(8000)
     // Both outcomes were exercised, many times.
     expect(passed).toBeGreaterThan(2000)
     expect(ended).toBeGreaterThan(500)

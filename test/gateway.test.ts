@@ -37,7 +37,8 @@ function filesUnder(dir: string): string[] {
 
 /** What the harness makes in the fixture (a run that was cut short may have left it). */
 function removeMade(): void {
-  for (const f of ['.env', 'coverage', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js']) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+  const written = ['build.rs', 'Rakefile', 'src/main.go', 'index.html', 'build.gradle'] // by an attack, if it worked
+  for (const f of ['.env', 'coverage', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
 }
 
 beforeAll(() => {
@@ -81,6 +82,10 @@ function generateSourceMapAttacks(): void {
   // The host's import analysis resolves what a given module imports.
   write('import-existing.js', `import x from '${secret}'\nexport { x }\n`)
   write('import-missing.js', `import x from '${path.join(hostDir, 'nothere.js')}'\nexport { x }\n`)
+  // Vite's asset plugin (client environments) reads what `new URL(…?inline, import.meta.url)` names.
+  const up = (to: string) => path.relative(dir, to)
+  write('asset-existing.js', `export const u = new URL('${up(secret)}?inline', import.meta.url).href\nexport const e = new URL('../public/proc/self/environ?inline', import.meta.url).href\n`)
+  write('asset-missing.js', `export const u = new URL('${up(path.join(hostDir, 'nothere.js'))}?inline', import.meta.url).href\nexport const e = new URL('../public/proc/self/nothere?inline', import.meta.url).href\n`)
   fs.mkdirSync(path.join(FIXTURE, 'test/node_modules'), { recursive: true })
   fs.symlinkSync(hostDir, path.join(FIXTURE, 'test/node_modules/evil'))
   write(
@@ -119,6 +124,9 @@ it('cannot tell an existing host file from a missing one through a stack frame, 
     const imported = async (name: string) => (await settled(rpc.fetch(\`\${dir}/\${name}.js\`, undefined, env, {}))).replace(/secret|nothere/g, 'X').replace(/existing|missing/g, 'Y')
     expect(await imported('import-existing'), env).toBe(await imported('import-missing'))
   }
+  const asset = async (name: string) => (await settled(rpc.fetch(\`\${dir}/\${name}.js\`, undefined, 'client', {}))).replace(/secret|nothere|environ/g, 'X').replace(/existing|missing/g, 'Y')
+  expect(await asset('asset-existing')).toBe(await asset('asset-missing'))
+  expect(await asset('asset-existing')).toMatch(/names a file the sandbox is not given/)
   for (const form of ['evil/secret.js', 'evil/secret', 'evil/secret.js?raw']) {
     const linked = async (name: string) => (await settled(rpc.resolve(form.replace('secret', name), import.meta.filename, 'ssr'))).split(name).join('X')
     expect(await linked('secret'), form).toBe(await linked('nothere'))
@@ -185,14 +193,14 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       expect(Number(/^HOST-PEAK-RSS (\d+) MiB$/m.exec(run.output)?.[1]), run.output).toBeLessThan(1536)
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(25)
+      expect(others.length, run.output).toBe(26)
       expect(run.output).not.toContain('attack-secret')
       expect(run.output).not.toContain('atkmark')
       expect(run.output).not.toContain('attack-sec')
       // A task tree that points a test at another file's file object: reported under its own file.
       expect(run.output).not.toMatch(/FAIL +test\/victim\.test\.ts/)
       // A glob that lists a host folder fails the file's load, naming only the pattern.
-      for (const name of ['glob', 'glob-escaped']) expect(tests[`fixtures/gateway-attack/test/refused/${name}.test.ts (file)`]?.failures.join('\n'), run.output).toMatch(new RegExp(`import\\.meta\\.glob pattern ".*" in fixtures/gateway-attack/test/refused/${name}\\.test\\.ts reaches outside the workspace`))
+      for (const [name, module] of [['glob', 'glob.test.ts'], ['glob-escaped', 'glob-escaped.test.ts'], ['glob-regex', 'glob-regex.js']]) expect(tests[`fixtures/gateway-attack/test/refused/${name}.test.ts (file)`]?.failures.join('\n'), run.output).toMatch(new RegExp(`import\\.meta\\.glob pattern ".*" in fixtures/gateway-attack/test/refused/${module.replace(/\./g, '\\.')} reaches outside the workspace`))
       expect(run.output).toMatch(/^HOST-PROTO clean$/m)
       // Coverage: reports of given files only, written only under the coverage folder.
       const reports = filesUnder(path.join(FIXTURE, 'coverage'))

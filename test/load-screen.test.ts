@@ -43,6 +43,8 @@ it('refuses globs that reach outside the workspace, in every form Vite reads, an
     "import.meta.glob('./**')",
     "import.meta.glob(`${x}/*`)",
     "import.meta.glob('@alias/*')",
+    // Vite's literal stripper reads `of /` as a division: it expands what a parser calls a regex.
+    'for (const x of /import.meta.glob("../../../*", { eager: true })/\n[0]) {}',
   ]) {
     expect(await check(code), code).toMatch(/^vitest-pool-sandbox: import\.meta\.glob pattern .* in src\/a\.ts /)
   }

@@ -11,7 +11,7 @@
  *   removal of the test file's own obsolete `.snap` file;
  * - never: a path through a symbolic link; files the host executes or reads as configuration
  *   (PROTECTED), in any mode; and a
- *   file-snapshot target with a code-like name outside `__snapshots__` unless `allowWrite` says so
+ *   file-snapshot target outside `__snapshots__` whose name is not data unless `allowWrite` says so
  *   (test code chooses that path, and the host's config or globalSetup may import it).
  */
 import fs from 'node:fs'
@@ -57,8 +57,12 @@ const PROTECTED = ignore().add([
   'bitbucket-pipelines.yml',
 ])
 
-/** Names that are code when something loads them (a new or changed file-snapshot target). */
-const CODE_NAME = /\.(?:[cm]?[jt]sx?|vue|svelte|astro|node|wasm|sh|bash|zsh|fish|ps1|bat|cmd|py|rb|pl|php)$/i
+/**
+ * Names of data a test may write as a file snapshot outside `__snapshots__`: anything else (code,
+ * build scripts without an extension such as `Rakefile`, a page a build starts from) needs
+ * `allowWrite`. An allow-list: the kinds of code are too many to list.
+ */
+const DATA_NAME = /\.(?:txt|text|json|md|markdown|csv|tsv|xml|ya?ml|log|out|diff|patch)$/i
 
 /** The header Vitest writes at the top of every .snap file. */
 const SNAP_HEADER = /^\/\/ (?:Vitest )?Snapshot v\d+[^\n]*\n\n/
@@ -153,7 +157,7 @@ export class HostFiles {
     if (!this.ctx.workspace.isGiven(file)) return `${method} of ${String(relative)}: not a file given to the sandbox`
     if (method === 'readBenchmarkResult') return undefined
     if (linkOnTheWay(this.ctx.workspace.root, file)) return `${method} of ${this.rel(file)} refused: its path goes through a symbolic link`
-    const protection = this.protection(file) ?? (CODE_NAME.test(file) ? 'its name looks like code' : undefined)
+    const protection = this.protection(file) ?? (DATA_NAME.test(file) ? undefined : 'only data names (.json, .txt, ...) are written')
     return protection ? `${method} of ${this.rel(file)} refused: ${protection}` : undefined
   }
 
@@ -189,8 +193,8 @@ export class HostFiles {
     const rel = this.rel(file)
     if (rel.endsWith('.snap')) throw refuse('it is the snapshot file of another test file')
     if (current !== null && mode !== 'all') throw refuse('it exists, and only `vitest -u` changes existing snapshots')
-    if (CODE_NAME.test(rel) && !rel.split('/').includes('__snapshots__') && !this.allow.ignores(rel)) {
-      throw refuse(`its name looks like code and it is outside __snapshots__; allow it with sandbox({ allowWrite: ['${rel}'] })`)
+    if (!DATA_NAME.test(rel) && !rel.split('/').includes('__snapshots__') && !this.allow.ignores(rel)) {
+      throw refuse(`outside __snapshots__ only data names (.txt, .json, .md, ...) are written; allow it with sandbox({ allowWrite: ['${rel}'] })`)
     }
     await fsp.mkdir(path.dirname(file), { recursive: true })
     await fsp.writeFile(file, content, 'utf8')

@@ -73,8 +73,8 @@ export interface SandboxPoolOptions {
   timeout?: number
   /**
    * gitignore-style patterns of workspace files that file snapshots (`toMatchFileSnapshot`) may
-   * create or change from inside a sandbox although their names look like code (`.ts`, `.js`, ...)
-   * and they are outside `__snapshots__`. Manifests, lockfiles, Vitest/Vite configs, globalSetup
+   * create or change from inside a sandbox outside `__snapshots__` although their names are not
+   * data (`.txt`, `.json`, `.md`, ...): code, build scripts, pages. Manifests, lockfiles, Vitest/Vite configs, globalSetup
    * files, dotfiles and `node_modules` are never written from a sandbox.
    * @default []
    */

@@ -36,6 +36,10 @@ const SIGKILL_AFTER_MS = 500
 const WORKER_START_TIMEOUT_MS = 90_000
 /** Reruns of one file after its sandbox was lost (before it reported any result). */
 const MAX_RERUNS = 2
+/** Host-file calls (snapshot reads and writes) one worker may have in flight. */
+const MAX_HOST_FILE_CALLS = 64
+/** Characters of snapshot files one worker may read: the host holds what it sends until the worker reads it. */
+const MAX_HOST_FILE_BYTES = 256 * 1024 * 1024
 /** Worker-to-host RPC calls that report results: after one of them a file is not rerun. */
 const RESULT_METHODS = new Set(['onCollected', 'onTaskUpdate', 'onAfterSuiteRun', 'snapshotSaved', 'onTaskArtifactRecord', 'onTestBenchmark'])
 
@@ -73,6 +77,8 @@ export class SandboxPoolWorker implements PoolWorker {
   private readonly hostCalls = new Map<string | number, () => void>()
   private gateway?: Gateway
   private hostFiles?: HostFiles
+  private hostFileCalls = 0
+  private hostFileBytes = 0
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
 
@@ -225,6 +231,7 @@ export class SandboxPoolWorker implements PoolWorker {
       coverageProvider: () => (project.vitest.config.coverage?.enabled ? project.vitest.config.coverage.provider : undefined),
       snapshotPath: (testPath, snapPath) => void (this.runFiles.includes(testPath) && this.snapFiles.add(snapPath)),
       benchmarkRefusal: (method, file) => this.hostFiles?.benchmarkRefusal(method, file),
+      envAllowed: this.envAllowed(),
       bail: () => project.config.bail ?? 0,
       failedTests: () => project.vitest.state.getCountOfFailedTests(),
     })
@@ -369,6 +376,17 @@ export class SandboxPoolWorker implements PoolWorker {
     return { ...request, context: { ...(request as any).context, config: { ...config, env } } } as WorkerRequest
   }
 
+  /**
+   * The `import.meta.env` names a worker may see: those `config.env` crosses with (below), and the
+   * config's own `define`s of `import.meta.env.*`.
+   */
+  private envAllowed(): (name: string) => boolean {
+    const config = this.options.project.vite?.config
+    const env = screenConfigEnv(config?.env, { forward: this.settings.env, configured: this.configuredEnv(), workspace: this.fleet.workspace, envDir: config?.envDir })
+    const defined = new Set(Object.keys(config?.define ?? {}).filter((k) => k.startsWith('import.meta.env.')).map((k) => k.slice('import.meta.env.'.length)))
+    return (name) => name === 'SSR' || Object.hasOwn(env, name) || defined.has(name)
+  }
+
   /** Variables the project's config sets for workers (`test.env`). */
   private configuredEnv(): Set<string> {
     return new Set([...Object.keys(this.options.project.vitest.config.env ?? {}), ...Object.keys(this.options.project.config.env ?? {})])
@@ -393,6 +411,8 @@ export class SandboxPoolWorker implements PoolWorker {
   private onWorkerMessage(message: any, bytes: number): void {
     if (message?.__sandbox_pool__ === true) {
       if (!Number.isSafeInteger(message.id) || typeof message.op !== 'string' || !Array.isArray(message.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
+      if (this.hostFileCalls >= MAX_HOST_FILE_CALLS) throw new ProtocolViolation(`over ${MAX_HOST_FILE_CALLS} host-file calls in flight`)
+      if (this.hostFileBytes > MAX_HOST_FILE_BYTES) throw new ProtocolViolation(`over ${MAX_HOST_FILE_BYTES / 1024 / 1024} MiB of snapshot files read`)
       return void this.answerHostCall(message)
     }
     const step = this.gateway!.fromWorker(message, bytes)
@@ -419,11 +439,17 @@ export class SandboxPoolWorker implements PoolWorker {
 
   private async answerHostCall(msg: { id: number; op: string; args: unknown[] }): Promise<void> {
     let reply: Record<string, unknown>
+    this.hostFileCalls++
     try {
-      reply = { __sandbox_pool__: true, id: msg.id, result: (await this.hostFiles!.call(msg.op, msg.args)) ?? null }
+      const result = (await this.hostFiles!.call(msg.op, msg.args)) ?? null
+      // What the host sends back waits in its memory until the worker reads it.
+      if (typeof result === 'string') this.hostFileBytes += result.length
+      reply = { __sandbox_pool__: true, id: msg.id, result }
     } catch (err) {
       if (err instanceof HostFileRefusal) log('%s', err.message)
       reply = { __sandbox_pool__: true, id: msg.id, error: `vitest-pool-sandbox: ${(err as Error).message}` }
+    } finally {
+      this.hostFileCalls--
     }
     this.transmit(reply)
   }

@@ -32,6 +32,8 @@ export const MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 export const MAX_KEPT_BYTES = 256 * 1024 * 1024
 /** Characters of module code one worker may be sent: Vite keeps each module it transforms for the run. */
 export const MAX_MODULE_CODE = 512 * 1024 * 1024
+/** Characters of module ids one worker may ask for: Vitest keeps every id it is asked (its externals, durations). */
+export const MAX_MODULE_IDS = 32 * 1024 * 1024
 /** The rules of methods whose data Vitest keeps for the run. */
 const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 /** The longest request id a worker may choose (birpc's are 21 characters). */
@@ -65,6 +67,8 @@ export interface GatewayContext {
   snapshotPath(testPath: string, snapPath: string): void
   /** Why a benchmark result path is refused, if it is. */
   benchmarkRefusal(method: string, file: unknown): string | undefined
+  /** Whether a worker may see this `import.meta.env` name (Vite writes the host's whole env into modules). */
+  envAllowed(name: string): boolean
   /** The run's `--bail` (0: off). */
   bail(): number
   /** Failed tests the host's Vitest has counted so far in the run. */
@@ -97,6 +101,7 @@ export class Gateway {
   private bytesInFlight = 0
   private bytesKept = 0
   private moduleCode = 0
+  private moduleIds = 0
   private readonly calls = new Map<string, Call>()
   /** The task ids of the worker's files, for the files they were worked out for. */
   private own = { files: '', ids: [] as string[] }
@@ -104,7 +109,7 @@ export class Gateway {
   private readonly screen: ModuleScreen
 
   constructor(private readonly ctx: GatewayContext) {
-    this.screen = new ModuleScreen(ctx.rules)
+    this.screen = new ModuleScreen(ctx.rules, ctx.envAllowed)
   }
 
   /**
@@ -150,7 +155,11 @@ export class Gateway {
     const wrong = badArguments(method!, spec, frame.a)
     if (wrong) throw new ProtocolViolation(wrong)
     if (KEPT.has(spec.rule) && (this.bytesKept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / 1024 / 1024} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
-    if ((spec.rule === 'module' || spec.rule === 'warm') && this.moduleCode > MAX_MODULE_CODE) throw new ProtocolViolation(`over ${MAX_MODULE_CODE / 1024 / 1024} MiB of module code asked for (the host keeps every module it transforms)`)
+    if (spec.rule === 'module' || spec.rule === 'warm') {
+      if (this.moduleCode > MAX_MODULE_CODE) throw new ProtocolViolation(`over ${MAX_MODULE_CODE / 1024 / 1024} MiB of module code asked for (the host keeps every module it transforms)`)
+      this.moduleIds += spec.rule === 'module' ? String((frame.a as unknown[])[0]).length : (frame.a as unknown[][])[1].reduce<number>((n, id) => n + String(id).length, 0)
+      if (this.moduleIds > MAX_MODULE_IDS) throw new ProtocolViolation(`over ${MAX_MODULE_IDS / 1024 / 1024} MiB of module ids asked for (the host keeps every id it is asked)`)
+    }
     const args = [...(frame.a as unknown[])]
     const event = frame.i === undefined
     if (!event) {
@@ -264,6 +273,8 @@ export class Gateway {
     },
     isOwnFile: (file) => typeof file === 'string' && this.ctx.runFiles().includes(path.resolve(this.ctx.rules.root, file)),
     isTask: (id) => this.ctx.isTask(id),
+    fileName: (filepath) => path.relative(this.ctx.projectRoot, path.resolve(this.ctx.rules.root, filepath)).split(path.sep).join('/'),
+    projectName: () => this.ctx.projectName,
   }
 
   /**

@@ -19,6 +19,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
 import { ownSourceMap } from './source-maps.js'
+import { stripLiteral } from 'strip-literal'
 import { realPath } from '../../workspace/collect.js'
 
 /** The part of a Vite environment this screen needs. */
@@ -64,23 +65,51 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
     const file = resolved?.id.replace(/[?#].*$/, '')
     return file && path.isAbsolute(file) && !state.rules().mayName(file) ? null : resolved
   }
-  const glob = environment.plugins?.find((p) => p.name === 'vite:import-glob') as { transform?: Handler | { handler: Handler } } | undefined
-  if (!glob?.transform) return
-  const check = async function (this: HookContext, code: string, id: string) {
+  before(environment, 'vite:import-glob', async function (code, id) {
     if (code.includes('import.meta.glob')) await checkGlobs(this, code, id, environment.config.root, state.rules())
-  }
-  if (typeof glob.transform === 'function') {
-    const handler = glob.transform
-    glob.transform = async function (this: HookContext, code, id, ...rest) {
+  })
+  before(environment, 'vite:asset-import-meta-url', async function (code, id) {
+    if (code.includes('import.meta.url')) checkAssetUrls(code, id, state.rules())
+  })
+}
+
+/** Runs `check` before the transform of the environment's plugin `name` (if it has one). */
+function before(environment: LoadingEnvironment, name: string, check: (this: HookContext, code: string, id: string) => Promise<void>): void {
+  const plugin = environment.plugins?.find((p) => p.name === name) as { transform?: Handler | { handler: Handler } } | undefined
+  if (!plugin?.transform) return
+  const wrap = (handler: Handler): Handler =>
+    async function (this: HookContext, code, id, ...rest) {
       await check.call(this, code, id)
       return handler.call(this, code, id, ...rest)
     }
-  } else {
-    const hook = glob.transform
-    const handler = hook.handler
-    hook.handler = async function (this: HookContext, code, id, ...rest) {
-      await check.call(this, code, id)
-      return handler.call(this, code, id, ...rest)
+  if (typeof plugin.transform === 'function') plugin.transform = wrap(plugin.transform)
+  else plugin.transform.handler = wrap(plugin.transform.handler)
+}
+
+/**
+ * Each `new URL('…', import.meta.url)` Vite's asset plugin turns into a URL (client environments):
+ * for `?inline` or a public path it reads the file it names. Found as Vite finds them; only a
+ * relative URL to a path the sandbox may name inside the workspace passes.
+ */
+function checkAssetUrls(code: string, id: string, rules: FileRules): void {
+  const file = id.replace(/[?#].*$/, '')
+  let clean: string
+  try {
+    clean = stripLiteral(code)
+  } catch {
+    return // Vite's plugin fails on it too
+  }
+  for (const match of clean.matchAll(ASSET_URL)) {
+    const [[start], [urlStart, urlEnd]] = match.indices as Array<[number, number]>
+    if (/\/\*\s*@vite-ignore\s*\*\//.test(code.slice(start, urlStart))) continue
+    const raw = code.slice(urlStart, urlEnd)
+    if (raw[0] === '`' && raw.includes('${')) continue // becomes an import.meta.glob, checked as one
+    const url = raw.slice(1, -1)
+    if (/^data:/i.test(url)) continue
+    const target = url.startsWith('.') ? path.resolve(path.dirname(file), url.replace(/[?#].*$/, '')) : undefined
+    const rel = target && path.relative(rules.root, target)
+    if (target === undefined || !rel || rel.startsWith('..') || path.isAbsolute(rel) || !rules.mayWord(target)) {
+      throw new Error(`vitest-pool-sandbox: new URL(${JSON.stringify(url).slice(0, 300)}, import.meta.url) in ${path.relative(rules.root, file)} names a file the sandbox is not given (only relative URLs to given files are turned into asset URLs)`)
     }
   }
 }
@@ -105,41 +134,72 @@ function refuse(pattern: string, file: string, rules: FileRules, why: string): E
   return new Error(`vitest-pool-sandbox: import.meta.glob pattern ${JSON.stringify(pattern).slice(0, 300)} in ${path.relative(rules.root, file)} ${why}`)
 }
 
-/** Every `import.meta.glob(...)` of the module, as Vite's parser reads it. */
+/** Vite's own expressions (its glob and asset plugins), matched on the module with literals stripped, as Vite does. */
+const IMPORT_GLOB = /\bimport\.meta\.glob(?:<\w+>)?\s*\(/g
+const ASSET_URL = /\bnew\s+URL\s*\(\s*('[^']+'|"[^"]+"|`[^`]+`)\s*,\s*import\.meta\.url\s*(?:,\s*)?\)/dg
+
+/** Vite's `findCorrespondingCloseParenthesisPosition`, as it is (`open` is just after the `(`). */
+function closeParen(clean: string, open: number): number {
+  const close = clean.indexOf(')', open)
+  if (close < 0) return -1
+  if (!clean.slice(open, close).includes('(')) return close
+  let remaining = 0
+  for (let at = open; at < clean.length; at++) {
+    if (clean[at] === '(') remaining++
+    else if (clean[at] === ')' && --remaining <= 0) return at
+  }
+  return -1
+}
+
+/** Every `import.meta.glob(...)` of the module, found and parsed exactly as Vite's glob plugin finds and parses them. */
 async function checkGlobs(ctx: HookContext, code: string, id: string, root: string, rules: FileRules): Promise<void> {
   const file = id.replace(/[?#].*$/, '')
-  let ast: unknown
+  let clean: string
   try {
-    ast = ctx.parse(code)
+    clean = stripLiteral(code)
   } catch {
-    throw refuse('import.meta.glob', file, rules, 'could not be read to check it (the sandbox pool reads every glob before the host lists files)')
+    return // Vite expands nothing then
   }
-  for (const call of globCalls(ast)) {
-    const [first, options] = call.arguments as Node[]
-    const literal = (n: Node | undefined): string | undefined => (n?.type === 'Literal' && typeof n.value === 'string' ? n.value : n?.type === 'TemplateLiteral' && (n.expressions as unknown[]).length === 0 ? (n.quasis as Array<{ value: { raw: string } }>)[0].value.raw : undefined)
-    const patterns = first?.type === 'ArrayExpression' ? (first.elements as Node[]).map(literal) : [literal(first)]
-    let base: string | undefined
-    for (const prop of options?.type === 'ObjectExpression' ? (options.properties as Node[]) : []) {
-      const key = prop.key as Node | undefined
-      const name = key?.type === 'Identifier' ? key.name : literal(key)
-      if (name === 'base') base = literal(prop.value as Node) ?? refusedBase(file, rules)
-      if (name === 'exhaustive' && !((prop.value as Node)?.type === 'Literal' && (prop.value as Node).value === false)) throw refuse('exhaustive', file, rules, 'asks to list dependencies too, whose links may lead anywhere')
+  for (const match of clean.matchAll(IMPORT_GLOB)) {
+    const end = closeParen(clean, match.index + match[0].length) + 1
+    if (end <= 0) continue // Vite refuses it itself
+    let call: Node | undefined
+    try {
+      call = ((ctx.parse(code.slice(match.index, end)) as { body: Node[] }).body[0]?.expression as Node | undefined)
+    } catch {
+      continue // Vite refuses it itself
     }
-    for (const raw of patterns) {
-      if (raw === undefined) throw refuse('import.meta.glob', file, rules, 'is not a literal pattern')
-      const pattern = raw.startsWith('!') ? raw.slice(1) : raw
-      const absolute = await absoluteGlob(ctx, pattern, id, root, base)
-      if (absolute === undefined) throw refuse(raw, file, rules, 'is not one the sandbox pool can check (start it with ./, ../, / or an alias)')
-      const parts = absolute.split('/')
-      const wild = parts.findIndex((p) => GLOB_CHARS.test(p))
-      const fixed = path.posix.normalize((wild < 0 ? parts : parts.slice(0, wild)).join('/') || '/')
-      const inRoot = (p: string) => p === rules.root || p.startsWith(rules.root + path.sep)
-      if (wild >= 0 && parts.slice(wild).join('/').includes('..')) throw refuse(raw, file, rules, 'climbs with .. after a wildcard')
-      if (!inRoot(fixed) || !inRoot(realPath(fixed))) throw refuse(raw, file, rules, 'reaches outside the workspace given to the sandbox')
-      // A pattern that goes deeper than one level below its fixed part walks into links there.
-      const deep = wild >= 0 && (parts.length - wild > 1 || parts.slice(wild).some((p) => p.includes('**')))
-      if (rules.outwardLinks.some((link) => link === fixed || (deep && link.startsWith(fixed + path.sep)))) throw refuse(raw, file, rules, 'would list a link that leads out of what the sandbox is given')
-    }
+    if (call?.type !== 'CallExpression') continue
+    await checkGlobCall(ctx, call, file, id, root, rules)
+  }
+}
+
+/** One glob call's patterns and options, resolved as Vite's `toAbsoluteGlob` resolves them. */
+async function checkGlobCall(ctx: HookContext, call: Node, file: string, id: string, root: string, rules: FileRules): Promise<void> {
+  const [first, options] = call.arguments as Node[]
+  const literal = (n: Node | undefined): string | undefined => (n?.type === 'Literal' && typeof n.value === 'string' ? n.value : n?.type === 'TemplateLiteral' && (n.expressions as unknown[]).length === 0 ? (n.quasis as Array<{ value: { raw: string } }>)[0].value.raw : undefined)
+  const patterns = first?.type === 'ArrayExpression' ? (first.elements as Node[]).map(literal) : [literal(first)]
+  let base: string | undefined
+  for (const prop of options?.type === 'ObjectExpression' ? (options.properties as Node[]) : []) {
+    const key = prop.key as Node | undefined
+    const name = key?.type === 'Identifier' ? key.name : literal(key)
+    if (name === 'base') base = literal(prop.value as Node) ?? refusedBase(file, rules)
+    if (name === 'exhaustive' && !((prop.value as Node)?.type === 'Literal' && (prop.value as Node).value === false)) throw refuse('exhaustive', file, rules, 'asks to list dependencies too, whose links may lead anywhere')
+  }
+  for (const raw of patterns) {
+    if (raw === undefined) throw refuse('import.meta.glob', file, rules, 'is not a literal pattern')
+    const pattern = raw.startsWith('!') ? raw.slice(1) : raw
+    const absolute = await absoluteGlob(ctx, pattern, id, root, base)
+    if (absolute === undefined) throw refuse(raw, file, rules, 'is not one the sandbox pool can check (start it with ./, ../, / or an alias)')
+    const parts = absolute.split('/')
+    const wild = parts.findIndex((p) => GLOB_CHARS.test(p))
+    const fixed = path.posix.normalize((wild < 0 ? parts : parts.slice(0, wild)).join('/') || '/')
+    const inRoot = (p: string) => p === rules.root || p.startsWith(rules.root + path.sep)
+    if (wild >= 0 && parts.slice(wild).join('/').includes('..')) throw refuse(raw, file, rules, 'climbs with .. after a wildcard')
+    if (!inRoot(fixed) || !inRoot(realPath(fixed))) throw refuse(raw, file, rules, 'reaches outside the workspace given to the sandbox')
+    // A pattern that goes deeper than one level below its fixed part walks into links there.
+    const deep = wild >= 0 && (parts.length - wild > 1 || parts.slice(wild).some((p) => p.includes('**')))
+    if (rules.outwardLinks.some((link) => link === fixed || (deep && link.startsWith(fixed + path.sep)))) throw refuse(raw, file, rules, 'would list a link that leads out of what the sandbox is given')
   }
 }
 
@@ -160,21 +220,3 @@ async function absoluteGlob(ctx: HookContext, glob: string, importer: string, ro
 }
 
 type Node = { type: string; [key: string]: unknown }
-
-/** The `import.meta.glob(...)` calls of an ESTree program. */
-function globCalls(ast: unknown): Node[] {
-  const calls: Node[] = []
-  const walk = (n: unknown): void => {
-    if (Array.isArray(n)) return n.forEach(walk)
-    if (!n || typeof n !== 'object') return
-    const node = n as Node
-    if (node.type === 'CallExpression') {
-      const callee = node.callee as Node
-      const object = callee?.object as Node | undefined
-      if (callee?.type === 'MemberExpression' && !callee.computed && (callee.property as Node)?.name === 'glob' && object?.type === 'MetaProperty') calls.push(node)
-    }
-    for (const [key, value] of Object.entries(node)) if (key !== 'type' && value && typeof value === 'object') walk(value)
-  }
-  walk(ast)
-  return calls
-}

@@ -13,6 +13,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ABSENT, candidates, readModuleId, twinOf, type TwinMap } from './module-ids.js'
+import { screenImportMetaEnv } from './import-meta-env.js'
 import type { FileRules } from './file-rules.js'
 import { debug } from '../../debug.js'
 
@@ -137,7 +138,18 @@ function pathOf(v: unknown): string | undefined {
 const CODE_FIELDS = new Set(['code', 'map', 'sourceMap'])
 
 export class ModuleScreen {
-  constructor(private readonly rules: FileRules) {}
+  /** @param envAllowed the `import.meta.env` names a worker may see */
+  constructor(
+    private readonly rules: FileRules,
+    private readonly envAllowed: (name: string) => boolean,
+  ) {}
+
+  /** An answer's code (and each of a warm batch's) with `import.meta.env` cut down. */
+  private withScreenedEnv(result: unknown): unknown {
+    if (!result || typeof result !== 'object') return result
+    const r = result as Record<string, unknown>
+    return typeof r.code === 'string' ? { ...r, code: screenImportMetaEnv(r.code, this.envAllowed) } : result
+  }
 
   /**
    * An importer as the host gets it: one the worker may name as is (inside the workspace, a
@@ -182,7 +194,7 @@ export class ModuleScreen {
     // An error names the paths the worker asked for or imported, and Vite words it by what it
     // found: every path it may not word is moved under ABSENT, whatever is there.
     if (error !== undefined) return { error: mapStrings(mapped(error), (t) => this.worded(t)) }
-    const inlined = result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result
+    const inlined = this.withScreenedEnv(result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result)
     const named = this.filesOf(inlined)
     const leak = [...named].find((f) => !this.rules.mayName(f) && !f.startsWith(ABSENT))
     if (leak === undefined) return { result: mapped(inlined) }
@@ -232,7 +244,7 @@ export class ModuleScreen {
     if (!result || typeof result !== 'object') return result
     const out: Record<string, unknown> = {}
     for (const [id, entry] of Object.entries(result as Record<string, any>)) {
-      const inlined = entry && typeof entry === 'object' ? inlineCached(entry) : entry
+      const inlined = this.withScreenedEnv(entry && typeof entry === 'object' ? inlineCached(entry) : entry)
       // A refused entry is left out: the worker then fetches it, and gets the twin's answer.
       if ([...this.filesOf(inlined)].some((f) => !this.rules.mayName(f))) continue
       out[id] = inlined

@@ -15,6 +15,9 @@ export interface TaskOwner {
   isOwnFile(file: unknown): boolean
   /** Whether the host's Vitest has a task of this id (of any file). */
   isTask(id: unknown): boolean
+  /** The name Vitest gives one of the worker's files (its path relative to the project root). */
+  fileName(filepath: string): string
+  projectName(): string
 }
 
 /** Task ids a call names must belong to the worker's own files (in place: the gateway's copy). */
@@ -40,7 +43,8 @@ export function checkTasks(method: string, args: unknown[], owner: TaskOwner): v
     task.result = taskResult(method, task.result, budget)
     task.meta = acyclic(task.meta, budget)
     if (task.type === 'test') {
-      for (const list of ['annotations', 'artifacts']) if (!Array.isArray(task[list])) task[list] = []
+      // Reporters compare and print them recursively.
+      for (const list of ['annotations', 'artifacts']) task[list] = Array.isArray(task[list]) ? acyclic(task[list], budget) : []
       if (task.tasks !== undefined) throw new ProtocolViolation(`${method}: a test with tasks`)
       return
     }
@@ -51,6 +55,9 @@ export function checkTasks(method: string, args: unknown[], owner: TaskOwner): v
     if (file === null || typeof file !== 'object') throw new ProtocolViolation(`${method}: a file that is not an object`)
     check(file.id, 'file id')
     if (!owner.isOwnFile(file.filepath)) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+    // What reporters print the file as, from the host.
+    file.name = owner.fileName(file.filepath)
+    file.projectName = owner.projectName()
     checkTree(file, file, undefined, new Set())
   }
   switch (method) {
