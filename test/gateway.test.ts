@@ -38,7 +38,7 @@ function filesUnder(dir: string): string[] {
 /** What the harness makes in the fixture (a run that was cut short may have left it). */
 function removeMade(): void {
   const written = ['build.rs', 'Rakefile', 'src/main.go', 'index.html', 'build.gradle'] // by an attack, if it worked
-  for (const f of ['.env', 'coverage', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+  for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
 }
 
 beforeAll(() => {
@@ -86,6 +86,12 @@ function generateSourceMapAttacks(): void {
   const up = (to: string) => path.relative(dir, to)
   write('asset-existing.js', `export const u = new URL('${up(secret)}?inline', import.meta.url).href\nexport const e = new URL('../public/proc/self/environ?inline', import.meta.url).href\n`)
   write('asset-missing.js', `export const u = new URL('${up(path.join(hostDir, 'nothere.js'))}?inline', import.meta.url).href\nexport const e = new URL('../public/proc/self/nothere?inline', import.meta.url).href\n`)
+  fs.writeFileSync(path.join(hostDir, 'secret.svg'), '<svg><!-- attack-secret-svg --></svg>\n')
+  write('worker-existing.js', `export const w = () => new Worker(new URL('${up(path.join(hostDir, 'secret.svg'))}', import.meta.url))\n`)
+  write('worker-missing.js', `export const w = () => new Worker(new URL('${up(path.join(hostDir, 'nothere.svg'))}', import.meta.url))\n`)
+  // Vite reads `/x` from the public folder too: a secret there is not given.
+  fs.mkdirSync(path.join(FIXTURE, 'public'), { recursive: true })
+  fs.writeFileSync(path.join(FIXTURE, 'public/.env.local'), 'TOKEN=attack-secret-public\n')
   fs.mkdirSync(path.join(FIXTURE, 'test/node_modules'), { recursive: true })
   fs.symlinkSync(hostDir, path.join(FIXTURE, 'test/node_modules/evil'))
   write(
@@ -127,6 +133,14 @@ it('cannot tell an existing host file from a missing one through a stack frame, 
   const asset = async (name: string) => (await settled(rpc.fetch(\`\${dir}/\${name}.js\`, undefined, 'client', {}))).replace(/secret|nothere|environ/g, 'X').replace(/existing|missing/g, 'Y')
   expect(await asset('asset-existing')).toBe(await asset('asset-missing'))
   expect(await asset('asset-existing')).toMatch(/names a file the sandbox is not given/)
+  expect(await asset('worker-existing')).toBe(await asset('worker-missing'))
+  expect(await asset('worker-existing')).toMatch(/names a file the sandbox is not given/)
+  for (const query of ['?raw', '?url&inline']) {
+    const inPublic = async (name: string) => (await settled(rpc.fetch(\`/\${name}\${query}\`, import.meta.filename, 'ssr', {}))).split(name).join('X')
+    const got = await inPublic('.env.local')
+    expect(got, query).not.toContain(SECRET)
+    expect(got, query).toBe(await inPublic('.env.qqqqq'))
+  }
   for (const form of ['evil/secret.js', 'evil/secret', 'evil/secret.js?raw']) {
     const linked = async (name: string) => (await settled(rpc.resolve(form.replace('secret', name), import.meta.filename, 'ssr'))).split(name).join('X')
     expect(await linked('secret'), form).toBe(await linked('nothere'))

@@ -214,7 +214,8 @@ export class SandboxPoolWorker implements PoolWorker {
     this.startupStderr = ''
     const workspace = this.fleet.workspace
     const project = this.options.project
-    const rules = fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR])
+    const publicDir = project.vite?.config?.publicDir
+    const rules = fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR], [project.config.root, ...(publicDir ? [publicDir] : [])])
     // The Vite environments a worker loads modules from; Vitest's own (`__vitest__`, `__vitest_vm__`) serve the host.
     const environments = Object.keys(project.vite?.environments ?? {}).filter((name) => !name.startsWith('__vitest'))
     for (const name of environments) screenLoads(project.vite.environments[name] as unknown as LoadingEnvironment, () => rules)

@@ -8,8 +8,10 @@ import path from 'node:path'
 import { realPath, type Workspace } from '../../workspace/collect.js'
 
 export interface FileRules {
-  /** The workspace root (Vite reads `/x` as `<root>/x` first). */
+  /** The workspace root. */
   root: string
+  /** Folders Vite reads `/x` from before `/x` itself: the workspace, Vite's root, the public folder. */
+  roots: string[]
   /** Is `file` (absolute) given to the sandbox? (the workspace's one predicate) */
   isGiven(file: string): boolean
   /** May the sandbox learn of `file` (absolute): its existence, name or content? */
@@ -26,8 +28,9 @@ export interface FileRules {
 /**
  * @param runtimeDirs host folders whose modules a sandbox may always get (Vitest itself, this
  *   package's snapshot environment)
+ * @param readRoots Vite's root and public folder (it reads `/x` under each)
  */
-export function fileRules(workspace: Workspace, runtimeDirs: string[]): FileRules {
+export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots: string[] = []): FileRules {
   // A dependency where it really is: a link under node_modules may lead anywhere.
   const underNodeModules = (file: string) => workspace.relative(file)?.split('/').includes('node_modules') ?? false
   const dependency = (file: string) => underNodeModules(file) && workspace.relative(realPath(file)) !== undefined
@@ -37,6 +40,7 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[]): FileRule
   const mayName = (file: string) => !fs.existsSync(file) || workspace.isGiven(file) || dependency(file) || runtime(file)
   return {
     root: workspace.root,
+    roots: [...new Set([workspace.root, ...readRoots])],
     mayWord: (file) => workspace.isGiven(file) || underNodeModules(file) || runtime(file),
     outwardLinks: workspace.files.filter((f) => f.link !== undefined).map((f) => path.join(workspace.root, f.path)).filter((p) => !workspace.isGiven(p)),
     isGiven: (file) => workspace.isGiven(file),

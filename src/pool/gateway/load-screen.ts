@@ -8,7 +8,8 @@
  * - a given file is loaded by the gateway, with the source map it may have (source-maps.ts):
  *   Vite never extracts a map from a given file's comments itself;
  * - an import the host resolves (import analysis of a given module, an alias, a link under
- *   node_modules) to a file the sandbox may not name resolves to nothing, as a missing file;
+ *   node_modules, a path of the public folder) to a file the sandbox may not name resolves to
+ *   nothing, as a missing file;
  * - each `import.meta.glob` is read from Vite's own parse of the module, just before Vite's glob
  *   plugin expands it, and resolved as that plugin resolves it: a pattern whose fixed part is
  *   outside the workspace, that climbs with `..` after it, that starts with `**`, that is not a
@@ -63,14 +64,20 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   container.resolveId = async (id: string, ...rest: unknown[]) => {
     const resolved = await resolveId(id, ...rest)
     const file = resolved?.id.replace(/[?#].*$/, '')
-    return file && path.isAbsolute(file) && !state.rules().mayName(file) ? null : resolved
+    if (!file || !path.isAbsolute(file)) return resolved
+    // Vite's asset plugin answers a path of the public folder as it is (`/x`) and reads it from there.
+    const rules = state.rules()
+    return [file, ...rules.roots.map((root) => path.join(root, file))].every((p) => rules.mayName(p)) ? resolved : null
   }
   before(environment, 'vite:import-glob', async function (code, id) {
     if (code.includes('import.meta.glob')) await checkGlobs(this, code, id, environment.config.root, state.rules())
   })
-  before(environment, 'vite:asset-import-meta-url', async function (code, id) {
-    if (code.includes('import.meta.url')) checkAssetUrls(code, id, state.rules())
-  })
+  // The worker plugin runs first and rewrites `new Worker(new URL(…))`: both are checked before their plugin.
+  for (const name of ['vite:worker-import-meta-url', 'vite:asset-import-meta-url']) {
+    before(environment, name, async function (code, id) {
+      if (code.includes('import.meta.url')) checkAssetUrls(code, id, state.rules())
+    })
+  }
 }
 
 /** Runs `check` before the transform of the environment's plugin `name` (if it has one). */

@@ -111,9 +111,12 @@ function fileId(prefix: string, rest: string, tail: string, rootRelative: boolea
   return { kind: 'file', id: prefix + p + tail, head: prefix, path: p, tail, rootRelative }
 }
 
-/** The host paths Vite may read for a canonical file id: both readings of `/x`, with lookups. */
-export function candidates(file: FileId, root: string): string[] {
-  const bases = file.rootRelative ? [path.join(root, file.path), file.path] : [file.path]
+/**
+ * The host paths Vite may read for a canonical file id: every reading of `/x` (under each of
+ * `roots`: the workspace, Vite's root, the public folder; then absolute), with lookups.
+ */
+export function candidates(file: FileId, roots: string[]): string[] {
+  const bases = file.rootRelative ? [...roots.map((root) => path.join(root, file.path)), file.path] : [file.path]
   return bases.flatMap((b) => [b, ...EXTENSIONS.map((e) => b + e), ...EXTENSIONS.map((e) => path.join(b, `index${e}`)), path.join(b, 'package.json')])
 }
 
@@ -126,7 +129,7 @@ export type TwinMap = Array<[twin: string, asked: string]>
  * by random characters of the same length, extensions kept, such that no path Vite may read for it exists. The same length keeps columns in
  * the twin's source maps true for the asked id. Falls back to a path under ABSENT.
  */
-export function twinOf(file: FileId, root: string): { id: string; map: TwinMap } {
+export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMap } {
   const [idPath] = splitQuery(file.id.slice(file.head.length))
   const segments = idPath.split('/')
   for (let at = segments.length - 1; at >= 0; at--) {
@@ -137,7 +140,7 @@ export function twinOf(file: FileId, root: string): { id: string; map: TwinMap }
       const random = randomBytes(name.length).toString('hex').slice(0, name.length).replace(/^\d/, 'x')
       const twinPath = [...segments.slice(0, at), random + segments[at].slice(name.length), ...segments.slice(at + 1)].join('/')
       const hostPath = plainPath(file.dir === undefined ? (file.head.endsWith('file://') ? fileURLToPath('file://' + twinPath) : twinPath) : path.posix.join(file.dir, twinPath))
-      if (!candidates({ ...file, path: hostPath }, root).some((c) => fs.existsSync(c))) {
+      if (!candidates({ ...file, path: hostPath }, roots).some((c) => fs.existsSync(c))) {
         return { id: file.head + twinPath + file.tail, map: [[random, name]] }
       }
     }

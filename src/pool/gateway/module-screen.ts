@@ -178,11 +178,11 @@ export class ModuleScreen {
     if (read.kind === 'refused') return { ...base, answer: { error: notFound(id, typeof rawImporter === 'string' ? rawImporter : undefined) } }
     if (read.kind === 'other') return base
     if (read.id !== id) base.map = [...(base.map ?? []), [read.id, id]]
-    const named = candidates(read, this.rules.root).filter((c) => !this.rules.mayName(c))
+    const named = candidates(read, this.rules.roots).filter((c) => !this.rules.mayName(c))
     if (named.length === 0) return { ...base, args: [read.id, importer.importer, ...rest] }
     if (method === 'ensureModuleGraphEntry') return { ...base, answer: { error: notFound(id) } }
     log('%s of %s: not given, asking for its twin', method, id)
-    const twin = twinOf(read, this.rules.root)
+    const twin = twinOf(read, this.rules.roots)
     return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
   }
 
@@ -205,7 +205,7 @@ export class ModuleScreen {
       // A bare or aliased id, or a twin that still led to a host file: Vite's answer for a module that resolves to nothing.
       return { error: notFound(id, typeof call.asked[1] === 'string' ? call.asked[1] : undefined) }
     }
-    const twin = twinOf(read, this.rules.root)
+    const twin = twinOf(read, this.rules.roots)
     return { retry: { ...call, args: [twin.id, ...call.args.slice(1)], map: [...twin.map, ...(call.map ?? [])] } }
   }
 
@@ -214,7 +214,7 @@ export class ModuleScreen {
     const [environment, files] = asked as [string, string[]]
     const mayAsk = (f: string) => {
       const read = readModuleId(f, undefined)
-      return read.kind === 'other' || (read.kind === 'file' && candidates(read, this.rules.root).every((c) => this.rules.mayName(c)))
+      return read.kind === 'other' || (read.kind === 'file' && candidates(read, this.rules.roots).every((c) => this.rules.mayName(c)))
     }
     return { method: 'fetchWarmModules', asked, args: [environment, files.filter(mayAsk)] }
   }
