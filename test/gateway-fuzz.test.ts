@@ -13,6 +13,7 @@ import { Gateway, ProtocolViolation, type GatewayContext } from '../src/pool/gat
 import { badArguments, methodSpec, METHODS, REFUSED } from '../src/pool/gateway/methods.js'
 import { fileRules } from '../src/pool/gateway/file-rules.js'
 import { collectWorkspace } from '../src/workspace/collect.js'
+import { seeded } from './support/seeded.js'
 
 let dir: string
 let root: string
@@ -51,21 +52,10 @@ beforeAll(async () => {
 
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
-/** mulberry32: a small seeded generator, so a failure can be replayed from its seed. */
-function random(seed: number): () => number {
-  let a = seed
-  return () => {
-    a = (a + 0x6d2b79f5) | 0
-    let t = Math.imul(a ^ (a >>> 15), 1 | a)
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 describe('the host gateway under random input', () => {
   it('ends the worker or passes only listed, screened calls under its own ids', () => {
     const seed = Number(process.env.VPS_FUZZ_SEED ?? 20261206) // another seed: VPS_FUZZ_SEED=n
-    const rnd = random(seed)
+    const rnd = seeded(seed)
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]
     const ids = () => [`${secret}?raw`, `file:${secret}`, `/@fs${secret}`, `/@id/${secret}`, `//${secret}`, `${root}/../host-secret.ts`, `./../host-secret`, `../host-secret.ts`, `vitest/../../${secret}`, `${root}/.env.local?raw`, `/src.ts`, `${root}/src.ts`, '/@id/__x00__virtual', 'node:fs', 'vitest', `${secret.replace(/\//g, '%2F')}`, '\u0000x', '']
     const values = (): unknown[] => [undefined, null, 0, -1, 1e300, '', 'x', '__proto__', 'constructor', pick(ids()), [], [pick(ids())], {}, { __proto__: null }, { path: secret }, 'own', 'own_0', 'other', 'other_0', true]
