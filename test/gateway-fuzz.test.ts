@@ -9,11 +9,15 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { RunBudget } from '../src/pool/gateway/budget.js'
 import { Gateway, ProtocolViolation, type GatewayContext } from '../src/pool/gateway/gateway.js'
 import { badArguments, methodSpec, METHODS, REFUSED } from '../src/pool/gateway/methods.js'
 import { fileRules } from '../src/pool/gateway/file-rules.js'
 import { collectWorkspace } from '../src/workspace/collect.js'
 import { seeded } from './support/seeded.js'
+import { parseSingleStack } from '@vitest/utils/source-map'
+import { canonicalStack } from '../src/pool/gateway/errors.js'
+import { ABSENT } from '../src/pool/gateway/module-ids.js'
 
 let dir: string
 let root: string
@@ -43,10 +47,11 @@ beforeAll(async () => {
     projectRoot: root,
     coverageProvider: () => 'istanbul',
     snapshotPath: () => {},
-    benchmarkRefusal: () => undefined,
+    benchmarkPath: (_method, file) => ({ path: String(file) }),
     envAllowed: (name) => name === 'MODE',
     bail: () => 1,
     failedTests: () => 0,
+    budget: new RunBudget(),
   }
 })
 
@@ -183,5 +188,91 @@ describe('the host gateway under random input', () => {
     // Both outcomes were exercised, many times.
     expect(passed).toBeGreaterThan(2000)
     expect(ended).toBeGreaterThan(500)
+  })
+
+  it('bounds what the workers of one run make the host keep together, not only each', () => {
+    const MiB = 1024 * 1024
+    const budget = new RunBudget({ kept: 10 * MiB, moduleCode: 100 * MiB, moduleIds: MiB })
+    const workers = [1, 2, 3].map(() => new Gateway({ ...ctx, budget }))
+    // Logs: 4 MiB from each worker is under a worker's bound, the third goes over the run's.
+    const log = (g: Gateway) => g.fromWorker({ t: 'q', m: 'onUserConsoleLog', a: [{ type: 'stdout', content: 'x', time: 0 }] }, 4 * MiB)
+    log(workers[0])
+    log(workers[1])
+    expect(() => log(workers[2])).toThrow(/over 10 MiB of results, logs and errors sent by the run's workers together/)
+    budget.newRun() // watch mode: Vitest let go of the last run's results
+    log(workers[2])
+    // Module code: the same module fetched by every worker is kept once; distinct ones add up.
+    const fetch = (g: Gateway, i: string, id: string, chars: number) => {
+      const asked = g.fromWorker({ t: 'q', i, m: 'fetch', a: [id, undefined, 'ssr', {}] }).toHost as { i: string }
+      g.fromHost({ t: 's', i: asked.i, r: { code: 'c'.repeat(chars), file: `${root}/src.ts`, id, url: '/src.ts', invalidate: false } })
+    }
+    for (const [n, g] of workers.entries()) fetch(g, `same${n}`, `${root}/src.ts`, 60 * MiB)
+    fetch(workers[0], 'v1', `${root}/src.ts?v=1`, 60 * MiB)
+    expect(() => fetch(workers[1], 'v2', `${root}/src.ts?v=2`, 1)).toThrow(/over 100 MiB of code of distinct modules sent to the run's workers together/)
+    // Module ids: distinct ones add up over workers, the same one counts once.
+    const ids = new RunBudget({ kept: MiB, moduleCode: MiB, moduleIds: MiB })
+    const askers = [1, 2].map(() => new Gateway({ ...ctx, budget: ids }))
+    const ask = (g: Gateway, n: number) => g.fromWorker({ t: 'q', m: 'resolve', i: `r${n}`, a: [`data:text/javascript,${String(n).padEnd(4000, 'x')}`, undefined, 'ssr'] })
+    for (let n = 0; n < 100; n++) for (const g of askers) ask(g, n)
+    expect(() => {
+      for (let n = 100; n < 1000; n++) ask(askers[n % 2], n)
+    }).toThrow(/over 1 MiB of distinct module ids asked for by the run's workers together/)
+  })
+})
+
+describe('stacks the host parses', () => {
+  it("name no host file to Vitest's own stack parser, however a frame is written", () => {
+    const seed = Number(process.env.VPS_FUZZ_SEED ?? 20261206)
+    const rnd = seeded(seed)
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]
+    const up = '../'.repeat(12)
+    const target = secret.slice(1)
+    // Ways a frame can name the secret that a reader other than Vitest's might take for another file.
+    const locations = [secret, `${up}${target}`, `${secret}?vitest=1733520000000`, `${secret}#x`, `file://${secret}`, `/@fs${secret}`, `async ${secret}`, `${root}/..\\..\\${target}`, `${root}/x/../../${path.basename(secret)}`, `eval at g (${up}${target}:2:1), x`, `eval at g (${secret}:2:1), <anonymous>`, 'node:fs', `http://localhost${secret}?import`]
+    const methods = ['', 'f', 'async f', 'Object.<anonymous>', 'x (eval', 'new Foo', 'a,b', 'eval']
+    // The gateway's own rule: a path where nothing is may be named.
+    const mayFrame = (file: string) => ctx.rules.mayName(file)
+    for (let n = 0; n < 2000; n++) {
+      const lines = Array.from({ length: 1 + Math.floor(rnd() * 4) }, () => {
+        const method = pick(methods)
+        const at = `${pick(locations)}:${1 + Math.floor(rnd() * 3)}:${1 + Math.floor(rnd() * 9)}`
+        return method ? `    at ${method} (${at})` : `    at ${at}`
+      })
+      const stack = canonicalStack(['Error: m', ...lines].join('\n'), mayFrame)
+      for (const line of stack.split('\n').slice(1)) {
+        const frame = parseSingleStack(line)
+        expect(frame, `${line}\nfrom\n${lines.join('\n')}\n(seed ${seed})`).not.toBeNull()
+        if (!frame!.file.startsWith(ABSENT)) expect(mayFrame(frame!.file), `${line}\nfrom\n${lines.join('\n')}\n(seed ${seed})`).toBe(true)
+      }
+    }
+  })
+})
+
+describe('worker responses and errors the host acts on', () => {
+  it('passes a response only when the host waits for it, rebuilt, and a skip signal only for the worker\'s own tests', () => {
+    const gateway = new Gateway(ctx)
+    const finished = (extra: object = {}) => gateway.fromWorker({ __vitest_worker_response__: true, type: 'testfileFinished', ...extra })
+    expect(() => finished()).toThrow(/a "testfileFinished" response the host is not waiting for/)
+    gateway.responses.requested('run')
+    // Before the file's own result: only with the error that stopped the run.
+    expect(() => finished()).toThrow(/"testfileFinished" before its file reported a result/)
+    const error: any = { name: 'Error', message: 'setup failed', code: 'VITEST_PENDING', taskId: 'other_0' }
+    expect(() => finished({ error })).toThrow(/a skip signal for task "other_0", which is not a task of this worker's file/)
+    // (A violation ends the worker; here the same gateway goes on, still waiting for that run.)
+    const cyclic: any = { name: 'Error', message: 'setup failed' }
+    cyclic.cause = cyclic
+    expect(finished({ error: cyclic, usedMemory: 5, taskId: 'other_0', extra: 'x' }).toHost).toEqual({ __vitest_worker_response__: true, type: 'testfileFinished', error: { name: 'Error', message: 'setup failed', cause: '[Circular]' }, usedMemory: 5 })
+    gateway.responses.requested('run')
+    gateway.fromWorker({ t: 'q', m: 'onTaskUpdate', a: [[['own', { state: 'pass' }, {}]], []] })
+    expect(finished().toHost).toEqual({ __vitest_worker_response__: true, type: 'testfileFinished' })
+    expect(() => finished()).toThrow(/not waiting for/)
+    expect(() => gateway.fromWorker({ __vitest_worker_response__: true, type: 'stopped' })).toThrow(/not waiting for/)
+    gateway.responses.requested('stop')
+    expect(gateway.fromWorker({ __vitest_worker_response__: true, type: 'stopped' }).toHost).toEqual({ __vitest_worker_response__: true, type: 'stopped' })
+    // onUnhandledError: the skip signal and the error's origin must be the worker's own.
+    const unhandled = (e: object) => gateway.fromWorker({ t: 'q', m: 'onUnhandledError', a: [e, 'Unhandled Error'] })
+    expect(() => unhandled({ name: 'AggregateError', message: 'm', errors: [{ message: 'x', code: 'VITEST_PENDING', taskId: 'other_0' }] })).toThrow(/skip signal for task "other_0"/)
+    expect(() => unhandled({ message: 'm', VITEST_TEST_PATH: secret })).toThrow(/an error said to come from a file that is not this worker's/)
+    expect(unhandled({ message: 'm', code: 'VITEST_PENDING', taskId: 'own_1', VITEST_TEST_PATH: path.join(root, 'test/a.test.ts') }).toHost).toMatchObject({ m: 'onUnhandledError' })
   })
 })

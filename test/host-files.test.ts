@@ -1,7 +1,11 @@
 /** The rules of the host's snapshot file service, on their own (the pool tests drive them through real Vitest). */
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
+import { collectWorkspace } from '../src/workspace/collect.js'
 import { inlineSnapshotChange } from '../src/pool/inline-snapshots.js'
-import { parseSnapFile } from '../src/pool/host-files.js'
+import { HostFiles, parseSnapFile } from '../src/pool/host-files.js'
 
 const test = (body: string) => `import { expect, it } from 'vitest'\n\nit('x', () => {\n${body}\n})\n`
 
@@ -55,6 +59,28 @@ describe('.snap files', () => {
   it('rejects anything else', () => {
     for (const bad of ['module.exports = {}', snap + 'require("child_process")\n', snap.replace('`"x"`', '`${process.exit()}`'), snap.replace('`"x"`;', '`"x"` + 1;')]) {
       expect(parseSnapFile(bad), bad).toBeUndefined()
+    }
+  })
+})
+
+describe('benchmark result paths (Vitest 5)', () => {
+  it('are read relative to the project root, as Vitest reads them, and Vitest gets the path that was checked', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-bench-'))
+    try {
+      // The workspace holds the project in a subfolder; its private/ folder is not given.
+      fs.mkdirSync(path.join(dir, 'pkg/private'), { recursive: true })
+      fs.mkdirSync(path.join(dir, 'private'))
+      fs.writeFileSync(path.join(dir, 'private/creds.json'), '{}')
+      fs.writeFileSync(path.join(dir, 'pkg/private/creds.json'), '{"apiKey":"secret"}')
+      fs.writeFileSync(path.join(dir, 'pkg/result.json'), '{}')
+      const workspace = await collectWorkspace(dir, { exclude: ['pkg/private/'] })
+      const files = new HostFiles({ workspace, mode: () => 'none', testFiles: () => [], snapFiles: () => new Set(), protectedFiles: new Set(), allowWrite: [], projectRoot: path.join(dir, 'pkg') })
+      for (const method of ['readBenchmarkResult', 'writeBenchmarkResult']) {
+        expect(files.benchmarkPath(method, 'private/creds.json'), method).toEqual({ refused: `${method} of private/creds.json: not a file given to the sandbox` })
+        expect(files.benchmarkPath(method, 'result.json'), method).toEqual({ path: path.join(dir, 'pkg/result.json') })
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
     }
   })
 })

@@ -52,3 +52,17 @@ it('refuses globs that reach outside the workspace, in every form Vite reads, an
     expect(await check(code), code).toBe(`expanded ${code.length}`)
   }
 })
+
+it("lists only what the sandbox is given: a glob's matches that are not given are negated before Vite expands it", async () => {
+  const ws = path.join(dir, 'listed')
+  fs.mkdirSync(path.join(ws, 'src/data'), { recursive: true })
+  for (const name of ['a.ts', 'data/one.json', 'data/server.key', 'data/[x].pem']) fs.writeFileSync(path.join(ws, 'src', name), '{}\n')
+  const rules = fileRules(await collectWorkspace(ws), [])
+  const plugin = { name: 'vite:import-glob', transform: { handler: async (code: string) => code } }
+  const environment: LoadingEnvironment = { config: { root: ws }, pluginContainer: { load: async () => null, resolveId: async () => null }, plugins: [plugin] }
+  screenLoads(environment, () => rules)
+  const context = { parse: (code: string) => parseAst(code), resolve: async () => null }
+  const expand = (code: string): Promise<string> => (plugin.transform.handler as any).call(context, code, path.join(ws, 'src/a.ts'))
+  expect(await expand("const m = import.meta.glob('./data/*', { eager: true })")).toBe(`const m = import.meta.glob(["./data/*", "!./data/\\\\[x\\\\].pem", "!./data/server.key"], { eager: true })`)
+  expect(await expand("import.meta.glob('/src/**/*.json')")).toBe("import.meta.glob('/src/**/*.json')")
+})

@@ -2,6 +2,8 @@
  * Vitest 5 on Node 22 (both from npm, installed in fixtures/vitest5 by scripts/setup.mjs): the
  * sandbox pool reports what forks reports, and the sandbox runs the same Node as the host.
  */
+import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { expect, it } from 'vitest'
 import { REPO, runFixture, testsOf } from './support/vitest-run.js'
@@ -27,4 +29,58 @@ it('runs a Vitest 5 project on Node 22 exactly as forks does', async () => {
   const again = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env: { ...env, DEBUG: 'vitest-pool-sandbox:worker' } })
   expect(again.output).toMatch(/inlined cached module/)
   expect(testsOf(again.json)).toEqual(expected)
+})
+
+/**
+ * The host gateway, attacked through Vitest 5 (its own methods and module runner): each attack
+ * passes only if the gateway holds; the host's output and files are checked too.
+ */
+it('holds the host gateway under Vitest 5', async () => {
+  const hostDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-v5-'))
+  const attackDir = path.join(FIXTURE, 'attack')
+  const secret = path.join(hostDir, 'secret.js')
+  fs.writeFileSync(secret, 'v5-secret-outside\nv5-secret-line-2\n')
+  fs.mkdirSync(attackDir, { recursive: true })
+  fs.writeFileSync(path.join(attackDir, 'server.key'), 'v5-secret-key\n')
+  const fromCwd = (to: string) => path.relative(FIXTURE, to)
+  fs.writeFileSync(
+    path.join(attackDir, 'gateway.test.ts'),
+    `import { expect, it } from 'vitest'
+
+const rpc = (globalThis as any).__vitest_worker__.rpc
+const SECRET = ['v5', 'secret'].join('-')
+const settled = (p: Promise<unknown>) => p.then((r) => 'ok ' + JSON.stringify(r), (e: Error) => 'error ' + e.message)
+
+it('reads no host file through an id nothing resolves', async () => {
+  const load = async (name: string) => (await settled(import('${fromCwd(hostDir)}/' + name + '?raw'))).split(name).join('X')
+  expect(await load('secret.js')).not.toContain(SECRET)
+  expect(await load('secret.js')).toBe(await load('nothere.js'))
+  const bare = async (id: string) => (await settled(rpc.fetch(id, import.meta.filename, 'ssr', {}))).split(id).join('X')
+  expect(await bare('attack/server.key?raw')).not.toContain(SECRET)
+})
+
+it('reads no file the sandbox is not given as a benchmark result', async () => {
+  await expect(rpc.readBenchmarkResult('attack/server.key')).rejects.toThrow(/not a file given to the sandbox/)
+})
+
+it('gets no host file printed through a leak stack the host parses another way', async () => {
+  const up = '../'.repeat(12) + '${secret.slice(1)}'
+  await rpc.onAsyncLeaks([{ type: 'Timeout', stack: 'Error: leak\\n    at f (eval at g (' + up + ':2:1), x:1:1)', filename: 'x', projectName: '' }])
+  await rpc.onAsyncLeaks([{ type: 'Timeout', stack: 'Error: leak\\n    at h (' + up + '?vitest=1733520000000:2:1)', filename: 'x', projectName: '' }])
+})
+`,
+  )
+  try {
+    const env = { PATH: `${path.join(FIXTURE, 'node_modules/.bin')}:${process.env.PATH}`, VPS_V5_ATTACK: '1' }
+    const run = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env })
+    const tests = testsOf(run.json ?? { testResults: [] })
+    const attacks = Object.entries(tests).filter(([k]) => k.includes('attack/gateway.test.ts >'))
+    expect(attacks.length, run.output).toBe(3)
+    for (const [name, t] of attacks) expect(t.status, `${name}\n${t.failures.join('\n')}`).toBe('passed')
+    expect(run.output).toContain('RUN  v5.')
+    expect(run.output).not.toContain('v5-secret')
+  } finally {
+    fs.rmSync(attackDir, { recursive: true, force: true })
+    fs.rmSync(hostDir, { recursive: true, force: true })
+  }
 })

@@ -24,6 +24,7 @@ import { autoSandboxes, type RunHistory } from './schedule.js'
 import { formatUsage, RunUsage, SandboxUsage } from './usage.js'
 import { POOL_LABEL, RUN_LABEL, type ProviderSandbox, type ProviderSession } from '../providers/types.js'
 import { debug } from '../debug.js'
+import { RunBudget } from './gateway/budget.js'
 
 const log = debug('fleet')
 /** Sandbox creations in flight at once (a provider's API is not a place for a thundering herd). */
@@ -44,6 +45,8 @@ export interface FleetLogger extends ProgressSink {
 export class Fleet {
   readonly runId = `vps-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`
   readonly providerName: string
+  /** What the host keeps for the run, over all workers (the host gateway's run-wide bounds). */
+  readonly budget = new RunBudget()
   workspace!: Workspace
   private session?: ProviderSession
   private template?: Template

@@ -10,9 +10,9 @@
  * - `'all'` (`-u`): also changed and removed entries, changed inline snapshots and targets, and
  *   removal of the test file's own obsolete `.snap` file;
  * - never: a path through a symbolic link; files the host executes or reads as configuration
- *   (PROTECTED), in any mode; and a
- *   file-snapshot target outside `__snapshots__` whose name is not data unless `allowWrite` says so
- *   (test code chooses that path, and the host's config or globalSetup may import it).
+ *   (PROTECTED), in any mode; a file-snapshot target outside the test file's folder, or outside
+ *   `__snapshots__` with a name that is not data, unless `allowWrite` says so (test code chooses
+ *   that path; the host's config, hooks and task runners may read or run it).
  */
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
@@ -96,6 +96,8 @@ export interface HostFilesContext {
   protectedFiles: Set<string>
   /** gitignore-style patterns (`sandbox({ allowWrite })`) of code-like targets tests may write. */
   allowWrite: string[]
+  /** The project's root: Vitest reads a benchmark result path relative to it. */
+  projectRoot: string
 }
 
 export class HostFileRefusal extends Error {}
@@ -149,16 +151,16 @@ export class HostFiles {
   }
 
   /**
-   * Vitest 5's benchmark results (`readBenchmarkResult`, `writeBenchmarkResult`): a path relative
-   * to the project root, read or written as JSON by the host. Why it is refused, if it is.
+   * A benchmark result path (Vitest 5's `bench.from()` and its result files), read as Vitest reads
+   * it (relative to the project's root): the absolute path to hand Vitest, or why it is refused.
    */
-  benchmarkRefusal(method: string, relative: unknown): string | undefined {
-    const file = path.resolve(this.ctx.workspace.root, String(relative))
-    if (!this.ctx.workspace.isGiven(file)) return `${method} of ${String(relative)}: not a file given to the sandbox`
-    if (method === 'readBenchmarkResult') return undefined
-    if (linkOnTheWay(this.ctx.workspace.root, file)) return `${method} of ${this.rel(file)} refused: its path goes through a symbolic link`
+  benchmarkPath(method: string, asked: unknown): { path: string } | { refused: string } {
+    const file = path.resolve(this.ctx.projectRoot, String(asked))
+    if (!this.ctx.workspace.isGiven(file)) return { refused: `${method} of ${String(asked)}: not a file given to the sandbox` }
+    if (method === 'readBenchmarkResult') return { path: file }
+    if (linkOnTheWay(this.ctx.workspace.root, file)) return { refused: `${method} of ${this.rel(file)} refused: its path goes through a symbolic link` }
     const protection = this.protection(file) ?? (DATA_NAME.test(file) ? undefined : 'only data names (.json, .txt, ...) are written')
-    return protection ? `${method} of ${this.rel(file)} refused: ${protection}` : undefined
+    return protection ? { refused: `${method} of ${this.rel(file)} refused: ${protection}` } : { path: file }
   }
 
   private rel(file: string): string {
@@ -193,6 +195,11 @@ export class HostFiles {
     const rel = this.rel(file)
     if (rel.endsWith('.snap')) throw refuse('it is the snapshot file of another test file')
     if (current !== null && mode !== 'all') throw refuse('it exists, and only `vitest -u` changes existing snapshots')
+    // Next to the test, not beside the project's manifests, hooks and task files (lefthook.yml, compose.yaml, ...).
+    const under = (dir: string) => file.startsWith(dir + path.sep)
+    if (!this.ctx.testFiles().some((test) => under(path.dirname(test))) && !this.allow.ignores(rel)) {
+      throw refuse(`file snapshots are written only in the test file's folder or below it; allow it with sandbox({ allowWrite: ['${rel}'] })`)
+    }
     if (!DATA_NAME.test(rel) && !rel.split('/').includes('__snapshots__') && !this.allow.ignores(rel)) {
       throw refuse(`outside __snapshots__ only data names (.txt, .json, .md, ...) are written; allow it with sandbox({ allowWrite: ['${rel}'] })`)
     }

@@ -96,7 +96,10 @@ export function createSandboxPool(resolved: ResolvedOptions): PoolRunnerInitiali
         fleets.set(vitest, fleet)
         const created = fleet
         vitest.onClose(() => created.close())
-        vitest.onTestsRerun(() => created.sync())
+        vitest.onTestsRerun(() => {
+          created.budget.newRun()
+          return created.sync()
+        })
       }
       const f = fleet
       const worker = () => new SandboxPoolWorker(f, poolOptions, { env: resolved.env, allowWrite: resolved.allowWrite })

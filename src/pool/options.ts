@@ -73,8 +73,9 @@ export interface SandboxPoolOptions {
   timeout?: number
   /**
    * gitignore-style patterns of workspace files that file snapshots (`toMatchFileSnapshot`) may
-   * create or change from inside a sandbox outside `__snapshots__` although their names are not
-   * data (`.txt`, `.json`, `.md`, ...): code, build scripts, pages. Manifests, lockfiles, Vitest/Vite configs, globalSetup
+   * create or change from inside a sandbox outside the test file's folder, or outside
+   * `__snapshots__` although their names are not data (`.txt`, `.json`, `.md`, ...): code, build
+   * scripts, pages. Manifests, lockfiles, Vitest/Vite configs, globalSetup
    * files, dotfiles and `node_modules` are never written from a sandbox.
    * @default []
    */

@@ -158,11 +158,11 @@ export class SandboxPoolWorker implements PoolWorker {
         this.inTask = true
         this.resultsSeen = false
         this.runRequest = m
-        if (this.state === 'running') return this.transmit(this.withScreenedEnv(m))
+        if (this.state === 'running') return this.transmitRequest(m)
         if (this.state === 'idle') void this.launchAndRun()
         return
       case 'stop':
-        if (this.state === 'running') return this.transmit(m)
+        if (this.state === 'running') return this.transmitRequest(m)
         this.state = 'stopped'
         this.unwanted.abort()
         return this.emitSoon({ __vitest_worker_response__: true, type: 'stopped' })
@@ -177,11 +177,11 @@ export class SandboxPoolWorker implements PoolWorker {
     try {
       await this.launch()
       if (this.stopped()) return
-      this.transmit(this.withScreenedEnv(this.startRequest!))
+      this.transmitRequest(this.startRequest!)
       await this.waitForWorkerStart()
       if (this.stopped()) return
       this.state = 'running'
-      this.transmit(this.withScreenedEnv(this.runRequest!))
+      this.transmitRequest(this.runRequest!)
     } catch (err) {
       if (this.stopped()) return
       if (!(err instanceof SandboxLost && this.rerun(`${err.message}, while starting ${this.relativeFiles ?? 'the file'}`))) await this.failFile(err as Error)
@@ -231,8 +231,9 @@ export class SandboxPoolWorker implements PoolWorker {
       projectRoot: project.config.root,
       coverageProvider: () => (project.vitest.config.coverage?.enabled ? project.vitest.config.coverage.provider : undefined),
       snapshotPath: (testPath, snapPath) => void (this.runFiles.includes(testPath) && this.snapFiles.add(snapPath)),
-      benchmarkRefusal: (method, file) => this.hostFiles?.benchmarkRefusal(method, file),
+      benchmarkPath: (method, file) => this.hostFiles?.benchmarkPath(method, file) ?? { refused: 'no host files yet' },
       envAllowed: this.envAllowed(),
+      budget: this.fleet.budget,
       bail: () => project.config.bail ?? 0,
       failedTests: () => project.vitest.state.getCountOfFailedTests(),
     })
@@ -243,6 +244,7 @@ export class SandboxPoolWorker implements PoolWorker {
       snapFiles: () => this.snapFiles,
       protectedFiles: this.protectedFiles(),
       allowWrite: this.settings.allowWrite,
+      projectRoot: project.config.root,
     })
     const attempt = this.attempt
     const codec = (this.codec = await loadCodec(codecFor(host.node)))
@@ -407,6 +409,8 @@ export class SandboxPoolWorker implements PoolWorker {
     log('%s (%s)', error.message, this.relativeFiles)
     if (this.state === 'launching') this.workerStarted?.reject(error)
     else void this.failFile(error)
+    // Vitest asked it to stop: the ended worker will not say it did.
+    if (this.gateway?.responses.awaits('stopped')) this.emitSoon({ __vitest_worker_response__: true, type: 'stopped' })
   }
 
   private onWorkerMessage(message: any, bytes: number): void {
@@ -431,6 +435,12 @@ export class SandboxPoolWorker implements PoolWorker {
     }
     if (out?.__vitest_worker_response__ && out.type === 'testfileFinished') this.inTask = false
     if (out) this.events.emit('message', out)
+  }
+
+  /** A request of Vitest's to the worker, its env screened; the gateway then waits for its response. */
+  private transmitRequest(m: any): void {
+    this.gateway?.responses.requested(m.type)
+    this.transmit(this.withScreenedEnv(m))
   }
 
   private transmit(message: unknown): void {

@@ -45,11 +45,16 @@ const V8_FRAME_LINE = /^\s*at .*(?:\S:\d+|\(native\))/
 /** A V8 frame's parts: `at [method (]location:line:column[)]`. */
 const FRAME = /^\s*at (?:(.*?) \()?(.+?):(\d+):(\d+)\)?$/
 
+/** A file as a rebuilt frame names it: an absolute path no stack parser can read two ways. */
+const PLAIN_FILE = /^\/[^\s()?#,:\\]*$/
+
 /**
- * A stack as the host may parse it: each V8 frame's file resolved as Vitest's stack parser resolves
- * it (relative to the host's cwd, `//`, `file:`, `/@fs/`) and moved under ABSENT unless `mayFrame`
- * allows it; frame lines it cannot read are dropped. A stack without V8 frames would be parsed in
- * Firefox's form (`fn@file:1:2`): only its first line is kept, up to any `@`.
+ * A stack as the host may parse it, rebuilt: each V8 frame as `at <method> (<file>:<line>:<col>)`,
+ * its file resolved as Vitest's stack parser resolves it (relative to the host's cwd, `//`,
+ * `file:`, `/@fs/`, query dropped) and moved under ABSENT unless `mayFrame` allows it. Frame lines
+ * that do not read as one plain file (eval frames, parentheses, commas) are dropped: a line passed
+ * as it came could be read another way by the host's parser. A stack without V8 frames would be
+ * parsed in Firefox's form (`fn@file:1:2`): only its first line is kept, up to any `@`.
  */
 export function canonicalStack(stack: string, mayFrame: (file: string) => boolean): string {
   const lines = stack.split('\n')
@@ -60,9 +65,14 @@ export function canonicalStack(stack: string, mayFrame: (file: string) => boolea
       const m = FRAME.exec(line)
       if (!m) return []
       const [, method, location, row, column] = m
+      const name = method ? `${method.replace(/[()@,\n]/g, '_')} (` : ''
+      const close = method ? ')' : ''
+      if (/^(?:async )?(?:node|internal):[\w/.-]+$/.test(location)) return [`    at ${name}${location}:${row}:${column}${close}`]
       const file = frameFile(location)
-      if (file.startsWith('node:') || file.startsWith('internal:') || mayFrame(file)) return [line]
-      return [`    at ${method ? `${method.replace(/[()@\n]/g, '_')} (` : ''}${ABSENT + file}:${row}:${column}${method ? ')' : ''}`]
+      if (!PLAIN_FILE.test(file)) return []
+      // Written as it came when it can only be read as that file (a path or its file: URL), else as the path.
+      const written = [file, `file://${file}`].includes(location.replace(/^async /, '')) ? location : file
+      return [`    at ${name}${mayFrame(file) ? written : ABSENT + file}:${row}:${column}${close}`]
     })
     .join('\n')
 }
@@ -103,5 +113,5 @@ function frameFile(location: string): string {
   }
   if (file.startsWith('/@fs/')) file = file.slice(4)
   if (file.startsWith('file://')) file = file.slice(7)
-  return file.startsWith('node:') || file.startsWith('internal:') ? file : path.resolve(file)
+  return path.resolve(file.replace(/[?#].*$/, ''))
 }

@@ -11,16 +11,20 @@
  * - File ids are read and screened before the host touches them (module-screen.ts); coverage
  *   (coverage.ts), error stacks (stacks.ts), attachments, benchmark and snapshot paths by the
  *   rule of their method. A worker names only its own file's tasks.
+ * - What the host keeps is bounded per worker and per run (budget.ts); Vitest's worker responses
+ *   pass only when the host waits for them (responses.ts).
  */
 import path from 'node:path'
-import { badArguments, methodSpec, REFUSED, type MethodSpec, type Rule } from './methods.js'
-import { ModuleScreen, type ScreenedCall } from './module-screen.js'
+import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js'
+import { fetchOptions, ModuleScreen, type ScreenedCall } from './module-screen.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
 import { acyclic, leakRecord, screenStacks } from './errors.js'
-import { checkTasks, collectedResults, type TaskOwner } from './tasks.js'
+import { checkErrorSignals, checkTasks, collectedResults, refusedAttachment, type TaskOwner } from './tasks.js'
 import { namesRefusedMap } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
+import { WorkerBudget, type RunBudget } from './budget.js'
+import { Responses } from './responses.js'
 import type { FileRules } from './file-rules.js'
 import type { RpcFrame } from '../../sandbox-runtime/wire.js'
 
@@ -28,18 +32,8 @@ import type { RpcFrame } from '../../sandbox-runtime/wire.js'
 export const MAX_IN_FLIGHT = 1024
 /** Bytes of calls one worker may have in flight (Vitest holds a call's arguments until it answers). */
 export const MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
-/** Bytes of results, logs, errors and coverage one worker may send: Vitest keeps them for the run. */
-export const MAX_KEPT_BYTES = 256 * 1024 * 1024
-/** Characters of module code one worker may be sent: Vite keeps each module it transforms for the run. */
-export const MAX_MODULE_CODE = 512 * 1024 * 1024
-/** Characters of module ids one worker may ask for: Vitest keeps every id it is asked (its externals, durations). */
-export const MAX_MODULE_IDS = 32 * 1024 * 1024
-/** The rules of methods whose data Vitest keeps for the run. */
-const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 /** The longest request id a worker may choose (birpc's are 21 characters). */
 const MAX_WORKER_ID = 64
-/** Worker-to-host messages that are not RPC: Vitest's worker responses. */
-const WORKER_RESPONSES = new Set(['started', 'stopped', 'testfileFinished'])
 
 export { ProtocolViolation }
 
@@ -65,14 +59,16 @@ export interface GatewayContext {
   coverageProvider(): string | undefined
   /** The host's answer to `resolveSnapshotPath` of one of the worker's files. */
   snapshotPath(testPath: string, snapPath: string): void
-  /** Why a benchmark result path is refused, if it is. */
-  benchmarkRefusal(method: string, file: unknown): string | undefined
+  /** A benchmark result path as the host reads it (absolute), or why it is refused. */
+  benchmarkPath(method: string, file: unknown): { path: string } | { refused: string }
   /** Whether a worker may see this `import.meta.env` name (Vite writes the host's whole env into modules). */
   envAllowed(name: string): boolean
   /** The run's `--bail` (0: off). */
   bail(): number
   /** Failed tests the host's Vitest has counted so far in the run. */
   failedTests(): number
+  /** What the host keeps for the whole run, shared by its workers. */
+  budget: RunBudget
 }
 
 /** A call the gateway made for the worker. */
@@ -99,17 +95,18 @@ export interface Step {
 export class Gateway {
   private nextId = 0
   private bytesInFlight = 0
-  private bytesKept = 0
-  private moduleCode = 0
-  private moduleIds = 0
   private readonly calls = new Map<string, Call>()
   /** The task ids of the worker's files, for the files they were worked out for. */
   private own = { files: '', ids: [] as string[] }
   private readonly workerIds = new Set<string | number>()
+  /** The worker responses the host waits for (worker.ts tells it each request it sends). */
+  readonly responses = new Responses()
   private readonly screen: ModuleScreen
+  private readonly budget: WorkerBudget
 
   constructor(private readonly ctx: GatewayContext) {
     this.screen = new ModuleScreen(ctx.rules, ctx.envAllowed)
+    this.budget = new WorkerBudget(ctx.budget)
   }
 
   /**
@@ -135,10 +132,7 @@ export class Gateway {
   fromWorker(msg: unknown, bytes = 0): Step {
     if (msg === null || typeof msg !== 'object') throw new ProtocolViolation('a message that is not an object')
     const m = msg as Record<string, unknown>
-    if (m.__vitest_worker_response__ === true) {
-      if (typeof m.type !== 'string' || !WORKER_RESPONSES.has(m.type)) throw new ProtocolViolation(`an unknown worker response ${JSON.stringify(String(m.type)).slice(0, 80)}`)
-      return { toHost: m }
-    }
+    if (m.__vitest_worker_response__ === true) return { toHost: this.responses.response(m, (error) => this.screenedError(String(m.type), error), this.owner.ownIds()) }
     if (m.t === 'q') return this.call(m as RpcFrame, bytes)
     if (m.t === 's') throw new ProtocolViolation('an answer, but the host asked the worker nothing')
     throw new ProtocolViolation('a message of no known kind')
@@ -154,12 +148,7 @@ export class Gateway {
     }
     const wrong = badArguments(method!, spec, frame.a)
     if (wrong) throw new ProtocolViolation(wrong)
-    if (KEPT.has(spec.rule) && (this.bytesKept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / 1024 / 1024} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
-    if (spec.rule === 'module' || spec.rule === 'warm') {
-      if (this.moduleCode > MAX_MODULE_CODE) throw new ProtocolViolation(`over ${MAX_MODULE_CODE / 1024 / 1024} MiB of module code asked for (the host keeps every module it transforms)`)
-      this.moduleIds += spec.rule === 'module' ? String((frame.a as unknown[])[0]).length : (frame.a as unknown[][])[1].reduce<number>((n, id) => n + String(id).length, 0)
-      if (this.moduleIds > MAX_MODULE_IDS) throw new ProtocolViolation(`over ${MAX_MODULE_IDS / 1024 / 1024} MiB of module ids asked for (the host keeps every id it is asked)`)
-    }
+    this.budget.call(spec.rule, bytes, frame.a as unknown[])
     const args = [...(frame.a as unknown[])]
     const event = frame.i === undefined
     if (!event) {
@@ -214,18 +203,16 @@ export class Gateway {
           // Vitest would copy that host file into the attachments folder.
           if (refused) return { e: refusal(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) }
         }
+        if (call.method === 'onTaskUpdate') this.responses.updated(args[0] as unknown[], this.owner.ownIds())
         if (call.method === 'onTaskUpdate' || call.method === 'onCollected') {
           screenStacks(call.method === 'onTaskUpdate' ? args[0] : collectedResults(args[0] as unknown[]), this.mayFrame)
           screenPaths(args, ctx.rules.mayName)
         }
         return undefined
       case 'errors':
-        if (call.method === 'onAsyncLeaks') args[0] = (args[0] as unknown[]).map((leak) => leakRecord(leak, this.mayFrame, ctx.projectName))
-        else {
-          args[0] = acyclic(args[0])
-          screenStacks(args[0], this.mayFrame)
-        }
-        screenPaths(args, ctx.rules.mayName)
+        if (call.method === 'onAsyncLeaks') args[0] = screenPaths((args[0] as unknown[]).map((leak) => leakRecord(leak, this.mayFrame, ctx.projectName)), ctx.rules.mayName)
+        else args[0] = this.screenedError(call.method, args[0])
+        if (args[1] !== undefined) args[1] = screenPaths(args[1], ctx.rules.mayName)
         return undefined
       case 'coverage': {
         const meta = args[0] as Record<string, unknown>
@@ -255,12 +242,23 @@ export class Gateway {
         return undefined
       }
       case 'host-file': {
-        const refused = ctx.benchmarkRefusal(call.method, args[0])
-        return refused ? { e: refusal(`vitest-pool-sandbox: ${refused}`) } : undefined
+        // Vitest gets the path that was checked, not one it would read again its own way.
+        const checked = ctx.benchmarkPath(call.method, args[0])
+        if ('refused' in checked) return { e: refusal(`vitest-pool-sandbox: ${checked.refused}`) }
+        args[0] = checked.path
+        return undefined
       }
       case 'plain':
         return undefined
     }
+  }
+
+  /** An error for the host to catch and print: copied without cycles, its signals the worker's own, its frames and paths screened. */
+  private screenedError(method: string, error: unknown): unknown {
+    const copy = acyclic(error)
+    checkErrorSignals(method, copy, this.owner)
+    screenStacks(copy, this.mayFrame)
+    return screenPaths(copy, this.ctx.rules.mayName)
   }
 
   /** The worker's files and their task ids (worked out again only when its files change). */
@@ -293,7 +291,7 @@ export class Gateway {
     switch (call.spec.rule) {
       case 'module':
       case 'warm': {
-        this.moduleCode += codeLength(frame.r)
+        this.budget.answered(call.method, call.spec.rule, call.screened!.args, frame.r)
         const screened = this.screen.answer(call.screened!, frame.r, frame.e)
         if ('retry' in screened) return { toHost: this.ask({ ...call, screened: screened.retry }) }
         return answer(screened)
@@ -307,46 +305,9 @@ export class Gateway {
   }
 }
 
-/**
- * `fetch`'s options and trace carrier, rebuilt of the fields Vite and Vitest read: `cached` and
- * `startOffset` (Vite's fetchModule), OpenTelemetry's propagation headers.
- */
-function fetchOptions(options: unknown, carrier: unknown): [unknown, unknown] {
-  const o = (options ?? {}) as Record<string, unknown>
-  const kept: Record<string, unknown> = {}
-  if (typeof o.cached === 'boolean') kept.cached = o.cached
-  if (Number.isSafeInteger(o.startOffset)) kept.startOffset = o.startOffset
-  if (carrier === undefined || carrier === null) return [kept, undefined]
-  const c = carrier as Record<string, unknown>
-  const headers: Record<string, string> = {}
-  for (const key of ['traceparent', 'tracestate', 'baggage']) if (typeof c[key] === 'string' && (c[key] as string).length <= 8192) headers[key] = c[key] as string
-  return [kept, headers]
-}
-
-/** The length of the module code in an answer (a fetch's, or each of a warm batch's). */
-function codeLength(result: unknown): number {
-  if (!result || typeof result !== 'object') return 0
-  const code = (result as { code?: unknown }).code
-  if (typeof code === 'string') return code.length
-  return Object.values(result).reduce<number>((n, entry) => n + (entry && typeof entry === 'object' && typeof (entry as { code?: unknown }).code === 'string' ? (entry as { code: string }).code.length : 0), 0)
-}
-
 /** An error the gateway answers with: no host stack (it would name the host's install paths). */
 export function refusal(message: string): Error {
   const error = new Error(message)
   error.stack = `Error: ${message}`
   return error
-}
-
-/** A path of an artifact's attachments that is not given (Vitest copies it from the host), if any. */
-export function refusedAttachment(artifact: any, isGiven: (p: string) => boolean): string | undefined {
-  const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
-  for (const a of attachments) {
-    const p = a?.path
-    if (p === undefined) continue
-    if (typeof p !== 'string') return String(p)
-    if (/^https?:\/\//.test(p)) continue
-    if (!isGiven(p)) return p
-  }
-  return undefined
 }

@@ -102,7 +102,8 @@ export function readModuleId(id: string, importerPath: string | undefined): Modu
   }
   if (/^[a-z]:/i.test(bare) && !/^(node|virtual|data|npm|jsr|bun):/i.test(bare)) return { kind: 'refused', id }
   // No package name has an escaped slash, backslash, dot or NUL: a resolver that undid one could walk anywhere.
-  if (/%(?:2f|5c|2e|00)/i.test(bare) || bare.split('/').some((s) => s === '..' || s === '.')) return { kind: 'refused', id }
+  // Nor does one start with a dot: `.env` is a file, read relative to the host's working folder.
+  if (/%(?:2f|5c|2e|00)/i.test(bare) || bare.startsWith('.') || bare.split('/').some((s) => s === '..' || s === '.')) return { kind: 'refused', id }
   return { kind: 'other', id }
 }
 

@@ -252,3 +252,19 @@ export class ModuleScreen {
     return out
   }
 }
+
+/**
+ * `fetch`'s options and trace carrier, rebuilt of the fields Vite and Vitest read: `cached` and
+ * `startOffset` (Vite's fetchModule), OpenTelemetry's propagation headers.
+ */
+export function fetchOptions(options: unknown, carrier: unknown): [unknown, unknown] {
+  const o = (options ?? {}) as Record<string, unknown>
+  const kept: Record<string, unknown> = {}
+  if (typeof o.cached === 'boolean') kept.cached = o.cached
+  if (Number.isSafeInteger(o.startOffset)) kept.startOffset = o.startOffset
+  if (carrier === undefined || carrier === null) return [kept, undefined]
+  const c = carrier as Record<string, unknown>
+  const headers: Record<string, string> = {}
+  for (const key of ['traceparent', 'tracestate', 'baggage']) if (typeof c[key] === 'string' && (c[key] as string).length <= 8192) headers[key] = c[key] as string
+  return [kept, headers]
+}

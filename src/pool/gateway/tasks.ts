@@ -20,10 +20,33 @@ export interface TaskOwner {
   projectName(): string
 }
 
+/** Is `id` a task of the worker's own files (a file's id, or one under it)? */
+function ownTask(owner: TaskOwner): (id: unknown) => boolean {
+  const own = owner.ownIds()
+  return (id) => typeof id === 'string' && own.some((o) => id === o || id.startsWith(`${o}_`))
+}
+
+/**
+ * The fields of an error the host acts on, not only prints (Vitest's `catchError`, which also
+ * walks an AggregateError's `errors`): a pending signal (`code: 'VITEST_PENDING'`) marks the task
+ * it names skipped, and `VITEST_TEST_PATH` names the file the error came from. Only for the
+ * worker's own.
+ */
+export function checkErrorSignals(method: string, error: unknown, owner: TaskOwner): void {
+  const isOwn = ownTask(owner)
+  const walk = (e: unknown, depth: number): void => {
+    if (e === null || typeof e !== 'object' || depth > 64) return
+    const o = e as Record<string, unknown>
+    if (o.code === 'VITEST_PENDING' && !isOwn(o.taskId)) throw new ProtocolViolation(`${method}: a skip signal for task ${JSON.stringify(String(o.taskId)).slice(0, 80)}, which is not a task of this worker's file`)
+    if (o.VITEST_TEST_PATH !== undefined && !owner.isOwnFile(o.VITEST_TEST_PATH)) throw new ProtocolViolation(`${method}: an error said to come from a file that is not this worker's`)
+    if (Array.isArray(o.errors)) for (const inner of o.errors) walk(inner, depth + 1)
+  }
+  walk(error, 0)
+}
+
 /** Task ids a call names must belong to the worker's own files (in place: the gateway's copy). */
 export function checkTasks(method: string, args: unknown[], owner: TaskOwner): void {
-  const own = owner.ownIds()
-  const isOwn = (id: unknown) => typeof id === 'string' && own.some((o) => id === o || id.startsWith(`${o}_`))
+  const isOwn = ownTask(owner)
   const check = (id: unknown, what: string) => {
     if (!isOwn(id)) throw new ProtocolViolation(`${method}: ${what} ${JSON.stringify(String(id)).slice(0, 80)} is not a task of this worker's file`)
   }
@@ -140,4 +163,17 @@ function snapshotSummary(method: string, s: Record<string, unknown>): Record<str
     unmatched: count('unmatched'),
     updated: count('updated'),
   }
+}
+
+/** A path of an artifact's attachments that is not given (Vitest copies it from the host), if any. */
+export function refusedAttachment(artifact: any, isGiven: (p: string) => boolean): string | undefined {
+  const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
+  for (const a of attachments) {
+    const p = a?.path
+    if (p === undefined) continue
+    if (typeof p !== 'string') return String(p)
+    if (/^https?:\/\//.test(p)) continue
+    if (!isGiven(p)) return p
+  }
+  return undefined
 }

@@ -1,0 +1,119 @@
+/**
+ * What the host keeps of what workers send: Vitest keeps results, logs, errors for the run, Vite
+ * keeps every module it transforms and Vitest every id it is asked. Bounded per worker (one
+ * file's worker ends) and for the whole run over all workers (a suite of many hostile files
+ * cannot make the host keep a worker's bound per file). For the run, module code and ids count
+ * once per module the host newly holds (Vite's module graph keeps each for as long as it lives,
+ * across watch-mode reruns); results, logs and errors per run (Vitest keeps them until the next).
+ */
+import type { Rule } from './methods.js'
+import { ProtocolViolation } from './violation.js'
+
+const MiB = 1024 * 1024
+
+/** Bytes of results, logs, errors and coverage one worker may send. */
+export const MAX_KEPT_BYTES = 256 * MiB
+/** Characters of module code one worker may be sent. */
+export const MAX_MODULE_CODE = 512 * MiB
+/** Characters of module ids one worker may ask for (its externals, durations, `data:` ids too). */
+export const MAX_MODULE_IDS = 32 * MiB
+/** The rules of methods whose data Vitest keeps for the run (coverage only per worker: the host writes it to the coverage folder as it comes). */
+const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
+
+export interface RunLimits {
+  /** Bytes of results, logs and errors all workers of a run may send. */
+  kept: number
+  /** Characters of code of the distinct modules the host transforms for workers. */
+  moduleCode: number
+  /** Characters of the distinct module ids workers ask the host for. */
+  moduleIds: number
+}
+
+export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB }
+
+export class RunBudget {
+  private kept = 0
+  private code = 0
+  private idChars = 0
+  private readonly ids = new Set<string>()
+  private readonly modules = new Set<string>()
+
+  constructor(private readonly limits: RunLimits = RUN_LIMITS) {}
+
+  /** A new run (watch mode): what Vitest kept for the last one is gone. */
+  newRun(): void {
+    this.kept = 0
+  }
+
+  /** `bytes` more of results, logs or errors. */
+  keep(bytes: number): void {
+    if ((this.kept += bytes) > this.limits.kept) throw new ProtocolViolation(`over ${this.limits.kept / MiB} MiB of results, logs and errors sent by the run's workers together (Vitest keeps them for the run)`)
+  }
+
+  /** A module id asked for, in an environment. */
+  askId(environment: string, id: string): void {
+    const key = `${environment}\0${id}`
+    if (this.ids.has(key)) return
+    if ((this.idChars += key.length) > this.limits.moduleIds) throw new ProtocolViolation(`over ${this.limits.moduleIds / MiB} MiB of distinct module ids asked for by the run's workers together (the host keeps every id it is asked)`)
+    this.ids.add(key)
+  }
+
+  /** The code of a module the host sent, by the id it was asked for (checked at the next module call). */
+  sent(environment: string, id: string, chars: number): void {
+    const key = `${environment}\0${id}`
+    if (!chars || this.modules.has(key)) return
+    this.modules.add(key)
+    this.code += chars
+  }
+
+  /** Before a module call: is there room for more module code? */
+  checkCode(): void {
+    if (this.code > this.limits.moduleCode) throw new ProtocolViolation(`over ${this.limits.moduleCode / MiB} MiB of code of distinct modules sent to the run's workers together (the host keeps every module it transforms)`)
+  }
+}
+
+/** One worker's bounds, and its share of the run's. */
+export class WorkerBudget {
+  private kept = 0
+  private code = 0
+  private ids = 0
+
+  constructor(private readonly run: RunBudget) {}
+
+  /** A call of a method of `rule`, `bytes` long on the wire, before the host sees it. */
+  call(rule: Rule, bytes: number, args: unknown[]): void {
+    if (KEPT.has(rule) && (this.kept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / MiB} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
+    if (rule === 'tasks' || rule === 'errors') this.run.keep(bytes)
+    if (rule !== 'module' && rule !== 'warm') return
+    if (this.code > MAX_MODULE_CODE) throw new ProtocolViolation(`over ${MAX_MODULE_CODE / MiB} MiB of module code asked for (the host keeps every module it transforms)`)
+    this.run.checkCode()
+    const [environment, ids] = moduleIds(rule, args)
+    for (const id of ids) {
+      this.ids += id.length
+      this.run.askId(environment, id)
+    }
+    if (this.ids > MAX_MODULE_IDS) throw new ProtocolViolation(`over ${MAX_MODULE_IDS / MiB} MiB of module ids asked for (the host keeps every id it is asked)`)
+  }
+
+  /** The host's answer to a module call (`args` as the host was asked). */
+  answered(method: string, rule: Rule, args: unknown[], result: unknown): void {
+    const chars = codeLength(result)
+    this.code += chars
+    if (method === 'resolve') return
+    const [environment, [id]] = moduleIds(rule, args)
+    this.run.sent(environment, id, chars)
+  }
+}
+
+/** The environment and ids of a module call (`fetch(id, importer, env)`, `fetchWarmModules(env, ids)`). */
+function moduleIds(rule: Rule, args: unknown[]): [string, string[]] {
+  return rule === 'warm' ? [String(args[0]), (args[1] as unknown[]).map(String)] : [String(args[2] ?? ''), [String(args[0])]]
+}
+
+/** The length of the module code in an answer (a fetch's, or each of a warm batch's). */
+function codeLength(result: unknown): number {
+  if (!result || typeof result !== 'object') return 0
+  const code = (result as { code?: unknown }).code
+  if (typeof code === 'string') return code.length
+  return Object.values(result).reduce<number>((n, entry) => n + (entry && typeof entry === 'object' && typeof (entry as { code?: unknown }).code === 'string' ? (entry as { code: string }).code.length : 0), 0)
+}

@@ -1,0 +1,122 @@
+/**
+ * Vite's CSS pipeline, for CSS a sandbox loads while the config turns CSS processing on
+ * (`test.css`; Vitest empties CSS otherwise, but not `.sss`). postcss-import, url() rewriting, CSS
+ * modules' `composes` and the preprocessors read files the CSS names, through resolvers and file
+ * reads of their own that the gateway cannot reach. So the gateway judges what the compile did,
+ * the same way whatever is on the host:
+ *
+ * - every file it read (what Vite records to watch) must be one the sandbox may name;
+ * - every url() left in the CSS names a given place (or data:, another scheme, a fragment): Vite
+ *   leaves a url it cannot resolve as written, so a missing file must be refused as an existing
+ *   one is;
+ * - `composes`/`@value` from another file is refused (postcss-modules reads that file and records
+ *   nothing);
+ * - a failed compile keeps its error only when it is located in the module's own file and names no
+ *   other path; otherwise one message;
+ * - `css.transformer: 'lightningcss'` reads files it does not record: refused for non-empty CSS.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { FileRules } from './file-rules.js'
+import { aroundTransform, type PluginsOf } from './plugin-hooks.js'
+import { pathsIn } from './module-screen.js'
+
+/** The part of a Vite environment this screen needs. */
+export interface CssEnvironment extends PluginsOf {
+  config: { root: string; base?: string; css?: { transformer?: string; modules?: false | Record<string, unknown> } }
+}
+
+/** Every `url(…)` of compiled CSS, and the strings of an `image-set(…)`, as Vite's url rewriting finds them. */
+const CSS_URL = /url\(\s*(?:'([^']*)'|"([^"]*)"|([^'")\s]*))\s*\)/gi
+const IMAGE_SET = /image-set\(([^)]*(?:\([^)]*\)[^)]*)*)\)/gi
+const QUOTED = /'([^']*)'|"([^"]*)"/g
+
+/**
+ * Checks the CSS compile of every module the environment's `vite:css` plugin transforms (once per
+ * environment; `rules` is read each time).
+ */
+export function screenCss(environment: CssEnvironment, rules: () => FileRules): void {
+  const css = environment.config.css
+  // postcss-modules takes a Loader for files named by `composes … from` and `@value … from`.
+  if (css && css.modules !== false) css.modules = { ...css.modules, Loader: RefusingLoader }
+  aroundTransform(environment, 'vite:css', (handler) =>
+    async function (this: any, code, id, ...rest) {
+      const file = id.replace(/[?#].*$/, '')
+      const r = rules()
+      if (css?.transformer === 'lightningcss' && code.trim()) {
+        throw new Error(`vitest-pool-sandbox: css.transformer 'lightningcss' is not supported for CSS a sandbox loads (${path.relative(r.root, file)}): it reads files the host gateway cannot check. Remove css.transformer from the Vite config, or leave test.css off`)
+      }
+      const read: string[] = []
+      const context = this
+      const recording = new Proxy(context, {
+        get: (target, key) => {
+          if (key === 'addWatchFile') return (f: string) => (read.push(f), target.addWatchFile(f))
+          const value = Reflect.get(target, key, target)
+          return typeof value === 'function' ? value.bind(target) : value
+        },
+      })
+      let result: unknown
+      try {
+        result = await handler.call(recording, code, id, ...rest)
+      } catch (error) {
+        throw ownError(error, file, r) ?? refused(file, r)
+      }
+      if (read.some((f) => !r.mayName(f))) throw refused(file, r)
+      const out = (result as { code?: unknown } | null)?.code
+      if (typeof out === 'string' && urlsOf(out).some((url) => !givenUrl(url, file, read, environment.config, r))) throw refused(file, r)
+      return result
+    },
+  )
+}
+
+/** The one answer for CSS that reads, or names, what the sandbox is not given (or what is missing). */
+function refused(file: string, rules: FileRules): Error {
+  return new Error(`vitest-pool-sandbox: the CSS of ${path.relative(rules.root, file)} names a file the sandbox is not given, or one that is missing (through @import, url(), composes … from or a preprocessor's import), so the host does not compile it`)
+}
+
+/** A compile error located in the module's own file and naming only what the sandbox may word: kept as it is. */
+function ownError(error: unknown, file: string, rules: FileRules): unknown {
+  if (!(error instanceof Error)) return undefined
+  const e = error as Error & { file?: unknown; loc?: { file?: unknown } }
+  const at = typeof e.file === 'string' ? e.file : e.loc?.file
+  if (typeof at !== 'string' || at.replace(/[?#].*$/, '') !== file) return undefined
+  for (const p of pathsIn(e)) if (!rules.mayWord(p)) return undefined
+  return error
+}
+
+function urlsOf(code: string): string[] {
+  const urls = [...code.matchAll(CSS_URL)].map((m) => m[1] ?? m[2] ?? m[3])
+  for (const set of code.matchAll(IMAGE_SET)) for (const m of set[1].matchAll(QUOTED)) urls.push(m[1] ?? m[2])
+  return urls
+}
+
+/**
+ * May compiled CSS hold this url? What Vite made of a file it read (checked with the reads), and
+ * what it left as written only when it names a place the sandbox is given.
+ */
+function givenUrl(raw: string, file: string, read: string[], config: CssEnvironment['config'], rules: FileRules): boolean {
+  const url = raw.trim()
+  if (url === '' || url.startsWith('#') || url.startsWith('//')) return true
+  if (/^[a-z][a-z\d+.-]*:/i.test(url) && !/^file:/i.test(url)) return true
+  let target = url.replace(/[?#].*$/, '')
+  try {
+    target = /^file:/i.test(target) ? fileURLToPath(target) : decodeURI(target)
+  } catch {
+    return false
+  }
+  const base = (config.base ?? '/').replace(/\/?$/, '/')
+  if (read.some((f) => target === `${base}@fs${f}` || target === base + path.posix.relative(config.root, f))) return true
+  if (target.startsWith('/@fs/')) return rules.mayWord(target.slice(4))
+  // Vite left `/x` as written: it is a public file (Vite checks those first) or names nothing it found.
+  if (target.startsWith('/')) return rules.roots.some((r) => rules.isGiven(path.join(r, target)) && fs.existsSync(path.join(r, target)))
+  return rules.mayWord(path.resolve(path.dirname(file), target))
+}
+
+/** postcss-modules' loader for `composes … from` and `@value … from` another file: refused. */
+class RefusingLoader {
+  readonly finalSource = ''
+  fetch(): Promise<never> {
+    return Promise.reject(new Error('composes/@value from another file'))
+  }
+}
