@@ -11,8 +11,14 @@ export const MAX_BODY = 16 * 1024 * 1024
 
 export type Header = Record<string, unknown> & { op: string }
 
+/**
+ * One frame. A header over MAX_HEADER (a command's arguments and environment, a path) is refused
+ * here, as bad input (`code: 'invalid_argument'`): the init would read it as a protocol error and
+ * end the sandbox.
+ */
 export function encodeFrame(header: Header, body?: Uint8Array): Buffer {
   const head = Buffer.from(JSON.stringify(header))
+  if (head.length > MAX_HEADER) throw Object.assign(new Error(`a request of ${head.length} bytes (arguments, environment and paths together) is over the sandbox's limit of ${MAX_HEADER} bytes`), { code: 'invalid_argument' })
   const prefix = Buffer.alloc(4)
   prefix.writeUInt32BE(head.length, 0)
   return lengthPrefixed(body?.length ? Buffer.concat([prefix, head, body]) : Buffer.concat([prefix, head]))

@@ -222,7 +222,13 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       proc.once('started', () => resolve())
       proc.once('exit', () => (proc.pid ? resolve() : reject(new SandboxError(`cannot start ${spec.cmd}: ${proc.spawnError ?? proc.exit?.error}`, 'spawn_failed'))))
     })
-    await this.post({ op: 'spawn', id, cmd: spec.cmd, args: spec.args, cwd: spec.cwd, env, stdin: spec.stdin })
+    started.catch(() => {}) // observed below, unless the request never reaches the init
+    try {
+      await this.post({ op: 'spawn', id, cmd: spec.cmd, args: spec.args, cwd: spec.cwd, env, stdin: spec.stdin })
+    } catch (err) {
+      this.processes.delete(id) // never started (a request over the init's limit): no record of it
+      throw err
+    }
     await started
     return proc
   }

@@ -67,6 +67,10 @@ function toHttpError(err: unknown): HttpError {
     EACCES: [403, 'permission_denied'],
     EPERM: [403, 'permission_denied'],
     EROFS: [403, 'read_only_path'],
+    ENAMETOOLONG: [400, 'invalid_argument'],
+    ELOOP: [400, 'invalid_argument'],
+    Z_DATA_ERROR: [400, 'invalid_gzip'],
+    Z_BUF_ERROR: [400, 'invalid_gzip'],
     ENOSPC: [507, 'not_enough_space'],
     EDQUOT: [507, 'not_enough_space'],
     sandbox_not_found: [404, 'sandbox_not_found'],
@@ -122,10 +126,39 @@ async function readJson(req: http.IncomingMessage, limit = 1024 * 1024): Promise
   return body as Record<string, unknown>
 }
 
+/** A `timeout` field: a positive, finite number of seconds. */
+function positiveSeconds(value: unknown): number {
+  const timeout = typeof value === 'number' ? value : typeof value === 'string' && value.trim() ? Number(value) : NaN
+  if (!Number.isFinite(timeout) || timeout <= 0) throw new HttpError(400, 'invalid_argument', `timeout must be a positive number of seconds (got ${JSON.stringify(value)?.slice(0, 100)})`)
+  return timeout
+}
+
 function stringRecord(value: unknown, field: string): Record<string, string> {
   if (value === undefined || value === null) return {}
   if (typeof value !== 'object' || Array.isArray(value)) throw new HttpError(400, 'invalid_argument', `${field} must be an object of strings`)
   return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]))
+}
+
+interface Target {
+  url: URL
+  /** The path's segments, percent-decoded. */
+  parts: string[]
+}
+
+/** A request's target, or a 400 naming what is wrong with it (a malformed escape or URL). */
+function parseTarget(raw: string | undefined): Target {
+  let url: URL
+  try {
+    url = new URL(raw ?? '/', 'http://localhost')
+  } catch {
+    throw new HttpError(400, 'invalid_request', `the request target ${JSON.stringify(String(raw).slice(0, 200))} is not a URL path`)
+  }
+  const parts = url.pathname.split('/').filter(Boolean)
+  try {
+    return { url, parts: parts.map(decodeURIComponent) }
+  } catch {
+    throw new HttpError(400, 'invalid_request', `the path ${JSON.stringify(url.pathname.slice(0, 200))} has a malformed percent-escape`)
+  }
 }
 
 function requirePath(url: URL): string {
@@ -232,15 +265,13 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     if (resource === 'sandboxes' && id && action === 'timeout' && method === 'POST') {
       const s = sandboxOr404(id)
       const body = await readJson(req)
-      const timeout = Number(body.timeout)
-      if (!Number.isFinite(timeout) || timeout <= 0) throw new HttpError(400, 'invalid_argument', `timeout must be a positive number of seconds (got ${JSON.stringify(body.timeout)})`)
-      s.setTimeout(timeout)
+      s.setTimeout(positiveSeconds(body.timeout))
       return sendJson(res, 200, { sandbox: sandboxJson(s) })
     }
     if (resource === 'sandboxes' && id && action === 'resume' && method === 'POST') {
       const s = sandboxOr404(id)
       const body = await readJson(req)
-      if (body.timeout !== undefined) s.setTimeout(Number(body.timeout))
+      if (body.timeout !== undefined) s.setTimeout(positiveSeconds(body.timeout))
       return sendJson(res, 200, { sandbox: sandboxJson(s), session: sessionFor(s) })
     }
     if (resource === 'sandboxes' && id && action === 'snapshots' && method === 'POST') {
@@ -392,14 +423,19 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
   }
 
   const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://localhost')
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
-    const handler = parts[0] === 'v1' ? control : parts[0] === 'runtime' && parts[1] === 'v1' ? data : undefined
-    const work = handler ? handler(req, res, url, parts) : Promise.reject(new HttpError(404, 'not_found', `no route ${req.method} ${url.pathname}`))
-    res.once('finish', () => requestLog('%s %s%s %d', req.method, url.pathname, url.searchParams.has('path') ? ` path=${url.searchParams.get('path')}` : '', res.statusCode))
+    let target: Target | undefined
+    const work = (async () => {
+      target = parseTarget(req.url)
+      const { url, parts } = target
+      const handler = parts[0] === 'v1' ? control : parts[0] === 'runtime' && parts[1] === 'v1' ? data : undefined
+      if (!handler) throw new HttpError(404, 'not_found', `no route ${req.method} ${url.pathname}`)
+      return handler(req, res, url, parts)
+    })()
+    const where = () => target?.url.pathname ?? JSON.stringify(String(req.url).slice(0, 200))
+    res.once('finish', () => requestLog('%s %s%s %d', req.method, where(), target?.url.searchParams.has('path') ? ` path=${target.url.searchParams.get('path')}` : '', res.statusCode))
     work.catch((err) => {
       const e = toHttpError(err)
-      if (e.status >= 500) log('%s %s failed: %s', req.method, url.pathname, (err as Error).stack)
+      if (e.status >= 500) log('%s %s failed: %s', req.method, where(), (err as Error).stack)
       if (res.headersSent) return void res.destroy()
       // Drain what the client is still sending so it reads the error instead of a reset.
       req.resume()
@@ -409,14 +445,16 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
 
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_WS_FRAME })
   server.on('upgrade', (req, socket, head) => {
-    const url = new URL(req.url ?? '/', 'http://localhost')
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
+    socket.on('error', () => {}) // a client gone mid-handshake is no fault of the server's
     const reject = (status: number, code: string, message: string) => {
       const text = JSON.stringify({ error: code, message })
       socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`)
     }
+    let url: URL
+    let parts: string[]
     let sandbox: LocalSandbox
     try {
+      ;({ url, parts } = parseTarget(req.url))
       sandbox = sandboxForSession(req)
     } catch (err) {
       const e = toHttpError(err)
@@ -471,6 +509,8 @@ function normalizeSignal(sig: string): string {
  */
 class ProcessSession {
   private proc?: SandboxProcess
+  /** A `start` is being spawned: a second one on this socket is refused. */
+  private starting = false
   private alive = true
   private readonly ping: NodeJS.Timeout
   private paused = false
@@ -573,7 +613,8 @@ class ProcessSession {
   }
 
   private async start(frame: Extract<ClientFrame, { type: 'start' }>): Promise<void> {
-    if (this.proc) return this.fail('already_started', 'this socket already has a process')
+    if (this.proc || this.starting) return this.fail('already_started', 'this socket already has a process')
+    this.starting = true
     if (typeof frame.cmd !== 'string' || !frame.cmd) return this.fail('invalid_frame', 'start needs a string "cmd"')
     if (frame.args !== undefined && (!Array.isArray(frame.args) || frame.args.some((a) => typeof a !== 'string'))) {
       return this.fail('invalid_frame', 'start "args" must be an array of strings')
