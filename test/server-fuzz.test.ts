@@ -45,6 +45,20 @@ function raw(request: string | Buffer, ms = 5000): Promise<number> {
   })
 }
 
+/** Runs a command in a sandbox over its process socket; resolves with its exit code. */
+function exec(session: string, cmd: string, args: string[]): Promise<number> {
+  const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/runtime/v1/process`, { headers: { authorization: `Bearer ${session}` } })
+  return new Promise((resolve, reject) => {
+    ws.on('message', (m) => {
+      const frame = JSON.parse(String(m))
+      if (frame.type === 'ready') ws.send(JSON.stringify({ type: 'start', cmd, args }))
+      if (frame.type === 'exit') resolve(frame.exit_code)
+      if (frame.type === 'error') reject(new Error(frame.message))
+    })
+    ws.on('error', reject)
+  })
+}
+
 beforeAll(async () => {
   serve = await startServe()
   base = serve.apiUrl.replace(/\/v1$/, '')
@@ -108,6 +122,16 @@ it('keeps serving, never answers 5xx, and a canary sandbox keeps running, under 
       ws.on('error', () => resolve())
       setTimeout(() => (ws.terminate(), resolve()), 3000)
     })
+  }
+  // Special files through the file API: refused at once, the sandbox's init keeps serving.
+  await exec(canary.session, 'mkfifo', ['/tmp/fifo'])
+  for (const file of ['/tmp/fifo', '/proc/self/fd/0', '/dev/zero', '/dev/stdin']) {
+    const started = Date.now()
+    const read = await fetch(`${base}/runtime/v1/files?path=${encodeURIComponent(file)}`, { headers: { authorization: `Bearer ${canary.session}` }, signal: AbortSignal.timeout(10_000) })
+    expect(read.status, file).toBe(400)
+    expect(Date.now() - started, file).toBeLessThan(5000)
+    const write = await fetch(`${base}/runtime/v1/files?path=${encodeURIComponent(file)}`, { method: 'PUT', body: 'x', headers: { authorization: `Bearer ${canary.session}` }, signal: AbortSignal.timeout(10_000) })
+    expect(write.status, file).toBeLessThan(500)
   }
   expect(serve.child.exitCode).toBeNull()
   const health = await api('/v1/health')

@@ -139,7 +139,7 @@ function openUpload(h: Header): void {
   try {
     const file = resolvePath(h.path)
     fs.mkdirSync(path.dirname(file), { recursive: true })
-    const fd = fs.openSync(file, 'w', typeof h.mode === 'number' ? h.mode : 0o644)
+    const fd = openRegular(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, typeof h.mode === 'number' ? h.mode : 0o644)
     uploads.set(req, { file, fd, queue: Promise.resolve(), queued: 0, written: 0 })
   } catch (err) {
     uploads.set(req, { file: '', fd: -1, queue: Promise.resolve(), failed: true, queued: 0, written: 0 })
@@ -180,14 +180,26 @@ function closeUpload(h: Header): void {
   })
 }
 
+/**
+ * Opens a regular file only, without blocking: this loop serves every request of the sandbox, and
+ * opening a FIFO waits for its other end (reading a device or a pipe would never end).
+ */
+function openRegular(file: string, flags: number, mode?: number): number {
+  const fd = fs.openSync(file, flags | fs.constants.O_NONBLOCK, mode)
+  const st = fs.fstatSync(fd)
+  if (st.isFile()) return fd
+  fs.closeSync(fd)
+  if (st.isDirectory()) throw Object.assign(new Error(`${file} is a directory`), { code: 'EISDIR' })
+  throw Object.assign(new Error(`${file} is not a regular file (a pipe, socket or device)`), { code: 'EINVAL' })
+}
+
 async function readFile(h: Header): Promise<void> {
   const req = String(h.req)
   let fd = -1
   try {
     const file = resolvePath(h.path)
-    fd = fs.openSync(file, 'r')
+    fd = openRegular(file, fs.constants.O_RDONLY)
     const st = fs.fstatSync(fd)
-    if (st.isDirectory()) throw Object.assign(new Error(`${file} is a directory`), { code: 'EISDIR' })
     send({ op: 'read_start', req, size: st.size, mode: st.mode & 0o7777 })
     const buf = Buffer.alloc(CHUNK)
     for (;;) {

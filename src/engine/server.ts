@@ -69,6 +69,7 @@ function toHttpError(err: unknown): HttpError {
     EROFS: [403, 'read_only_path'],
     ENAMETOOLONG: [400, 'invalid_argument'],
     ELOOP: [400, 'invalid_argument'],
+    ENXIO: [400, 'invalid_argument'],
     Z_DATA_ERROR: [400, 'invalid_gzip'],
     Z_BUF_ERROR: [400, 'invalid_gzip'],
     ENOSPC: [507, 'not_enough_space'],
