@@ -82,8 +82,7 @@ export class WorkerBudget {
 
   /** A call of a method of `rule`, `bytes` long on the wire, before the host sees it. */
   call(rule: Rule, bytes: number, args: unknown[]): void {
-    if (KEPT.has(rule) && (this.kept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / MiB} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
-    if (rule === 'tasks' || rule === 'errors') this.run.keep(bytes)
+    this.keep(rule, bytes)
     if (rule !== 'module' && rule !== 'warm') return
     if (this.code > MAX_MODULE_CODE) throw new ProtocolViolation(`over ${MAX_MODULE_CODE / MiB} MiB of module code asked for (the host keeps every module it transforms)`)
     this.run.checkCode()
@@ -93,6 +92,16 @@ export class WorkerBudget {
       this.run.askId(environment, id)
     }
     if (this.ids > MAX_MODULE_IDS) throw new ProtocolViolation(`over ${MAX_MODULE_IDS / MiB} MiB of module ids asked for (the host keeps every id it is asked)`)
+  }
+
+  /** `extra` bytes more than the call had on the wire, made by copying it (shared parts once per use). */
+  copied(rule: Rule, extra: number): void {
+    if (extra > 0) this.keep(rule, extra)
+  }
+
+  private keep(rule: Rule, bytes: number): void {
+    if (KEPT.has(rule) && (this.kept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / MiB} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
+    if (rule === 'tasks' || rule === 'errors') this.run.keep(bytes)
   }
 
   /** The host's answer to a module call (`args` as the host was asked). */

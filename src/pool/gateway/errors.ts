@@ -14,13 +14,16 @@ const MAX_DEPTH = 64
 const MAX_VALUES = 1_000_000
 
 /** A budget of values for the copies of one message. */
-export const valueBudget = () => ({ left: MAX_VALUES })
+export const valueBudget = () => ({ left: MAX_VALUES, bytes: 0 })
 
 /** A copy of `value` without cycles (as "[Circular]") or nesting beyond MAX_DEPTH ("[Deep]"). */
 export function acyclic(value: unknown, budget = valueBudget()): unknown {
   const on: object[] = []
   const copy = (v: unknown): unknown => {
     if (--budget.left < 0) throw new ProtocolViolation(`an error or result of over ${MAX_VALUES} values`)
+    // What the copy holds in the host's memory (a part shared on the wire is copied at each use):
+    // about what V8 takes for a string, a number, an object with a few fields.
+    budget.bytes += typeof v === 'string' ? 16 + v.length : v !== null && typeof v === 'object' ? 64 : 16
     if (v === null || typeof v !== 'object') return v
     if (on.includes(v)) return '[Circular]'
     if (on.length >= MAX_DEPTH) return '[Deep]'
@@ -40,6 +43,12 @@ export function acyclic(value: unknown, budget = valueBudget()): unknown {
   return copy(value)
 }
 
+/**
+ * Every JavaScript line terminator: Vitest splits a stack at `\n`, but its frame test is a
+ * multiline regex, for which `\r`, U+2028 and U+2029 start lines too. The gateway reads a stack
+ * at all of them, and writes it back with `\n` only.
+ */
+const LINE_BREAK = /\r\n|[\n\r\u2028\u2029]/
 /** A line Vitest's stack parser reads as a V8 frame (its CHROME_IE_STACK_REGEXP). */
 const V8_FRAME_LINE = /^\s*at .*(?:\S:\d+|\(native\))/
 /** A V8 frame's parts: `at [method (]location:line:column[)]`. */
@@ -49,17 +58,18 @@ const FRAME = /^\s*at (?:(.*?) \()?(.+?):(\d+):(\d+)\)?$/
 const PLAIN_FILE = /^\/[^\s()?#,:\\]*$/
 
 /**
- * A stack as the host may parse it, rebuilt: each V8 frame as `at <method> (<file>:<line>:<col>)`,
+ * A stack as the host may parse it, rebuilt (read at every line terminator, written with `\n`):
+ * each V8 frame as `at <method> (<file>:<line>:<col>)`,
  * its file resolved as Vitest's stack parser resolves it (relative to the host's cwd, `//`,
  * `file:`, `/@fs/`, query dropped) and moved under ABSENT unless `mayFrame` allows it. Frame lines
  * that do not read as one plain file (eval frames, parentheses, commas) are dropped: a line passed
- * as it came could be read another way by the host's parser. A stack without V8 frames would be
- * parsed in Firefox's form (`fn@file:1:2`): only its first line is kept, up to any `@`.
+ * as it came could be read another way by the host's parser. A stack left without V8 frames would
+ * be parsed in Firefox's form (`fn@file:1:2`): only its first line is kept, up to any `@`.
  */
 export function canonicalStack(stack: string, mayFrame: (file: string) => boolean): string {
-  const lines = stack.split('\n')
-  if (!lines.some((line) => V8_FRAME_LINE.test(line))) return lines[0].replace(/@.*$/, '')
-  return lines
+  const lines = stack.split(LINE_BREAK)
+  let frames = 0
+  const rebuilt = lines
     .flatMap((line) => {
       if (!V8_FRAME_LINE.test(line)) return [line]
       const m = FRAME.exec(line)
@@ -67,15 +77,21 @@ export function canonicalStack(stack: string, mayFrame: (file: string) => boolea
       const [, method, location, row, column] = m
       const name = method ? `${method.replace(/[()@,\n]/g, '_')} (` : ''
       const close = method ? ')' : ''
-      if (/^(?:async )?(?:node|internal):[\w/.-]+$/.test(location)) return [`    at ${name}${location}:${row}:${column}${close}`]
+      if (/^(?:async )?(?:node|internal):[\w/.-]+$/.test(location)) return (frames++, [`    at ${name}${location}:${row}:${column}${close}`])
       const file = frameFile(location)
       if (!PLAIN_FILE.test(file)) return []
       // Written as it came when it can only be read as that file (a path or its file: URL), else as the path.
       const written = [file, `file://${file}`].includes(location.replace(/^async /, '')) ? location : file
+      frames++
       return [`    at ${name}${mayFrame(file) ? written : ABSENT + file}:${row}:${column}${close}`]
     })
     .join('\n')
+  // Without a V8 frame left, the host would read every line in Firefox's form.
+  return frames > 0 ? rebuilt : lines[0].replace(/@.*$/, '')
 }
+
+/** Fields Vitest reads frames from besides `stack` (`parseErrorStacktrace`). */
+const FRAME_FIELDS = ['stacks', 'fileName', 'sourceURL']
 
 /** Every `stack` string of an (acyclic) value, made canonical, in place; `stacks` lists dropped. */
 export function screenStacks(value: unknown, mayFrame: (file: string) => boolean): void {
@@ -83,8 +99,9 @@ export function screenStacks(value: unknown, mayFrame: (file: string) => boolean
   if (Array.isArray(value)) return value.forEach((v) => screenStacks(v, mayFrame))
   const o = value as Record<string, unknown>
   if (typeof o.stack === 'string') o.stack = canonicalStack(o.stack, mayFrame)
-  // Frames the host would take as parsed already, unread: it parses `stack` itself.
-  delete o.stacks
+  // Frames the host would take as parsed already, unread: it parses `stack` itself. Where `stack`
+  // gives none, it reads a frame from Firefox's and Safari's fields: none of those either.
+  for (const key of FRAME_FIELDS) delete o[key]
   for (const key of Object.keys(o)) if (key !== 'stack') screenStacks(o[key], mayFrame)
 }
 
@@ -96,7 +113,7 @@ export function screenStacks(value: unknown, mayFrame: (file: string) => boolean
 export function leakRecord(leak: unknown, mayFrame: (file: string) => boolean, projectName: string): Record<string, unknown> {
   const l = leak as Record<string, unknown>
   if (l === null || typeof l !== 'object' || typeof l.type !== 'string' || typeof l.stack !== 'string' || typeof l.filename !== 'string') throw new ProtocolViolation('onAsyncLeaks: a leak that is not { type, stack, filename }')
-  const [head, ...frames] = l.stack.split('\n')
+  const [head, ...frames] = l.stack.split(LINE_BREAK)
   const message = `Error: ${head.replace(/^\s*(Error: )?/, '').slice(0, 4096)}`
   const stack = canonicalStack([message, ...frames.filter((line) => V8_FRAME_LINE.test(line))].join('\n'), mayFrame)
   const filename = l.filename.startsWith('node:') || mayFrame(path.resolve(l.filename)) ? l.filename : ABSENT + path.resolve(l.filename)

@@ -19,7 +19,7 @@ import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js
 import { fetchOptions, ModuleScreen, type ScreenedCall } from './module-screen.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
-import { acyclic, leakRecord, screenStacks } from './errors.js'
+import { acyclic, leakRecord, screenStacks, valueBudget } from './errors.js'
 import { checkErrorSignals, checkTasks, collectedResults, refusedAttachment, type TaskOwner } from './tasks.js'
 import { namesRefusedMap } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
@@ -159,7 +159,10 @@ export class Gateway {
       if (this.bytesInFlight + bytes > MAX_IN_FLIGHT_BYTES) throw new ProtocolViolation(`over ${MAX_IN_FLIGHT_BYTES / 1024 / 1024} MiB of calls in flight`)
     }
     const call: Call = { workerId: frame.i as string | number, method: method!, spec, bytes }
-    const early = this.apply(call, args)
+    const copied = valueBudget()
+    const early = this.apply(call, args, copied)
+    // A part the wire holds once can be copied at each use: the host keeps the copy.
+    this.budget.copied(spec.rule, copied.bytes - bytes)
     if (early) {
       if (event) return {}
       return { toWorker: { t: 's', i: frame.i, ...early } }
@@ -181,7 +184,7 @@ export class Gateway {
    * The method's rule, applied to the arguments (in place: they are the gateway's copy). Returns
    * an answer when the gateway answers the call itself, without the host.
    */
-  private apply(call: Call, args: unknown[]): { r?: unknown; e?: unknown } | undefined {
+  private apply(call: Call, args: unknown[], copied: ReturnType<typeof valueBudget>): { r?: unknown; e?: unknown } | undefined {
     const ctx = this.ctx
     call.screened = { method: call.method, asked: args, args }
     switch (call.spec.rule) {
@@ -196,7 +199,7 @@ export class Gateway {
         call.screened = this.screen.warmCall(args)
         return undefined
       case 'tasks':
-        checkTasks(call.method, args, this.owner)
+        checkTasks(call.method, args, this.owner, copied)
         if (call.method === 'onTaskArtifactRecord') {
           // Read as Vitest reads it: relative to the project root, through any link.
           const refused = refusedAttachment(args[1], (p) => ctx.rules.isGiven(path.resolve(ctx.projectRoot, p)))
@@ -211,7 +214,7 @@ export class Gateway {
         return undefined
       case 'errors':
         if (call.method === 'onAsyncLeaks') args[0] = screenPaths((args[0] as unknown[]).map((leak) => leakRecord(leak, this.mayFrame, ctx.projectName)), ctx.rules.mayName)
-        else args[0] = this.screenedError(call.method, args[0])
+        else args[0] = this.screenedError(call.method, args[0], copied)
         if (args[1] !== undefined) args[1] = screenPaths(args[1], ctx.rules.mayName)
         return undefined
       case 'coverage': {
@@ -254,8 +257,8 @@ export class Gateway {
   }
 
   /** An error for the host to catch and print: copied without cycles, its signals the worker's own, its frames and paths screened. */
-  private screenedError(method: string, error: unknown): unknown {
-    const copy = acyclic(error)
+  private screenedError(method: string, error: unknown, copied = valueBudget()): unknown {
+    const copy = acyclic(error, copied)
     checkErrorSignals(method, copy, this.owner)
     screenStacks(copy, this.mayFrame)
     return screenPaths(copy, this.ctx.rules.mayName)

@@ -12,7 +12,7 @@
  *   added to the call as negated patterns, so the plugin lists only what the sandbox has.
  */
 import path from 'node:path'
-import fg from 'fast-glob'
+import { escapePath, glob } from 'tinyglobby'
 import { stripLiteral } from 'strip-literal'
 import type { FileRules } from './file-rules.js'
 import { realPath } from '../../workspace/collect.js'
@@ -91,14 +91,15 @@ async function screenCall(ctx: GlobContext, call: Node, file: string, id: string
     if (rules.outwardLinks.some((link) => link === fixed || (deep && link.startsWith(fixed + path.sep)))) throw refuse(raw, file, rules, 'would list a link that leads out of what the sandbox is given')
     if (!negated) listed.push(absolute)
   }
-  // What Vite's plugin would list (its options: no dot files, no node_modules), less what is given.
-  const matches = listed.length ? await fg(listed, { absolute: true, dot: false, caseSensitiveMatch: caseSensitive, ignore: ['**/node_modules/**'], extglob: false, onlyFiles: true }) : []
+  // What Vite's plugin lists (its globber, tinyglobby, with its options), less what is given.
+  const matches = listed.length ? await glob(listed, { absolute: true, cwd: root, dot: false, expandDirectories: false, caseSensitiveMatch: caseSensitive, ignore: ['**/node_modules/**'], extglob: false }) : []
   const hidden = matches.filter((m) => m !== file && !rules.isGiven(m))
   if (hidden.length === 0) return undefined
+  // Relative to the folder Vite joins a `./` or `../` pattern to, escaped as Vite escapes paths.
   const dir = base === undefined ? path.posix.dirname(file) : base.startsWith('/') ? path.posix.join(root, base) : path.posix.resolve(path.posix.dirname(file), base)
   const negations = hidden.map((m) => {
     const rel = path.posix.relative(dir, m)
-    return JSON.stringify(`!${rel.startsWith('.') ? '' : './'}${rel.replace(/[*?{}[\]()!+@\\]/g, '\\$&')}`)
+    return JSON.stringify(`!${rel.startsWith('../') ? '' : './'}${escapePath(rel)}`)
   })
   const kept = patterns.map((p) => JSON.stringify(p))
   return { at: first.start, end: first.end, text: `[${[...kept, ...negations].join(', ')}]` }
@@ -125,14 +126,23 @@ function closeParen(clean: string, open: number): number {
   return -1
 }
 
-/** The absolute pattern Vite's glob plugin lists (its `toAbsoluteGlob`), or undefined for forms it does not resolve here. */
-async function absoluteGlob(ctx: GlobContext, glob: string, importer: string, root: string, base: string | undefined): Promise<string | undefined> {
-  const importerDir = path.posix.dirname(importer.replace(/[?#].*$/, ''))
-  const dir = base === undefined ? importerDir : base.startsWith('/') ? path.posix.join(root, base) : path.posix.resolve(importerDir, base)
-  if (glob.startsWith('/')) return path.posix.join(root, glob.slice(1))
-  if (glob.startsWith('./')) return path.posix.join(dir, glob.slice(2))
-  if (glob.startsWith('../')) return path.posix.join(dir, glob)
-  if (glob.startsWith('**') || glob.startsWith('#')) return undefined
-  const resolved = (await ctx.resolve(glob, importer))?.id
-  return resolved && path.isAbsolute(resolved) ? resolved : undefined
+/**
+ * The absolute pattern Vite's glob plugin lists: its `toAbsoluteGlob`, folders escaped as it
+ * escapes them (a folder named `{a,b}` or `x[!y]` is a name, not a pattern); undefined for forms
+ * it does not resolve here.
+ */
+async function absoluteGlob(ctx: GlobContext, pattern: string, importer: string, root: string, base: string | undefined): Promise<string | undefined> {
+  const safeRoot = escapePath(root)
+  const importerDir = escapePath(path.posix.dirname(importer.replace(/[?#].*$/, '')))
+  const dir = base === undefined ? importerDir : base.startsWith('/') ? path.posix.join(safeRoot, base) : path.posix.resolve(importerDir, base)
+  if (pattern.startsWith('/')) return path.posix.join(safeRoot, pattern.slice(1))
+  if (pattern.startsWith('./')) return path.posix.join(dir, pattern.slice(2))
+  if (pattern.startsWith('../')) return path.posix.join(dir, pattern)
+  if (pattern.startsWith('**') || pattern.startsWith('#')) return undefined
+  const resolved = (await ctx.resolve(pattern, importer))?.id
+  if (!resolved || !path.isAbsolute(resolved)) return undefined
+  // Vite's `globSafeResolvedPath`: the part the alias replaced is escaped, the pattern's own part is not.
+  let same = 0
+  while (same < Math.min(resolved.length, pattern.length) && resolved[resolved.length - 1 - same] === pattern[pattern.length - 1 - same]) same++
+  return escapePath(resolved.slice(0, resolved.length - same)) + resolved.slice(resolved.length - same)
 }

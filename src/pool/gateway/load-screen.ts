@@ -17,6 +17,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
 import { ownSourceMap } from './source-maps.js'
+import { realPath } from '../../workspace/collect.js'
 import { stripLiteral } from 'strip-literal'
 import { aroundTransform } from './plugin-hooks.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
@@ -117,7 +118,8 @@ function checkAssetUrls(code: string, id: string, rules: FileRules): void {
     if (/^data:/i.test(url)) continue
     const target = url.startsWith('.') ? path.resolve(path.dirname(file), url.replace(/[?#].*$/, '')) : undefined
     const rel = target && path.relative(rules.root, target)
-    if (target === undefined || !rel || rel.startsWith('..') || path.isAbsolute(rel) || !rules.mayWord(target)) {
+    // By the path Vite will open: a link under node_modules may lead out, whatever is there.
+    if (target === undefined || !rel || rel.startsWith('..') || path.isAbsolute(rel) || !rules.mayWord(target) || !rules.mayWord(realPath(target))) {
       throw new Error(`vitest-pool-sandbox: new URL(${JSON.stringify(url).slice(0, 300)}, import.meta.url) in ${path.relative(rules.root, file)} names a file the sandbox is not given (only relative URLs to given files are turned into asset URLs)`)
     }
   }

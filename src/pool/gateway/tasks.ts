@@ -45,12 +45,11 @@ export function checkErrorSignals(method: string, error: unknown, owner: TaskOwn
 }
 
 /** Task ids a call names must belong to the worker's own files (in place: the gateway's copy). */
-export function checkTasks(method: string, args: unknown[], owner: TaskOwner): void {
+export function checkTasks(method: string, args: unknown[], owner: TaskOwner, budget = valueBudget()): void {
   const isOwn = ownTask(owner)
   const check = (id: unknown, what: string) => {
     if (!isOwn(id)) throw new ProtocolViolation(`${method}: ${what} ${JSON.stringify(String(id)).slice(0, 80)} is not a task of this worker's file`)
   }
-  const budget = valueBudget()
   // Vitest registers every task of a tree by its id, and its reporters print each one under the
   // file and suite it points to: those links are set from the tree itself, never taken as sent.
   const checkTree = (task: any, file: object, parent: object | undefined, seen: Set<object>) => {
