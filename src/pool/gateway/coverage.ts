@@ -3,10 +3,13 @@
  * it names and writes reports named after them, so every file named anywhere in it must be given.
  * Rebuilt from the fields the providers use, never passed on as sent: v8's `{ result: [{ url,
  * scriptId, functions }] }`, istanbul's `{ [path]: { path, statementMap, fnMap, branchMap, s, f,
- * b, … } }` whose `path` istanbul keys entries by. Entries that name another file are dropped.
+ * b, … } }` whose `path` istanbul keys entries by. Entries that name another file, or are not in
+ * the shape the provider reads, are dropped: every url, source and offset checked the way the
+ * host's provider will read it, not one reading of a richer form.
  */
+import fs from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 
 /** Fields of an istanbul file coverage (istanbul-lib-coverage) kept as sent. */
 const ISTANBUL_FIELDS = ['statementMap', 'fnMap', 'branchMap', 's', 'f', 'b', 'bT', 'hash', '_coverageSchema', 'all'] as const
@@ -23,33 +26,91 @@ export function screenCoverage(coverage: unknown, provider: string | undefined, 
   const given = (file: unknown): file is string => typeof file === 'string' && path.isAbsolute(file) && path.posix.normalize(file) === file && isGiven(file)
   if (provider === 'v8') {
     if (!Array.isArray(coverage.result)) return { result: [] }
-    const result = coverage.result.filter((r): r is Record<string, unknown> => isPlain(r) && typeof r.url === 'string' && givenUrl(r.url, given))
-    return { result: result.map((r) => ({ scriptId: r.scriptId, url: r.url, functions: r.functions, startOffset: r.startOffset })) }
+    const result: unknown[] = []
+    for (const r of coverage.result) {
+      const file = isPlain(r) && typeof r.url === 'string' ? plainFileUrl(r.url) : undefined
+      // A file the host does not have gets a stand-in source as long as the longest range: none.
+      if (file === undefined || !given(file) || !fs.existsSync(file)) continue
+      const functions = v8Functions((r as Record<string, unknown>).functions, Math.max(MIN_OFFSET_BOUND, 8 * fs.statSync(file).size))
+      const startOffset = (r as Record<string, unknown>).startOffset
+      if (functions) result.push({ scriptId: String((r as Record<string, unknown>).scriptId).slice(0, 64), url: r.url, functions, startOffset: Number.isSafeInteger(startOffset) && (startOffset as number) >= 0 ? startOffset : 0 })
+    }
+    return { result }
   }
   const out: Record<string, unknown> = Object.create(null)
   for (const [file, entry] of Object.entries(coverage)) {
     if (!given(file) || !isPlain(entry) || entry.path !== file) continue
     const kept: Record<string, unknown> = { path: file }
     for (const field of ISTANBUL_FIELDS) if (field in entry) kept[field] = entry[field]
-    const map = entry.inputSourceMap
-    if (isPlain(map) && Array.isArray(map.sources) && map.sources.every((s) => given(sourcePath(file, map.sourceRoot, s)))) kept.inputSourceMap = map
+    const map = inputSourceMap(file, entry.inputSourceMap, given)
+    if (map) kept.inputSourceMap = map
     out[file] = kept
   }
   return { ...out }
 }
 
-function givenUrl(url: string, given: (file: string) => boolean): boolean {
-  if (!url.startsWith('file:///')) return false
+/**
+ * The path of a v8 coverage url, only when the url is exactly that path's `file:` URL and the path
+ * holds no `%`: the host's provider decodes it again (`decodeURIComponent`, then `fileURLToPath`),
+ * so any other form could be read as another path.
+ */
+function plainFileUrl(url: string): string | undefined {
   try {
-    return given(fileURLToPath(url))
+    const file = fileURLToPath(url)
+    return !file.includes('%') && path.posix.normalize(file) === file && pathToFileURL(file).href === url ? file : undefined
   } catch {
-    return false
+    return undefined
   }
 }
 
-/** A source of a file's input source map as istanbul reads it: relative to the source root or the file's folder. */
-function sourcePath(file: string, sourceRoot: unknown, source: unknown): string | undefined {
-  if (typeof source !== 'string') return undefined
-  const base = typeof sourceRoot === 'string' && sourceRoot ? path.resolve(path.dirname(file), sourceRoot) : path.dirname(file)
-  return source.startsWith('file://') ? (() => { try { return fileURLToPath(source) } catch { return undefined } })() : path.resolve(base, source)
+/** The least bound on a range's offsets (a module's transformed code can outgrow its file). */
+const MIN_OFFSET_BOUND = 1024 * 1024
+
+/** v8's `functions`, rebuilt of whole, bounded offsets and counts; undefined if any part is not. */
+function v8Functions(functions: unknown, bound: number): unknown[] | undefined {
+  if (!Array.isArray(functions)) return undefined
+  const offset = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0 && (n as number) <= bound
+  const out: unknown[] = []
+  for (const f of functions) {
+    if (!isPlain(f) || !Array.isArray(f.ranges)) return undefined
+    const ranges: unknown[] = []
+    for (const r of f.ranges) {
+      if (!isPlain(r) || !offset(r.startOffset) || !offset(r.endOffset) || (r.endOffset as number) < (r.startOffset as number) || !Number.isSafeInteger(r.count) || (r.count as number) < 0) return undefined
+      ranges.push({ startOffset: r.startOffset, endOffset: r.endOffset, count: r.count })
+    }
+    out.push({ functionName: typeof f.functionName === 'string' ? f.functionName.slice(0, 1024) : '', ranges, isBlockCoverage: f.isBlockCoverage === true })
+  }
+  return out
+}
+
+/**
+ * An istanbul entry's input source map, rebuilt as istanbul's map library reads it: version 3,
+ * string lists, each source resolved to an absolute path that must be given (the source root, of
+ * whatever type, read as the library reads it, then dropped); undefined if it is not.
+ */
+function inputSourceMap(file: string, map: unknown, given: (file: string) => boolean): Record<string, unknown> | undefined {
+  if (!isPlain(map) || map.version !== 3 || typeof map.mappings !== 'string' || !Array.isArray(map.sources) || 'sections' in map) return undefined
+  if (map.sourceRoot !== undefined && map.sourceRoot !== null && typeof map.sourceRoot !== 'string') return undefined
+  const root = typeof map.sourceRoot === 'string' && map.sourceRoot ? path.resolve(path.dirname(file), map.sourceRoot) : path.dirname(file)
+  const sources: string[] = []
+  for (const source of map.sources) {
+    if (typeof source !== 'string') return undefined
+    let resolved: string | undefined
+    try {
+      resolved = source.startsWith('file://') ? fileURLToPath(source) : /^[a-z][a-z\d+.-]*:/i.test(source) ? undefined : path.resolve(root, source)
+    } catch {
+      resolved = undefined
+    }
+    if (!resolved || !given(resolved)) return undefined
+    sources.push(resolved)
+  }
+  const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === 'string' || x === null)
+  return {
+    version: 3,
+    sources,
+    mappings: map.mappings,
+    names: strings(map.names) ? map.names : [],
+    ...(strings(map.sourcesContent) ? { sourcesContent: map.sourcesContent } : {}),
+    ...(typeof map.file === 'string' ? { file: map.file } : {}),
+  }
 }
