@@ -17,7 +17,7 @@ import { failedFileCalls, fileTaskId } from './failed-file.js'
 import type { Fleet, SandboxHost } from './fleet.js'
 import type { Lease } from './slots.js'
 import { HostFileRefusal, HostFiles, type UpdateMode } from './host-files.js'
-import { Gateway, ProtocolViolation } from './gateway/gateway.js'
+import { Gateway, ProtocolViolation, type HostFileCall } from './gateway/gateway.js'
 import { screenLoads, type LoadingEnvironment } from './gateway/load-screen.js'
 import { fileRules } from './gateway/file-rules.js'
 import { screenConfigEnv } from './gateway/config-env.js'
@@ -36,10 +36,6 @@ const SIGKILL_AFTER_MS = 500
 const WORKER_START_TIMEOUT_MS = 90_000
 /** Reruns of one file after its sandbox was lost (before it reported any result). */
 const MAX_RERUNS = 2
-/** Host-file calls (snapshot reads and writes) one worker may have in flight. */
-const MAX_HOST_FILE_CALLS = 64
-/** Characters of snapshot files one worker may read: the host holds what it sends until the worker reads it. */
-const MAX_HOST_FILE_BYTES = 256 * 1024 * 1024
 /** Worker-to-host RPC calls that report results: after one of them a file is not rerun. */
 const RESULT_METHODS = new Set(['onCollected', 'onTaskUpdate', 'onAfterSuiteRun', 'snapshotSaved', 'onTaskArtifactRecord', 'onTestBenchmark'])
 
@@ -77,8 +73,6 @@ export class SandboxPoolWorker implements PoolWorker {
   private readonly hostCalls = new Map<string | number, () => void>()
   private gateway?: Gateway
   private hostFiles?: HostFiles
-  private hostFileCalls = 0
-  private hostFileBytes = 0
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
 
@@ -414,13 +408,8 @@ export class SandboxPoolWorker implements PoolWorker {
   }
 
   private onWorkerMessage(message: any, bytes: number): void {
-    if (message?.__sandbox_pool__ === true) {
-      if (!Number.isSafeInteger(message.id) || typeof message.op !== 'string' || !Array.isArray(message.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
-      if (this.hostFileCalls >= MAX_HOST_FILE_CALLS) throw new ProtocolViolation(`over ${MAX_HOST_FILE_CALLS} host-file calls in flight`)
-      if (this.hostFileBytes > MAX_HOST_FILE_BYTES) throw new ProtocolViolation(`over ${MAX_HOST_FILE_BYTES / 1024 / 1024} MiB of snapshot files read`)
-      return void this.answerHostCall(message)
-    }
     const step = this.gateway!.fromWorker(message, bytes)
+    if (step.hostFile) return void this.answerHostCall(step.hostFile)
     if (step.toWorker) return this.transmit(step.toWorker)
     const out = step.toHost as any
     if (out?.__vitest_worker_response__ && out.type === 'started') {
@@ -448,20 +437,17 @@ export class SandboxPoolWorker implements PoolWorker {
     this.lease.host.link.toWorker(this.channel, lengthPrefixed(this.codec!.encode(message)))
   }
 
-  private async answerHostCall(msg: { id: number; op: string; args: unknown[] }): Promise<void> {
+  private async answerHostCall(msg: HostFileCall): Promise<void> {
     let reply: Record<string, unknown>
-    this.hostFileCalls++
+    let result: unknown
     try {
-      const result = (await this.hostFiles!.call(msg.op, msg.args)) ?? null
-      // What the host sends back waits in its memory until the worker reads it.
-      if (typeof result === 'string') this.hostFileBytes += result.length
+      result = (await this.hostFiles!.call(msg.op, msg.args)) ?? null
       reply = { __sandbox_pool__: true, id: msg.id, result }
     } catch (err) {
       if (err instanceof HostFileRefusal) log('%s', err.message)
       reply = { __sandbox_pool__: true, id: msg.id, error: `vitest-pool-sandbox: ${(err as Error).message}` }
-    } finally {
-      this.hostFileCalls--
     }
+    msg.answered(result)
     this.transmit(reply)
   }
 

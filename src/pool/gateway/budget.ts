@@ -17,6 +17,10 @@ export const MAX_KEPT_BYTES = 256 * MiB
 export const MAX_MODULE_CODE = 512 * MiB
 /** Characters of module ids one worker may ask for (its externals, durations, `data:` ids too). */
 export const MAX_MODULE_IDS = 32 * MiB
+/** Calls of the host's file service (snapshot reads and writes) one worker may have in flight. */
+export const MAX_HOST_FILE_CALLS = 64
+/** Characters of snapshot files one worker may read: the host holds what it sends until the worker reads it. */
+export const MAX_HOST_FILE_BYTES = 256 * MiB
 /** The rules of methods whose data Vitest keeps for the run (coverage only per worker: the host writes it to the coverage folder as it comes). */
 const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 
@@ -77,6 +81,8 @@ export class WorkerBudget {
   private kept = 0
   private code = 0
   private ids = 0
+  private hostFiles = 0
+  private hostFileBytes = 0
 
   constructor(private readonly run: RunBudget) {}
 
@@ -97,6 +103,19 @@ export class WorkerBudget {
   /** `extra` bytes more than the call had on the wire, made by copying it (shared parts once per use). */
   copied(rule: Rule, extra: number): void {
     if (extra > 0) this.keep(rule, extra)
+  }
+
+  /** A call of the host's file service. */
+  hostFileCall(): void {
+    if (this.hostFiles >= MAX_HOST_FILE_CALLS) throw new ProtocolViolation(`over ${MAX_HOST_FILE_CALLS} host-file calls in flight`)
+    if (this.hostFileBytes > MAX_HOST_FILE_BYTES) throw new ProtocolViolation(`over ${MAX_HOST_FILE_BYTES / MiB} MiB of snapshot files read`)
+    this.hostFiles++
+  }
+
+  /** Its answer, sent back to the worker. */
+  hostFileAnswered(result: unknown): void {
+    this.hostFiles--
+    if (typeof result === 'string') this.hostFileBytes += result.length
   }
 
   private keep(rule: Rule, bytes: number): void {

@@ -90,6 +90,17 @@ export interface Step {
   toHost?: unknown
   /** To the worker (an answer the gateway gives itself). */
   toWorker?: RpcFrame
+  /** To the host's file service (snapshot files): a call of the right shape, within the budget. */
+  hostFile?: HostFileCall
+}
+
+/** A call of the host's file service (host-files.ts), as the worker sent it. */
+export interface HostFileCall {
+  id: number
+  op: string
+  args: unknown[]
+  /** Tell the gateway the call was answered (with `result`, which waits in the host's memory until the worker reads it). */
+  answered(result: unknown): void
 }
 
 export class Gateway {
@@ -132,6 +143,11 @@ export class Gateway {
   fromWorker(msg: unknown, bytes = 0): Step {
     if (msg === null || typeof msg !== 'object') throw new ProtocolViolation('a message that is not an object')
     const m = msg as Record<string, unknown>
+    if (m.__sandbox_pool__ === true) {
+      if (!Number.isSafeInteger(m.id) || typeof m.op !== 'string' || !Array.isArray(m.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
+      this.budget.hostFileCall()
+      return { hostFile: { id: m.id as number, op: m.op, args: m.args, answered: (result) => this.budget.hostFileAnswered(result) } }
+    }
     if (m.__vitest_worker_response__ === true) return { toHost: this.responses.response(m, (error) => this.screenedError(String(m.type), error), this.owner.ownIds()) }
     if (m.t === 'q') return this.call(m as RpcFrame, bytes)
     if (m.t === 's') throw new ProtocolViolation('an answer, but the host asked the worker nothing')
