@@ -268,7 +268,9 @@ describe('worker responses and errors the host acts on', () => {
     // (A violation ends the worker; here the same gateway goes on, still waiting for that run.)
     const cyclic: any = { name: 'Error', message: 'setup failed' }
     cyclic.cause = cyclic
-    expect(finished({ error: cyclic, usedMemory: 5, taskId: 'other_0', extra: 'x' }).toHost).toEqual({ __vitest_worker_response__: true, type: 'testfileFinished', error: { name: 'Error', message: 'setup failed', cause: '[Circular]' }, usedMemory: 5 })
+    // A field a response does not have (another kind's, which another reader may go by) ends the worker.
+    expect(() => finished({ error: cyclic, usedMemory: 5, t: 'q' })).toThrow(/a message with a field "t" that its kind does not have/)
+    expect(finished({ error: cyclic, usedMemory: 5 }).toHost).toEqual({ __vitest_worker_response__: true, type: 'testfileFinished', error: { name: 'Error', message: 'setup failed', cause: '[Circular]' }, usedMemory: 5 })
     gateway.responses.requested('run')
     gateway.fromWorker({ t: 'q', m: 'onTaskUpdate', a: [[['own', { state: 'pass' }, {}]], []] })
     expect(finished().toHost).toEqual({ __vitest_worker_response__: true, type: 'testfileFinished' })

@@ -257,6 +257,7 @@ const VIOLATIONS: Record<string, RegExp> = {
   pending: /onUnhandledError: a skip signal for task "-?\d+_0", which is not a task of this worker's file/,
   finished: /"testfileFinished" before its file reported a result/,
   amp: /over 256 MiB of results, logs, errors and coverage/,
+  mixed: /a message with a field "t" that its kind does not have/,
 }
 
 const CASES = [

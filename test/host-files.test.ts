@@ -51,6 +51,26 @@ describe('inline snapshot updates', () => {
   })
 })
 
+describe('inline snapshot updates read by a JavaScript parser too', () => {
+  it('refuses a "snapshot" the lexer found in a regex or JSX text: the parser sees code there', () => {
+    // A `/` after `)` is a regex to JavaScript: its "call" is text, and the literal written into it closes the regex.
+    const regex = test('  expect(1).toBe(1)') + 'if (1) /[aInlineSnapshot()]/\n'
+    const injected = regex.replace('/[aInlineSnapshot()]/', '/[aInlineSnapshot(`]/;process.exit(7);//`)]/')
+    expect(inlineSnapshotChange(regex, injected, 'new', 'x.test.ts')).toMatch(/not, to a JavaScript parser, a template literal argument/)
+    // JSX text: `{…}` inside it is an expression.
+    const jsx = "import { it } from 'vitest'\n\nit('x', () => {\n  const el = <p>el.aInlineSnapshot()</p>\n})\n"
+    const inJsx = jsx.replace('aInlineSnapshot()', 'aInlineSnapshot(`{process.exit(7)}`)')
+    expect(inlineSnapshotChange(jsx, inJsx, 'new', 'x.test.tsx')).toMatch(/not, to a JavaScript parser, a template literal argument/)
+  })
+
+  it('still accepts real updates in TypeScript and TSX files', () => {
+    const ts = test('  const n: number = 1\n  expect(n as number).toMatchInlineSnapshot()')
+    expect(inlineSnapshotChange(ts, ts.replace('toMatchInlineSnapshot()', 'toMatchInlineSnapshot(`1`)'), 'new', 'x.test.ts')).toBeUndefined()
+    const tsx = test('  const el = <p>{1 as number}</p>\n  expect(el.type).toMatchInlineSnapshot()')
+    expect(inlineSnapshotChange(tsx, tsx.replace('toMatchInlineSnapshot()', 'toMatchInlineSnapshot(`"p"`)'), 'new', 'x.test.tsx')).toBeUndefined()
+  })
+})
+
 describe('.snap files', () => {
   const snap = '// Vitest Snapshot v1, https://vitest.dev/guide/snapshot.html\n\nexports[`a 1`] = `"x"`;\n\nexports[`b \\` 1`] = `\n{\n  "y": "\\${z}",\n}\n`;\n'
   it('reads what Vitest writes', () => {

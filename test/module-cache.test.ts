@@ -45,6 +45,19 @@ describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
     expect(b.toWorker).toEqual([{ t: 's', i: 7, r: result }])
   })
 
+  it('keeps no answer to a message the host reads as another kind (a field a birpc call does not have)', async () => {
+    const { worker } = await setup()
+    const a = worker()
+    // The host's gateway reads this as its file service's call (and ends the worker): whatever
+    // comes back under the id, it is no answer to a fetch.
+    a.send({ ...fetch(1, '/src/x.ts', '/w/test/a.test.ts'), __sandbox_pool__: true, id: 1, op: 'nope', args: [] })
+    a.answer({ t: 's', i: 1, r: { ...result, code: 'poisoned' } })
+    const b = worker()
+    b.send(fetch(2, '/src/x.ts', '/w/test/a.test.ts'))
+    expect(b.toHost).toEqual([fetch(2, '/src/x.ts', '/w/test/a.test.ts')])
+    expect(b.toWorker).toEqual([])
+  })
+
   it('keeps resolutions too, keyed on the whole request, apart from fetches', async () => {
     const { worker } = await setup()
     const resolve = (i: number, id: string, importer: string | null) => ({ t: 'q', i, m: 'resolve', a: [id, importer, 'ssr'] })

@@ -187,7 +187,7 @@ export class HostFiles {
     if (this.ctx.snapFiles().has(file)) return this.writeSnap(file, current, content, mode, refuse)
     if (this.ctx.testFiles().includes(file)) {
       if (current === null) throw refuse('the test file does not exist on the host')
-      const why = inlineSnapshotChange(current, content, mode)
+      const why = inlineSnapshotChange(current, content, mode, file)
       if (why) throw refuse(`as an inline snapshot update of the running test file, ${why}`)
       return fsp.writeFile(file, content, 'utf8')
     }

@@ -7,8 +7,14 @@
  * file, and that every new argument is a plain template literal (no `${`): data, never code.
  *
  * The call sites are found by lexing the host's current file (trusted), so a call site in a
- * comment or a string is not one.
+ * comment or a string is not one. A lexer can read a `/` or JSX text otherwise than JavaScript
+ * does, so the result is also parsed (Babel's parser, TypeScript and JSX by the file's
+ * extension): every new argument must be, to the parser, a template literal without
+ * substitutions that is an argument of an `*InlineSnapshot(` call, spanning exactly what was
+ * written.
  */
+import path from 'node:path'
+import { parse, type ParserPlugin } from '@babel/parser'
 
 type Kind = 'literal' | 'empty' | 'object'
 interface Slot {
@@ -17,8 +23,47 @@ interface Slot {
   end: number
 }
 
-/** Why `next` is not an inline-snapshot update of `current`; undefined when it is one. */
-export function inlineSnapshotChange(current: string, next: string, mode: 'new' | 'all'): string | undefined {
+/** Why `next` is not an inline-snapshot update of `current` (the test file `file`); undefined when it is one. */
+export function inlineSnapshotChange(current: string, next: string, mode: 'new' | 'all', file = 'test.ts'): string | undefined {
+  const written: Array<[number, number]> = []
+  const why = textChange(current, next, mode, written)
+  if (why || written.length === 0) return why
+  const literals = snapshotLiterals(next, file)
+  if (literals === undefined) return 'the file does not parse as JavaScript or TypeScript after the update'
+  if (written.some(([start, end]) => !literals.has(`${start}:${end}`))) return 'an inline snapshot argument is not, to a JavaScript parser, a template literal argument of an inline snapshot call'
+  return undefined
+}
+
+/** Where `code` has template literals without substitutions as arguments of `*InlineSnapshot(` calls, as `start:end`; undefined if it does not parse. */
+function snapshotLiterals(code: string, file: string): Set<string> | undefined {
+  const ext = path.extname(file)
+  const plugins: ParserPlugin[] = /^\.[mc]?tsx?$/.test(ext) ? ['typescript', 'decorators-legacy'] : []
+  if (ext === '.tsx' || !/^\.[mc]?ts$/.test(ext)) plugins.push('jsx')
+  let ast: unknown
+  try {
+    ast = parse(code, { sourceType: 'module', plugins, allowAwaitOutsideFunction: true, allowReturnOutsideFunction: true, allowImportExportEverywhere: true })
+  } catch {
+    return undefined
+  }
+  const out = new Set<string>()
+  const visit = (node: any): void => {
+    if (node === null || typeof node !== 'object') return
+    if (Array.isArray(node)) return node.forEach(visit)
+    if (node.type === 'CallExpression') {
+      const callee = node.callee
+      const name = callee?.type === 'MemberExpression' && !callee.computed ? callee.property?.name : callee?.type === 'Identifier' ? callee.name : undefined
+      if (typeof name === 'string' && name.endsWith('InlineSnapshot')) {
+        for (const arg of node.arguments) if (arg.type === 'TemplateLiteral' && arg.expressions.length === 0) out.add(`${arg.start}:${arg.end}`)
+      }
+    }
+    for (const key of Object.keys(node)) if (key !== 'loc' && key !== 'leadingComments' && key !== 'trailingComments') visit(node[key])
+  }
+  visit(ast)
+  return out
+}
+
+/** Why `next` differs from `current` beyond inline snapshot arguments; the new arguments' spans in `next` go to `written`. */
+function textChange(current: string, next: string, mode: 'new' | 'all', written: Array<[number, number]>): string | undefined {
   const slots = callSites(current)
     .map((open) => slotAt(current, open))
     .filter((s): s is Slot => s !== undefined)
@@ -36,6 +81,7 @@ export function inlineSnapshotChange(current: string, next: string, mode: 'new' 
       const at = slot.kind === 'object' ? (next.startsWith(', ', pos) ? pos + 2 : -1) : pos
       end = at < 0 ? undefined : templateLiteralEnd(next, at)
       if (end === undefined) return 'an inline snapshot argument is not a plain template literal'
+      written.push([at, end])
     }
     pos = end
     prev = slot.end

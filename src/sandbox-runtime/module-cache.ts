@@ -35,6 +35,9 @@ function keyOf(method: string, args: unknown[]): string | undefined {
 /** The methods whose answers the cache keeps (the host counts the ones it answers). */
 export const CACHED_METHODS: ReadonlySet<string> = new Set(Object.keys(KEYS))
 
+/** The fields of a birpc call. */
+const RPC_KEYS = new Set(['t', 'i', 'm', 'a', 'o'])
+
 export class ModuleCache {
   private answers = new Map<string, unknown>()
   /** Bumped on each clear: an answer to a request made before it is not kept. */
@@ -60,7 +63,9 @@ export class ModuleCache {
     }
     const split = createMessageSplitter((payload) => {
       const msg = decode(payload)
-      if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m)) {
+      // Only a plain birpc call (its fields and no other): the host's gateway reads a message with
+      // another field as another kind, and never answers it as this call.
+      if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m) && Object.keys(msg).every((k) => RPC_KEYS.has(k))) {
         const key = keyOf(msg.m, msg.a)
         if (key !== undefined && this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
         // A second request with an id in flight: neither answer can be told to which it belongs, so none is kept.

@@ -32,6 +32,12 @@ import type { RpcFrame } from '../../sandbox-runtime/wire.js'
 export const MAX_IN_FLIGHT = 1024
 /** Bytes of calls one worker may have in flight (Vitest holds a call's arguments until it answers). */
 export const MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
+/** The fields of each kind of worker message: birpc's call, Vitest's worker response, the host's file service call. */
+const KEYS = {
+  rpc: new Set(['t', 'i', 'm', 'a', 'o']),
+  response: new Set(['__vitest_worker_response__', 'type', 'error', 'usedMemory']),
+  hostFile: new Set(['__sandbox_pool__', 'id', 'op', 'args']),
+}
 /** The longest request id a worker may choose (birpc's are 21 characters). */
 const MAX_WORKER_ID = 64
 
@@ -143,14 +149,19 @@ export class Gateway {
   fromWorker(msg: unknown, bytes = 0): Step {
     if (msg === null || typeof msg !== 'object') throw new ProtocolViolation('a message that is not an object')
     const m = msg as Record<string, unknown>
-    if (m.__sandbox_pool__ === true) {
+    // One kind of message, by all of its keys: a reader that looks at another key first (the
+    // agent's module cache reads `t`) must read it as the same kind.
+    const kind = m.__sandbox_pool__ === true ? 'hostFile' : m.__vitest_worker_response__ === true ? 'response' : 'rpc'
+    if (kind === 'rpc' && m.t === 's') throw new ProtocolViolation('an answer, but the host asked the worker nothing')
+    const extra = Object.keys(m).find((key) => !KEYS[kind].has(key))
+    if (extra !== undefined) throw new ProtocolViolation(`a message with a field ${JSON.stringify(extra.slice(0, 80))} that its kind does not have`)
+    if (kind === 'hostFile') {
       if (!Number.isSafeInteger(m.id) || typeof m.op !== 'string' || !Array.isArray(m.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
       this.budget.hostFileCall()
       return { hostFile: { id: m.id as number, op: m.op, args: m.args, answered: (result) => this.budget.hostFileAnswered(result) } }
     }
-    if (m.__vitest_worker_response__ === true) return { toHost: this.responses.response(m, (error) => this.screenedError(String(m.type), error), this.owner.ownIds()) }
+    if (kind === 'response') return { toHost: this.responses.response(m, (error) => this.screenedError(String(m.type), error), this.owner.ownIds()) }
     if (m.t === 'q') return this.call(m as RpcFrame, bytes)
-    if (m.t === 's') throw new ProtocolViolation('an answer, but the host asked the worker nothing')
     throw new ProtocolViolation('a message of no known kind')
   }
 
