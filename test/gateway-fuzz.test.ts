@@ -255,6 +255,21 @@ describe('stacks the host parses', () => {
   })
 })
 
+describe('benchmark results and artifacts (Vitest 5)', () => {
+  it('writes only benchmark statistics, and screens the stacks of an artifact the host parses', () => {
+    const gateway = new Gateway(ctx)
+    const write = (i: string, data: unknown) => gateway.fromWorker({ t: 'q', i, m: 'writeBenchmarkResult', a: ['bench.json', data] })
+    const stats = { latency: { mean: 1, samples: [1, 2] }, throughput: { mean: 2 }, period: 1, totalTime: 2 }
+    expect((write('w1', { ...stats, hooks: { 'pre-commit': 'touch x' } }).toHost as { a: unknown[] }).a[1]).toEqual(stats)
+    expect(write('w2', { 'pre-commit': { commands: { x: { run: 'touch x' } } } }).toWorker).toMatchObject({ e: { message: expect.stringMatching(/is not a benchmark result/) } })
+    expect(write('w3', { ...stats, latency: { mean: 'touch x' } }).toWorker).toMatchObject({ e: { message: expect.stringMatching(/is not a benchmark result/) } })
+    const trace = { type: 'internal:browserTrace', data: { entries: [{ stack: `Error: x\n    at probe (${secret}:1:1)` }, { stack: `Error: x\n    at probe (${root}/src.ts:1:1)` }] }, attachments: [] }
+    const sent = gateway.fromWorker({ t: 'q', i: 'a1', m: 'onTaskArtifactRecord', a: ['own_0', trace] }).toHost as { a: [string, typeof trace] }
+    expect(sent.a[1].data.entries[0].stack).toBe(`Error: x\n    at probe (${ABSENT}${secret}:1:1)`)
+    expect(sent.a[1].data.entries[1].stack).toBe(`Error: x\n    at probe (${root}/src.ts:1:1)`)
+  })
+})
+
 describe('worker responses and errors the host acts on', () => {
   it('passes a response only when the host waits for it, rebuilt, and a skip signal only for the worker\'s own tests', () => {
     const gateway = new Gateway(ctx)

@@ -95,10 +95,15 @@ describe('benchmark result paths (Vitest 5)', () => {
       fs.writeFileSync(path.join(dir, 'pkg/result.json'), '{}')
       const workspace = await collectWorkspace(dir, { exclude: ['pkg/private/'] })
       const files = new HostFiles({ workspace, mode: () => 'none', testFiles: () => [], snapFiles: () => new Set(), protectedFiles: new Set(), allowWrite: [], projectRoot: path.join(dir, 'pkg') })
+      fs.writeFileSync(path.join(dir, 'pkg/bench.json'), JSON.stringify({ latency: { mean: 1 }, throughput: { mean: 2 }, period: 1, totalTime: 2 }))
       for (const method of ['readBenchmarkResult', 'writeBenchmarkResult']) {
         expect(files.benchmarkPath(method, 'private/creds.json'), method).toEqual({ refused: `${method} of private/creds.json: not a file given to the sandbox` })
-        expect(files.benchmarkPath(method, 'result.json'), method).toEqual({ path: path.join(dir, 'pkg/result.json') })
+        expect(files.benchmarkPath(method, 'bench.json'), method).toEqual({ path: path.join(dir, 'pkg/bench.json') })
+        expect(files.benchmarkPath(method, 'new-result.json'), method).toEqual({ path: path.join(dir, 'pkg/new-result.json') })
       }
+      // Written: a new .json file or a benchmark result, never data a test imports, a hook or a task file.
+      expect(files.benchmarkPath('writeBenchmarkResult', 'result.json')).toEqual({ refused: 'writeBenchmarkResult of pkg/result.json refused: it exists and does not hold a benchmark result' })
+      expect(files.benchmarkPath('writeBenchmarkResult', 'lefthook.yml')).toEqual({ refused: 'writeBenchmarkResult of pkg/lefthook.yml refused: only .json benchmark results are written' })
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })
     }

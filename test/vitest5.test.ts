@@ -42,6 +42,10 @@ it('holds the host gateway under Vitest 5', async () => {
   fs.writeFileSync(secret, 'v5-secret-outside\nv5-secret-line-2\n')
   fs.mkdirSync(attackDir, { recursive: true })
   fs.writeFileSync(path.join(attackDir, 'server.key'), 'v5-secret-key\n')
+  fs.writeFileSync(path.join(attackDir, 'expected.json'), '{"answer":42}\n')
+  // A host file whose source map names a source: the host reads both for a trace entry's location.
+  fs.appendFileSync(secret, '//# sourceMappingURL=secret.js.map\n')
+  fs.writeFileSync(path.join(hostDir, 'secret.js.map'), JSON.stringify({ version: 3, sources: ['V5-SECRET-SOURCE.ts'], names: [], mappings: 'AAAA' }))
   const fromCwd = (to: string) => path.relative(FIXTURE, to)
   fs.writeFileSync(
     path.join(attackDir, 'gateway.test.ts'),
@@ -63,6 +67,21 @@ it('reads no file the sandbox is not given as a benchmark result', async () => {
   await expect(rpc.readBenchmarkResult('attack/server.key')).rejects.toThrow(/not a file given to the sandbox/)
 })
 
+it('gets nothing of a host file through a trace artifact, whose stack the host reads with its map', async ({ task }) => {
+  const trace = (file: string) => rpc.onTaskArtifactRecord(task.id, { type: 'internal:browserTrace', data: { entries: [{ stack: 'Error: x\\n    at probe (' + file + ':1:1)' }] }, attachments: [] })
+  const existing = JSON.stringify(await trace('${secret}'))
+  expect(existing).not.toContain('SECRET-SOURCE')
+  expect(existing.split('secret.js').join('X')).toBe(JSON.stringify(await trace('${path.join(hostDir, 'nothere.js')}')).split('nothere.js').join('X'))
+})
+
+it('writes no hook file, and no data a test imports, as a benchmark result', async () => {
+  const stats = { latency: { mean: 1 }, throughput: { mean: 1 }, period: 1, totalTime: 1 }
+  await expect(rpc.writeBenchmarkResult('lefthook.yml', stats)).rejects.toThrow(/only .json benchmark results are written/)
+  await expect(rpc.writeBenchmarkResult('package.json', stats)).rejects.toThrow(/refused/)
+  await expect(rpc.writeBenchmarkResult('attack/expected.json', stats)).rejects.toThrow(/does not hold a benchmark result/)
+  await expect(rpc.writeBenchmarkResult('attack/new.json', { 'pre-commit': { commands: { x: { run: 'touch /tmp/x' } } } })).rejects.toThrow(/not a benchmark result/)
+})
+
 it('gets no host file printed through a leak stack the host parses another way', async () => {
   const up = '../'.repeat(12) + '${secret.slice(1)}'
   await rpc.onAsyncLeaks([{ type: 'Timeout', stack: 'Error: leak\\n    at f (eval at g (' + up + ':2:1), x:1:1)', filename: 'x', projectName: '' }])
@@ -75,10 +94,13 @@ it('gets no host file printed through a leak stack the host parses another way',
     const run = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env })
     const tests = testsOf(run.json ?? { testResults: [] })
     const attacks = Object.entries(tests).filter(([k]) => k.includes('attack/gateway.test.ts >'))
-    expect(attacks.length, run.output).toBe(3)
+    expect(attacks.length, run.output).toBe(5)
     for (const [name, t] of attacks) expect(t.status, `${name}\n${t.failures.join('\n')}`).toBe('passed')
     expect(run.output).toContain('RUN  v5.')
     expect(run.output).not.toContain('v5-secret')
+    expect(run.output).not.toContain('SECRET-SOURCE')
+    expect(fs.readFileSync(path.join(attackDir, 'expected.json'), 'utf8')).toBe('{"answer":42}\n')
+    expect(fs.existsSync(path.join(FIXTURE, 'lefthook.yml'))).toBe(false)
   } finally {
     fs.rmSync(attackDir, { recursive: true, force: true })
     fs.rmSync(hostDir, { recursive: true, force: true })

@@ -102,6 +102,22 @@ export interface HostFilesContext {
 
 export class HostFileRefusal extends Error {}
 
+/** Is `file` missing, or a benchmark result Vitest wrote (JSON with `latency.mean`)? */
+function isBenchmarkFile(file: string): boolean {
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT'
+  }
+  try {
+    const data = JSON.parse(text)
+    return typeof data?.latency?.mean === 'number' && typeof data?.throughput?.mean === 'number'
+  } catch {
+    return false
+  }
+}
+
 /** Whether a path below `root` goes through a symbolic link on the host (a dangling one included). */
 function linkOnTheWay(root: string, file: string): boolean {
   let at = root
@@ -159,7 +175,8 @@ export class HostFiles {
     if (!this.ctx.workspace.isGiven(file)) return { refused: `${method} of ${String(asked)}: not a file given to the sandbox` }
     if (method === 'readBenchmarkResult') return { path: file }
     if (linkOnTheWay(this.ctx.workspace.root, file)) return { refused: `${method} of ${this.rel(file)} refused: its path goes through a symbolic link` }
-    const protection = this.protection(file) ?? (DATA_NAME.test(file) ? undefined : 'only data names (.json, .txt, ...) are written')
+    // A new .json file, or one that already holds a benchmark result: never data a test imports.
+    const protection = this.protection(file) ?? (!file.endsWith('.json') ? 'only .json benchmark results are written' : isBenchmarkFile(file) ? undefined : 'it exists and does not hold a benchmark result')
     return protection ? { refused: `${method} of ${this.rel(file)} refused: ${protection}` } : { path: file }
   }
 

@@ -93,16 +93,20 @@ export function canonicalStack(stack: string, mayFrame: (file: string) => boolea
 /** Fields Vitest reads frames from besides `stack` (`parseErrorStacktrace`). */
 const FRAME_FIELDS = ['stacks', 'fileName', 'sourceURL']
 
-/** Every `stack` string of an (acyclic) value, made canonical, in place; `stacks` lists dropped. */
-export function screenStacks(value: unknown, mayFrame: (file: string) => boolean): void {
+/**
+ * Every `stack` string of an (acyclic) value, made canonical, in place. In errors (`errors`: an
+ * error, a result, a leak) `stacks` lists and the fields Vitest reads a frame from when a stack has
+ * none are dropped too; in other data (an artifact) only stacks are rewritten.
+ */
+export function screenStacks(value: unknown, mayFrame: (file: string) => boolean, errors = true): void {
   if (value === null || typeof value !== 'object') return
-  if (Array.isArray(value)) return value.forEach((v) => screenStacks(v, mayFrame))
+  if (Array.isArray(value)) return value.forEach((v) => screenStacks(v, mayFrame, errors))
   const o = value as Record<string, unknown>
   if (typeof o.stack === 'string') o.stack = canonicalStack(o.stack, mayFrame)
   // Frames the host would take as parsed already, unread: it parses `stack` itself. Where `stack`
   // gives none, it reads a frame from Firefox's and Safari's fields: none of those either.
-  for (const key of FRAME_FIELDS) delete o[key]
-  for (const key of Object.keys(o)) if (key !== 'stack') screenStacks(o[key], mayFrame)
+  if (errors) for (const key of FRAME_FIELDS) delete o[key]
+  for (const key of Object.keys(o)) if (key !== 'stack') screenStacks(o[key], mayFrame, errors)
 }
 
 /**

@@ -16,11 +16,12 @@
  */
 import path from 'node:path'
 import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js'
-import { fetchOptions, ModuleScreen, type ScreenedCall } from './module-screen.js'
+import { fetchOptions, mapStrings, ModuleScreen, type ScreenedCall } from './module-screen.js'
+import { ABSENT } from './module-ids.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
 import { acyclic, leakRecord, screenStacks, valueBudget } from './errors.js'
-import { checkErrorSignals, checkTasks, collectedResults, refusedAttachment, type TaskOwner } from './tasks.js'
+import { benchmarkResult, checkErrorSignals, checkTasks, collectedResults, refusedAttachment, type TaskOwner } from './tasks.js'
 import { namesRefusedMap } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
 import { WorkerBudget, type RunBudget } from './budget.js'
@@ -228,6 +229,8 @@ export class Gateway {
       case 'tasks':
         checkTasks(call.method, args, this.owner, copied)
         if (call.method === 'onTaskArtifactRecord') {
+          // Vitest 5 parses a trace entry's `stack` (reading its file and the map it names) where it has no `location`.
+          screenStacks(args[1], this.mayFrame, false)
           // Read as Vitest reads it: relative to the project root, through any link.
           const refused = refusedAttachment(args[1], (p) => ctx.rules.isGiven(path.resolve(ctx.projectRoot, p)))
           // Vitest would copy that host file into the attachments folder.
@@ -276,6 +279,12 @@ export class Gateway {
         const checked = ctx.benchmarkPath(call.method, args[0])
         if ('refused' in checked) return { e: refusal(`vitest-pool-sandbox: ${checked.refused}`) }
         args[0] = checked.path
+        if (call.method === 'writeBenchmarkResult') {
+          // What Vitest's worker writes, and nothing else: statistics as numbers.
+          const data = benchmarkResult(args[1])
+          if (!data) return { e: refusal('vitest-pool-sandbox: writeBenchmarkResult: the data is not a benchmark result (latency, throughput, period, totalTime as numbers)') }
+          args[1] = data
+        }
         return undefined
       }
       case 'plain':
@@ -328,6 +337,11 @@ export class Gateway {
       }
       case 'snapshot-path':
         if (frame.e === undefined && typeof frame.r === 'string') this.ctx.snapshotPath(call.testPath!, path.resolve(frame.r))
+        return answer({ result: frame.r, error: frame.e })
+      case 'tasks':
+        // Vitest answers an artifact with itself, trace locations filled in from the screened
+        // stacks: a path moved under ABSENT reads as written, like one where nothing is.
+        if (call.method === 'onTaskArtifactRecord') return answer({ result: mapStrings(frame.r, (t) => t.split(ABSENT).join('')), error: frame.e })
         return answer({ result: frame.r, error: frame.e })
       default:
         return answer({ result: frame.r, error: frame.e })

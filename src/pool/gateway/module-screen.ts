@@ -71,7 +71,7 @@ function untwin(text: string, map: TwinMap): string {
 }
 
 /** Apply `map` to every string of an answer (errors included). */
-function mapStrings(value: unknown, map: (s: string) => string, depth = 0): unknown {
+export function mapStrings(value: unknown, map: (s: string) => string, depth = 0): unknown {
   if (depth > 8) return value
   if (typeof value === 'string') return map(value)
   if (value instanceof Error) {

@@ -176,3 +176,27 @@ export function refusedAttachment(artifact: any, isGiven: (p: string) => boolean
   }
   return undefined
 }
+
+/**
+ * A benchmark result as Vitest 5's worker writes one (`{ latency, throughput, period, totalTime }`,
+ * the first two tinybench statistics), rebuilt of numbers only: the host writes it as JSON, so
+ * nothing else (no hook or task definitions) can reach the file. Undefined if it is not one.
+ */
+export function benchmarkResult(data: unknown): Record<string, unknown> | undefined {
+  const d = data as Record<string, unknown> | null
+  if (d === null || typeof d !== 'object' || Array.isArray(d)) return undefined
+  const stats = (v: unknown): Record<string, unknown> | undefined => {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return undefined
+    const out: Record<string, unknown> = {}
+    for (const [k, x] of Object.entries(v)) {
+      if (typeof x === 'number') out[k] = x
+      else if (Array.isArray(x) && x.length <= 1_000_000 && x.every((n) => typeof n === 'number')) out[k] = x
+      else return undefined
+    }
+    return out
+  }
+  const latency = stats(d.latency)
+  const throughput = stats(d.throughput)
+  if (!latency || !throughput || typeof d.period !== 'number' || typeof d.totalTime !== 'number') return undefined
+  return { latency, throughput, period: d.period, totalTime: d.totalTime }
+}
