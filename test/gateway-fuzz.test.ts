@@ -192,7 +192,7 @@ describe('the host gateway under random input', () => {
 
   it('bounds what the workers of one run make the host keep together, not only each', () => {
     const MiB = 1024 * 1024
-    const budget = new RunBudget({ kept: 10 * MiB, moduleCode: 100 * MiB, moduleIds: MiB })
+    const budget = new RunBudget({ kept: 10 * MiB, moduleCode: 100 * MiB, moduleIds: MiB, coverage: MiB })
     const workers = [1, 2, 3].map(() => new Gateway({ ...ctx, budget }))
     // Logs: 4 MiB from each worker is under a worker's bound, the third goes over the run's.
     const log = (g: Gateway) => g.fromWorker({ t: 'q', m: 'onUserConsoleLog', a: [{ type: 'stdout', content: 'x', time: 0 }] }, 4 * MiB)
@@ -210,7 +210,7 @@ describe('the host gateway under random input', () => {
     fetch(workers[0], 'v1', `${root}/src.ts?v=1`, 60 * MiB)
     expect(() => fetch(workers[1], 'v2', `${root}/src.ts?v=2`, 1)).toThrow(/over 100 MiB of code of distinct modules sent to the run's workers together/)
     // Module ids: distinct ones add up over workers, the same one counts once.
-    const ids = new RunBudget({ kept: MiB, moduleCode: MiB, moduleIds: MiB })
+    const ids = new RunBudget({ kept: MiB, moduleCode: MiB, moduleIds: MiB, coverage: MiB })
     const askers = [1, 2].map(() => new Gateway({ ...ctx, budget: ids }))
     const ask = (g: Gateway, n: number) => g.fromWorker({ t: 'q', m: 'resolve', i: `r${n}`, a: [`data:text/javascript,${String(n).padEnd(4000, 'x')}`, undefined, 'ssr'] })
     for (let n = 0; n < 100; n++) for (const g of askers) ask(g, n)

@@ -31,12 +31,15 @@ export interface RunLimits {
   moduleCode: number
   /** Characters of the distinct module ids workers ask the host for. */
   moduleIds: number
+  /** Bytes of coverage data all workers of a run may send (the host writes each call to a file and reads them all for the report). */
+  coverage: number
 }
 
-export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB }
+export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB, coverage: 8192 * MiB }
 
 export class RunBudget {
   private kept = 0
+  private coverage = 0
   private code = 0
   private idChars = 0
   private readonly ids = new Set<string>()
@@ -47,6 +50,12 @@ export class RunBudget {
   /** A new run (watch mode): what Vitest kept for the last one is gone. */
   newRun(): void {
     this.kept = 0
+    this.coverage = 0
+  }
+
+  /** `bytes` more of coverage data. */
+  keepCoverage(bytes: number): void {
+    if ((this.coverage += bytes) > this.limits.coverage) throw new ProtocolViolation(`over ${this.limits.coverage / MiB} MiB of coverage data sent by the run's workers together (the host writes and reads it all for the report)`)
   }
 
   /** `bytes` more of results, logs or errors. */
@@ -121,6 +130,7 @@ export class WorkerBudget {
   private keep(rule: Rule, bytes: number): void {
     if (KEPT.has(rule) && (this.kept += bytes) > MAX_KEPT_BYTES) throw new ProtocolViolation(`over ${MAX_KEPT_BYTES / MiB} MiB of results, logs, errors and coverage (Vitest keeps them for the run)`)
     if (rule === 'tasks' || rule === 'errors') this.run.keep(bytes)
+    if (rule === 'coverage') this.run.keepCoverage(bytes)
   }
 
   /** The host's answer to a module call (`args` as the host was asked). */

@@ -10,9 +10,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-
-/** Fields of an istanbul file coverage (istanbul-lib-coverage) kept as sent. */
-const ISTANBUL_FIELDS = ['statementMap', 'fnMap', 'branchMap', 's', 'f', 'b', 'bT', 'hash', '_coverageSchema', 'all'] as const
+import { istanbulEntry } from './istanbul.js'
 
 const isPlain = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
 
@@ -39,9 +37,10 @@ export function screenCoverage(coverage: unknown, provider: string | undefined, 
   }
   const out: Record<string, unknown> = Object.create(null)
   for (const [file, entry] of Object.entries(coverage)) {
-    if (!given(file) || !isPlain(entry) || entry.path !== file) continue
-    const kept: Record<string, unknown> = { path: file }
-    for (const field of ISTANBUL_FIELDS) if (field in entry) kept[field] = entry[field]
+    if (!given(file) || !isPlain(entry) || entry.path !== file || !fs.existsSync(file)) continue
+    // The code it describes is the host's transform of the file: a few times the file at most.
+    const kept = istanbulEntry(file, entry, 4 * fs.statSync(file).size)
+    if (!kept) continue
     const map = inputSourceMap(file, entry.inputSourceMap, given)
     if (map) kept.inputSourceMap = map
     out[file] = kept

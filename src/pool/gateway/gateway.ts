@@ -21,7 +21,7 @@ import { ABSENT } from './module-ids.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
 import { acyclic, leakRecord, screenStacks, valueBudget } from './errors.js'
-import { benchmarkResult, checkErrorSignals, checkTasks, collectedResults, refusedAttachment, type TaskOwner } from './tasks.js'
+import { benchmarkResult, checkAttachments, checkErrorSignals, checkTasks, collectedResults, type TaskOwner } from './tasks.js'
 import { namesRefusedMap } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
 import { WorkerBudget } from './budget.js'
@@ -180,7 +180,7 @@ export class Gateway {
           // Vitest 5 parses a trace entry's `stack` (reading its file and the map it names) where it has no `location`.
           screenStacks(args[1], this.mayFrame, false)
           // Read as Vitest reads it: relative to the project root, through any link.
-          const refused = refusedAttachment(args[1], (p) => ctx.rules.isGiven(path.resolve(ctx.projectRoot, p)))
+          const refused = checkAttachments(args[1], ctx.projectRoot, ctx.rules.isGiven)
           // Vitest would copy that host file into the attachments folder.
           if (refused) return { e: refusal(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) }
         }
@@ -208,12 +208,16 @@ export class Gateway {
           environment,
           projectName: ctx.projectName,
         }
+        // The host writes each call's data to a file and reads them all for the report: what it
+        // writes is the rebuilt data (parts shared on the wire written at each use), counted so.
+        copied.bytes += JSON.stringify((args[0] as { coverage?: unknown }).coverage ?? null).length
         return undefined
       }
       case 'snapshot-path': {
         const testPath = path.resolve(ctx.rules.root, args[0] as string)
         if (!ctx.runFiles().includes(testPath)) return { e: refusal(`vitest-pool-sandbox: resolveSnapshotPath of ${String(args[0]).slice(0, 200)} refused: not this worker's test file`) }
         call.testPath = testPath
+        args[0] = testPath // Vitest gets the path that was checked, not one it would read its own way
         return undefined
       }
       case 'bail': {

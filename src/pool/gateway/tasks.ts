@@ -4,6 +4,7 @@
  * write each result recursively, so every task must be the worker's own, shaped as Vitest's worker
  * sends it, with its links to file and suite set from the tree and no cycles in what is printed.
  */
+import path from 'node:path'
 import { acyclic, valueBudget } from './errors.js'
 import { ProtocolViolation } from './violation.js'
 
@@ -164,15 +165,22 @@ function snapshotSummary(method: string, s: Record<string, unknown>): Record<str
   }
 }
 
-/** A path of an artifact's attachments that is not given (Vitest copies it from the host), if any. */
-export function refusedAttachment(artifact: any, isGiven: (p: string) => boolean): string | undefined {
+/**
+ * An artifact's attachment paths, read as the sandbox may name them and handed to Vitest as the
+ * absolute paths that were checked (in place: the gateway's copy). Vitest resolves a path with
+ * pathe, which reads `\\` as a separator: a path with one is refused, like one that is not
+ * given. Returns the first refused path, if any.
+ */
+export function checkAttachments(artifact: any, projectRoot: string, isGiven: (file: string) => boolean): string | undefined {
   const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
   for (const a of attachments) {
     const p = a?.path
     if (p === undefined) continue
     if (typeof p !== 'string') return String(p)
     if (/^https?:\/\//.test(p)) continue
-    if (!isGiven(p)) return p
+    const file = path.resolve(projectRoot, p)
+    if (p.includes('\\') || !isGiven(file)) return p
+    a.path = file
   }
   return undefined
 }
