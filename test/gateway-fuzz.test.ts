@@ -270,6 +270,32 @@ describe('benchmark results and artifacts (Vitest 5)', () => {
   })
 })
 
+describe('decisions about files a run changes', () => {
+  it('decides a frame again after the host wrote a file, and words host exceptions of other calls in one message', () => {
+    const gateway = new Gateway(ctx)
+    const made = path.join(root, 'test/made-in-run.txt')
+    const frameOf = (i: string) => {
+      const sent = gateway.fromWorker({ t: 'q', i, m: 'onTaskUpdate', a: [[['own_0', { state: 'fail', errors: [{ message: 'm', stack: `Error: m\n    at f (${made}:1:1)` }] }, {}]], []] }).toHost as { a: any[] }
+      return sent.a[0][0][1].errors[0].stack as string
+    }
+    // Nothing there yet: the frame may name it.
+    expect(frameOf('u1')).toContain(`(${made}:1:1)`)
+    // A file snapshot makes it, naming a host file as its source map (Vitest would read that map).
+    fs.writeFileSync(made, `//# sourceMappingURL=${secret}\n`)
+    try {
+      const step = gateway.fromWorker({ __sandbox_pool__: true, id: 1, op: 'snapshot:write', args: [made, 'x'] })
+      step.hostFile!.answered(null)
+      expect(frameOf('u2')).toContain(`(${ABSENT}${made}:1:1)`)
+    } finally {
+      fs.rmSync(made, { force: true })
+    }
+    // The host's exception for a task call may quote what it read: the worker gets one message.
+    const asked = gateway.fromWorker({ t: 'q', i: 'u3', m: 'onTaskUpdate', a: [[], []] }).toHost as { i: string }
+    const back = gateway.fromHost({ t: 's', i: asked.i, e: new SyntaxError(`Unexpected token 'T', "TOPSECRET-"... is not valid JSON`) }).toWorker as { e: Error }
+    expect(back.e.message).toBe('vitest-pool-sandbox: the host could not carry out onTaskUpdate')
+  })
+})
+
 describe('worker responses and errors the host acts on', () => {
   it('passes a response only when the host waits for it, rebuilt, and a skip signal only for the worker\'s own tests', () => {
     const gateway = new Gateway(ctx)

@@ -23,6 +23,8 @@ export interface FileRules {
   mayWord(file: string): boolean
   /** Links in the workspace that lead to what is not given (a listing that walks them would show it). */
   outwardLinks: string[]
+  /** A file was written or removed on the host: answers about what is there are asked again. */
+  changed(): void
 }
 
 /**
@@ -35,7 +37,8 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots
   const underNodeModules = (file: string) => workspace.relative(file)?.split('/').includes('node_modules') ?? false
   const dependency = (file: string) => underNodeModules(file) && workspace.relative(realPath(file)) !== undefined
   const runtime = (file: string) => runtimeDirs.some((d) => file === d || file.startsWith(d + path.sep))
-  // One worker asks of the same paths again and again (stacks, task trees); its run changes no host file it may not name.
+  // One worker asks of the same paths again and again (stacks, task trees); a write of the host's
+  // file service (a snapshot made in the run) clears the answers.
   const answers = new Map<string, boolean>()
   const mayName = (file: string) => !fs.existsSync(file) || workspace.isGiven(file) || dependency(file) || runtime(file)
   return {
@@ -44,6 +47,7 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots
     mayWord: (file) => workspace.isGiven(file) || underNodeModules(file) || runtime(file),
     outwardLinks: workspace.files.filter((f) => f.link !== undefined).map((f) => path.join(workspace.root, f.path)).filter((p) => !workspace.isGiven(p)),
     isGiven: (file) => workspace.isGiven(file),
+    changed: () => answers.clear(),
     mayName: (file) => {
       let answer = answers.get(file)
       if (answer === undefined) {

@@ -107,7 +107,16 @@ export class Gateway {
     if (kind === 'hostFile') {
       if (!Number.isSafeInteger(m.id) || typeof m.op !== 'string' || !Array.isArray(m.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
       this.budget.hostFileCall()
-      return { hostFile: { id: m.id as number, op: m.op, args: m.args, answered: (result) => this.budget.hostFileAnswered(result) } }
+      const op = m.op
+      const answered = (result: unknown) => {
+        this.budget.hostFileAnswered(result)
+        // A file made or changed in the run (a snapshot) may now name a source map: decided again.
+        if (op !== 'snapshot:read') {
+          this.frames.clear()
+          this.ctx.rules.changed()
+        }
+      }
+      return { hostFile: { id: m.id as number, op, args: m.args, answered } }
     }
     if (kind === 'response') return { toHost: this.responses.response(m, (error) => this.screenedError(String(m.type), error), this.owner.ownIds()) }
     if (m.t === 'q') return this.call(m as RpcFrame, bytes)
@@ -279,6 +288,9 @@ export class Gateway {
     this.workerIds.delete(call.workerId)
     this.bytesInFlight -= call.bytes
     const answer = (a: { result?: unknown; error?: unknown }): Step => ({ toWorker: a.error !== undefined ? { t: 's', i: call.workerId, e: a.error } : { t: 's', i: call.workerId, r: a.result } })
+    // The host's own exception for a call that is not a module's: its text may quote what the
+    // host read (a parse error quotes the file), so the worker gets one fixed message.
+    const failed = frame.e === undefined ? undefined : refusal(`vitest-pool-sandbox: the host could not carry out ${call.method}`)
     switch (call.spec.rule) {
       case 'module':
       case 'warm': {
@@ -289,14 +301,14 @@ export class Gateway {
       }
       case 'snapshot-path':
         if (frame.e === undefined && typeof frame.r === 'string') this.ctx.snapshotPath(call.testPath!, path.resolve(frame.r))
-        return answer({ result: frame.r, error: frame.e })
+        return answer({ result: frame.r, error: failed })
       case 'tasks':
         // Vitest answers an artifact with itself, trace locations filled in from the screened
         // stacks: a path moved under ABSENT reads as written, like one where nothing is.
-        if (call.method === 'onTaskArtifactRecord') return answer({ result: mapStrings(frame.r, (t) => t.split(ABSENT).join('')), error: frame.e })
-        return answer({ result: frame.r, error: frame.e })
+        if (call.method === 'onTaskArtifactRecord') return answer({ result: mapStrings(frame.r, (t) => t.split(ABSENT).join('')), error: failed })
+        return answer({ result: frame.r, error: failed })
       default:
-        return answer({ result: frame.r, error: frame.e })
+        return answer({ result: frame.r, error: failed })
     }
   }
 }
