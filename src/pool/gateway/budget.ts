@@ -21,7 +21,7 @@ export const MAX_MODULE_IDS = 32 * MiB
 export const MAX_HOST_FILE_CALLS = 64
 /** Characters of snapshot files one worker may read: the host holds what it sends until the worker reads it. */
 export const MAX_HOST_FILE_BYTES = 256 * MiB
-/** The rules of methods whose data Vitest keeps for the run (coverage only per worker: the host writes it to the coverage folder as it comes). */
+/** The rules of methods whose data the host keeps for the run (coverage as files it writes and reads back for the report). */
 const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 
 export interface RunLimits {

@@ -11,8 +11,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { istanbulEntry } from './istanbul.js'
+import { isPlain } from './methods.js'
 
-const isPlain = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
 
 /**
  * The data as the host's provider gets it, in the shape of the provider the host runs (`v8`,

@@ -6,6 +6,8 @@
  * bounded by the size of the code and of each line. Undefined if anything is not in that shape.
  */
 
+import { isPlain } from './methods.js'
+
 /** Entries of the three maps together, per character of code (and at least this many). */
 const MIN_ENTRIES = 10_000
 /** Entries starting on one line: the HTML report's work on a line grows with their square. */
@@ -18,7 +20,6 @@ type Loc = { start: Record<string, number | undefined>; end: Record<string, numb
 /** istanbul's mark of ignored code (`istanbul ignore`), kept where it was. */
 const skipped = (v: Record<string, unknown>) => (v.skip === true ? { skip: true as const } : {})
 
-const isPlain = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
 const count = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0
 const position = (n: unknown) => n === undefined || n === null || (Number.isSafeInteger(n) && (n as number) >= 0 && (n as number) <= MAX_POSITION)
 

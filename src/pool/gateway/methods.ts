@@ -28,7 +28,8 @@ export type Rule =
 /** An argument's check: undefined when it holds, else what was wrong. */
 export type Check = (v: unknown) => string | undefined
 
-const isPlain = (v: unknown) => v !== null && typeof v === 'object' && !Array.isArray(v)
+/** An object that is not an array (the shape every argument and record of the protocol is checked for). */
+export const isPlain = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
 export const string = (max: number): Check => (v) => (typeof v !== 'string' ? 'not a string' : v.length > max ? `a string of ${v.length} characters (at most ${max})` : undefined)
 export const optional = (check: Check): Check => (v) => (v === undefined || v === null ? undefined : check(v))
 export const object: Check = (v) => (isPlain(v) ? undefined : 'not an object')

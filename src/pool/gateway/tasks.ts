@@ -7,6 +7,7 @@
 import path from 'node:path'
 import { acyclic, valueBudget } from './errors.js'
 import { ProtocolViolation } from './violation.js'
+import { isPlain } from './methods.js'
 
 /** What the host knows of the worker the tasks must belong to. */
 export interface TaskOwner {
@@ -190,11 +191,10 @@ export function checkAttachments(artifact: any, projectRoot: string, isGiven: (f
  * the first two tinybench statistics), rebuilt of numbers only: the host writes it as JSON, so
  * nothing else (no hook or task definitions) can reach the file. Undefined if it is not one.
  */
-export function benchmarkResult(data: unknown): Record<string, unknown> | undefined {
-  const d = data as Record<string, unknown> | null
-  if (d === null || typeof d !== 'object' || Array.isArray(d)) return undefined
+export function benchmarkResult(d: unknown): Record<string, unknown> | undefined {
+  if (!isPlain(d)) return undefined
   const stats = (v: unknown): Record<string, unknown> | undefined => {
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) return undefined
+    if (!isPlain(v)) return undefined
     const out: Record<string, unknown> = {}
     for (const [k, x] of Object.entries(v)) {
       if (typeof x === 'number') out[k] = x
