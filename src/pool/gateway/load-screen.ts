@@ -68,8 +68,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
     const file = resolved?.id.replace(/[?#].*$/, '')
     if (!file || !path.isAbsolute(file)) return resolved
     // Vite's asset plugin answers a path of the public folder as it is (`/x`) and reads it from there.
-    const rules = state.rules()
-    return [file, ...rules.roots.map((root) => path.join(root, file))].every((p) => rules.mayName(p)) ? resolved : null
+    return mayRead(file, state.rules()) ? resolved : null
   }
   screenCss(environment, () => state.rules())
   aroundTransform(environment, 'vite:import-glob', (handler) =>
@@ -132,8 +131,11 @@ function checkAssetUrls(code: string, id: string, rules: FileRules): void {
  * must be a file the sandbox may name (one that does not exist included).
  */
 function mayLoad(id: string, rules: FileRules): boolean {
-  if (id.startsWith('\0')) return true
-  const file = id.replace(/[?#].*$/, '')
+  return id.startsWith('\0') || mayRead(id.replace(/[?#].*$/, ''), rules)
+}
+
+/** May the sandbox name every file Vite may read for this path: itself (relative to the host's working folder), and `/x` under each of its roots? */
+function mayRead(file: string, rules: FileRules): boolean {
   const readings = [path.resolve(file), ...(path.isAbsolute(file) ? rules.roots.map((root) => path.join(root, file)) : [])]
   return readings.every((p) => rules.mayName(p))
 }
