@@ -9,6 +9,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { CHANNEL_PATH } from '../src/engine/channel.js'
+import { Engine } from '../src/engine/engine.js'
 import { DirectClaims } from '../src/pool/direct.js'
 import { RuntimeClient, type SandboxClient } from '../src/protocol/client.js'
 import { descendants, hostProcessesMatching, startTestEngine, tempDir, waitFor } from './support/engine.js'
@@ -298,10 +299,33 @@ describe('escape attempts: resources and lifetime', () => {
       await client.close()
       child.kill('SIGKILL')
       await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 0, 5000, 'the sandbox to die with the engine')
+      // What it left (its sandbox's filesystem still mounted, its cgroups) goes at the next start.
+      const mounted = () => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4]?.startsWith(state)).length
+      const groups = () => spawnSync('sh', ['-c', `find /sys/fs/cgroup -maxdepth 4 -type d -name 'vitest-sandbox-${child.pid}-*' 2>/dev/null`], { encoding: 'utf8' }).stdout.trim()
+      if (process.getuid?.() === 0) {
+        expect(mounted()).toBeGreaterThan(0)
+        expect(groups()).not.toBe('')
+      }
+      const next = await Engine.start({ stateDir: state })
+      await next.close()
+      expect(mounted()).toBe(0)
+      expect(groups()).toBe('')
     } finally {
       child.kill('SIGKILL')
       fs.rmSync(state, { recursive: true, force: true })
     }
+  })
+})
+
+describe('escape attempts: processes of the same sandbox', () => {
+  it("cannot open another process's debugger: SIGUSR1 is refused, other signals are not", async () => {
+    // The agent and every worker are Node: SIGUSR1 would open a debugger on loopback that a test
+    // could drive to rewrite another file's results (an outside attack did so before this rule).
+    const r = await sh(`node -e 'setTimeout(() => {}, 5000)' & sleep 0.5; kill -USR1 $! ; echo "usr1=$?"; sleep 0.3; grep -c ':240D ' /proc/net/tcp || true; kill -USR2 $!; echo "usr2=$?"`)
+    expect(r.stdout).toMatch(/usr1=1/)
+    expect(r.stderr + r.stdout).toMatch(/Operation not permitted/)
+    expect(r.stdout).toMatch(/^0$/m) // nothing listens on 9229
+    expect(r.stdout).toMatch(/usr2=0/)
   })
 })
 

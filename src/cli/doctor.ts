@@ -7,7 +7,8 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { Engine } from '../engine/engine.js'
+import { Engine, type LimitsReport } from '../engine/engine.js'
+import { formatSize } from '../engine/limits.js'
 import { detectHost, installHint, parseVersion, ROOT_DROP_ID, which } from '../engine/host.js'
 import { keyVariable, PROVIDER_ENV, type RemoteProviderName } from '../providers/credentials.js'
 import { isRemoteProvider, REMOTE_PROVIDERS } from '../providers/index.js'
@@ -147,6 +148,7 @@ export async function runChecks(): Promise<Check[]> {
         checks.push(exit.exitCode === 0 && out === process.version
           ? { name: 'sandbox', ok: true, detail: `started a sandbox and ran node ${out} in it` }
           : { name: 'sandbox', ok: false, detail: `node in a sandbox exited ${exit.exitCode} with "${out}"`, fix: 'run with DEBUG=vitest-pool-sandbox:* for the bubblewrap command line and its errors' })
+        checks.push(...limitChecks(engine.limitsReport()))
       } finally {
         const dir = engine.layers.root
         await engine.close()
@@ -158,6 +160,16 @@ export async function runChecks(): Promise<Check[]> {
   }
 
   return finish(checks)
+}
+
+/** One line per sandbox limit: its default here and what enforces it, or why nothing does. */
+function limitChecks(report: LimitsReport): Check[] {
+  const show = (limit: keyof LimitsReport['limits']) => (limit === 'memory' || limit === 'disk' ? formatSize(report.limits[limit]) : String(report.limits[limit]))
+  return [
+    ...report.enforced.map(({ limit, by }): Check => ({ name: `limit: ${limit}`, ok: true, detail: `${show(limit)} per sandbox by default, enforced by ${by}` })),
+    // Sandboxes still run: a missing limit is a warning, and an error only where a user sets it.
+    ...report.unenforced.map(({ limit, reason, fix }): Check => ({ name: `limit: ${limit}`, ok: true, info: true, detail: `not enforced: ${reason}; setting limits.${limit} is refused here. Fix: ${fix}` })),
+  ]
 }
 
 /**

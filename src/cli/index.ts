@@ -30,6 +30,12 @@ commands:
                          else a random one, printed at start)
       --state-dir D      template layers and sandbox state (default ~/.cache/vitest-pool-sandbox)
       --max-sandboxes N  sandboxes alive at once (default 64)
+      --memory S         memory per sandbox, swap included ('2g'; default: host memory / (cores + 1))
+      --disk S           writable disk per sandbox ('4g'; default 4g); needs root
+      --cpus N           CPU cores per sandbox (default: all, at a fair share)
+      --processes N      processes per sandbox (default 1024)
+      --open-files N     open files per process (default 4096)
+                         (clients may ask for less of each, never more)
       --allow-network    let sandboxes that ask for it (allow_internet_access) use the host network
   check [options] [-- vitest args]
                      run the project's suite with pool 'forks', then in sandboxes, and print every
@@ -73,6 +79,11 @@ async function main(argv: string[]): Promise<number> {
           token: { type: 'string' },
           'state-dir': { type: 'string' },
           'max-sandboxes': { type: 'string' },
+          memory: { type: 'string' },
+          disk: { type: 'string' },
+          cpus: { type: 'string' },
+          processes: { type: 'string' },
+          'open-files': { type: 'string' },
           'allow-network': { type: 'boolean', default: false },
         },
       })
@@ -82,6 +93,7 @@ async function main(argv: string[]): Promise<number> {
         token: values.token ?? process.env.VITEST_SANDBOX_TOKEN,
         stateDir: values['state-dir'],
         maxSandboxes: values['max-sandboxes'],
+        limits: { memory: values.memory, disk: values.disk, cpus: values.cpus, processes: values.processes, openFiles: values['open-files'] },
         allowNetwork: values['allow-network']!,
         log,
       })

@@ -10,6 +10,8 @@ export interface ServeOptions {
   token?: string
   stateDir?: string
   maxSandboxes?: string
+  /** Per-sandbox limits (`--memory 2g --disk 4g --cpus 1 --processes N --open-files N`): a client may ask for less. */
+  limits: { memory?: string; disk?: string; cpus?: string; processes?: string; openFiles?: string }
   allowNetwork: boolean
   log: (line: string) => void
 }
@@ -25,7 +27,16 @@ export async function serve(opts: ServeOptions): Promise<number> {
   const port = integer('port', opts.port, 0, 65535)
   const maxSandboxes = opts.maxSandboxes === undefined ? undefined : integer('max-sandboxes', opts.maxSandboxes, 1, 10_000)
   if (opts.token !== undefined && opts.token.length < 16) throw new Error('--token must be at least 16 characters (or leave it out for a random one)')
-  const handle = await startLocalEngine({ host: opts.host, port, token: opts.token, stateDir: opts.stateDir, maxSandboxes, allowNetwork: opts.allowNetwork })
+  const { memory, disk, cpus, processes, openFiles } = opts.limits
+  const limits = {
+    memory,
+    disk,
+    cpus: cpus === undefined ? undefined : Number(cpus),
+    processes: processes === undefined ? undefined : integer('processes', processes, 1, 1_000_000),
+    openFiles: openFiles === undefined ? undefined : integer('open-files', openFiles, 1, 1_000_000),
+  }
+  const handle = await startLocalEngine({ host: opts.host, port, token: opts.token, stateDir: opts.stateDir, maxSandboxes, limits, allowNetwork: opts.allowNetwork })
+  for (const u of handle.engine.limitsReport().unenforced) opts.log(`warning: sandboxes run without a ${u.limit} limit: ${u.reason} (fix: ${u.fix})`)
   // One write: whoever reads the address from the output has the token line with it.
   opts.log(`vitest-sandbox engine listening on ${handle.url}\n${opts.token ? 'token: (as given)' : `token: ${handle.token}`}`)
   if (!['127.0.0.1', 'localhost', '::1'].includes(opts.host)) {

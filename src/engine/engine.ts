@@ -7,11 +7,13 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { detectHost, type HostInfo } from './host.js'
+import { Cgroups, type CgroupLimit } from './cgroups.js'
+import { DiskLimits } from './disk.js'
+import { detectHost, HostSetupError, type HostInfo } from './host.js'
 import { execOnlyCopy } from './exec-only.js'
 import { LayerStore, newId, type SnapshotRecord } from './layers.js'
-import type { SandboxLimits } from './policy.js'
-import { LocalSandbox, SandboxError } from './sandbox.js'
+import { formatSize, resolveLimits, type Explicit, type LimitsInput, type SandboxLimits } from './limits.js'
+import { LocalSandbox, SandboxError, type SandboxResources } from './sandbox.js'
 import { debug } from '../debug.js'
 
 const log = debug('engine')
@@ -25,8 +27,12 @@ export interface EngineOptions {
   stateDir?: string
   /** Sandboxes alive at once; creating one more fails with `sandbox_limit`. @default 64 */
   maxSandboxes?: number
-  /** Per-sandbox limits. @default { processes: 1024, openFiles: 4096 } */
-  limits?: Partial<SandboxLimits>
+  /**
+   * What each sandbox may use (see `LimitsInput` for the defaults). A limit given here that the
+   * host cannot enforce stops the engine with the reason and the fix; a default one is reported
+   * in `unenforced`. A create request may ask for less, never more.
+   */
+  limits?: LimitsInput
   /** Longest lifetime a sandbox may ask for, in seconds. @default 86400 */
   maxTimeoutSec?: number
   /**
@@ -61,6 +67,8 @@ export interface CreateSandboxOptions {
   envs?: Record<string, string>
   /** 'none' (private loopback only, the default) or 'host' (the host's network). */
   network?: 'none' | 'host'
+  /** Lower limits for this sandbox than the engine's (never higher). */
+  limits?: LimitsInput
   /**
    * Host `node_modules` folders (absolute paths) the sandbox sees at the same paths, read-only
    * below its own writable layer: nothing is copied, and nothing it writes reaches the host. A
@@ -84,12 +92,26 @@ function isDir(p: string): boolean {
   }
 }
 
+/** A limit this host does not enforce, why, and how to make it. */
+export interface UnenforcedLimit {
+  limit: keyof SandboxLimits
+  reason: string
+  fix: string
+}
+
+/** What enforces each limit, and the limits themselves. */
+export interface LimitsReport {
+  limits: SandboxLimits
+  enforced: Array<{ limit: keyof SandboxLimits; by: string }>
+  unenforced: UnenforcedLimit[]
+}
+
 export class Engine {
   readonly host: HostInfo
   readonly layers: LayerStore
   private readonly sandboxes = new Map<string, LocalSandbox>()
   private readonly maxSandboxes: number
-  private readonly limits: SandboxLimits
+  readonly limits: SandboxLimits
   private readonly maxTimeoutSec: number
   private readonly allowHostLayers: boolean
   private readonly allowChannels: boolean
@@ -97,11 +119,20 @@ export class Engine {
   private closed = false
   private readonly onExit = () => this.killAllSync()
 
-  private constructor(host: HostInfo, layers: LayerStore, opts: EngineOptions) {
+  private constructor(
+    host: HostInfo,
+    layers: LayerStore,
+    opts: EngineOptions,
+    limits: SandboxLimits,
+    /** The limits the engine was given by name (a disk limit given is never shrunk to fit). */
+    private readonly explicit: Explicit,
+    private readonly cgroups: Cgroups,
+    private readonly disks: DiskLimits,
+  ) {
     this.host = host
     this.layers = layers
     this.maxSandboxes = opts.maxSandboxes ?? 64
-    this.limits = { processes: opts.limits?.processes ?? 1024, openFiles: opts.limits?.openFiles ?? 4096 }
+    this.limits = limits
     this.maxTimeoutSec = opts.maxTimeoutSec ?? 86400
     this.allowHostLayers = opts.allowHostLayers ?? false
     this.allowChannels = opts.allowChannels ?? false
@@ -111,14 +142,39 @@ export class Engine {
     process.once('exit', this.onExit)
   }
 
-  /** Check the host (bubblewrap, util-linux) and prepare the state folder. */
+  /**
+   * Check the host (bubblewrap, util-linux, what enforces each limit) and prepare the state
+   * folder. A limit given in `opts.limits` that the host cannot enforce is an error.
+   */
   static async start(opts: EngineOptions = {}): Promise<Engine> {
+    const { limits, explicit } = resolveLimits(opts.limits)
     const detected = detectHost()
     const layers = new LayerStore(path.resolve(opts.stateDir ?? defaultStateDir()), detected)
     await layers.init()
+    const cgroups = await Cgroups.setup()
+    const disks = DiskLimits.detect(layers.root, detected)
+    const refused = unenforced(cgroups, disks).find((u) => explicit[u.limit])
+    if (refused) {
+      await cgroups.close()
+      throw new HostSetupError(`limits.${refused.limit} cannot be enforced on this host: ${refused.reason}`, refused.fix)
+    }
     const host = { ...detected, sandboxNode: await execOnlyCopy(path.join(layers.root, 'node'), process.execPath) }
-    log('engine ready: bwrap %s, state %s, sandbox uid %d', host.bwrapVersion, layers.root, host.uid)
-    return new Engine(host, layers, opts)
+    log('engine ready: bwrap %s, state %s, sandbox uid %d, limits %o', host.bwrapVersion, layers.root, host.uid, limits)
+    return new Engine(host, layers, opts, limits, explicit, cgroups, disks)
+  }
+
+  /** Each limit, and what enforces it on this host or why nothing does. */
+  limitsReport(): LimitsReport {
+    const cg = `cgroup v${this.cgroups.version}`
+    const by: Record<keyof SandboxLimits, string | undefined> = {
+      memory: this.cgroups.enforces('memory') ? `${cg} memory controller (swap counted)` : undefined,
+      cpus: this.cgroups.enforces('cpus') ? `${cg} cpu controller` : undefined,
+      processes: this.cgroups.enforces('processes') ? `${cg} pids controller` : 'RLIMIT_NPROC (prlimit; counted per user, so across all sandboxes of this engine)',
+      disk: this.disks.enforced ? 'an ext4 filesystem of its own per sandbox (loop device)' : undefined,
+      openFiles: 'RLIMIT_NOFILE (prlimit)',
+    }
+    const enforced = (Object.keys(by) as Array<keyof SandboxLimits>).flatMap((limit) => (by[limit] ? [{ limit, by: by[limit]! }] : []))
+    return { limits: this.limits, enforced, unenforced: unenforced(this.cgroups, this.disks) }
   }
 
   async createSandbox(opts: CreateSandboxOptions = {}): Promise<LocalSandbox> {
@@ -139,8 +195,10 @@ export class Engine {
       await this.layers.touch(snapshot)
     }
     const hostLayers = this.checkHostLayers(opts.hostLayers ?? [])
+    const { limits, explicit } = this.sandboxLimits(opts.limits)
     const layerDirs = (snapshot?.layers ?? []).map((l) => this.layers.layerDir(l))
     const id = newId('sbx')
+    const stateDir = this.layers.sandboxDir(id)
     const sandbox = new LocalSandbox({
       id,
       host: this.host,
@@ -148,8 +206,9 @@ export class Engine {
       // Changes a template made to a host folder live at that folder's path in its layers.
       hostLayers: hostLayers.map((target) => ({ target, lowerDirs: [...layerDirs.map((d) => path.join(d, target)).filter(isDir), target] })),
       layers: snapshot?.layers ?? [],
-      stateDir: this.layers.sandboxDir(id),
-      limits: this.limits,
+      stateDir,
+      limits,
+      resources: await this.resources(id, stateDir, limits, explicit),
       network: opts.network ?? 'none',
       channel: this.allowChannels,
       metadata: opts.metadata ?? {},
@@ -172,6 +231,43 @@ export class Engine {
     }
     log('sandbox %s created from %s%s', id, sandbox.template, hostLayers.length ? ` over ${hostLayers.length} host layer(s)` : '')
     return sandbox
+  }
+
+  /** A request's limits: each at most the engine's, the rest the engine's. */
+  private sandboxLimits(input: LimitsInput | undefined): { limits: SandboxLimits; explicit: Explicit } {
+    if (input === undefined) return { limits: this.limits, explicit: {} }
+    let asked: ReturnType<typeof resolveLimits>
+    try {
+      asked = resolveLimits(input)
+    } catch (err) {
+      throw new SandboxError((err as Error).message, 'invalid_argument')
+    }
+    const limits = { ...this.limits }
+    for (const key of Object.keys(asked.explicit) as Array<keyof SandboxLimits>) {
+      if (asked.limits[key] > this.limits[key]) {
+        const show = (n: number) => (key === 'memory' || key === 'disk' ? formatSize(n) : String(n))
+        throw new SandboxError(`limits.${key}: ${show(asked.limits[key])} is over this engine's limit of ${show(this.limits[key])}; ask for less, or raise the engine's limit`, 'invalid_argument')
+      }
+      limits[key] = asked.limits[key]
+    }
+    return { limits, explicit: asked.explicit }
+  }
+
+  /** The sandbox's cgroups now, and its filesystem when it starts; both go when it ends. */
+  private async resources(id: string, stateDir: string, limits: SandboxLimits, explicit: Explicit): Promise<SandboxResources> {
+    const group = await this.cgroups.forSandbox(id, limits)
+    let disk: Awaited<ReturnType<DiskLimits['forSandbox']>>
+    return {
+      group,
+      prepare: async () => {
+        disk = await this.disks.forSandbox(stateDir, limits.disk, explicit.disk === true || this.explicit.disk === true)
+      },
+      release: async () => {
+        if (disk) await this.disks.release(disk)
+        await group.remove()
+      },
+      releaseSync: () => disk?.removeSync(),
+    }
   }
 
   /** Host layers must be real node_modules folders, and only where the engine allows them. */
@@ -202,6 +298,12 @@ export class Engine {
   /** Running sandboxes whose metadata has every given key/value. */
   list(filter: Record<string, string> = {}): LocalSandbox[] {
     return [...this.sandboxes.values()].filter((s) => s.running && Object.entries(filter).every(([k, v]) => s.metadata[k] === v))
+  }
+
+  /** See LocalSandbox.outOfMemory; also for a sandbox that just ended of it. */
+  outOfMemory(id: string): string | undefined {
+    const s = this.sandboxes.get(id)
+    return s?.running ? s.outOfMemory() : s?.ended?.startsWith('sandbox ran out of memory') ? s.ended : undefined
   }
 
   async kill(id: string): Promise<boolean> {
@@ -241,15 +343,23 @@ export class Engine {
     await Promise.all([...this.sandboxes.values()].map((s) => s.kill('engine closed')))
     this.sandboxes.clear()
     await fsp.rm(this.layers.sandboxesDir, { recursive: true, force: true })
+    await this.cgroups.close()
   }
 
   /** Last resort on process exit: no awaiting possible, so signal the sandboxes and remove what we can. */
   private killAllSync(): void {
     for (const s of this.sandboxes.values()) s.killSync()
+    this.cgroups.closeSync()
     try {
       fs.rmSync(this.layers.sandboxesDir, { recursive: true, force: true })
     } catch {
       // Left for the next engine start to clean.
     }
   }
+}
+
+function unenforced(cgroups: Cgroups, disks: DiskLimits): UnenforcedLimit[] {
+  // Without a pids cgroup, RLIMIT_NPROC still bounds processes (per user rather than per sandbox).
+  const fromCgroups = cgroups.missing.filter((m) => m.limit !== 'processes').map((m): UnenforcedLimit => ({ limit: m.limit satisfies CgroupLimit, reason: m.reason, fix: m.fix }))
+  return disks.support.missing ? [...fromCgroups, { limit: 'disk', ...disks.support.missing }] : fromCgroups
 }

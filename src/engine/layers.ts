@@ -18,6 +18,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { promisify } from 'node:util'
+import { unmountUnder } from './disk.js'
 
 const run = promisify(execFile)
 
@@ -135,6 +136,7 @@ export class LayerStore {
     for (const name of await fsp.readdir(dir)) {
       const pid = Number.parseInt(name, 10)
       if (!pid || isAlive(pid)) continue
+      await unmountUnder(path.join(dir, name))
       await fsp.rm(path.join(dir, name), { recursive: true, force: true }).catch(() => {})
     }
   }

@@ -3,6 +3,7 @@
  * its init, and the PATH it runs with. The command is one chain of execs, so the sandbox is a
  * single host pid to kill:
  *
+ *   [sh -c 'join the sandbox's cgroups' (where the host enforces them)]
  *   [unshare --mount (as root, with host layers: read-only binds)]
  *   [setpriv --reuid <unprivileged uid> (when root)] unshare --user --map-root-user --mount
  *     sh -c 'mount -t overlay ... (the root, then each host layer); exec prlimit ... bwrap ... node sandbox-init.js'
@@ -13,6 +14,7 @@ import { fileURLToPath } from 'node:url'
 import { CHANNEL_PATH } from './channel.js'
 import type { HostInfo } from './host.js'
 import { SANDBOX_HOME, SANDBOX_UID } from './layers.js'
+import type { SandboxLimits } from './limits.js'
 
 /** Where this package's files appear inside every sandbox (read-only). */
 export const RUNTIME_MOUNT = '/.vitest-sandbox'
@@ -21,13 +23,6 @@ const NODE_MOUNT = `${RUNTIME_MOUNT}/node`
 const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-
-export interface SandboxLimits {
-  /** Processes (and threads) the sandbox may have at once. */
-  processes: number
-  /** Open files per process. */
-  openFiles: number
-}
 
 /** What decides a sandbox's command: the host's tools, its layers and its limits. */
 export interface SandboxPolicy {
@@ -39,9 +34,11 @@ export interface SandboxPolicy {
    * `lowerDirs` (a template's changes to the folder, newest first, then the host folder itself).
    */
   hostLayers: Array<{ target: string; lowerDirs: string[] }>
-  /** Its state folder: upper/, work/, merged/, host-N/. */
+  /** Its state folder: rw/ (its own filesystem where disk is limited), merged/, host-N/lower. */
   stateDir: string
   limits: SandboxLimits
+  /** `cgroup.procs` files the sandbox's first process writes itself into (cgroups.ts). */
+  cgroupProcs?: string[]
   /** Share the host's network instead of a private loopback. */
   network: 'none' | 'host'
   /** Host path of the sandbox's direct channel socket, bound read-only at CHANNEL_PATH. */
@@ -118,24 +115,42 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     'while [ "$1" != -- ]; do mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done',
     'shift; exec "$@"',
   ].join('\n')
+  const rw = writableDir(stateDir)
   const hostMounts = opts.hostLayers.flatMap((h, i) => {
     const dir = path.join(stateDir, `host-${i}`)
     // As root, the host folder is first bound at <dir>/lower: the dropped uid may not be able to
     // walk the folder's own path (a project under /root), but it can walk the state folder.
     const lower = host.setpriv ? [...h.lowerDirs.slice(0, -1), path.join(dir, 'lower')] : h.lowerDirs
-    return [h.target, lower.join(':'), path.join(dir, 'upper'), path.join(dir, 'work')]
+    return [h.target, lower.join(':'), path.join(rw, `host-${i}`, 'upper'), path.join(rw, `host-${i}`, 'work')]
   })
   const chain = [
     host.unshare, '--user', '--map-root-user', '--mount', '--',
     '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
-    lowerDirs.join(':'), path.join(stateDir, 'upper'), path.join(stateDir, 'work'), merged,
+    lowerDirs.join(':'), path.join(rw, 'upper'), path.join(rw, 'work'), merged,
     ...hostMounts, '--',
     ...bwrap,
   ]
-  if (!host.setpriv) return chain
+  return joinCgroups(opts.cgroupProcs ?? [], host.setpriv ? asUnprivileged(opts, host.setpriv, chain) : chain)
+}
+
+/** Where a sandbox's writable layers live: its own filesystem where disk is limited (disk.ts). */
+export function writableDir(stateDir: string): string {
+  return path.join(stateDir, 'rw')
+}
+
+/** The first process writes its own pid into each group, then execs: nothing runs outside them. */
+function joinCgroups(procsFiles: string[], command: string[]): string[] {
+  if (!procsFiles.length) return command
+  const join = 'set -e; while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
+  return ['/bin/sh', '-c', join, 'sandbox-cgroup', ...procsFiles, '--', ...command]
+}
+
+/** As root: drop to the unprivileged uid, host layers bound read-only first. */
+function asUnprivileged(opts: SandboxPolicy, setpriv: string, chain: string[]): string[] {
+  const { host, stateDir } = opts
   // Never sandbox as host root: with a root caller bubblewrap maps uid 0 straight through, and
   // the reference measured a sandboxed root rewriting /proc/sys/kernel/core_pattern.
-  const drop = [host.setpriv, `--reuid=${host.uid}`, `--regid=${host.gid}`, '--clear-groups', '--pdeathsig', 'KILL', '--', ...chain]
+  const drop = [setpriv, `--reuid=${host.uid}`, `--regid=${host.gid}`, '--clear-groups', '--pdeathsig', 'KILL', '--', ...chain]
   if (!opts.hostLayers.length) return drop
   // Read-only binds in a private mount namespace of their own, which dies with the sandbox.
   const bindThenExec = 'set -e; while [ "$1" != -- ]; do mount --bind -o ro "$1" "$2"; mount -o remount,bind,ro "$2"; shift 2; done; shift; exec "$@"'

@@ -13,7 +13,9 @@ import type { Readable } from 'node:stream'
 import { HostChannel } from './channel.js'
 import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
 import { IN_USE_FILE, SANDBOX_HOME, type HostLayerUpper } from './layers.js'
-import { DEFAULT_PATH, sandboxCommand, sandboxPath, type SandboxPolicy } from './policy.js'
+import type { SandboxGroup } from './cgroups.js'
+import { formatSize } from './limits.js'
+import { DEFAULT_PATH, sandboxCommand, sandboxPath, writableDir, type SandboxPolicy } from './policy.js'
 import { SandboxProcess, type ExitInfo, type ProcessLink, type ProcessSpec } from './process.js'
 import { buildSeccompFilter } from './seccomp.js'
 import { debug } from '../debug.js'
@@ -22,7 +24,17 @@ const log = debug('engine')
 /** With the protocol server's request log: each process start, whoever asked for it. */
 const requestLog = debug('requests')
 
-export interface SandboxOptions extends Omit<SandboxPolicy, 'channelSocket'> {
+/** What the engine made for a sandbox (its cgroups, its filesystem), taken back when it ends. */
+export interface SandboxResources {
+  /** Its cgroups, where the host enforces them. */
+  group?: SandboxGroup
+  /** Makes its writable folder (its own filesystem where disk is limited). */
+  prepare(): Promise<void>
+  release(): Promise<void>
+  releaseSync(): void
+}
+
+export interface SandboxOptions extends Omit<SandboxPolicy, 'channelSocket' | 'cgroupProcs'> {
   id: string
   /** Give it a direct channel (`channel.ts`) to this process. */
   channel: boolean
@@ -32,6 +44,7 @@ export interface SandboxOptions extends Omit<SandboxPolicy, 'channelSocket'> {
   envs: Record<string, string>
   template: string
   timeoutSec: number
+  resources: SandboxResources
 }
 
 export class SandboxError extends Error {
@@ -61,6 +74,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   private expiry?: NodeJS.Timeout
   private stdinWaiters: Array<() => void> = []
   private killing?: Promise<void>
+  /** The kernel's count of processes it killed for the memory limit, when last asked. */
+  private oomKillsSeen = 0
 
   constructor(private readonly opts: SandboxOptions) {
     super()
@@ -74,12 +89,23 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   }
 
   get upperDir(): string {
-    return path.join(this.opts.stateDir, 'upper')
+    return path.join(writableDir(this.opts.stateDir), 'upper')
   }
 
   /** The sandbox's own layer over each host folder (what a snapshot keeps of its changes). */
   get hostUppers(): HostLayerUpper[] {
-    return this.opts.hostLayers.map((h, i) => ({ target: h.target, upper: path.join(this.opts.stateDir, `host-${i}`, 'upper') }))
+    return this.opts.hostLayers.map((h, i) => ({ target: h.target, upper: path.join(writableDir(this.opts.stateDir), `host-${i}`, 'upper') }))
+  }
+
+  /**
+   * Why the kernel killed processes in the sandbox since the last call, if it was the memory
+   * limit: the reason a test of it failed, for its report.
+   */
+  outOfMemory(): string | undefined {
+    const kills = this.opts.resources.group?.oomKills() ?? 0
+    if (kills <= this.oomKillsSeen) return undefined
+    this.oomKillsSeen = kills
+    return `sandbox ran out of memory (limit ${formatSize(this.opts.limits.memory)}; raise \`local({ limits: { memory } })\`)`
   }
 
   get running(): boolean {
@@ -94,7 +120,9 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   /** Start bubblewrap and wait for the init's `ready` frame. */
   async start(): Promise<void> {
     const { stateDir, host } = this.opts
-    const dirs = ['upper', 'work', 'merged', ...this.opts.hostLayers.flatMap((_, i) => [`host-${i}`, `host-${i}/upper`, `host-${i}/work`, `host-${i}/lower`])]
+    await fsp.mkdir(stateDir, { recursive: true, mode: 0o755 })
+    await this.opts.resources.prepare()
+    const dirs = ['rw', 'rw/upper', 'rw/work', 'merged', ...this.opts.hostLayers.flatMap((_, i) => [`host-${i}`, `rw/host-${i}`, `rw/host-${i}/upper`, `rw/host-${i}/work`, `host-${i}/lower`])]
     for (const d of dirs) await fsp.mkdir(path.join(stateDir, d), { recursive: true, mode: 0o755 })
     await fsp.writeFile(path.join(stateDir, IN_USE_FILE), JSON.stringify(this.layers))
     // As root, the dropped sandbox uid must own its layer to mount and write it.
@@ -102,7 +130,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     if (root) for (const d of ['', ...dirs]) await fsp.chown(path.join(stateDir, d), host.uid, host.gid)
     if (this.opts.channel) this.channel = await HostChannel.open(stateDir, root ? host : undefined)
 
-    const [file, ...args] = sandboxCommand({ ...this.opts, channelSocket: this.channel?.hostPath })
+    const [file, ...args] = sandboxCommand({ ...this.opts, channelSocket: this.channel?.hostPath, cgroupProcs: this.opts.resources.group?.procsFiles })
     log('sandbox %s: %s', this.id, [file, ...args].join(' '))
     const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
     this.child = child
@@ -129,7 +157,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       }
       child.stdout!.on('data', createFrameDecoder(onFrame, (err) => this.terminate(`protocol error from sandbox init: ${err.message}`)))
       child.once('exit', (code, signal) => {
-        const reason = this.ended ?? `sandbox process exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`
+        const reason = this.ended ?? this.outOfMemory() ?? `sandbox process exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`
         reject(new SandboxError(`sandbox ${this.id} failed to start: ${reason}`, 'sandbox_start_failed'))
         this.finish(reason)
       })
@@ -276,6 +304,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   /** Synchronous kill for process exit handlers. */
   killSync(): void {
     this.terminate('engine exited')
+    this.opts.resources.releaseSync()
   }
 
   private terminate(reason: string): void {
@@ -314,6 +343,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     } else {
       this.ended ??= reason
     }
+    await this.opts.resources.release()
     await removeTree(this.opts.stateDir)
   }
 }

@@ -7,6 +7,8 @@
  * The program is the classic shape: check the architecture, load the syscall number, compare it
  * against each denied number, and return ERRNO or ALLOW. `clone` is allowed unless it asks for a
  * new user namespace; `ioctl` is allowed unless it pushes bytes into a terminal (TIOCSTI/TIOCLINUX).
+ * Signals go anywhere in the sandbox except SIGUSR1: it opens Node's debugger in the process it
+ * reaches, and a test that could open a sibling worker's (or the agent's) could rewrite its results.
  */
 
 const EPERM = 1
@@ -26,12 +28,15 @@ const CLONE_NEWUSER = 0x10000000
 const TIOCSTI = 0x5412
 const TIOCLINUX = 0x541c
 const X32_SYSCALL_BIT = 0x40000000
+/** SIGUSR1, on every architecture with a table here. */
+const SIGUSR1 = 10
 
 // Offsets into struct seccomp_data { int nr; __u32 arch; __u64 ip; __u64 args[6]; } (little endian).
 const OFF_NR = 0
 const OFF_ARCH = 4
 const OFF_ARG0_LO = 16
 const OFF_ARG1_LO = 24
+const OFF_ARG2_LO = 32
 
 interface ArchTable {
   audit: number
@@ -41,6 +46,8 @@ interface ArchTable {
   unsupported: Record<string, number>
   clone: number
   ioctl: number
+  /** Syscalls that send a signal, by the argument that holds it. */
+  signals: { arg1: number[]; arg2: number[] }
   /** x86_64 also accepts x32-ABI numbers (bit 30 set); they are refused outright. */
   x32: boolean
 }
@@ -50,6 +57,8 @@ const X86_64: ArchTable = {
   x32: true,
   clone: 56,
   ioctl: 16,
+  // kill, tkill, rt_sigqueueinfo, pidfd_send_signal; tgkill, rt_tgsigqueueinfo
+  signals: { arg1: [62, 200, 129, 424], arg2: [234, 297] },
   unsupported: { clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 },
   denied: {
     ptrace: 101, process_vm_readv: 310, process_vm_writev: 311, pidfd_getfd: 438,
@@ -71,6 +80,7 @@ const AARCH64: ArchTable = {
   x32: false,
   clone: 220,
   ioctl: 29,
+  signals: { arg1: [129, 130, 138, 424], arg2: [131, 240] },
   unsupported: { clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 },
   denied: {
     ptrace: 117, process_vm_readv: 270, process_vm_writev: 271, pidfd_getfd: 438,
@@ -106,11 +116,13 @@ export function buildSeccompFilter(arch: string = process.arch): Buffer {
 
   // Each check is "if nr == N goto <its return>"; returns are appended after the checks, and jump
   // offsets are patched once the layout is known (BPF jumps are relative and forward only).
-  const checks: Array<{ nr: number; target: 'eperm' | 'enosys' | 'clone' | 'ioctl' }> = [
+  const checks: Array<{ nr: number; target: 'eperm' | 'enosys' | 'clone' | 'ioctl' | 'sig1' | 'sig2' }> = [
     ...Object.values(table.denied).map((nr) => ({ nr, target: 'eperm' as const })),
     ...Object.values(table.unsupported).map((nr) => ({ nr, target: 'enosys' as const })),
     { nr: table.clone, target: 'clone' as const },
     { nr: table.ioctl, target: 'ioctl' as const },
+    ...table.signals.arg1.map((nr) => ({ nr, target: 'sig1' as const })),
+    ...table.signals.arg2.map((nr) => ({ nr, target: 'sig2' as const })),
   ]
 
   const prog: Insn[] = []
@@ -142,6 +154,13 @@ export function buildSeccompFilter(arch: string = process.arch): Buffer {
   prog.push([JEQ_K, 1, 0, TIOCLINUX])
   prog.push([RET_K, 0, 0, RET_ALLOW])
   prog.push([RET_K, 0, 0, RET_ERRNO | EPERM])
+  for (const [label, offset] of [['sig1', OFF_ARG1_LO], ['sig2', OFF_ARG2_LO]] as const) {
+    labels[label] = prog.length
+    prog.push([LD_W_ABS, 0, 0, offset])
+    prog.push([JEQ_K, 1, 0, SIGUSR1])
+    prog.push([RET_K, 0, 0, RET_ALLOW])
+    prog.push([RET_K, 0, 0, RET_ERRNO | EPERM])
+  }
 
   checks.forEach((c, i) => {
     const at = checkStart + i

@@ -16,6 +16,7 @@ import os from 'node:os'
 import { createGunzip } from 'node:zlib'
 import { WebSocketServer, type WebSocket } from 'ws'
 import type { Engine } from './engine.js'
+import type { LimitsInput } from './limits.js'
 import type { SnapshotRecord } from './layers.js'
 import type { SandboxProcess } from './process.js'
 import type { LocalSandbox } from './sandbox.js'
@@ -140,6 +141,14 @@ function stringRecord(value: unknown, field: string): Record<string, string> {
   return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]))
 }
 
+/** A `limits` field: { memory?, disk?, cpus?, processes?, open_files? }; the engine checks each value. */
+function limitsField(value: unknown): LimitsInput | undefined {
+  if (value === undefined || value === null) return undefined
+  if (typeof value !== 'object' || Array.isArray(value)) throw new HttpError(400, 'invalid_argument', 'limits must be an object such as { "memory": "1g", "disk": "2g", "cpus": 1 }')
+  const { open_files: openFiles, ...rest } = value as Record<string, unknown>
+  return { ...rest, ...(openFiles === undefined ? {} : { openFiles }) } as LimitsInput
+}
+
 interface Target {
   url: URL
   /** The path's segments, percent-decoded. */
@@ -243,6 +252,7 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
         envs: stringRecord(body.envs, 'envs'),
         network: body.allow_internet_access === true && opts.allowNetwork ? 'host' : 'none',
         hostLayers: body.host_layers as string[] | undefined,
+        limits: limitsField(body.limits),
       })
       return sendJson(res, 201, { sandbox: sandboxJson(s), session: sessionFor(s) })
     }

@@ -28,6 +28,7 @@ import { codecFor, workerEnv } from './worker-env.js'
 import { createMessageSplitter, lengthPrefixed, MAX_FRAME, type RpcFrame } from '../sandbox-runtime/wire.js'
 import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT } from './runtime-files.js'
 import { STAGING } from '../providers/exec.js'
+import type { ProviderSandbox } from '../providers/types.js'
 import { debug } from '../debug.js'
 
 const log = debug('worker')
@@ -267,13 +268,15 @@ export class SandboxPoolWorker implements PoolWorker {
         exit: (code, signal) => {
           if (!current()) return
           this.finished()
+          const limit = signal === 'SIGKILL' ? host.sandbox.limitHit?.() : undefined
           if (this.state === 'launching') {
-            const why = `the test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) exited ${signal ? `with ${signal}` : `with code ${code}`} before it started${this.startupStderr ? `:\n${printable(this.startupStderr.trim())}` : ''}`
+            const why = `the test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}) exited ${signal ? `with ${signal}` : `with code ${code}`} before it started${limit ? `: ${limit}` : this.startupStderr ? `:\n${printable(this.startupStderr.trim())}` : ''}`
             return this.workerStarted?.reject(new Error(why))
           }
+          if (limit && this.inTask && this.state === 'running') return this.endedWith(new Error(limit))
           this.events.emit('exit', code, signal)
         },
-        lost: (reason) => current() && this.onLost(host.sandbox.id, reason),
+        lost: (reason) => current() && this.onLost(host.sandbox, reason),
       },
     )
     this.channel = channel
@@ -316,11 +319,15 @@ export class SandboxPoolWorker implements PoolWorker {
    * result yet is rerun on another sandbox (at most MAX_RERUNS times). Otherwise the file fails
    * with an error that names the provider, the sandbox and the file.
    */
-  private onLost(sandboxId: string, reason: string): void {
+  private onLost(sandbox: ProviderSandbox, reason: string): void {
     this.finished()
+    const sandboxId = sandbox.id
     const file = this.relativeFiles
+    // A sandbox that went over a limit does it again anywhere: the file fails with the limit.
+    const limit = sandbox.limitHit?.()
+    if (limit) reason = limit
     if (this.state === 'launching') return this.workerStarted?.reject(new SandboxLost(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost: ${reason}`))
-    if (this.inTask && this.state === 'running' && !this.resultsSeen && this.rerun(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost before ${file ?? 'the file'} reported results (${reason})`)) return
+    if (this.inTask && this.state === 'running' && !this.resultsSeen && !limit && this.rerun(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost before ${file ?? 'the file'} reported results (${reason})`)) return
     const error = new Error(`sandbox ${sandboxId} (provider ${this.fleet.providerName}) was lost${file ? ` while running ${file}` : ''}: ${reason}`)
     if (this.inTask && this.state === 'running') this.events.emit('error', error)
     else log('%s', error.message)
@@ -402,7 +409,12 @@ export class SandboxPoolWorker implements PoolWorker {
     const error = new Error(`vitest-pool-sandbox: the test worker broke the host gateway's protocol and was ended: ${printable(what)}`)
     log('%s (%s)', error.message, this.relativeFiles)
     if (this.state === 'launching') this.workerStarted?.reject(error)
-    else void this.failFile(error)
+    else this.endedWith(error)
+  }
+
+  /** The worker is gone for `error`: its file fails with it, and Vitest's stop is answered for it. */
+  private endedWith(error: Error): void {
+    void this.failFile(error)
     // Vitest asked it to stop: the ended worker will not say it did.
     if (this.gateway?.responses.awaits('stopped')) this.emitSoon({ __vitest_worker_response__: true, type: 'stopped' })
   }

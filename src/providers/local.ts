@@ -5,6 +5,7 @@
 import { RuntimeClient } from '../protocol/client.js'
 import { runtimeProtocolSession } from './runtime-protocol.js'
 import type { SandboxProvider } from './types.js'
+import type { LimitsInput } from '../engine/limits.js'
 
 export interface LocalProviderOptions {
   /**
@@ -12,10 +13,13 @@ export interface LocalProviderOptions {
    * @default `~/.cache/vitest-pool-sandbox` (`/var/cache/vitest-pool-sandbox` as root)
    */
   stateDir?: string
-  /** Processes (and threads) one sandbox may have at once. @default 1024 */
-  maxProcesses?: number
-  /** Open files per process. @default 4096 */
-  maxOpenFiles?: number
+  /**
+   * What each sandbox may use: `memory` and `disk` as sizes (`'2g'`, `'512m'`), `cpus` in cores,
+   * `processes`, `openFiles`. On by default, sized from this machine (`vitest-sandbox doctor`
+   * prints them and what enforces each). A limit set here that this host cannot enforce stops
+   * the run with the reason and the fix; a default one is reported once.
+   */
+  limits?: LimitsInput
   /**
    * Bytes the templates in `stateDir` may take on disk; past it, the least recently used ones no
    * running sandbox needs are deleted after each new build.
@@ -39,13 +43,16 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
       const { startLocalProcess } = await import('./local-process.js')
       const engine = await startLocalEngine({
         stateDir: options.stateDir,
-        limits: { processes: options.maxProcesses, openFiles: options.maxOpenFiles },
+        limits: options.limits,
         // Its only caller is this process: sandboxes may layer this machine's node_modules and
         // reach this process through a direct channel.
         allowHostLayers: true,
         allowChannels: true,
         maxSnapshotBytes: options.maxTemplateBytes,
       })
+      for (const u of engine.engine.limitsReport().unenforced) {
+        console.warn(`sandbox: local sandboxes run without a ${u.limit} limit: ${u.reason} (fix: ${u.fix})`)
+      }
       const client = new RuntimeClient({ url: engine.url, token: engine.token })
       return runtimeProtocolSession(client, {
         base: 'local',
@@ -54,6 +61,7 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
         processTimeoutMs: 0,
         start: (id, spec) => startLocalProcess(engine.engine, id, spec),
         channel: (id) => engine.engine.get(id)?.channel,
+        limitHit: (id) => engine.engine.outOfMemory(id),
         close: engine.close,
       })
     },

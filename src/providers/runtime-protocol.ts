@@ -17,6 +17,8 @@ export interface RuntimeSessionOptions {
   start?: (sandboxId: string, spec: ProcessSpec) => Promise<ProviderProcess>
   /** The sandbox's direct channel (the embedded engine, in this process). */
   channel?: (sandboxId: string) => DirectChannel | undefined
+  /** Why processes of the sandbox were killed, when a limit did it (the embedded engine). */
+  limitHit?: (sandboxId: string) => string | undefined
   /** Runs after the client closes (the embedded engine stops). */
   close?: () => Promise<void>
 }
@@ -36,6 +38,7 @@ export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessi
         setTimeout: (seconds) => client.setTimeout(sbx.id, seconds),
         snapshot: async (name) => (await client.snapshot(sbx.id, { name })).id,
         kill: async () => void (await client.killSandbox(sbx.id)),
+        limitHit: opts.limitHit && (() => opts.limitHit!(sbx.id)),
       }
       return sandbox
     },

@@ -87,6 +87,11 @@ export interface ProviderSandbox {
   /** Freeze this sandbox's files into a reusable template; resolves with its id once usable. */
   snapshot(name: string): Promise<string>
   kill(): Promise<void>
+  /**
+   * Whether a limit of the sandbox (its memory) made the provider kill processes in it since the
+   * last call: the reason, for the report of the file that was running. Asked after a kill.
+   */
+  limitHit?(): string | undefined
 }
 
 export interface SandboxSummary {
