@@ -113,6 +113,27 @@ function generateSourceMapAttacks(): void {
   fs.writeFileSync(path.join(FIXTURE, 'public/.env.local'), 'TOKEN=attack-secret-public\n')
   fs.mkdirSync(path.join(FIXTURE, 'test/node_modules'), { recursive: true })
   fs.symlinkSync(hostDir, path.join(FIXTURE, 'test/node_modules/evil'))
+  // A workspace package's link (npm, yarn and pnpm workspaces make them) leads to the package's
+  // files in the project, given or not: only the given ones may be read through it.
+  fs.mkdirSync(path.join(dir, 'pkg'))
+  fs.writeFileSync(path.join(dir, 'pkg/.env'), 'TOKEN=attack-secret-pkg-env\n')
+  fs.writeFileSync(path.join(dir, 'pkg/index.js'), 'export const ok = 1\n')
+  fs.symlinkSync('../generated/pkg', path.join(FIXTURE, 'test/node_modules/pkg'))
+  write(
+    'pkg-link.test.ts',
+    `import { expect, it } from 'vitest'
+
+const linked = '${path.join(FIXTURE, 'test/node_modules/pkg')}'
+it("reads a workspace package's given files through its link, and nothing else", async () => {
+  expect((await import('../node_modules/pkg/index.js')).ok).toBe(1)
+  await expect(import(/* @vite-ignore */ \`\${linked}/.env?raw\`)).rejects.toThrow()
+  const rpc = (globalThis as any).__vitest_worker__.rpc
+  const answer = await rpc.fetch(\`\${linked}/.env?raw\`, import.meta.filename, 'ssr', {}).catch((e: Error) => e.message)
+  expect(JSON.stringify(answer)).not.toContain('TOKEN=')
+  await rpc.onAsyncLeaks([{ type: 'Timeout', stack: \`Error: x\\n    at f (\${linked}/.env:1:1)\`, filename: \`\${linked}/.env\`, projectName: '' }])
+})
+`,
+  )
   write(
     'source-maps.test.ts',
     `import { expect, it } from 'vitest'
@@ -299,7 +320,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       expect(Number(/^HOST-PEAK-RSS (\d+) MiB$/m.exec(run.output)?.[1]), run.output).toBeLessThan(1536)
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(34)
+      expect(others.length, run.output).toBe(36)
       expect(run.output).not.toContain('attack-secret')
       expect(run.output).not.toContain('atkmark')
       expect(run.output).not.toContain('attack-sec')

@@ -12,6 +12,9 @@ import { loadCodec, type Codec, type CodecName } from './codec.js'
 import { ModuleCache } from './module-cache.js'
 import { createChunkReader, createDeframer, frame, jsonFrame, Kind, type ForkSpec } from './wire.js'
 
+// A listener of its own keeps SIGUSR1 from opening Node's debugger in the agent, where a test
+// could rewrite what every later worker runs (local sandboxes refuse the signal outright).
+process.on('SIGUSR1', () => {})
 const out = new net.Socket({ fd: 1, readable: false, writable: true })
 const input = new net.Socket({ fd: 0, readable: true, writable: false })
 const workers = new Map<number, { child: ChildProcess; toWorker: (bytes: Buffer) => void }>()

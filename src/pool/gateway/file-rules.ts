@@ -33,9 +33,14 @@ export interface FileRules {
  * @param readRoots Vite's root and public folder (it reads `/x` under each)
  */
 export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots: string[] = []): FileRules {
-  // A dependency where it really is: a link under node_modules may lead anywhere.
   const underNodeModules = (file: string) => workspace.relative(file)?.split('/').includes('node_modules') ?? false
-  const dependency = (file: string) => underNodeModules(file) && workspace.relative(realPath(file)) !== undefined
+  // A dependency where it really is: a link under node_modules may lead anywhere, a workspace
+  // package's link (npm, yarn and pnpm workspaces make them) to its files that are not given too.
+  const dependency = (file: string) => {
+    if (!underNodeModules(file)) return false
+    const real = realPath(file)
+    return workspace.relative(real) !== undefined && (underNodeModules(real) || workspace.isGiven(real))
+  }
   const runtime = (file: string) => runtimeDirs.some((d) => file === d || file.startsWith(d + path.sep))
   // One worker asks of the same paths again and again (stacks, task trees); a write of the host's
   // file service (a snapshot made in the run) clears the answers.
