@@ -70,6 +70,12 @@ export interface CreateSandboxOptions {
   /** Lower limits for this sandbox than the engine's (never higher). */
   limits?: LimitsInput
   /**
+   * Folders (absolute) its processes may read but not write, except the cache folders in them
+   * (`.cache`, `.vite`, `.vite-temp`, `.vitest`): a run's dependencies, so that no test file can
+   * change the code another file's worker loads after it.
+   */
+  readOnly?: string[]
+  /**
    * Host `node_modules` folders (absolute paths) the sandbox sees at the same paths, read-only
    * below its own writable layer: nothing is copied, and nothing it writes reaches the host. A
    * snapshot keeps the sandbox's changes to them. Needs `allowHostLayers`.
@@ -196,6 +202,10 @@ export class Engine {
     }
     const hostLayers = this.checkHostLayers(opts.hostLayers ?? [])
     const { limits, explicit } = this.sandboxLimits(opts.limits)
+    const readOnly = (opts.readOnly ?? []).map((dir) => {
+      if (typeof dir !== 'string' || !path.isAbsolute(dir) || path.normalize(dir) !== dir || dir === '/') throw new SandboxError(`read-only folder ${JSON.stringify(dir)} must be a normalized absolute path below /`, 'invalid_argument')
+      return dir
+    })
     const layerDirs = (snapshot?.layers ?? []).map((l) => this.layers.layerDir(l))
     const id = newId('sbx')
     const stateDir = this.layers.sandboxDir(id)
@@ -208,6 +218,7 @@ export class Engine {
       layers: snapshot?.layers ?? [],
       stateDir,
       limits,
+      readOnly,
       resources: await this.resources(id, stateDir, limits, explicit),
       network: opts.network ?? 'none',
       channel: this.allowChannels,

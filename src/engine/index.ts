@@ -8,6 +8,7 @@ import { startServer, type ServerOptions } from './server.js'
 
 export { Engine, defaultStateDir, type EngineOptions, type CreateSandboxOptions } from './engine.js'
 export { HostSetupError, detectHost, type HostInfo } from './host.js'
+export { RUNTIME_MOUNT } from './policy.js'
 export { startServer, type ServerOptions, type RunningServer } from './server.js'
 
 export interface LocalEngineHandle {

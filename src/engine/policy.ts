@@ -22,6 +22,11 @@ export const RUNTIME_MOUNT = '/.vitest-sandbox'
 const NODE_MOUNT = `${RUNTIME_MOUNT}/node`
 const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
+/** Folders tools write inside a read-only dependency folder (caches), left writable. */
+export const CACHE_DIRS = ['.cache', '.vite', '.vite-temp', '.vitest']
+/** Where the package's copy of devalue (the cross-major codec) appears inside every sandbox. */
+const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
+
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 /** What decides a sandbox's command: the host's tools, its layers and its limits. */
@@ -37,6 +42,8 @@ export interface SandboxPolicy {
   /** Its state folder: rw/ (its own filesystem where disk is limited), merged/, host-N/lower. */
   stateDir: string
   limits: SandboxLimits
+  /** Folders its processes may not write, but for the cache folders in them (CACHE_DIRS). */
+  readOnly: string[]
   /** `cgroup.procs` files the sandbox's first process writes itself into (cgroups.ts). */
   cgroupProcs?: string[]
   /** Share the host's network instead of a private loopback. */
@@ -98,6 +105,13 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     ...(host.sandboxNode ? ['--ro-bind', host.sandboxNode, sandboxNodePath(host)] : []),
     '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
     '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
+    '--ro-bind', DEVALUE_DIR, `${RUNTIME_MOUNT}/node_modules/devalue`,
+    // Its dependencies read-only over the writable root, their caches writable again.
+    ...opts.readOnly.flatMap((dir) => [
+      ...CACHE_DIRS.flatMap((c) => ['--dir', path.join(dir, c)]),
+      '--ro-bind-try', merged + dir, dir,
+      ...CACHE_DIRS.flatMap((c) => ['--bind-try', path.join(merged + dir, c), path.join(dir, c)]),
+    ]),
     ...(opts.channelSocket ? ['--ro-bind', opts.channelSocket, CHANNEL_PATH] : []),
     '--proc', '/proc', '--ro-bind', '/proc/sys', '/proc/sys',
     '--dev', '/dev',

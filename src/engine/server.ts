@@ -141,6 +141,12 @@ function stringRecord(value: unknown, field: string): Record<string, string> {
   return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]))
 }
 
+function pathList(value: unknown, field: string): string[] | undefined {
+  if (value === undefined || value === null) return undefined
+  if (!Array.isArray(value) || value.some((d) => typeof d !== 'string')) throw new HttpError(400, 'invalid_argument', `${field} must be an array of absolute paths`)
+  return value as string[]
+}
+
 /** A `limits` field: { memory?, disk?, cpus?, processes?, open_files? }; the engine checks each value. */
 function limitsField(value: unknown): LimitsInput | undefined {
   if (value === undefined || value === null) return undefined
@@ -242,17 +248,15 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       const timeout = body.timeout === undefined ? 300 : Number(body.timeout)
       if (!Number.isFinite(timeout)) throw new HttpError(400, 'invalid_argument', `timeout must be a number of seconds (got ${JSON.stringify(body.timeout)})`)
       if (body.template !== undefined && typeof body.template !== 'string') throw new HttpError(400, 'invalid_argument', 'template must be a string')
-      if (body.host_layers !== undefined && (!Array.isArray(body.host_layers) || body.host_layers.some((d: unknown) => typeof d !== 'string'))) {
-        throw new HttpError(400, 'invalid_argument', 'host_layers must be an array of absolute paths')
-      }
       const s = await engine.createSandbox({
         template: (body.template as string | undefined) ?? 'base',
         timeoutSec: timeout,
         metadata: stringRecord(body.metadata, 'metadata'),
         envs: stringRecord(body.envs, 'envs'),
         network: body.allow_internet_access === true && opts.allowNetwork ? 'host' : 'none',
-        hostLayers: body.host_layers as string[] | undefined,
+        hostLayers: pathList(body.host_layers, 'host_layers'),
         limits: limitsField(body.limits),
+        readOnly: pathList(body.read_only, 'read_only'),
       })
       return sendJson(res, 201, { sandbox: sandboxJson(s), session: sessionFor(s) })
     }

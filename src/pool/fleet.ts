@@ -14,12 +14,12 @@ import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
 import { SlotQueue, type Lease, type SlotHost } from './slots.js'
 import { Bundles, startAgent, syncDelta } from './transfer.js'
-import { renewTtl } from '../providers/exec.js'
+import { renewTtl, STAGING } from '../providers/exec.js'
 import { installIn, type BuildPlan } from '../template/build.js'
 import { templateName } from '../template/key.js'
 import { createProgress, type ProgressSink } from '../template/progress.js'
 import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL, type Template, type TemplateSpec } from '../template/template.js'
-import { collectWorkspace, findWorkspaceRoot, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
+import { collectWorkspace, findWorkspaceRoot, nodeModulesFolders, type Workspace, type WorkspaceFile } from '../workspace/collect.js'
 import { autoSandboxes, type RunHistory } from './schedule.js'
 import { formatUsage, RunUsage, SandboxUsage } from './usage.js'
 import { POOL_LABEL, RUN_LABEL, type ProviderSandbox, type ProviderSession } from '../providers/types.js'
@@ -230,15 +230,23 @@ export class Fleet {
     }
   }
 
+  /** Where the sandbox runtime (agent, worker entry) runs from inside the fleet's sandboxes. */
+  get runtimeDir(): string {
+    return this.session?.runtimeDir ?? STAGING
+  }
+
   private async startSandbox(usage: SandboxUsage): Promise<SandboxHost> {
     const root = this.workspace.root
     const { id: template, name, hostLayers } = this.template!
     const labels = { ...this.labels(), ...(name ? { [TEMPLATE_LABEL]: name } : {}) }
-    const sandbox = await this.session!.createSandbox({ template, hostLayers, timeoutSec: this.opts.timeout, labels, network: this.opts.network === 'allow' })
+    const unkept = this.template!.unkept
+    // Dependencies read-only once installed: no test file can change the code a later worker loads.
+    const readOnly = unkept ? undefined : nodeModulesFolders(root)
+    const sandbox = await this.session!.createSandbox({ template, hostLayers, readOnly, timeoutSec: this.opts.timeout, labels, network: this.opts.network === 'allow' })
     usage.id = sandbox.id
     try {
-      if (this.template!.unkept) await this.installOwn(sandbox, this.template!.unkept)
-      const agent = await startAgent(sandbox, await this.bundles.current(), root)
+      if (unkept) await this.installOwn(sandbox, unkept)
+      const agent = await startAgent(sandbox, await this.bundles.current(), root, this.runtimeDir)
       const link = new AgentLink(agent, { direct: sandbox.channel })
       link.onLost = (reason) => {
         log('sandbox %s (%s) lost: %s', sandbox.id, this.providerName, reason)

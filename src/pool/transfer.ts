@@ -62,12 +62,17 @@ export class Bundles {
   }
 }
 
-/** Upload the bundle and start the agent: one process unpacks it and becomes the agent, no round trip in between. */
-export async function startAgent(sandbox: ProviderSandbox, bundle: string, root: string): Promise<ProviderProcess> {
+/**
+ * Upload the bundle and start the agent: one process unpacks it and becomes the agent, no round
+ * trip in between. The agent runs from `runtimeDir` (the provider's read-only copy of the runtime,
+ * which no test can rewrite) where there is one, else from the bundle's (packed before the
+ * provider answered).
+ */
+export async function startAgent(sandbox: ProviderSandbox, bundle: string, root: string, runtimeDir = STAGING): Promise<ProviderProcess> {
   await sandbox.upload(`${STAGING}/bundle.tar`, () => fs.createReadStream(bundle))
   return sandbox.start({
     cmd: '/bin/sh',
-    args: ['-c', `tar -xf ${STAGING}/bundle.tar -C / && rm ${STAGING}/bundle.tar && cd ${singleQuoted(root)} && exec node ${STAGING}/agent.js`],
+    args: ['-c', `tar -xf ${STAGING}/bundle.tar -C / && rm ${STAGING}/bundle.tar && cd ${singleQuoted(root)} && exec node ${runtimeDir}/agent.js`],
     cwd: '/',
     stdin: true,
   })

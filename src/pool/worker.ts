@@ -27,7 +27,6 @@ import { CACHED_METHODS } from '../sandbox-runtime/module-cache.js'
 import { codecFor, workerEnv } from './worker-env.js'
 import { createMessageSplitter, lengthPrefixed, MAX_FRAME, type RpcFrame } from '../sandbox-runtime/wire.js'
 import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT } from './runtime-files.js'
-import { STAGING } from '../providers/exec.js'
 import type { ProviderSandbox } from '../providers/types.js'
 import { debug } from '../debug.js'
 
@@ -247,7 +246,7 @@ export class SandboxPoolWorker implements PoolWorker {
     const current = () => attempt === this.attempt
     const { channel, started } = host.link.fork(
       {
-        entry: `${STAGING}/worker.js`,
+        entry: `${this.fleet.runtimeDir}/worker.js`,
         args: [path.join(this.options.distPath, 'worker.js'), codec.name],
         codec: codec.name,
         execArgv: this.options.execArgv,

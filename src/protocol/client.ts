@@ -86,7 +86,7 @@ export class RuntimeClient {
   }
 
   /** `hostLayers` is the local engine's extension (see its `allowHostLayers`). */
-  async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean; hostLayers?: string[] } = {}): Promise<SandboxClient> {
+  async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean; hostLayers?: string[]; readOnly?: string[] } = {}): Promise<SandboxClient> {
     const res = await this.http.json<{ sandbox: SandboxInfo; session: { data_plane_url: string; token: string } }>('POST', '/sandboxes', {
       template: opts.template ?? 'base',
       timeout: opts.timeout ?? 300,
@@ -94,6 +94,7 @@ export class RuntimeClient {
       envs: opts.envs ?? {},
       allow_internet_access: opts.allowInternetAccess ?? false,
       ...(opts.hostLayers?.length ? { host_layers: opts.hostLayers } : {}),
+      ...(opts.readOnly?.length ? { read_only: opts.readOnly } : {}),
     })
     return this.sandboxClient(res.sandbox, res.session)
   }

@@ -39,7 +39,7 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
         )
       }
       // Loaded here so that importing the package on macOS or Windows never touches the engine.
-      const { startLocalEngine } = await import('../engine/index.js')
+      const { startLocalEngine, RUNTIME_MOUNT } = await import('../engine/index.js')
       const { startLocalProcess } = await import('./local-process.js')
       const engine = await startLocalEngine({
         stateDir: options.stateDir,
@@ -57,6 +57,8 @@ export function local(options: LocalProviderOptions = {}): SandboxProvider {
       return runtimeProtocolSession(client, {
         base: 'local',
         sharesHost: true,
+        // This package's dist, bound read-only into every sandbox.
+        runtimeDir: `${RUNTIME_MOUNT}/dist/sandbox-runtime`,
         lockTemplate: (name, onWait) => engine.engine.layers.lock(name, onWait),
         processTimeoutMs: 0,
         start: (id, spec) => startLocalProcess(engine.engine, id, spec),

@@ -10,6 +10,8 @@ export interface RuntimeSessionOptions {
   base: string
   /** The embedded engine: sandboxes on this machine. @default false */
   sharesHost?: boolean
+  /** See ProviderSession.runtimeDir. */
+  runtimeDir?: string
   lockTemplate?: ProviderSession['lockTemplate']
   /** `timeout_ms` of every process (the server kills it after that); 0 for none. */
   processTimeoutMs: number
@@ -27,9 +29,10 @@ export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessi
   return {
     base: opts.base,
     sharesHost: opts.sharesHost ?? false,
+    runtimeDir: opts.runtimeDir,
     lockTemplate: opts.lockTemplate,
     async createSandbox(create) {
-      const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network, hostLayers: create.hostLayers })
+      const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network, hostLayers: create.hostLayers, readOnly: create.readOnly })
       const sandbox: ProviderSandbox = {
         id: sbx.id,
         channel: opts.channel?.(sbx.id),

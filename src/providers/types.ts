@@ -18,6 +18,12 @@ export interface CreateOptions {
    * copied and nothing written reaches the host. Only where the session `sharesHost`.
    */
   hostLayers?: string[]
+  /**
+   * Folders (absolute) the sandbox's processes may read but not write, but for their cache
+   * folders: the dependencies, so that no test file can change the code a later file's worker
+   * runs. Where the provider can (the local engine); others ignore it.
+   */
+  readOnly?: string[]
 }
 
 /** Bytes, or a function that streams them (called again for a retry). */
@@ -122,6 +128,11 @@ export interface ProviderSession {
    * node_modules folders (`hostLayers`): the embedded local engine.
    */
   readonly sharesHost: boolean
+  /**
+   * Where the pool's sandbox runtime (agent, worker entry) already is inside every sandbox,
+   * read-only; without it, the pool uploads the runtime with the workspace.
+   */
+  readonly runtimeDir?: string
   /**
    * Set where sandboxes cannot be cut off from the network: `network: false` is then not
    * enforced, so the pool refuses a run that keeps the network off, before anything is built.
