@@ -54,6 +54,7 @@ beforeAll(() => {
   fs.symlinkSync(hostDir, path.join(FIXTURE, 'hostlink'))
   generateSourceMapAttacks()
   generateCssAttacks()
+  generateCodeAttacks()
 })
 
 /**
@@ -205,6 +206,47 @@ ${inline(mapOf(dir))}`,
 }
 
 /**
+ * Modules whose text Vite's plugins would run as code on the host (glob and worker options), an id
+ * a line separator keeps Vite from splitting, and a line that looks like Vite's env statement.
+ * Each writes a mark into the host folder if it ran there, which the harness checks.
+ */
+function generateCodeAttacks(): void {
+  const dir = path.join(FIXTURE, 'test/generated')
+  const write = (name: string, text: string) => fs.writeFileSync(path.join(dir, name), text)
+  const mark = (name: string) => `Function\`process.getBuiltinModule('fs').writeFileSync(${JSON.stringify(path.join(hostDir, name))}, 'ran on the host')\`\`\``
+  write('one.json', '{}\n')
+  write('code-glob.js', `export const m = import.meta.glob('./one.json', { query: { leak: ${mark('glob-options')} } })\n`)
+  write('code-worker.js', `export const w = () => new Worker(new URL('./one.json', import.meta.url), { type: ${mark('worker-options')} })\n`)
+  write('code-env.js', 'const x = 1\nexport { x as "\u2028import.meta.env = {};\u2028" }\nexport const env = import.meta.env\n')
+  write(
+    'code.test.ts',
+    `import { expect, it } from 'vitest'
+
+const rpc = (globalThis as any).__vitest_worker__.rpc
+const call = (process as any)[Symbol.for('vitest-pool-sandbox.host-call')]
+const settled = (p: Promise<unknown>) => p.then((v) => JSON.stringify(v) ?? 'undefined', (e: Error) => String(e?.message ?? e))
+
+it("runs no glob or worker options of a module as code on the host", async () => {
+  await expect(import('./code-glob.js')).rejects.toThrow(/has options that are not plain values/)
+  expect(await settled(rpc.fetch(import.meta.dirname + '/code-worker.js', undefined, 'client', {}))).toMatch(/are not plain values/)
+})
+
+it("gives a module only the env names it may see, however its lines read", async () => {
+  expect(await settled(rpc.fetch(import.meta.dirname + '/code-env.js', undefined, 'ssr', {}))).not.toContain('attack-secret')
+  expect(JSON.stringify((await import('./code-env.js')).env)).not.toContain('attack-secret')
+})
+
+it('makes no folder whose name an id cannot carry, and reads no id with a line separator', async () => {
+  expect(await settled(call('snapshot:write', import.meta.dirname + '/q?\u2028/a.txt', 'x'))).toMatch(/refused to create [^]*(a character module ids cannot carry|update mode none)/)
+  const climb = import.meta.dirname + '/q?\u2028/../../../.env?raw'
+  expect(await settled(rpc.fetch(climb, import.meta.filename, 'ssr', {}))).not.toContain('attack-secret')
+  await expect(import(/* @vite-ignore */ climb)).rejects.toThrow()
+})
+`,
+  )
+}
+
+/**
  * CSS that names host files (the fixture turns CSS processing on): Vite's CSS pipeline reads what
  * `@import`, `url()`, `image-set()` and `composes … from` name with resolvers of its own, and inlines
  * an SVG. Each is made twice, for an existing host file and a missing one: the answers must match.
@@ -320,7 +362,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       expect(Number(/^HOST-PEAK-RSS (\d+) MiB$/m.exec(run.output)?.[1]), run.output).toBeLessThan(1536)
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(36)
+      expect(others.length, run.output).toBe(40)
       expect(run.output).not.toContain('attack-secret')
       expect(run.output).not.toContain('atkmark')
       expect(run.output).not.toContain('attack-sec')

@@ -18,7 +18,7 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 async function globCheck(): Promise<(code: string) => Promise<string>> {
   fs.mkdirSync(path.join(dir, 'ws/src'), { recursive: true })
   fs.writeFileSync(path.join(dir, 'ws/src/a.ts'), 'export {}\n')
-  fs.symlinkSync(os.tmpdir(), path.join(dir, 'ws/src/out'))
+  if (!fs.existsSync(path.join(dir, 'ws/src/out'))) fs.symlinkSync(os.tmpdir(), path.join(dir, 'ws/src/out'))
   const rules = fileRules(await collectWorkspace(path.join(dir, 'ws')), [])
   const plugin = { name: 'vite:import-glob', transform: { handler: async (code: string) => `expanded ${code.length}` } }
   const environment: LoadingEnvironment = { config: { root: path.join(dir, 'ws') }, pluginContainer: { load: async () => null, resolveId: async () => null }, plugins: [plugin] }
@@ -48,9 +48,11 @@ it('refuses globs that reach outside the workspace, in every form Vite reads, an
   ]) {
     expect(await check(code), code).toMatch(/^vitest-pool-sandbox: import\.meta\.glob pattern .* in src\/a\.ts /)
   }
-  for (const code of ["import.meta.glob('./*.ts')", "import.meta.glob(['/src/*', '!./a.ts'], { eager: true })", "const s = 'import.meta.glob(\"../../*\")'"]) {
+  for (const code of ["import.meta.glob('./*.ts')", "const s = 'import.meta.glob(\"../../*\")'"]) {
     expect(await check(code), code).toBe(`expanded ${code.length}`)
   }
+  // Options reach the plugin as their JSON.
+  expect(await check("import.meta.glob(['/src/*', '!./a.ts'], { eager: true })")).toBe(`expanded ${`import.meta.glob(['/src/*', '!./a.ts'], {"eager":true})`.length}`)
 })
 
 it("lists only what the sandbox is given: a glob's matches that are not given are negated before Vite expands it", async () => {
@@ -63,6 +65,25 @@ it("lists only what the sandbox is given: a glob's matches that are not given ar
   screenLoads(environment, () => rules)
   const context = { parse: (code: string) => parseAst(code), resolve: async () => null }
   const expand = (code: string): Promise<string> => (plugin.transform.handler as any).call(context, code, path.join(ws, 'src/a.ts'))
-  expect(await expand("const m = import.meta.glob('./data/*', { eager: true })")).toBe(`const m = import.meta.glob(["./data/*", "!./data/\\\\[x\\\\].pem", "!./data/server.key"], { eager: true })`)
+  expect(await expand("const m = import.meta.glob('./data/*', { eager: true })")).toBe(`const m = import.meta.glob(["./data/*", "!./data/\\\\[x\\\\].pem", "!./data/server.key"], {"eager":true})`)
   expect(await expand("import.meta.glob('/src/**/*.json')")).toBe("import.meta.glob('/src/**/*.json')")
+})
+
+it('hands the glob plugin its options as data: options that are code, and patterns that take long to match, are refused', async () => {
+  const check = await globCheck()
+  const marker = path.join(dir, 'glob-options-ran')
+  for (const code of [
+    `import.meta.glob('./*.ts', { query: { leak: Function\`require('fs').writeFileSync(${JSON.stringify(marker)}, '1')\`\`\` } })`,
+    "import.meta.glob('./*.ts', { ...{ eager: true } })",
+    "import.meta.glob('./*.ts', { eager })",
+    "import.meta.glob('./*.ts', { ['ea' + 'ger']: true })",
+    "import.meta.glob('./*.ts', { query: `${process.env.HOME}` })",
+  ]) {
+    expect(await check(code), code).toMatch(/^vitest-pool-sandbox: import\.meta\.glob pattern "import\.meta\.glob" in src\/a\.ts has options that are not plain values/)
+  }
+  expect(fs.existsSync(marker)).toBe(false)
+  // Plain options reach the plugin as JSON (what it evaluates is data).
+  expect(await check("import.meta.glob('./*.ts', { eager: true, query: { raw: '' }, import: 'default' })")).toBe(`expanded ${`import.meta.glob('./*.ts', {"eager":true,"query":{"raw":""},"import":"default"})`.length}`)
+  expect(await check("import.meta.glob('./*a*a*a*a*a*a*c')")).toMatch(/has more wildcards or alternatives than the sandbox pool matches/)
+  expect(await check("import.meta.glob('./*.spec.*')")).toMatch(/^expanded /)
 })

@@ -6,6 +6,7 @@
  * once per module the host newly holds (Vite's module graph keeps each for as long as it lives,
  * across watch-mode reruns); results, logs and errors per run (Vitest keeps them until the next).
  */
+import { LocationTally } from './istanbul.js'
 import type { Rule } from './methods.js'
 import { ProtocolViolation } from './violation.js'
 
@@ -44,6 +45,8 @@ export class RunBudget {
   private idChars = 0
   private readonly ids = new Set<string>()
   private readonly modules = new Set<string>()
+  /** Each file's distinct coverage locations, as the provider merges them for the report. */
+  locations = new LocationTally()
 
   constructor(private readonly limits: RunLimits = RUN_LIMITS) {}
 
@@ -51,6 +54,7 @@ export class RunBudget {
   newRun(): void {
     this.kept = 0
     this.coverage = 0
+    this.locations = new LocationTally()
   }
 
   /** `bytes` more of coverage data. */

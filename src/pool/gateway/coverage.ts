@@ -10,7 +10,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { istanbulEntry } from './istanbul.js'
+import { istanbulEntry, type LocationTally } from './istanbul.js'
 import { isPlain } from './methods.js'
 
 
@@ -18,7 +18,7 @@ import { isPlain } from './methods.js'
  * The data as the host's provider gets it, in the shape of the provider the host runs (`v8`,
  * `istanbul`; a custom provider gets nothing); `isGiven` answers for absolute host paths.
  */
-export function screenCoverage(coverage: unknown, provider: string | undefined, isGiven: (file: string) => boolean): unknown {
+export function screenCoverage(coverage: unknown, provider: string | undefined, isGiven: (file: string) => boolean, tally: LocationTally): unknown {
   if (coverage === undefined || coverage === null) return coverage
   if (!isPlain(coverage) || (provider !== 'v8' && provider !== 'istanbul')) return undefined
   const given = (file: unknown): file is string => typeof file === 'string' && path.isAbsolute(file) && path.posix.normalize(file) === file && isGiven(file)
@@ -39,7 +39,7 @@ export function screenCoverage(coverage: unknown, provider: string | undefined, 
   for (const [file, entry] of Object.entries(coverage)) {
     if (!given(file) || !isPlain(entry) || entry.path !== file || !fs.existsSync(file)) continue
     // The code it describes is the host's transform of the file: a few times the file at most.
-    const kept = istanbulEntry(file, entry, 4 * fs.statSync(file).size)
+    const kept = istanbulEntry(file, entry, 4 * fs.statSync(file).size, tally)
     if (!kept) continue
     const map = inputSourceMap(file, entry.inputSourceMap, given)
     if (map) kept.inputSourceMap = map
@@ -65,21 +65,41 @@ function plainFileUrl(url: string): string | undefined {
 /** The least bound on a range's offsets (a module's transformed code can outgrow its file). */
 const MIN_OFFSET_BOUND = 1024 * 1024
 
-/** v8's `functions`, rebuilt of whole, bounded offsets and counts; undefined if any part is not. */
+/** Ranges nested in one another in one function: V8's follow the code's blocks, a few dozen deep. */
+const MAX_NESTING = 256
+
+/**
+ * v8's `functions`, rebuilt of whole, bounded offsets and counts, each function's ranges nested
+ * as V8 makes them (the provider's merge recurses once per level); undefined if any part is not.
+ */
 function v8Functions(functions: unknown, bound: number): unknown[] | undefined {
   if (!Array.isArray(functions)) return undefined
   const offset = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0 && (n as number) <= bound
   const out: unknown[] = []
   for (const f of functions) {
     if (!isPlain(f) || !Array.isArray(f.ranges)) return undefined
-    const ranges: unknown[] = []
+    const ranges: Array<{ startOffset: number; endOffset: number; count: number }> = []
     for (const r of f.ranges) {
       if (!isPlain(r) || !offset(r.startOffset) || !offset(r.endOffset) || (r.endOffset as number) < (r.startOffset as number) || !Number.isSafeInteger(r.count) || (r.count as number) < 0) return undefined
-      ranges.push({ startOffset: r.startOffset, endOffset: r.endOffset, count: r.count })
+      ranges.push({ startOffset: r.startOffset as number, endOffset: r.endOffset as number, count: r.count as number })
     }
+    if (nesting(ranges) > MAX_NESTING) return undefined
     out.push({ functionName: typeof f.functionName === 'string' ? f.functionName.slice(0, 1024) : '', ranges, isBlockCoverage: f.isBlockCoverage === true })
   }
   return out
+}
+
+/** How deep the ranges nest (ranges that only touch are siblings). */
+function nesting(ranges: Array<{ startOffset: number; endOffset: number }>): number {
+  const sorted = [...ranges].sort((a, b) => a.startOffset - b.startOffset || b.endOffset - a.endOffset)
+  const open: number[] = []
+  let deepest = 0
+  for (const r of sorted) {
+    while (open.length && open[open.length - 1] <= r.startOffset) open.pop()
+    open.push(r.endOffset)
+    deepest = Math.max(deepest, open.length)
+  }
+  return deepest
 }
 
 /**

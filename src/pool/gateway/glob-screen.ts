@@ -9,12 +9,14 @@
  *   workspace, climbs with `..` after a wildcard, walks deeper into a folder holding a link out of
  *   what is given, or asks for `exhaustive` listing fails the load, naming only the pattern;
  * - files it would match that the sandbox is not given (a secret, a cache, an excluded file) are
- *   added to the call as negated patterns, so the plugin lists only what the sandbox has.
+ *   added to the call as negated patterns, so the plugin lists only what the sandbox has;
+ * - its options must be plain values, and the plugin gets their JSON (it evaluates them as code).
  */
 import path from 'node:path'
 import { escapePath, glob } from 'tinyglobby'
 import { stripLiteral } from 'strip-literal'
 import type { FileRules } from './file-rules.js'
+import { asSource, staticObject } from './static-options.js'
 import { realPath } from '../../workspace/collect.js'
 
 /** What a plugin hook's `this` offers that the glob check uses. */
@@ -42,7 +44,7 @@ export async function screenGlobs(ctx: GlobContext, code: string, id: string, ro
   } catch {
     return code // Vite expands nothing then
   }
-  const edits: Array<{ at: number; end: number; text: string }> = []
+  const edits: Edit[] = []
   for (const match of clean.matchAll(IMPORT_GLOB)) {
     const end = closeParen(clean, match.index + match[0].length) + 1
     if (end <= 0) continue // Vite refuses it itself
@@ -53,29 +55,29 @@ export async function screenGlobs(ctx: GlobContext, code: string, id: string, ro
       continue // Vite refuses it itself
     }
     if (call?.type !== 'CallExpression') continue
-    const edit = await screenCall(ctx, call, file, id, root, rules)
-    if (edit) edits.push({ ...edit, at: edit.at + match.index, end: edit.end + match.index })
+    for (const edit of await screenCall(ctx, call, file, id, root, rules)) edits.push({ ...edit, at: edit.at + match.index, end: edit.end + match.index })
   }
   return edits.reduceRight((out, e) => out.slice(0, e.at) + e.text + out.slice(e.end), code)
 }
 
-/** One call's patterns and options, resolved as Vite's `toAbsoluteGlob` resolves them; the edit of its patterns, if any. */
-async function screenCall(ctx: GlobContext, call: Node, file: string, id: string, root: string, rules: FileRules): Promise<{ at: number; end: number; text: string } | undefined> {
+type Edit = { at: number; end: number; text: string }
+
+/** One call's patterns and options, resolved as Vite's `toAbsoluteGlob` resolves them; the edits of its patterns and options. */
+async function screenCall(ctx: GlobContext, call: Node, file: string, id: string, root: string, rules: FileRules): Promise<Edit[]> {
   const [first, options] = call.arguments as Node[]
   const literal = (n: Node | undefined): string | undefined => (n?.type === 'Literal' && typeof n.value === 'string' ? n.value : n?.type === 'TemplateLiteral' && (n.expressions as unknown[]).length === 0 ? (n.quasis as Array<{ value: { raw: string } }>)[0].value.raw : undefined)
   const patterns = first?.type === 'ArrayExpression' ? (first.elements as Node[]).map(literal) : [literal(first)]
-  let base: string | undefined
-  let caseSensitive = true
-  for (const prop of options?.type === 'ObjectExpression' ? (options.properties as Node[]) : []) {
-    const key = prop.key as Node | undefined
-    const name = key?.type === 'Identifier' ? key.name : literal(key)
-    if (name === 'base') base = literal(prop.value as Node) ?? refusedBase(file, rules)
-    if (name === 'exhaustive' && !((prop.value as Node)?.type === 'Literal' && (prop.value as Node).value === false)) throw refuse('exhaustive', file, rules, 'asks to list dependencies too, whose links may lead anywhere')
-    if (name === 'caseSensitive') caseSensitive = !((prop.value as Node)?.type === 'Literal' && (prop.value as Node).value === false)
-  }
+  const opts = options === undefined ? {} : staticObject(options)
+  if (opts === undefined) throw refuse('import.meta.glob', file, rules, 'has options that are not plain values (Vite evaluates them as code, on the host)')
+  const edits: Edit[] = options === undefined ? [] : [{ at: options.start, end: options.end, text: asSource(opts) }]
+  if (opts.base !== undefined && typeof opts.base !== 'string') throw refuse('base', file, rules, 'has a base option that is not a string')
+  const base = opts.base
+  if (opts.exhaustive !== undefined && opts.exhaustive !== false) throw refuse('exhaustive', file, rules, 'asks to list dependencies too, whose links may lead anywhere')
+  const caseSensitive = opts.caseSensitive !== false
   const listed: string[] = []
   for (const raw of patterns) {
     if (raw === undefined) throw refuse('import.meta.glob', file, rules, 'is not a literal pattern')
+    if (!simplePattern(raw)) throw refuse(raw, file, rules, 'has more wildcards or alternatives than the sandbox pool matches (each costs the host time to match)')
     const negated = raw.startsWith('!')
     const pattern = negated ? raw.slice(1) : raw
     const absolute = await absoluteGlob(ctx, pattern, id, root, base)
@@ -94,7 +96,7 @@ async function screenCall(ctx: GlobContext, call: Node, file: string, id: string
   // What Vite's plugin lists (its globber, tinyglobby, with its options), less what is given.
   const matches = listed.length ? await glob(listed, { absolute: true, cwd: root, dot: false, expandDirectories: false, caseSensitiveMatch: caseSensitive, ignore: ['**/node_modules/**'], extglob: false }) : []
   const hidden = matches.filter((m) => m !== file && !rules.isGiven(m))
-  if (hidden.length === 0) return undefined
+  if (hidden.length === 0) return edits
   // Relative to the folder Vite joins a `./` or `../` pattern to, escaped as Vite escapes paths.
   const dir = base === undefined ? path.posix.dirname(file) : base.startsWith('/') ? path.posix.join(root, base) : path.posix.resolve(path.posix.dirname(file), base)
   const negations = hidden.map((m) => {
@@ -102,15 +104,22 @@ async function screenCall(ctx: GlobContext, call: Node, file: string, id: string
     return JSON.stringify(`!${rel.startsWith('../') ? '' : './'}${escapePath(rel)}`)
   })
   const kept = patterns.map((p) => JSON.stringify(p))
-  return { at: first.start, end: first.end, text: `[${[...kept, ...negations].join(', ')}]` }
+  return [{ at: first.start, end: first.end, text: `[${[...kept, ...negations].join(', ')}]` }, ...edits]
+}
+
+/**
+ * A pattern the host can match in little time: picomatch turns each `*` of a segment into a
+ * backtracking group, so `*a*a*a…c` against a long name takes minutes. Real patterns have a few.
+ */
+function simplePattern(pattern: string): boolean {
+  if (pattern.length > 512) return false
+  const segments = pattern.split('/')
+  const stars = (s: string) => s.replace(/\*\*+/g, '*').split('*').length - 1
+  return segments.every((s) => stars(s) <= 3 && (s.match(/[{(@!+?]/g)?.length ?? 0) <= 4) && segments.reduce((n, s) => n + stars(s), 0) <= 8
 }
 
 function refuse(pattern: string, file: string, rules: FileRules, why: string): Error {
   return new Error(`vitest-pool-sandbox: import.meta.glob pattern ${JSON.stringify(pattern).slice(0, 300)} in ${path.relative(rules.root, file)} ${why}`)
-}
-
-function refusedBase(file: string, rules: FileRules): never {
-  throw refuse('base', file, rules, 'has a base option that is not a literal')
 }
 
 /** Vite's `findCorrespondingCloseParenthesisPosition`, as it is (`open` is just after the `(`). */

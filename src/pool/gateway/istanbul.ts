@@ -32,10 +32,35 @@ function loc(value: unknown): Loc | undefined {
 }
 
 /**
+ * The distinct locations of each file's coverage over the whole run: the provider merges every
+ * worker's data by location, so the report of a line holds every location sent for it, by any
+ * message, in any of the run's environments.
+ */
+export class LocationTally {
+  private readonly files = new Map<string, { total: number; lines: Map<number, Set<string>> }>()
+
+  /** Whether `loc` fits within the file's bounds, counting it if it is new. */
+  fits(file: string, l: Loc, limit: number): boolean {
+    let tally = this.files.get(file)
+    if (!tally) this.files.set(file, (tally = { total: 0, lines: new Map() }))
+    const line = l.start.line ?? 0
+    let seen = tally.lines.get(line)
+    if (!seen) tally.lines.set(line, (seen = new Set()))
+    const key = `${l.start.column}:${l.end.line}:${l.end.column}`
+    if (seen.has(key)) return true
+    if (seen.size >= MAX_PER_LINE || tally.total >= limit) return false
+    seen.add(key)
+    tally.total++
+    return true
+  }
+}
+
+/**
  * @param codeLength the longest the code this coverage may describe can be (the host file, or
  *   the module code the host served for it)
+ * @param tally the run's locations so far (every location of a statement, function or branch counts)
  */
-export function istanbulEntry(file: string, entry: Record<string, unknown>, codeLength: number): Record<string, unknown> | undefined {
+export function istanbulEntry(file: string, entry: Record<string, unknown>, codeLength: number, tally: LocationTally): Record<string, unknown> | undefined {
   const limit = Math.max(MIN_ENTRIES, codeLength)
   const perLine = new Map<number, number>()
   let entries = 0
@@ -43,7 +68,7 @@ export function istanbulEntry(file: string, entry: Record<string, unknown>, code
     const line = l.start.line ?? 0
     const n = (perLine.get(line) ?? 0) + 1
     perLine.set(line, n)
-    return ++entries <= limit && n <= MAX_PER_LINE
+    return ++entries <= limit && n <= MAX_PER_LINE && tally.fits(file, l, limit)
   }
   const map = <T>(value: unknown, item: (v: unknown) => T | undefined): Record<string, T> | undefined => {
     if (!isPlain(value)) return undefined
@@ -70,7 +95,8 @@ export function istanbulEntry(file: string, entry: Record<string, unknown>, code
     if (!isPlain(v) || !Array.isArray(v.locations) || v.locations.length > MAX_PER_LINE) return undefined
     const l = loc(v.loc)
     const locations = v.locations.map(loc)
-    if (!l || !counted(l) || locations.some((x) => x === undefined) || !position(v.line)) return undefined
+    // Each location of a branch is drawn on its line as a statement is.
+    if (!l || !counted(l) || locations.some((x) => x === undefined || !counted(x)) || !position(v.line)) return undefined
     return { loc: l, type: typeof v.type === 'string' ? v.type.slice(0, 64) : '', locations: locations as Loc[], line: v.line, ...skipped(v) }
   })
   if (!statementMap || !fnMap || !branchMap) return undefined

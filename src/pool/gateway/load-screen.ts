@@ -20,6 +20,7 @@ import { ownSourceMap } from './source-maps.js'
 import { realPath } from '../../workspace/collect.js'
 import { stripLiteral } from 'strip-literal'
 import { aroundTransform } from './plugin-hooks.js'
+import { screenWorkerOptions } from './worker-options.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
 
@@ -77,12 +78,18 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
       return handler.call(this, screened, id, ...rest)
     },
   )
-  // The worker plugin runs first and rewrites `new Worker(new URL(…))`: both are checked before their plugin.
-  for (const name of ['vite:worker-import-meta-url', 'vite:asset-import-meta-url']) {
-    before(environment, name, async function (code, id) {
-      if (code.includes('import.meta.url')) checkAssetUrls(code, id, state.rules())
-    })
-  }
+  // The worker plugin runs first and rewrites `new Worker(new URL(…))`: both are checked before
+  // their plugin, and the worker's options reach its plugin as data.
+  aroundTransform(environment, 'vite:worker-import-meta-url', (handler) =>
+    async function (this: HookContext, code, id, ...rest) {
+      if (!code.includes('import.meta.url')) return handler.call(this, code, id, ...rest)
+      checkAssetUrls(code, id, state.rules())
+      return handler.call(this, screenWorkerOptions(code, id, environment.config.root, (c) => this.parse(c)), id, ...rest)
+    },
+  )
+  before(environment, 'vite:asset-import-meta-url', async function (code, id) {
+    if (code.includes('import.meta.url')) checkAssetUrls(code, id, state.rules())
+  })
 }
 
 /** Runs `check` before the transform of the environment's plugin `name` (if it has one). */
@@ -131,7 +138,12 @@ function checkAssetUrls(code: string, id: string, rules: FileRules): void {
  * must be a file the sandbox may name (one that does not exist included).
  */
 function mayLoad(id: string, rules: FileRules): boolean {
-  return id.startsWith('\0') || mayRead(id.replace(/[?#].*$/, ''), rules)
+  if (id.startsWith('\0')) return true
+  // A line separator keeps Vite from stripping the query (the rest is read as a path), and a path
+  // with `..` climbs from where a link led, not where the path says: neither is a file Vite made.
+  if (/[\n\r\u2028\u2029]/.test(id)) return false
+  const file = id.replace(/[?#].*$/, '')
+  return (!path.isAbsolute(file) || path.posix.normalize(file) === file) && mayRead(file, rules)
 }
 
 /** May the sandbox name every file Vite may read for this path: itself (relative to the host's working folder), and `/x` under each of its roots? */

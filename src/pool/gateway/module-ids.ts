@@ -38,8 +38,12 @@ export interface FileId {
   dir?: string
 }
 
-/** A code point no module id has: C0 and C1 controls (but a leading `\0` of a virtual id), DEL, backslash. */
-const NOT_IN_IDS = /[\u0001-\u001f\u007f-\u009f\\]|(?!^)\0/
+/**
+ * A code point no module id has: C0 and C1 controls (but a leading `\0` of a virtual id), DEL,
+ * backslash, and the line separators (Vite's `/[?#].*$/` cannot strip a query across one, so the
+ * id would be read as a path that goes on past the `?`).
+ */
+const NOT_IN_IDS = /[\u0001-\u001f\u007f-\u009f\\\u2028\u2029]|(?!^)\0/
 
 function decoded(s: string): string {
   try {

@@ -1,0 +1,94 @@
+/**
+ * What the host's Vite and coverage provider would run, or work through, from a module or report
+ * a sandbox wrote: worker options (Vite evaluates them as code), the env statement Vite writes,
+ * and coverage shaped to stall the host's report or overflow its stack.
+ */
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { parseAst } from 'vite'
+import { afterAll, describe, expect, it } from 'vitest'
+import { screenCoverage } from '../src/pool/gateway/coverage.js'
+import { screenImportMetaEnv } from '../src/pool/gateway/import-meta-env.js'
+import { LocationTally } from '../src/pool/gateway/istanbul.js'
+import { screenWorkerOptions } from '../src/pool/gateway/worker-options.js'
+
+const dir = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'vps-code-')))
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+describe('worker options', () => {
+  const screen = (code: string) => screenWorkerOptions(code, path.join(dir, 'a.js'), dir, (c) => parseAst(c))
+
+  it('reach the worker plugin as JSON, whatever Vite takes for their text', () => {
+    expect(screen("new Worker(new URL('./w.js', import.meta.url), { type: 'module', name: 'w' })")).toBe(`new Worker(new URL('./w.js', import.meta.url),{"type":"module","name":"w"})`)
+    expect(screen("new SharedWorker(new URL('./w.js', import.meta.url),\n  { type: 'module' },\n)")).toBe(`new SharedWorker(new URL('./w.js', import.meta.url),{"type":"module"},\n)`)
+    // No options, or options Vite is told to ignore: nothing evaluated, nothing changed.
+    for (const code of ["new Worker(new URL('./w.js', import.meta.url))", "new Worker(new URL('./w.js', import.meta.url), /* @vite-ignore */ opts)"]) expect(screen(code)).toBe(code)
+  })
+
+  it('are refused when they are code', () => {
+    const marker = path.join(dir, 'worker-options-ran')
+    for (const options of [
+      `{ type: Function\`require('fs').writeFileSync(${JSON.stringify(marker)}, '1')\`\`\` }`,
+      '{ type: (() => "module")() }',
+      'opts',
+      '{ ...opts }',
+      '{ type }',
+    ]) {
+      expect(() => screen(`new Worker(new URL('./w.js', import.meta.url), ${options})`), options).toThrow(/are not plain values \(Vite evaluates them as code, on the host\)/)
+    }
+    expect(fs.existsSync(marker)).toBe(false)
+  })
+})
+
+describe("the env statement Vite writes at a module's top", () => {
+  it('is cut down wherever a line starts with it, not only the first time', () => {
+    const allowed = (name: string) => name === 'MODE'
+    // An export name with a line separator makes a line that looks like the statement, before Vite's.
+    const code = `Object.defineProperty(__vite_ssr_exports__, "\u2028__vite_ssr_import_meta__.env = {};\u2028", {})\n__vite_ssr_import_meta__.env = {"MODE": "test", "VITE_SECRET": "host-value"};\nexport {}\n`
+    const screened = screenImportMetaEnv(code, allowed)
+    expect(screened).not.toContain('host-value')
+    expect(screened).toContain('__vite_ssr_import_meta__.env = {"MODE": "test"};')
+  })
+})
+
+describe('coverage shaped against the host', () => {
+  const file = path.join(dir, 'src.js')
+  fs.writeFileSync(file, 'export const f = (x) => x + 1\n'.repeat(20))
+  const given = (f: string) => f === file
+  const loc = (line: number, column: number) => ({ start: { line, column }, end: { line, column: column + 1 } })
+
+  it('counts every location of a branch against the bounds of its line', () => {
+    // 25 branches of 1,000 locations each, all on line 1: 25,000 entries the HTML report would draw.
+    const branchMap: Record<string, unknown> = {}
+    const b: Record<string, number[]> = {}
+    for (let k = 0; k < 25; k++) {
+      branchMap[k] = { loc: loc(k + 1, 0), type: 'switch', line: k + 1, locations: Array.from({ length: 1000 }, (_, j) => loc(1, k * 1000 + j)) }
+      b[k] = Array.from({ length: 1000 }, () => 0)
+    }
+    const sent = { [file]: { path: file, statementMap: {}, fnMap: {}, branchMap, s: {}, f: {}, b } }
+    expect(screenCoverage(sent, 'istanbul', given, new LocationTally())).toEqual({})
+  })
+
+  it('counts locations over the whole run: the provider merges every message a line is in', () => {
+    const tally = new LocationTally()
+    const message = (offset: number) => {
+      const statementMap = Object.fromEntries(Array.from({ length: 400 }, (_, j) => [j, loc(1, offset + j)]))
+      return { [file]: { path: file, statementMap, fnMap: {}, branchMap: {}, s: Object.fromEntries(Object.keys(statementMap).map((k) => [k, 1])), f: {}, b: {} } }
+    }
+    // The same locations again and again (honest files covering one module): always kept.
+    for (let i = 0; i < 5; i++) expect(Object.keys(screenCoverage(message(0), 'istanbul', given, tally) as object)).toEqual([file])
+    // New locations for the same line in each message: kept up to 1,000, then dropped.
+    expect(Object.keys(screenCoverage(message(400), 'istanbul', given, tally) as object)).toEqual([file])
+    expect(screenCoverage(message(800), 'istanbul', given, tally)).toEqual({})
+  })
+
+  it('drops v8 ranges nested deeper than code nests (the provider recurses once per level)', () => {
+    const result = (ranges: unknown[]) => ({ result: [{ scriptId: '1', url: pathToFileURL(file).href, functions: [{ functionName: 'f', ranges, isBlockCoverage: true }] }] })
+    const deep = Array.from({ length: 5000 }, (_, i) => ({ startOffset: i, endOffset: 1024 * 1024 - i, count: i % 2 }))
+    expect(screenCoverage(result(deep), 'v8', given, new LocationTally())).toEqual({ result: [] })
+    const flat = Array.from({ length: 5000 }, (_, i) => ({ startOffset: i * 2, endOffset: i * 2 + 1, count: 1 }))
+    expect((screenCoverage(result([{ startOffset: 0, endOffset: 20000, count: 1 }, ...flat]), 'v8', given, new LocationTally()) as { result: unknown[] }).result).toHaveLength(1)
+  })
+})
