@@ -28,6 +28,8 @@ commands:
       --port N           port (default 8787; 0 picks a free one)
       --token T          bearer token for the control plane (default: $VITEST_SANDBOX_TOKEN,
                          else a random one, printed at start)
+      --tenants FILE     more clients, each with its own token, sandboxes and templates:
+                         a JSON object { "team-a": "<token>", ... } (--token is the default one's)
       --state-dir D      template layers and sandbox state (default ~/.cache/vitest-pool-sandbox)
       --max-sandboxes N  sandboxes alive at once (default 64)
       --memory S         memory per sandbox, swap included ('2g'; default: host memory / (cores + 1))
@@ -78,6 +80,7 @@ async function main(argv: string[]): Promise<number> {
           port: { type: 'string', default: '8787' },
           token: { type: 'string' },
           'state-dir': { type: 'string' },
+          tenants: { type: 'string' },
           'max-sandboxes': { type: 'string' },
           memory: { type: 'string' },
           disk: { type: 'string' },
@@ -92,6 +95,7 @@ async function main(argv: string[]): Promise<number> {
         port: values.port!,
         token: values.token ?? process.env.VITEST_SANDBOX_TOKEN,
         stateDir: values['state-dir'],
+        tenants: values.tenants,
         maxSandboxes: values['max-sandboxes'],
         limits: { memory: values.memory, disk: values.disk, cpus: values.cpus, processes: values.processes, openFiles: values['open-files'] },
         allowNetwork: values['allow-network']!,

@@ -10,6 +10,8 @@ export interface ServeOptions {
   token?: string
   stateDir?: string
   maxSandboxes?: string
+  /** A JSON file of more tenants (`{ "<name>": "<token>" }`), each with its own sandboxes and templates. */
+  tenants?: string
   /** Per-sandbox limits (`--memory 2g --disk 4g --cpus 1 --processes N --open-files N`): a client may ask for less. */
   limits: { memory?: string; disk?: string; cpus?: string; processes?: string; openFiles?: string }
   allowNetwork: boolean
@@ -35,7 +37,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
     processes: processes === undefined ? undefined : integer('processes', processes, 1, 1_000_000),
     openFiles: openFiles === undefined ? undefined : integer('open-files', openFiles, 1, 1_000_000),
   }
-  const handle = await startLocalEngine({ host: opts.host, port, token: opts.token, stateDir: opts.stateDir, maxSandboxes, limits, allowNetwork: opts.allowNetwork })
+  const handle = await startLocalEngine({ host: opts.host, port, token: opts.token, tenantsFile: opts.tenants, stateDir: opts.stateDir, maxSandboxes, limits, allowNetwork: opts.allowNetwork })
   for (const u of handle.engine.limitsReport().unenforced) opts.log(`warning: sandboxes run without a ${u.limit} limit: ${u.reason} (fix: ${u.fix})`)
   // One write: whoever reads the address from the output has the token line with it.
   opts.log(`vitest-sandbox engine listening on ${handle.url}\n${opts.token ? 'token: (as given)' : `token: ${handle.token}`}`)

@@ -9,13 +9,14 @@
  *
  * Deviations from Watasu's wire format are listed in docs/protocol.md.
  */
-import { randomBytes, timingSafeEqual } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import { createGunzip } from 'node:zlib'
 import { WebSocketServer, type WebSocket } from 'ws'
 import type { Engine } from './engine.js'
+import { Tenants, type Tenant } from './tenants.js'
 import type { LimitsInput } from './limits.js'
 import type { SnapshotRecord } from './layers.js'
 import type { SandboxProcess } from './process.js'
@@ -32,8 +33,10 @@ export interface ServerOptions {
   host?: string
   /** 0 picks a free port. @default 0 */
   port?: number
-  /** Bearer token for the control plane. @default a random 32-byte token */
+  /** Bearer token for the control plane (the default tenant's). @default a random 32-byte token */
   token?: string
+  /** A JSON file of more tenants, `{ "<name>": "<token>" }`: each its own sandboxes and snapshots (tenants.ts). */
+  tenantsFile?: string
   /** Honour `allow_internet_access: true` by giving such sandboxes the host's network. @default false */
   allowNetwork?: boolean
   /** Largest file a PUT may upload, in bytes. @default 4 GiB */
@@ -88,13 +91,6 @@ function toHttpError(err: unknown): HttpError {
   }
   const [status, mapped] = table[code] ?? [500, 'internal_error']
   return new HttpError(status, mapped, message)
-}
-
-function tokenMatches(given: string | undefined, expected: string): boolean {
-  if (!given) return false
-  const a = Buffer.from(given)
-  const b = Buffer.from(expected)
-  return a.length === b.length && timingSafeEqual(a, b)
 }
 
 function bearer(req: http.IncomingMessage): string | undefined {
@@ -185,6 +181,7 @@ function requirePath(url: URL): string {
 
 export async function startServer(engine: Engine, opts: ServerOptions = {}): Promise<RunningServer> {
   const token = opts.token ?? randomBytes(32).toString('base64url')
+  const tenants = Tenants.from(token, opts.tenantsFile)
   const maxUpload = opts.maxUploadBytes ?? 4 * 1024 ** 3
   const sessions = new Map<string, string>() // session token -> sandbox id
   const sessionOf = new Map<string, string>() // sandbox id -> session token
@@ -209,7 +206,7 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     sandbox_id: s.id,
     template_id: s.template,
     state: 'ready',
-    metadata: s.metadata,
+    metadata: tenants.shown(s.metadata),
     started_at: s.createdAt.toISOString(),
     end_at: s.expiresAt.toISOString(),
     allow_internet_access: s.network === 'host',
@@ -217,41 +214,56 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     memory_mb: Math.round(os.totalmem() / 1024 / 1024),
   })
 
-  const snapshotJson = (r: SnapshotRecord, sandboxId?: string) => ({
-    id: r.id,
-    snapshot_id: r.id,
-    sandbox_id: sandboxId ?? r.metadata.sandbox_id,
-    name: r.name ?? null,
-    names: r.name ? [r.name] : [],
-    status: 'ready',
-    size_bytes: r.sizeBytes,
-    created_at: r.createdAt,
-    last_used_at: r.lastUsedAt ?? null,
-    metadata: r.metadata,
-  })
+  const snapshotJson = (tenant: Tenant, r: SnapshotRecord, sandboxId?: string) => {
+    const name = r.name === undefined ? undefined : tenants.shownName(tenant, r.name)
+    return {
+      id: r.id,
+      snapshot_id: r.id,
+      sandbox_id: sandboxId ?? r.metadata.sandbox_id,
+      name: name ?? null,
+      names: name ? [name] : [],
+      status: 'ready',
+      size_bytes: r.sizeBytes,
+      created_at: r.createdAt,
+      last_used_at: r.lastUsedAt ?? null,
+      metadata: tenants.shown(r.metadata),
+    }
+  }
 
-  const sandboxOr404 = (id: string) => {
+  /** A sandbox of this tenant; another tenant's is as missing as one that never was. */
+  const sandboxOr404 = (id: string, tenant?: Tenant) => {
     const s = engine.get(id)
-    if (!s) throw new HttpError(404, 'sandbox_not_found', `sandbox ${id} not found`)
+    if (!s || (tenant && !tenants.owns(tenant, s.metadata))) throw new HttpError(404, 'sandbox_not_found', `sandbox ${id} not found`)
     return s
   }
 
+  /** A snapshot of this tenant, by id or by the name it gave. */
+  const snapshotOf = async (tenant: Tenant, idOrName: string): Promise<SnapshotRecord | undefined> => {
+    const byId = /^snap_/.test(idOrName) ? await engine.layers.getSnapshot(idOrName) : undefined
+    const record = byId ?? (await engine.layers.getSnapshot(tenants.snapshotName(tenant, idOrName)))
+    return record && tenants.owns(tenant, record.metadata) ? record : undefined
+  }
+
   async function control(req: http.IncomingMessage, res: http.ServerResponse, url: URL, parts: string[]): Promise<void> {
-    if (!tokenMatches(bearer(req), token)) throw new HttpError(401, 'unauthorized', 'missing or wrong bearer token for the control plane')
+    const tenant = tenants.who(bearer(req))
+    if (!tenant) throw new HttpError(401, 'unauthorized', 'missing or wrong bearer token for the control plane')
     const [, resource, id, action] = parts // parts[0] === 'v1'
     const method = req.method
+    const owned = (s: LocalSandbox) => tenants.owns(tenant, s.metadata)
     if (resource === 'health' && method === 'GET') {
-      return sendJson(res, 200, { ok: true, engine: 'local', bwrap: engine.host.bwrapVersion, sandboxes: engine.list().length })
+      return sendJson(res, 200, { ok: true, engine: 'local', bwrap: engine.host.bwrapVersion, sandboxes: engine.list().filter(owned).length })
     }
     if (resource === 'sandboxes' && !id && method === 'POST') {
       const body = await readJson(req)
       const timeout = body.timeout === undefined ? 300 : Number(body.timeout)
       if (!Number.isFinite(timeout)) throw new HttpError(400, 'invalid_argument', `timeout must be a number of seconds (got ${JSON.stringify(body.timeout)})`)
       if (body.template !== undefined && typeof body.template !== 'string') throw new HttpError(400, 'invalid_argument', 'template must be a string')
+      const template = body.template === undefined || body.template === 'base' ? 'base' : (await snapshotOf(tenant, body.template))?.id
+      if (template === undefined) throw new HttpError(404, 'template_not_found', `template or snapshot '${body.template}' not found`)
       const s = await engine.createSandbox({
-        template: (body.template as string | undefined) ?? 'base',
+        template,
         timeoutSec: timeout,
-        metadata: stringRecord(body.metadata, 'metadata'),
+        metadata: tenants.stamp(tenant, stringRecord(body.metadata, 'metadata')),
         envs: stringRecord(body.envs, 'envs'),
         network: body.allow_internet_access === true && opts.allowNetwork ? 'host' : 'none',
         hostLayers: pathList(body.host_layers, 'host_layers'),
@@ -266,43 +278,45 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
         const m = /^query\[metadata\]\[(.+)\]$/.exec(k)
         if (m) filter[m[1]] = v
       }
-      const all = engine.list(filter)
+      const all = engine.list(filter).filter(owned)
       const limit = Math.max(1, Math.min(1000, Number(url.searchParams.get('limit')) || 1000))
       const start = Number(url.searchParams.get('next_token')) || 0
       const page = all.slice(start, start + limit)
       return sendJson(res, 200, { sandboxes: page.map(sandboxJson), next_token: start + limit < all.length ? String(start + limit) : null })
     }
-    if (resource === 'sandboxes' && id && !action && method === 'GET') return sendJson(res, 200, { sandbox: sandboxJson(sandboxOr404(id)) })
+    if (resource === 'sandboxes' && id && !action && method === 'GET') return sendJson(res, 200, { sandbox: sandboxJson(sandboxOr404(id, tenant)) })
     if (resource === 'sandboxes' && id && !action && method === 'DELETE') {
+      sandboxOr404(id, tenant)
       if (!(await engine.kill(id))) throw new HttpError(404, 'sandbox_not_found', `sandbox ${id} not found`)
       return sendJson(res, 200, { deleted: true })
     }
     if (resource === 'sandboxes' && id && action === 'timeout' && method === 'POST') {
-      const s = sandboxOr404(id)
+      const s = sandboxOr404(id, tenant)
       const body = await readJson(req)
       s.setTimeout(positiveSeconds(body.timeout))
       return sendJson(res, 200, { sandbox: sandboxJson(s) })
     }
     if (resource === 'sandboxes' && id && action === 'resume' && method === 'POST') {
-      const s = sandboxOr404(id)
+      const s = sandboxOr404(id, tenant)
       const body = await readJson(req)
       if (body.timeout !== undefined) s.setTimeout(positiveSeconds(body.timeout))
       return sendJson(res, 200, { sandbox: sandboxJson(s), session: sessionFor(s) })
     }
     if (resource === 'sandboxes' && id && action === 'snapshots' && method === 'POST') {
-      sandboxOr404(id)
+      sandboxOr404(id, tenant)
       const body = await readJson(req)
       if (body.name !== undefined && typeof body.name !== 'string') throw new HttpError(400, 'invalid_argument', 'name must be a string')
-      const record = await engine.snapshot(id, { name: body.name as string | undefined, metadata: { ...stringRecord(body.metadata, 'metadata'), sandbox_id: id } })
-      return sendJson(res, 201, { sandbox_checkpoint: snapshotJson(record, id) })
+      const name = body.name === undefined ? undefined : tenants.snapshotName(tenant, body.name)
+      const record = await engine.snapshot(id, { name, metadata: tenants.stamp(tenant, { ...stringRecord(body.metadata, 'metadata'), sandbox_id: id }) })
+      return sendJson(res, 201, { sandbox_checkpoint: snapshotJson(tenant, record, id) })
     }
     if (resource === 'sandbox_snapshots' && !id && method === 'GET') {
       const sandboxId = url.searchParams.get('sandbox_id')
-      const all = (await engine.listSnapshots()).filter((r) => !sandboxId || r.metadata.sandbox_id === sandboxId)
-      return sendJson(res, 200, { snapshots: all.map((r) => snapshotJson(r)), next_token: null })
+      const all = (await engine.listSnapshots()).filter((r) => tenants.owns(tenant, r.metadata) && (!sandboxId || r.metadata.sandbox_id === sandboxId))
+      return sendJson(res, 200, { snapshots: all.map((r) => snapshotJson(tenant, r)), next_token: null })
     }
     if (resource === 'sandbox_snapshots' && id && !action && method === 'DELETE') {
-      const result = await engine.deleteSnapshot(id)
+      const result = (await snapshotOf(tenant, id))?.id === id ? await engine.deleteSnapshot(id) : 'not_found'
       if (result === 'not_found') throw new HttpError(404, 'snapshot_not_found', `snapshot ${id} not found`)
       if (result === 'in_use') throw new HttpError(409, 'snapshot_in_use', `snapshot ${id} is in use by a running sandbox`)
       return sendJson(res, 200, { deleted: true })
