@@ -92,3 +92,15 @@ describe('coverage shaped against the host', () => {
     expect((screenCoverage(result([{ startOffset: 0, endOffset: 20000, count: 1 }, ...flat]), 'v8', given, new LocationTally()) as { result: unknown[] }).result).toHaveLength(1)
   })
 })
+
+describe('what a plugin scans for, inside literals', () => {
+  it('is escaped so that no tokenizer can take it for code, and means the same', async () => {
+    const { defangLiterals } = await import('../src/pool/gateway/literal-scan.js')
+    const code = "const a = 'import.meta.glob(\"./x\")' // new Worker(new URL('./w.js', import.meta.url))\nconst t = `new URL('./a', import.meta.url)`\nconst m = import.meta.glob('./y')\n"
+    const out = defangLiterals(code)!
+    expect(out).toBe("const a = 'impor\\x74.meta.glob(\"./x\")' // new Worke\\x72(new UR\\x4c('./w.js', import.meta.url))\nconst t = `new UR\\x4c('./a', import.meta.url)`\nconst m = import.meta.glob('./y')\n")
+    // The strings mean what they meant.
+    const values = (src: string) => new Function(`${src.replace('const m = import.meta.glob', '//')}; return [a, t]`)()
+    expect(values(out)).toEqual(values(code))
+  })
+})

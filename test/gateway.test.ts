@@ -217,6 +217,10 @@ function generateCodeAttacks(): void {
   write('one.json', '{}\n')
   write('code-glob.js', `export const m = import.meta.glob('./one.json', { query: { leak: ${mark('glob-options')} } })\n`)
   write('code-worker.js', `export const w = () => new Worker(new URL('./one.json', import.meta.url), { type: ${mark('worker-options')} })\n`)
+  // A regex literal to this package's tokenizer, a division (and so code) to the one inside Vite.
+  const payload = (name: string) => mark(name).replace(/\//g, '\\x2f')
+  write('code-desync.js', `export function g() { return 0 in /import.meta.glob('x', { a: ${payload('glob-desync')} })/ }\n`)
+  write('code-desync-worker.js', `export function w() { return 0 in /new Worker(new URL('w.js', import.meta.url), { type: ${payload('worker-desync')} })/ }\n`)
   write('code-env.js', 'const x = 1\nexport { x as "\u2028import.meta.env = {};\u2028" }\nexport const env = import.meta.env\n')
   write(
     'code.test.ts',
@@ -229,6 +233,14 @@ const settled = (p: Promise<unknown>) => p.then((v) => JSON.stringify(v) ?? 'und
 it("runs no glob or worker options of a module as code on the host", async () => {
   await expect(import('./code-glob.js')).rejects.toThrow(/has options that are not plain values/)
   expect(await settled(rpc.fetch(import.meta.dirname + '/code-worker.js', undefined, 'client', {}))).toMatch(/are not plain values/)
+})
+
+it('refuses what a plugin could take for a call, whatever its tokenizer reads there', async () => {
+  // Refused, or served with the expression escaped inside its literal: never evaluated on the host
+  // (the harness checks the host folder for the mark the payload would leave).
+  expect(await import('./code-desync.js').then((m) => String(m.g()), (e: Error) => e.message)).toMatch(/^false$|is not a call the sandbox pool can read/)
+  // Served (its regex is only a regex), or refused: the host folder shows whether anything ran.
+  expect(await settled(rpc.fetch(import.meta.dirname + '/code-desync-worker.js', undefined, 'client', {}))).toMatch(/__vite_ssr_exportName__|are not plain values|is not a call/)
 })
 
 it("gives a module only the env names it may see, however its lines read", async () => {
@@ -362,7 +374,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       expect(Number(/^HOST-PEAK-RSS (\d+) MiB$/m.exec(run.output)?.[1]), run.output).toBeLessThan(1536)
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(40)
+      expect(others.length, run.output).toBe(41)
       expect(run.output).not.toContain('attack-secret')
       expect(run.output).not.toContain('atkmark')
       expect(run.output).not.toContain('attack-sec')

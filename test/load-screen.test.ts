@@ -48,9 +48,9 @@ it('refuses globs that reach outside the workspace, in every form Vite reads, an
   ]) {
     expect(await check(code), code).toMatch(/^vitest-pool-sandbox: import\.meta\.glob pattern .* in src\/a\.ts /)
   }
-  for (const code of ["import.meta.glob('./*.ts')", "const s = 'import.meta.glob(\"../../*\")'"]) {
-    expect(await check(code), code).toBe(`expanded ${code.length}`)
-  }
+  expect(await check("import.meta.glob('./*.ts')")).toBe(`expanded ${"import.meta.glob('./*.ts')".length}`)
+  // In a literal, the expression is escaped (same string) so no plugin's scan can take it for code.
+  expect(await check("const s = 'import.meta.glob(\"../../*\")'")).toBe(`expanded ${"const s = 'impor\\x74.meta.glob(\"../../*\")'".length}`)
   // Options reach the plugin as their JSON.
   expect(await check("import.meta.glob(['/src/*', '!./a.ts'], { eager: true })")).toBe(`expanded ${`import.meta.glob(['/src/*', '!./a.ts'], {"eager":true})`.length}`)
 })

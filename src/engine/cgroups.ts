@@ -138,6 +138,11 @@ export class Cgroups {
     readonly missing: Unenforced[],
   ) {}
 
+  /** No cgroup limits (`limits: false`): nothing made, nothing reported missing. */
+  static off(): Cgroups {
+    return new Cgroups(undefined, {}, [])
+  }
+
   /** Whether the host enforces this limit for the engine's sandboxes. */
   enforces(limit: CgroupLimit): boolean {
     return this.engineDirs[limit] !== undefined

@@ -23,6 +23,8 @@ const IMAGE = 'disk.img'
 export interface DiskSupport {
   /** Why the disk limit is not enforced here, and the fix; absent when it is. */
   missing?: { reason: string; fix: string }
+  /** Not asked for (`limits: false`). */
+  off?: true
 }
 
 /** A sandbox's own filesystem, mounted at `dir`. */
@@ -57,10 +59,12 @@ export class DiskLimits {
   private readonly live = new Set<SandboxDisk>()
   private constructor(private readonly stateRoot: string, readonly support: DiskSupport, private readonly owner: { uid: number; gid: number }) {}
 
-  static detect(stateRoot: string, owner: { uid: number; gid: number }): DiskLimits {
+  /** @param off no disk limit asked for (`limits: false`): a plain folder, nothing reported. */
+  static detect(stateRoot: string, owner: { uid: number; gid: number }, off = false): DiskLimits {
     const tools = ['mkfs.ext4', 'mount', 'umount'].filter((t) => !which(t))
-    const support: DiskSupport =
-      process.getuid?.() !== 0
+    const support: DiskSupport = off
+      ? { off: true }
+      : process.getuid?.() !== 0
         ? { missing: { reason: 'a size-limited filesystem per sandbox needs root to mount', fix: 'run as root (in CI, `sudo`), or accept that a sandbox may fill the disk of its state folder' } }
         : tools.length
           ? { missing: { reason: `${tools.join(', ')} not found`, fix: 'install e2fsprogs and mount (util-linux)' } }
@@ -69,7 +73,7 @@ export class DiskLimits {
   }
 
   get enforced(): boolean {
-    return !this.support.missing
+    return !this.support.missing && !this.support.off
   }
 
   /**

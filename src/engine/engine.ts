@@ -30,9 +30,10 @@ export interface EngineOptions {
   /**
    * What each sandbox may use (see `LimitsInput` for the defaults). A limit given here that the
    * host cannot enforce stops the engine with the reason and the fix; a default one is reported
-   * in `unenforced`. A create request may ask for less, never more.
+   * in `unenforced`. A create request may ask for less, never more. `false`: no memory, disk or
+   * CPU limits at all (trusted code only), and nothing reported of them.
    */
-  limits?: LimitsInput
+  limits?: LimitsInput | false
   /** Longest lifetime a sandbox may ask for, in seconds. @default 86400 */
   maxTimeoutSec?: number
   /**
@@ -153,12 +154,13 @@ export class Engine {
    * folder. A limit given in `opts.limits` that the host cannot enforce is an error.
    */
   static async start(opts: EngineOptions = {}): Promise<Engine> {
-    const { limits, explicit } = resolveLimits(opts.limits)
+    const off = opts.limits === false
+    const { limits, explicit } = resolveLimits(opts.limits === false ? {} : opts.limits)
     const detected = detectHost()
     const layers = new LayerStore(path.resolve(opts.stateDir ?? defaultStateDir()), detected)
     await layers.init()
-    const cgroups = await Cgroups.setup()
-    const disks = DiskLimits.detect(layers.root, detected)
+    const cgroups = off ? Cgroups.off() : await Cgroups.setup()
+    const disks = DiskLimits.detect(layers.root, detected, off)
     const refused = unenforced(cgroups, disks).find((u) => explicit[u.limit])
     if (refused) {
       await cgroups.close()

@@ -17,9 +17,10 @@ export interface LocalProviderOptions {
    * What each sandbox may use: `memory` and `disk` as sizes (`'2g'`, `'512m'`), `cpus` in cores,
    * `processes`, `openFiles`. On by default, sized from this machine (`vitest-sandbox doctor`
    * prints them and what enforces each). A limit set here that this host cannot enforce stops
-   * the run with the reason and the fix; a default one is reported once.
+   * the run with the reason and the fix; a default one is reported once. `false` turns memory,
+   * disk and CPU limits off (trusted code only).
    */
-  limits?: LimitsInput
+  limits?: LimitsInput | false
   /**
    * Bytes the templates in `stateDir` may take on disk; past it, the least recently used ones no
    * running sandbox needs are deleted after each new build.

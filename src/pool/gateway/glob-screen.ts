@@ -34,27 +34,22 @@ const IMPORT_GLOB = /\bimport\.meta\.glob(?:<\w+>)?\s*\(/g
 
 /**
  * The module as Vite's glob plugin may expand it: every call checked (throws for a refused one),
- * with the files it may not list negated.
+ * with the files it may not list negated. A call in code that cannot be read as one is refused,
+ * not left to the plugin: its tokenizer may end the call elsewhere (see literal-scan.ts).
  */
 export async function screenGlobs(ctx: GlobContext, code: string, id: string, root: string, rules: FileRules): Promise<string> {
   const file = id.replace(/[?#].*$/, '')
-  let clean: string
-  try {
-    clean = stripLiteral(code)
-  } catch {
-    return code // Vite expands nothing then
-  }
+  const clean = stripLiteral(code) // literal-scan.ts tokenized it before
   const edits: Edit[] = []
   for (const match of clean.matchAll(IMPORT_GLOB)) {
     const end = closeParen(clean, match.index + match[0].length) + 1
-    if (end <= 0) continue // Vite refuses it itself
     let call: Node | undefined
     try {
-      call = (ctx.parse(code.slice(match.index, end)) as { body: Node[] }).body[0]?.expression as Node | undefined
+      call = end > 0 ? ((ctx.parse(code.slice(match.index, end)) as { body: Node[] }).body[0]?.expression as Node | undefined) : undefined
     } catch {
-      continue // Vite refuses it itself
+      call = undefined
     }
-    if (call?.type !== 'CallExpression') continue
+    if (call?.type !== 'CallExpression') throw refuse('import.meta.glob', file, rules, 'is not a call the sandbox pool can read (write it as import.meta.glob(<literal patterns>, { <plain options> }))')
     for (const edit of await screenCall(ctx, call, file, id, root, rules)) edits.push({ ...edit, at: edit.at + match.index, end: edit.end + match.index })
   }
   return edits.reduceRight((out, e) => out.slice(0, e.at) + e.text + out.slice(e.end), code)

@@ -21,6 +21,7 @@ import { realPath } from '../../workspace/collect.js'
 import { stripLiteral } from 'strip-literal'
 import { aroundTransform } from './plugin-hooks.js'
 import { screenWorkerOptions } from './worker-options.js'
+import { defangLiterals } from './literal-scan.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
 
@@ -74,8 +75,9 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   screenCss(environment, () => state.rules())
   aroundTransform(environment, 'vite:import-glob', (handler) =>
     async function (this: HookContext, code, id, ...rest) {
-      const screened = code.includes('import.meta.glob') ? await screenGlobs(this, code, id, environment.config.root, state.rules()) : code
-      return handler.call(this, screened, id, ...rest)
+      if (!code.includes('import.meta.glob')) return handler.call(this, code, id, ...rest)
+      const scanned = forPluginScans(code, id, state.rules())
+      return handler.call(this, await screenGlobs(this, scanned, id, environment.config.root, state.rules()), id, ...rest)
     },
   )
   // The worker plugin runs first and rewrites `new Worker(new URL(…))`: both are checked before
@@ -83,23 +85,26 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   aroundTransform(environment, 'vite:worker-import-meta-url', (handler) =>
     async function (this: HookContext, code, id, ...rest) {
       if (!code.includes('import.meta.url')) return handler.call(this, code, id, ...rest)
-      checkAssetUrls(code, id, state.rules())
-      return handler.call(this, screenWorkerOptions(code, id, environment.config.root, (c) => this.parse(c)), id, ...rest)
+      const scanned = forPluginScans(code, id, state.rules())
+      checkAssetUrls(scanned, id, state.rules())
+      return handler.call(this, screenWorkerOptions(scanned, id, environment.config.root, (c) => this.parse(c)), id, ...rest)
     },
   )
-  before(environment, 'vite:asset-import-meta-url', async function (code, id) {
-    if (code.includes('import.meta.url')) checkAssetUrls(code, id, state.rules())
-  })
+  aroundTransform(environment, 'vite:asset-import-meta-url', (handler) =>
+    async function (this: HookContext, code, id, ...rest) {
+      if (!code.includes('import.meta.url')) return handler.call(this, code, id, ...rest)
+      const scanned = forPluginScans(code, id, state.rules())
+      checkAssetUrls(scanned, id, state.rules())
+      return handler.call(this, scanned, id, ...rest)
+    },
+  )
 }
 
-/** Runs `check` before the transform of the environment's plugin `name` (if it has one). */
-function before(environment: LoadingEnvironment, name: string, check: (this: HookContext, code: string, id: string) => Promise<void>): void {
-  aroundTransform(environment, name, (handler) =>
-    async function (this: HookContext, code, id, ...rest) {
-      await check.call(this, code, id)
-      return handler.call(this, code, id, ...rest)
-    },
-  )
+/** The module as the glob, worker and asset plugins may scan it (literal-scan.ts); refused if it cannot be tokenized. */
+function forPluginScans(code: string, id: string, rules: FileRules): string {
+  const scanned = defangLiterals(code)
+  if (scanned === undefined) throw new Error(`vitest-pool-sandbox: ${path.relative(rules.root, id.replace(/[?#].*$/, ''))} cannot be tokenized, and Vite's plugins would scan it for import.meta.glob, workers and asset URLs`)
+  return scanned
 }
 
 /**
@@ -109,12 +114,7 @@ function before(environment: LoadingEnvironment, name: string, check: (this: Hoo
  */
 function checkAssetUrls(code: string, id: string, rules: FileRules): void {
   const file = id.replace(/[?#].*$/, '')
-  let clean: string
-  try {
-    clean = stripLiteral(code)
-  } catch {
-    return // Vite's plugin fails on it too
-  }
+  const clean = stripLiteral(code) // literal-scan.ts tokenized it before
   for (const match of clean.matchAll(ASSET_URL)) {
     const [[start], [urlStart, urlEnd]] = match.indices as Array<[number, number]>
     if (/\/\*\s*@vite-ignore\s*\*\//.test(code.slice(start, urlStart))) continue

@@ -26,12 +26,7 @@ function closingParen(clean: string, from: number): number {
 
 /** `code` with every worker's options as the plugin will read them replaced by their JSON; throws for options that are not plain values. */
 export function screenWorkerOptions(code: string, id: string, root: string, parse: (code: string) => unknown): string {
-  let clean: string
-  try {
-    clean = stripLiteral(code)
-  } catch {
-    return code // the plugin fails on it too
-  }
+  const clean = stripLiteral(code) // literal-scan.ts tokenized it before
   const edits: Array<{ at: number; end: number; text: string }> = []
   for (const match of clean.matchAll(WORKER_URL)) {
     // As the plugin's getWorkerType: from the first comma after the URL to the call's parenthesis.
