@@ -326,6 +326,9 @@ describe('escape attempts: processes of the same sandbox', () => {
     expect(r.stderr + r.stdout).toMatch(/Operation not permitted/)
     expect(r.stdout).toMatch(/^0$/m) // nothing listens on 9229
     expect(r.stdout).toMatch(/usr2=0/)
+    // Nor through the kernel: a descriptor's owner sent SIGUSR1 on I/O (F_SETOWN + F_SETSIG).
+    const io = await sh(`perl -e 'pipe(my $r, my $w); print fcntl($r, 10, 10) ? "usr1 set" : "usr1 refused: $!", "\\n"; print fcntl($r, 10, 12) ? "usr2 set" : "usr2 refused: $!", "\\n"; print fcntl($r, 1, 0) ? "getfd ok" : "getfd refused", "\\n"'`)
+    expect(io.stdout).toBe('usr1 refused: Operation not permitted\nusr2 set\ngetfd ok\n')
   })
 })
 

@@ -9,7 +9,8 @@ import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseAst } from 'vite'
 import { afterAll, describe, expect, it } from 'vitest'
-import { screenCoverage } from '../src/pool/gateway/coverage.js'
+import { RangeTally, screenCoverage } from '../src/pool/gateway/coverage.js'
+import { RUN_LIMITS, RunBudget } from '../src/pool/gateway/budget.js'
 import { screenImportMetaEnv } from '../src/pool/gateway/import-meta-env.js'
 import { LocationTally } from '../src/pool/gateway/istanbul.js'
 import { screenWorkerOptions } from '../src/pool/gateway/worker-options.js'
@@ -68,7 +69,7 @@ describe('coverage shaped against the host', () => {
       b[k] = Array.from({ length: 1000 }, () => 0)
     }
     const sent = { [file]: { path: file, statementMap: {}, fnMap: {}, branchMap, s: {}, f: {}, b } }
-    expect(screenCoverage(sent, 'istanbul', given, new LocationTally())).toEqual({})
+    expect(screenCoverage(sent, 'istanbul', given, new LocationTally(), new RangeTally())).toEqual({})
   })
 
   it('counts locations over the whole run: the provider merges every message a line is in', () => {
@@ -78,18 +79,41 @@ describe('coverage shaped against the host', () => {
       return { [file]: { path: file, statementMap, fnMap: {}, branchMap: {}, s: Object.fromEntries(Object.keys(statementMap).map((k) => [k, 1])), f: {}, b: {} } }
     }
     // The same locations again and again (honest files covering one module): always kept.
-    for (let i = 0; i < 5; i++) expect(Object.keys(screenCoverage(message(0), 'istanbul', given, tally) as object)).toEqual([file])
+    for (let i = 0; i < 5; i++) expect(Object.keys(screenCoverage(message(0), 'istanbul', given, tally, new RangeTally()) as object)).toEqual([file])
     // New locations for the same line in each message: kept up to 1,000, then dropped.
-    expect(Object.keys(screenCoverage(message(400), 'istanbul', given, tally) as object)).toEqual([file])
-    expect(screenCoverage(message(800), 'istanbul', given, tally)).toEqual({})
+    expect(Object.keys(screenCoverage(message(400), 'istanbul', given, tally, new RangeTally()) as object)).toEqual([file])
+    expect(screenCoverage(message(800), 'istanbul', given, tally, new RangeTally())).toEqual({})
   })
 
   it('drops v8 ranges nested deeper than code nests (the provider recurses once per level)', () => {
     const result = (ranges: unknown[]) => ({ result: [{ scriptId: '1', url: pathToFileURL(file).href, functions: [{ functionName: 'f', ranges, isBlockCoverage: true }] }] })
     const deep = Array.from({ length: 5000 }, (_, i) => ({ startOffset: i, endOffset: 1024 * 1024 - i, count: i % 2 }))
-    expect(screenCoverage(result(deep), 'v8', given, new LocationTally())).toEqual({ result: [] })
+    expect(screenCoverage(result(deep), 'v8', given, new LocationTally(), new RangeTally())).toEqual({ result: [] })
     const flat = Array.from({ length: 5000 }, (_, i) => ({ startOffset: i * 2, endOffset: i * 2 + 1, count: 1 }))
-    expect((screenCoverage(result([{ startOffset: 0, endOffset: 20000, count: 1 }, ...flat]), 'v8', given, new LocationTally()) as { result: unknown[] }).result).toHaveLength(1)
+    expect((screenCoverage(result([{ startOffset: 0, endOffset: 20000, count: 1 }, ...flat]), 'v8', given, new LocationTally(), new RangeTally()) as { result: unknown[] }).result).toHaveLength(1)
+  })
+
+  it('bounds the nesting of the ranges a run sends for one file together (the provider merges them)', () => {
+    const result = (ranges: unknown[]) => ({ result: [{ scriptId: '1', url: pathToFileURL(file).href, functions: [{ functionName: 'f', ranges, isBlockCoverage: true }] }] })
+    const ranges = new RangeTally()
+    // 20 messages of 250 nested ranges each, interleaved: 5,000 deep once merged.
+    const kept = Array.from({ length: 20 }, (_, k) =>
+      (screenCoverage(result(Array.from({ length: 250 }, (_, i) => ({ startOffset: k + 20 * i, endOffset: 1024 * 1024 - k - 20 * i, count: 1 }))), 'v8', given, new LocationTally(), ranges) as { result: unknown[] }).result.length,
+    )
+    expect(kept.filter((n) => n === 1).length).toBe(1)
+    // The same ranges again (every honest file of a run sends them): kept each time.
+    const honest = new RangeTally()
+    const same = [{ startOffset: 0, endOffset: 500, count: 1 }, { startOffset: 10, endOffset: 20, count: 3 }]
+    for (let i = 0; i < 5; i++) expect((screenCoverage(result(same), 'v8', given, new LocationTally(), honest) as { result: unknown[] }).result).toHaveLength(1)
+  })
+})
+
+describe("workers' own output", () => {
+  it('is passed on within the run bound, then dropped, saying so once', () => {
+    const budget = new RunBudget({ ...RUN_LIMITS, output: 10 })
+    expect([6, 3, 6, 6].map((n) => budget.passOutput(n))).toEqual(['pass', 'pass', 'first-drop', 'drop'])
+    budget.newRun()
+    expect(budget.passOutput(6)).toBe('pass')
   })
 })
 
@@ -102,5 +126,42 @@ describe('what a plugin scans for, inside literals', () => {
     // The strings mean what they meant.
     const values = (src: string) => new Function(`${src.replace('const m = import.meta.glob', '//')}; return [a, t]`)()
     expect(values(out)).toEqual(values(code))
+  })
+})
+
+describe('style sheets whose compiler runs code', () => {
+  it('are not compiled on the host for a sandbox (Less @plugin, Stylus use())', async () => {
+    const { screenCss } = await import('../src/pool/gateway/css-screen.js')
+    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
+    const { collectWorkspace } = await import('../src/workspace/collect.js')
+    const compiled: string[] = []
+    const plugin = { name: 'vite:css', transform: { handler: async (code: string, id: string) => (compiled.push(id), { code }) } }
+    const environment = { config: { root: dir, css: {} }, plugins: [plugin] }
+    const rules = fileRules(await collectWorkspace(dir), [])
+    screenCss(environment as never, () => rules)
+    const transform = (id: string) => (plugin.transform.handler as any).call({ addWatchFile() {} }, '.a { color: red }', id).then(() => 'compiled', (e: Error) => e.message)
+    for (const id of [`${dir}/a.less`, `${dir}/a.styl`, `${dir}/a.stylus?inline`, `${dir}/App.vue?vue&type=style&index=0&lang.less`]) {
+      expect(await transform(id), id).toMatch(/is Less or Stylus, whose compilers run code and read files a sheet names, on the host/)
+    }
+    expect(compiled).toEqual([])
+    expect(await transform(`${dir}/a.css`)).toBe('compiled')
+  })
+})
+
+describe('source maps of given modules', () => {
+  it('are kept only as large as their code could need (Vite expands every line of one)', async () => {
+    const { ownSourceMap } = await import('../src/pool/gateway/source-maps.js')
+    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
+    const { collectWorkspace } = await import('../src/workspace/collect.js')
+    const ws = path.join(dir, 'maps')
+    fs.mkdirSync(ws)
+    const code = 'export const m = 1\n//# sourceMappingURL=m.js.map\n'
+    fs.writeFileSync(path.join(ws, 'm.js'), code)
+    const write = (mappings: string) => fs.writeFileSync(path.join(ws, 'm.js.map'), JSON.stringify({ version: 3, sources: ['m.ts'], names: [], mappings }))
+    write('AAAA;AACA')
+    const rules = fileRules(await collectWorkspace(ws), [])
+    expect(ownSourceMap(code, path.join(ws, 'm.js'), rules).map).not.toBeNull()
+    write(';'.repeat(3 * 1024 * 1024))
+    expect(ownSourceMap(code, path.join(ws, 'm.js'), fileRules(await collectWorkspace(ws), [])).map).toBeNull()
   })
 })

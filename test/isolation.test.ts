@@ -40,6 +40,12 @@ describe('read-only folders of a sandbox', () => {
     expect(out).toMatch(/write=[1-9]/)
     expect(out).toMatch(/cache=ok/)
     expect(await sh(closed, 'cat /work/app/node_modules/dep/index.js')).toBe('module.exports = 1\n')
+    // Nor planted where Node looks for what a dependency requires: folders above, and home's.
+    const plant = (dir: string) => `mkdir -p ${dir}/bufferutil 2>/dev/null && echo x > ${dir}/bufferutil/index.js 2>/dev/null && echo planted || echo refused`
+    for (const dir of ['/work/node_modules', '/node_modules', '$HOME/.node_modules', '$HOME/.node_libraries']) {
+      expect(await sh(closed, plant(dir)), dir).toBe('refused\n')
+      expect(await sh(open, plant(dir)), dir).toBe('planted\n')
+    }
     await expect(engine.createSandbox({ readOnly: ['relative/node_modules'] })).rejects.toThrow('must be a normalized absolute path below /')
   })
 })

@@ -108,7 +108,7 @@ describe.runIf(root && v1)('limits enforced by the host (cgroup v1, as root)', (
     const s = await engine.createSandbox({})
     const { code } = await sh(s, `exec node -e 'const a = []; for (let i = 0; i < 64; i++) a.push(Buffer.alloc(32 * 1024 * 1024, 1))'`)
     expect(code).toBe(-9)
-    expect(s.outOfMemory()).toBe('sandbox ran out of memory (limit 300 MiB; raise `local({ limits: { memory } })`)')
+    expect(s.outOfMemory()).toBe('the sandbox ran out of memory while this ran (limit 300 MiB; raise `local({ limits: { memory } })`)')
     expect(s.outOfMemory()).toBeUndefined() // once per kill
     expect((await sh(s, 'echo alive')).out).toBe('alive\n')
     await engine.kill(s.id)
@@ -170,7 +170,7 @@ describe.runIf(root && v1)('bombs in a real run (local sandboxes, 3 at once)', (
     }, 100)
     const run = await runFixture('bombs').finally(() => clearInterval(sample))
     const tests = testsOf(run.json)
-    expect(tests['fixtures/bombs/test/memory.test.ts (file)']).toEqual({ status: 'failed', failures: ['sandbox ran out of memory (limit 768 MiB; raise `local({ limits: { memory } })`)'] })
+    expect(tests['fixtures/bombs/test/memory.test.ts (file)']).toEqual({ status: 'failed', failures: ['the sandbox ran out of memory while this ran (limit 768 MiB; raise `local({ limits: { memory } })`)'] })
     for (const name of ['disk', 'fork', 'cpu', 'honest-1', 'honest-2', 'honest-3']) expect(tests[`fixtures/bombs/test/${name}.test.ts (file)`], name).toEqual({ status: 'passed', failures: [] })
     expect(run.output).toMatch(/cpu: \d\.\d\d cores/)
     expect(lowest.memory).toBeGreaterThan(floor.memory)

@@ -292,6 +292,8 @@ function writeMemory(dir: string, bytes: number, version: 1 | 2): void {
     write(path.join(dir, 'memory.limit_in_bytes'), bytes)
     // Swap counts: memory plus swap under the same bound, where swap is accounted.
     if (fs.existsSync(path.join(dir, 'memory.memsw.limit_in_bytes'))) write(path.join(dir, 'memory.memsw.limit_in_bytes'), bytes)
+    // v1 charges TCP buffers to a group only once it has a TCP limit (v2 always does).
+    if (fs.existsSync(path.join(dir, 'memory.kmem.tcp.limit_in_bytes'))) write(path.join(dir, 'memory.kmem.tcp.limit_in_bytes'), bytes)
   } else {
     write(path.join(dir, 'memory.max'), bytes)
     if (fs.existsSync(path.join(dir, 'memory.swap.max'))) write(path.join(dir, 'memory.swap.max'), 0)

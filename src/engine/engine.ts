@@ -316,7 +316,7 @@ export class Engine {
   /** See LocalSandbox.outOfMemory; also for a sandbox that just ended of it. */
   outOfMemory(id: string): string | undefined {
     const s = this.sandboxes.get(id)
-    return s?.running ? s.outOfMemory() : s?.ended?.startsWith('sandbox ran out of memory') ? s.ended : undefined
+    return s?.running ? s.outOfMemory() : s?.ended?.startsWith('the sandbox ran out of memory') ? s.ended : undefined
   }
 
   async kill(id: string): Promise<boolean> {

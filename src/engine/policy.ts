@@ -106,12 +106,13 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     '--ro-bind', path.join(PACKAGE_ROOT, 'dist'), `${RUNTIME_MOUNT}/dist`,
     '--ro-bind', path.join(PACKAGE_ROOT, 'package.json'), `${RUNTIME_MOUNT}/package.json`,
     '--ro-bind', DEVALUE_DIR, `${RUNTIME_MOUNT}/node_modules/devalue`,
-    // Its dependencies read-only over the writable root, their caches writable again.
+    // Its dependencies read-only over the writable root, their caches writable again; and the
+    // other folders Node looks in for a package they require, made empty and read-only.
     ...opts.readOnly.flatMap((dir) => [
-      ...CACHE_DIRS.flatMap((c) => ['--dir', path.join(dir, c)]),
       '--ro-bind-try', merged + dir, dir,
       ...CACHE_DIRS.flatMap((c) => ['--bind-try', path.join(merged + dir, c), path.join(dir, c)]),
     ]),
+    ...searchedAbove(opts.readOnly).flatMap((dir) => ['--ro-bind', merged + dir, dir]),
     ...(opts.channelSocket ? ['--ro-bind', opts.channelSocket, CHANNEL_PATH] : []),
     '--proc', '/proc', '--ro-bind', '/proc/sys', '/proc/sys',
     '--dev', '/dev',
@@ -126,7 +127,9 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
   const mountThenExec = [
     'set -e',
     'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; merged=$4; shift 4',
-    'while [ "$1" != -- ]; do mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done',
+    'while [ "$1" != -- ]; do mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done; shift',
+    // Folders bubblewrap binds must exist first: `?x` only where x's parent does (a cache folder).
+    'while [ "$1" != -- ]; do case "$1" in "?"*) d=${1#?}; if [ -d "$merged${d%/*}" ]; then mkdir -p "$merged$d"; fi;; *) mkdir -p "$merged$1";; esac; shift; done',
     'shift; exec "$@"',
   ].join('\n')
   const rw = writableDir(stateDir)
@@ -142,9 +145,27 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
     lowerDirs.join(':'), path.join(rw, 'upper'), path.join(rw, 'work'), merged,
     ...hostMounts, '--',
+    ...opts.readOnly.flatMap((dir) => CACHE_DIRS.map((c) => `?${path.join(dir, c)}`)), ...searchedAbove(opts.readOnly), '--',
     ...bwrap,
   ]
   return joinCgroups(opts.cgroupProcs ?? [], host.setpriv ? asUnprivileged(opts, host.setpriv, chain) : chain)
+}
+
+/**
+ * Where Node looks for a package that a read-only dependency requires, outside the read-only
+ * folders: `node_modules` in every folder above them, and the home folder's global ones.
+ */
+function searchedAbove(readOnly: string[]): string[] {
+  if (!readOnly.length) return []
+  const found = new Set([path.join(SANDBOX_HOME, '.node_modules'), path.join(SANDBOX_HOME, '.node_libraries')])
+  for (const dir of readOnly) {
+    for (let up = path.dirname(path.dirname(dir)); ; up = path.dirname(up)) {
+      found.add(path.join(up, 'node_modules'))
+      if (up === '/') break
+    }
+  }
+  const covered = (p: string) => readOnly.some((d) => p === d || p.startsWith(d + path.sep))
+  return [...found].filter((p) => !covered(p)).sort()
 }
 
 /** Where a sandbox's writable layers live: its own filesystem where disk is limited (disk.ts). */

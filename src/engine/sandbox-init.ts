@@ -20,6 +20,9 @@ const HOME = process.env.HOME || '/'
 
 closeInheritedDescriptors()
 
+// SIGUSR1 would open Node's debugger in the init, which speaks for the sandbox to the engine (the
+// sandbox's seccomp filter refuses the signal; this keeps it closed however it comes).
+process.on('SIGUSR1', () => {})
 const out = new net.Socket({ fd: 1, readable: false, writable: true })
 const input = new net.Socket({ fd: 0, readable: true, writable: false })
 const processes = new Map<string, ChildProcess>()

@@ -98,14 +98,15 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   }
 
   /**
-   * Why the kernel killed processes in the sandbox since the last call, if it was the memory
-   * limit: the reason a test of it failed, for its report.
+   * Whether the kernel killed processes in the sandbox for its memory limit since the last call:
+   * the reason a test of it failed, for its report. The count is the sandbox's, not a process's:
+   * a test that runs its sandbox out of memory while another file's worker dies says so for both.
    */
   outOfMemory(): string | undefined {
     const kills = this.opts.resources.group?.oomKills() ?? 0
     if (kills <= this.oomKillsSeen) return undefined
     this.oomKillsSeen = kills
-    return `sandbox ran out of memory (limit ${formatSize(this.opts.limits.memory)}; raise \`local({ limits: { memory } })\`)`
+    return `the sandbox ran out of memory while this ran (limit ${formatSize(this.opts.limits.memory)}; raise \`local({ limits: { memory } })\`)`
   }
 
   get running(): boolean {

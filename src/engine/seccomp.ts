@@ -9,6 +9,7 @@
  * new user namespace; `ioctl` is allowed unless it pushes bytes into a terminal (TIOCSTI/TIOCLINUX).
  * Signals go anywhere in the sandbox except SIGUSR1: it opens Node's debugger in the process it
  * reaches, and a test that could open a sibling worker's (or the agent's) could rewrite its results.
+ * Nor may a file descriptor's owner be sent SIGUSR1 by the kernel (`fcntl(F_SETSIG, SIGUSR1)`).
  */
 
 const EPERM = 1
@@ -37,6 +38,8 @@ const OFF_ARCH = 4
 const OFF_ARG0_LO = 16
 const OFF_ARG1_LO = 24
 const OFF_ARG2_LO = 32
+/** fcntl's command that picks the signal sent to a descriptor's owner (F_SETOWN) on I/O. */
+const F_SETSIG = 10
 
 interface ArchTable {
   audit: number
@@ -48,6 +51,7 @@ interface ArchTable {
   ioctl: number
   /** Syscalls that send a signal, by the argument that holds it. */
   signals: { arg1: number[]; arg2: number[] }
+  fcntl: number
   /** x86_64 also accepts x32-ABI numbers (bit 30 set); they are refused outright. */
   x32: boolean
 }
@@ -59,6 +63,7 @@ const X86_64: ArchTable = {
   ioctl: 16,
   // kill, tkill, rt_sigqueueinfo, pidfd_send_signal; tgkill, rt_tgsigqueueinfo
   signals: { arg1: [62, 200, 129, 424], arg2: [234, 297] },
+  fcntl: 72,
   unsupported: { clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 },
   denied: {
     ptrace: 101, process_vm_readv: 310, process_vm_writev: 311, pidfd_getfd: 438,
@@ -81,6 +86,7 @@ const AARCH64: ArchTable = {
   clone: 220,
   ioctl: 29,
   signals: { arg1: [129, 130, 138, 424], arg2: [131, 240] },
+  fcntl: 25,
   unsupported: { clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 },
   denied: {
     ptrace: 117, process_vm_readv: 270, process_vm_writev: 271, pidfd_getfd: 438,
@@ -116,13 +122,14 @@ export function buildSeccompFilter(arch: string = process.arch): Buffer {
 
   // Each check is "if nr == N goto <its return>"; returns are appended after the checks, and jump
   // offsets are patched once the layout is known (BPF jumps are relative and forward only).
-  const checks: Array<{ nr: number; target: 'eperm' | 'enosys' | 'clone' | 'ioctl' | 'sig1' | 'sig2' }> = [
+  const checks: Array<{ nr: number; target: 'eperm' | 'enosys' | 'clone' | 'ioctl' | 'sig1' | 'sig2' | 'fcntl' }> = [
     ...Object.values(table.denied).map((nr) => ({ nr, target: 'eperm' as const })),
     ...Object.values(table.unsupported).map((nr) => ({ nr, target: 'enosys' as const })),
     { nr: table.clone, target: 'clone' as const },
     { nr: table.ioctl, target: 'ioctl' as const },
     ...table.signals.arg1.map((nr) => ({ nr, target: 'sig1' as const })),
     ...table.signals.arg2.map((nr) => ({ nr, target: 'sig2' as const })),
+    { nr: table.fcntl, target: 'fcntl' as const },
   ]
 
   const prog: Insn[] = []
@@ -152,6 +159,14 @@ export function buildSeccompFilter(arch: string = process.arch): Buffer {
   prog.push([LD_W_ABS, 0, 0, OFF_ARG1_LO])
   prog.push([JEQ_K, 2, 0, TIOCSTI])
   prog.push([JEQ_K, 1, 0, TIOCLINUX])
+  prog.push([RET_K, 0, 0, RET_ALLOW])
+  prog.push([RET_K, 0, 0, RET_ERRNO | EPERM])
+  // fcntl(fd, F_SETSIG, SIGUSR1): refused; any other command or signal allowed.
+  labels.fcntl = prog.length
+  prog.push([LD_W_ABS, 0, 0, OFF_ARG1_LO])
+  prog.push([JEQ_K, 0, 2, F_SETSIG])
+  prog.push([LD_W_ABS, 0, 0, OFF_ARG2_LO])
+  prog.push([JEQ_K, 1, 0, SIGUSR1])
   prog.push([RET_K, 0, 0, RET_ALLOW])
   prog.push([RET_K, 0, 0, RET_ERRNO | EPERM])
   for (const [label, offset] of [['sig1', OFF_ARG1_LO], ['sig2', OFF_ARG2_LO]] as const) {

@@ -18,6 +18,7 @@ import type { Fleet, SandboxHost } from './fleet.js'
 import type { Lease } from './slots.js'
 import { HostFileRefusal, HostFiles, type UpdateMode } from './host-files.js'
 import { Gateway, ProtocolViolation, type HostFileCall } from './gateway/gateway.js'
+import { RUN_LIMITS } from './gateway/budget.js'
 import { screenLoads, type LoadingEnvironment } from './gateway/load-screen.js'
 import { fileRules } from './gateway/file-rules.js'
 import { screenConfigEnv } from './gateway/config-env.js'
@@ -258,11 +259,11 @@ export class SandboxPoolWorker implements PoolWorker {
         spawned: () => {},
         failed: () => current() && this.finished(),
         data: this.reader(current, codec),
-        stdout: (b) => current() && this.stdout.write(b),
+        stdout: (b) => current() && this.output(this.stdout, b),
         stderr: (b) => {
           if (!current()) return
           if (this.state === 'launching') this.startupStderr = (this.startupStderr + b.toString()).slice(-2000)
-          this.stderr.write(b)
+          this.output(this.stderr, b)
         },
         exit: (code, signal) => {
           if (!current()) return
@@ -285,6 +286,13 @@ export class SandboxPoolWorker implements PoolWorker {
       const message = `could not start a test worker in sandbox ${host.sandbox.id} (provider ${this.fleet.providerName}): ${(err as Error).message}`
       throw host.link.alive ? new Error(message) : new SandboxLost(message)
     }
+  }
+
+  /** A worker's own output, on the host's terminal, within the run's bound (a log file can fill a disk). */
+  private output(stream: NodeJS.WritableStream, bytes: Buffer): void {
+    const decision = this.fleet.budget.passOutput(bytes.length)
+    if (decision === 'pass') stream.write(bytes)
+    else if (decision === 'first-drop') this.fleet.logger.error(`sandbox: the run's test workers wrote over ${RUN_LIMITS.output / 1024 ** 2} MiB to their stdout and stderr; the rest of it is not printed (the host's terminal and logs are kept from filling)`)
   }
 
   /** Host files no sandbox may write: the config files and globalSetup files Vitest loads on the host. */

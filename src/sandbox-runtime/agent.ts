@@ -6,6 +6,7 @@
  * (`module-cache.ts`). When its stdin ends (the host is gone) it kills every worker and exits.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { loadCodec, type Codec, type CodecName } from './codec.js'
@@ -31,6 +32,19 @@ const codecs: Partial<Record<CodecName, Codec>> = { v8: await loadCodec('v8'), d
 const baseEnv: Record<string, string> = {}
 for (const key of ['HOME', 'USER', 'LANG', 'TMPDIR']) if (process.env[key]) baseEnv[key] = process.env[key]!
 baseEnv.PATH = [`${process.cwd()}/node_modules/.bin`, path.dirname(process.execPath), process.env.PATH ?? '/usr/bin:/bin'].join(':')
+
+// A worker another process stopped (SIGSTOP) would hang the run: nothing of Vitest's times it
+// out while it cannot run. Once a second, a stopped worker is continued.
+setInterval(() => {
+  for (const { child } of workers.values()) {
+    try {
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
+      if (/^[Tt]$/.test(stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3))) child.kill('SIGCONT')
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+}, 1000).unref()
 
 function send(buf: Buffer): void {
   out.write(buf)

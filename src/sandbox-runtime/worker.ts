@@ -3,9 +3,9 @@
  * It talks to the host over fd 3 only ([u32 length][encoded message], see codec.ts), so user code that
  * writes to stdout/stderr can never corrupt the channel; or, where the sandbox has a direct channel
  * to the host (VITEST_POOL_SANDBOX_CHANNEL=<socket>#<token>), over that socket after the token, in
- * the same framing. Like Vitest's forks worker it adds no console output, no globals, no process
- * listeners and no environment variables; the one trace it leaves is a non-enumerable symbol on
- * `process` that the host-snapshot environment uses.
+ * the same framing. Like Vitest's forks worker it adds no console output, no globals and no
+ * environment variables; it leaves a non-enumerable symbol on `process` that the host-snapshot
+ * environment uses, and one SIGUSR1 listener (see below).
  */
 import fs from 'node:fs'
 import net from 'node:net'
@@ -16,6 +16,9 @@ import { createMessageSplitter, DIRECT_ENV, lengthPrefixed } from './wire.js'
 export const HOST_CALL = Symbol.for('vitest-pool-sandbox.host-call')
 
 const exit = process.exit.bind(process) // Vitest stubs process.exit while tests run
+// SIGUSR1 from another process of the sandbox would open Node's debugger in this worker, and
+// with it its file's results; a listener keeps it closed (local sandboxes refuse the signal too).
+process.on('SIGUSR1', () => {})
 const channel = await connect()
 const vitestWorker = process.argv[2]
 const codec = await loadCodec((process.argv[3] ?? 'v8') as CodecName)

@@ -6,6 +6,7 @@
  * once per module the host newly holds (Vite's module graph keeps each for as long as it lives,
  * across watch-mode reruns); results, logs and errors per run (Vitest keeps them until the next).
  */
+import { RangeTally } from './coverage.js'
 import { LocationTally } from './istanbul.js'
 import type { Rule } from './methods.js'
 import { ProtocolViolation } from './violation.js'
@@ -34,12 +35,15 @@ export interface RunLimits {
   moduleIds: number
   /** Bytes of coverage data all workers of a run may send (the host writes each call to a file and reads them all for the report). */
   coverage: number
+  /** Bytes workers of a run may write to their stdout and stderr, printed on the host. */
+  output: number
 }
 
-export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB, coverage: 8192 * MiB }
+export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB, coverage: 8192 * MiB, output: 256 * MiB }
 
 export class RunBudget {
   private kept = 0
+  private output = 0
   private coverage = 0
   private code = 0
   private idChars = 0
@@ -47,14 +51,27 @@ export class RunBudget {
   private readonly modules = new Set<string>()
   /** Each file's distinct coverage locations, as the provider merges them for the report. */
   locations = new LocationTally()
+  /** Each url's distinct v8 ranges, as the provider merges them. */
+  ranges = new RangeTally()
 
   constructor(private readonly limits: RunLimits = RUN_LIMITS) {}
 
   /** A new run (watch mode): what Vitest kept for the last one is gone. */
   newRun(): void {
     this.kept = 0
+    this.output = 0
     this.coverage = 0
     this.locations = new LocationTally()
+    this.ranges = new RangeTally()
+  }
+
+  /**
+   * `bytes` more a worker wrote to its stdout or stderr (printed on the host's terminal, often a
+   * CI log file): whether it may still be passed on. Past the bound it is dropped, once said.
+   */
+  passOutput(bytes: number): 'pass' | 'first-drop' | 'drop' {
+    if (this.output > this.limits.output) return 'drop'
+    return (this.output += bytes) > this.limits.output ? 'first-drop' : 'pass'
   }
 
   /** `bytes` more of coverage data. */

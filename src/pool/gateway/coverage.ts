@@ -18,7 +18,7 @@ import { isPlain } from './methods.js'
  * The data as the host's provider gets it, in the shape of the provider the host runs (`v8`,
  * `istanbul`; a custom provider gets nothing); `isGiven` answers for absolute host paths.
  */
-export function screenCoverage(coverage: unknown, provider: string | undefined, isGiven: (file: string) => boolean, tally: LocationTally): unknown {
+export function screenCoverage(coverage: unknown, provider: string | undefined, isGiven: (file: string) => boolean, tally: LocationTally, ranges: RangeTally): unknown {
   if (coverage === undefined || coverage === null) return coverage
   if (!isPlain(coverage) || (provider !== 'v8' && provider !== 'istanbul')) return undefined
   const given = (file: unknown): file is string => typeof file === 'string' && path.isAbsolute(file) && path.posix.normalize(file) === file && isGiven(file)
@@ -29,7 +29,9 @@ export function screenCoverage(coverage: unknown, provider: string | undefined, 
       const file = isPlain(r) && typeof r.url === 'string' ? plainFileUrl(r.url) : undefined
       // A file the host does not have gets a stand-in source as long as the longest range: none.
       if (file === undefined || !given(file) || !fs.existsSync(file)) continue
-      const functions = v8Functions((r as Record<string, unknown>).functions, Math.max(MIN_OFFSET_BOUND, 8 * fs.statSync(file).size))
+      const bound = Math.max(MIN_OFFSET_BOUND, 8 * fs.statSync(file).size)
+      const functions = v8Functions((r as Record<string, unknown>).functions, bound)
+      if (functions && !ranges.fits(r.url as string, functions, bound)) continue
       const startOffset = (r as Record<string, unknown>).startOffset
       if (functions) result.push({ scriptId: String((r as Record<string, unknown>).scriptId).slice(0, 64), url: r.url, functions, startOffset: Number.isSafeInteger(startOffset) && (startOffset as number) >= 0 ? startOffset : 0 })
     }
@@ -89,17 +91,43 @@ function v8Functions(functions: unknown, bound: number): unknown[] | undefined {
   return out
 }
 
-/** How deep the ranges nest (ranges that only touch are siblings). */
-function nesting(ranges: Array<{ startOffset: number; endOffset: number }>): number {
-  const sorted = [...ranges].sort((a, b) => a.startOffset - b.startOffset || b.endOffset - a.endOffset)
-  const open: number[] = []
+type Range = { startOffset: number; endOffset: number }
+
+/** How many ranges overlap at the deepest point (ranges that only touch do not). */
+function nesting(ranges: Range[]): number {
+  const events = ranges.flatMap((r) => [[r.startOffset, 1], [r.endOffset, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+  let depth = 0
   let deepest = 0
-  for (const r of sorted) {
-    while (open.length && open[open.length - 1] <= r.startOffset) open.pop()
-    open.push(r.endOffset)
-    deepest = Math.max(deepest, open.length)
-  }
+  for (const [, step] of events) deepest = Math.max(deepest, (depth += step))
   return deepest
+}
+
+/**
+ * Each url's distinct v8 ranges over the whole run: the provider merges every message's ranges
+ * for a url into one tree, so ranges sent apart can nest as deep together as in one function.
+ */
+export class RangeTally {
+  private readonly urls = new Map<string, { keys: Set<string>; ranges: Range[] }>()
+
+  /** Whether these functions' ranges fit with those the run sent before for `url`, counting them if so. */
+  fits(url: string, functions: unknown[], bound: number): boolean {
+    let seen = this.urls.get(url)
+    if (!seen) this.urls.set(url, (seen = { keys: new Set(), ranges: [] }))
+    const fresh = new Map<string, Range>()
+    for (const f of functions as Array<{ ranges: Range[] }>) {
+      for (const r of f.ranges) {
+        const key = `${r.startOffset}:${r.endOffset}`
+        if (!seen.keys.has(key)) fresh.set(key, r)
+      }
+    }
+    if (!fresh.size) return true
+    if (seen.keys.size + fresh.size > Math.max(10_000, bound)) return false
+    const all = [...seen.ranges, ...fresh.values()]
+    if (nesting(all) > MAX_NESTING) return false
+    for (const [key, r] of fresh) seen.keys.add(key)
+    seen.ranges = all
+    return true
+  }
 }
 
 /**

@@ -36,6 +36,9 @@ const QUOTED = /'([^']*)'|"([^"]*)"/g
  * Checks the CSS compile of every module the environment's `vite:css` plugin transforms (once per
  * environment; `rules` is read each time).
  */
+/** A sheet Vite compiles with Less or Stylus: by its extension, or a `lang.` query (Vue blocks). */
+const PREPROCESSOR_RUNS_CODE = /\.(?:less|styl|stylus)(?:$|[?#])|[?&]lang\.(?:less|styl|stylus)(?:$|[&#])/i
+
 export function screenCss(environment: CssEnvironment, rules: () => FileRules): void {
   const css = environment.config.css
   // postcss-modules takes a Loader for files named by `composes … from` and `@value … from`.
@@ -44,6 +47,11 @@ export function screenCss(environment: CssEnvironment, rules: () => FileRules): 
     async function (this: any, code, id, ...rest) {
       const file = id.replace(/[?#].*$/, '')
       const r = rules()
+      // Less runs the JavaScript a sheet names (`@plugin`) and reads files it does not report
+      // (`data-uri`, `@import (inline)`); Stylus runs JavaScript too (`use()`, `@require` of .js).
+      if (PREPROCESSOR_RUNS_CODE.test(id)) {
+        throw new Error(`vitest-pool-sandbox: ${path.relative(r.root, file)} is Less or Stylus, whose compilers run code and read files a sheet names, on the host: not compiled for a sandbox. Import its compiled CSS, or test it under pool 'forks'`)
+      }
       if (css?.transformer === 'lightningcss' && code.trim()) {
         throw new Error(`vitest-pool-sandbox: css.transformer 'lightningcss' is not supported for CSS a sandbox loads (${path.relative(r.root, file)}): it reads files the host gateway cannot check. Remove css.transformer from the Vite config, or leave test.css off`)
       }

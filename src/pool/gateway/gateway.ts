@@ -212,7 +212,7 @@ export class Gateway {
         if (environment === undefined) throw new ProtocolViolation(`onAfterSuiteRun: environment ${JSON.stringify(String(meta.environment).slice(0, 80))} is neither a Vite environment of the host nor the test environment`)
         // Every other field the host's provider reads, from the host.
         args[0] = {
-          coverage: screenCoverage(meta.coverage, ctx.coverageProvider(), ctx.rules.isGiven, ctx.budget.locations),
+          coverage: screenCoverage(meta.coverage, ctx.coverageProvider(), ctx.rules.isGiven, ctx.budget.locations, ctx.budget.ranges),
           testFiles: ctx.runFiles().map((file) => path.relative(ctx.projectRoot, file)).sort(),
           environment,
           projectName: ctx.projectName,

@@ -40,6 +40,8 @@ export function namesRefusedMap(file: string, rules: FileRules): boolean {
 
 /** The map as convert-source-map would find it (the last inline comment, else the last map file), or undefined. */
 function readMap(code: string, file: string, rules: FileRules): Record<string, unknown> | undefined {
+  // Vite expands each line of a map's mappings: a map is kept only as large as its code could need.
+  const largest = Math.max(1024 * 1024, 8 * code.length)
   const inline = [...code.matchAll(INLINE)].pop()
   let text: string
   if (inline) {
@@ -55,13 +57,16 @@ function readMap(code: string, file: string, rules: FileRules): Record<string, u
     const mapFile = path.resolve(path.dirname(file), url)
     if (!inWorkspace(mapFile, rules) || !rules.isGiven(mapFile)) return undefined
     try {
+      if (fs.statSync(mapFile).size > largest) return undefined
       text = fs.readFileSync(mapFile, 'utf8')
     } catch {
       return undefined
     }
   }
+  if (text.length > largest) return undefined
   try {
     const map = JSON.parse(text)
+    if (typeof map?.mappings === 'string' && occurrences(map.mappings, ';') > 4 * occurrences(code, '\n') + 10_000) return undefined
     return map && typeof map === 'object' && !Array.isArray(map) ? map : undefined
   } catch {
     return undefined
@@ -94,4 +99,11 @@ function sourcesGiven(map: Record<string, unknown>, file: string, rules: FileRul
 function inWorkspace(p: string, rules: FileRules): boolean {
   const rel = path.relative(rules.root, p)
   return !rel.startsWith('..') && !path.isAbsolute(rel)
+}
+
+/** How often `char` is in `text` (lines of code, `;`-separated lines of mappings). */
+function occurrences(text: string, char: string): number {
+  let n = 0
+  for (let i = text.indexOf(char); i >= 0; i = text.indexOf(char, i + 1)) n++
+  return n
 }
