@@ -165,3 +165,23 @@ describe('source maps of given modules', () => {
     expect(ownSourceMap(code, path.join(ws, 'm.js'), fileRules(await collectWorkspace(ws), [])).map).toBeNull()
   })
 })
+
+describe("what Vite's plugins evaluate on the host", () => {
+  it('is JSON or nothing, whatever text their own scan takes for options; every other Function works', async () => {
+    const { guardEvalValue } = await import('../src/pool/gateway/eval-guard.js')
+    guardEvalValue()
+    // Vite's evalValue, as written in its source.
+    const evalValue = (rawValue: string) => new Function(`
+    var console, exports, global, module, process, require
+    return (\n${rawValue}\n)
+  `)()
+    const marker = path.join(dir, 'eval-ran')
+    expect(() => evalValue(`{ a: Function\`require('fs').writeFileSync(${JSON.stringify(marker)}, '1')\`\`\` }`)).toThrow(SyntaxError)
+    expect(() => evalValue("{ eager: true }")).toThrow(/must be JSON/)
+    expect(fs.existsSync(marker)).toBe(false)
+    expect(evalValue('{"eager":true,"query":{"raw":""}}')).toEqual({ eager: true, query: { raw: '' } })
+    expect(new Function('a', 'b', 'return a + b')(1, 2)).toBe(3)
+    expect(Function('return 7')()).toBe(7)
+    expect((() => {}) instanceof Function).toBe(true)
+  })
+})

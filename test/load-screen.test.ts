@@ -85,5 +85,7 @@ it('hands the glob plugin its options as data: options that are code, and patter
   // Plain options reach the plugin as JSON (what it evaluates is data).
   expect(await check("import.meta.glob('./*.ts', { eager: true, query: { raw: '' }, import: 'default' })")).toBe(`expanded ${`import.meta.glob('./*.ts', {"eager":true,"query":{"raw":""},"import":"default"})`.length}`)
   expect(await check("import.meta.glob('./*a*a*a*a*a*a*c')")).toMatch(/has more wildcards or alternatives than the sandbox pool matches/)
+  // A third argument: where another tokenizer ends the call, its arguments are not these.
+  expect(await check("import.meta.glob('./a.ts', {}, 0 in /'/)(\"../../*\" //'\n)")).toMatch(/takes one or two arguments/)
   expect(await check("import.meta.glob('./*.spec.*')")).toMatch(/^expanded /)
 })

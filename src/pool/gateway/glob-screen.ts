@@ -59,6 +59,7 @@ type Edit = { at: number; end: number; text: string }
 
 /** One call's patterns and options, resolved as Vite's `toAbsoluteGlob` resolves them; the edits of its patterns and options. */
 async function screenCall(ctx: GlobContext, call: Node, file: string, id: string, root: string, rules: FileRules): Promise<Edit[]> {
+  if ((call.arguments as Node[]).length < 1 || (call.arguments as Node[]).length > 2) throw refuse('import.meta.glob', file, rules, 'takes one or two arguments (patterns, and options)')
   const [first, options] = call.arguments as Node[]
   const literal = (n: Node | undefined): string | undefined => (n?.type === 'Literal' && typeof n.value === 'string' ? n.value : n?.type === 'TemplateLiteral' && (n.expressions as unknown[]).length === 0 ? (n.quasis as Array<{ value: { raw: string } }>)[0].value.raw : undefined)
   const patterns = first?.type === 'ArrayExpression' ? (first.elements as Node[]).map(literal) : [literal(first)]

@@ -11,10 +11,12 @@
 import { stripLiteral } from 'strip-literal'
 
 /** What the plugins look for, and the index of the character written as an escape. */
+/** Between `new` and the name, what a plugin's stripped text shows as blanks: spaces and comments. */
+const GAP = String.raw`(?:\s|\/\*[\s\S]*?\*\/|\/\/[^\n]*)+`
 const STARTS: Array<{ pattern: RegExp; at: (match: string) => number }> = [
   { pattern: /\bimport\.meta\.glob/g, at: () => 'impor'.length },
-  { pattern: /\bnew\s+(?:Shared)?Worker\b/g, at: (m) => m.length - 1 },
-  { pattern: /\bnew\s+URL\b/g, at: (m) => m.length - 1 },
+  { pattern: new RegExp(String.raw`\bnew${GAP}(?:Shared)?Worker\b`, 'g'), at: (m) => m.length - 1 },
+  { pattern: new RegExp(String.raw`\bnew${GAP}URL\b`, 'g'), at: (m) => m.length - 1 },
 ]
 
 /** `code` with every such start inside a literal or comment escaped; undefined if it cannot be tokenized (the plugins fail on it too). */

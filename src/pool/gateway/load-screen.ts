@@ -22,6 +22,7 @@ import { stripLiteral } from 'strip-literal'
 import { aroundTransform } from './plugin-hooks.js'
 import { screenWorkerOptions } from './worker-options.js'
 import { defangLiterals } from './literal-scan.js'
+import { guardEvalValue } from './eval-guard.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
 
@@ -47,6 +48,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   if (known) return void (known.rules = rules)
   const state = { rules }
   screened.set(environment, state)
+  guardEvalValue()
   const container = environment.pluginContainer
   const load = container.load.bind(container)
   container.load = async (id: string, ...rest: unknown[]) => {
