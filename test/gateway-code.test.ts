@@ -146,6 +146,27 @@ describe('style sheets whose compiler runs code', () => {
     expect(compiled).toEqual([])
     expect(await transform(`${dir}/a.css`)).toBe('compiled')
   })
+
+  it('reads nothing an @import names that the sandbox is not given, before the compile reads it', async () => {
+    const { screenCss } = await import('../src/pool/gateway/css-screen.js')
+    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
+    const { collectWorkspace } = await import('../src/workspace/collect.js')
+    const ws = path.join(dir, 'sheets')
+    fs.mkdirSync(ws)
+    fs.writeFileSync(path.join(ws, 'base.css'), '.b { margin: 0 }\n')
+    fs.writeFileSync(path.join(ws, 'deep.css'), "@import '/dev/zero';\n")
+    fs.writeFileSync(path.join(ws, 'x.less'), '@plugin "./p.js";\n')
+    const compiled: string[] = []
+    const plugin = { name: 'vite:css', transform: { handler: async (code: string, id: string) => (compiled.push(id), { code }) } }
+    screenCss({ config: { root: ws, css: {} }, plugins: [plugin] } as never, () => rules)
+    const rules = fileRules(await collectWorkspace(ws), [])
+    const transform = (code: string) => (plugin.transform.handler as any).call({ addWatchFile() {} }, code, path.join(ws, 'a.css')).then(() => 'compiled', (e: Error) => e.message)
+    for (const code of ["@import '/dev/zero';", '@import url(/dev/zero);', "@import '../../../../../../../../dev/zero';", "@import './deep.css';", "@import './x.less';", "@import 'pkg/../../../etc/passwd';"]) {
+      expect(await transform(code), code).toMatch(/names a file the sandbox is not given/)
+    }
+    expect(compiled).toEqual([])
+    expect(await transform("@import './base.css';\n@import 'normalize.css';\n@import url('https://example.com/x.css');")).toBe('compiled')
+  })
 })
 
 describe('source maps of given modules', () => {
@@ -184,4 +205,25 @@ describe("what Vite's plugins evaluate on the host", () => {
     expect(Function('return 7')()).toBe(7)
     expect((() => {}) instanceof Function).toBe(true)
   })
+})
+
+describe('text the gateway reads on the host', () => {
+  it('is read in time linear in its length: long stack lines, url( and image-set( runs', async () => {
+    const { canonicalStack } = await import('../src/pool/gateway/errors.js')
+    const line = `    at ${'a ('.repeat(40_000)}${':1:1'.repeat(40_000)}x`
+    const { screenCss } = await import('../src/pool/gateway/css-screen.js')
+    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
+    const { collectWorkspace } = await import('../src/workspace/collect.js')
+    const ws = path.join(dir, 'redos')
+    fs.mkdirSync(ws)
+    const rules = fileRules(await collectWorkspace(ws), [])
+    const plugin = { name: 'vite:css', transform: { handler: async (code: string) => ({ code }) } }
+    screenCss({ config: { root: ws, css: {} }, plugins: [plugin] } as never, () => rules)
+    for (const code of [`/* image-set(${'('.repeat(150_000)} */`, `.a { background: url(${' '.repeat(150_000)}x; }`]) {
+      await (plugin.transform.handler as any).call({ addWatchFile() {} }, code, path.join(ws, 'a.css')).catch(() => {})
+    }
+    // Each of these held the host for 24 to 28 s before: with a quadratic reading the test does
+    // not finish within its timeout. The results still have to be right.
+    expect(canonicalStack(`Error: x\n${line}\n    at f (/work/a.js:1:2)`, () => true).split('\n').at(-1)).toBe('    at f (/work/a.js:1:2)')
+  }, 20_000)
 })

@@ -20,6 +20,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FileRules } from './file-rules.js'
 import { aroundTransform, type PluginsOf } from './plugin-hooks.js'
+import { checkCssImports } from './css-imports.js'
 import { pathsIn } from './module-screen.js'
 
 /** The part of a Vite environment this screen needs. */
@@ -28,8 +29,9 @@ export interface CssEnvironment extends PluginsOf {
 }
 
 /** Every `url(…)` of compiled CSS, and the strings of an `image-set(…)`, as Vite's url rewriting finds them. */
-const CSS_URL = /url\(\s*(?:'([^']*)'|"([^"]*)"|([^'")\s]*))\s*\)/gi
-const IMAGE_SET = /image-set\(([^)]*(?:\([^)]*\)[^)]*)*)\)/gi
+// Each run of blanks is taken whole (a lookahead, then its text): no backtracking into it, which
+// was quadratic on `url(` and many spaces.
+const CSS_URL = /url\((?=(\s*))\1(?:'([^']*)'|"([^"]*)"|([^'")\s]*))(?=(\s*))\5\)/gi
 const QUOTED = /'([^']*)'|"([^"]*)"/g
 
 /**
@@ -52,6 +54,7 @@ export function screenCss(environment: CssEnvironment, rules: () => FileRules): 
       if (PREPROCESSOR_RUNS_CODE.test(id)) {
         throw new Error(`vitest-pool-sandbox: ${path.relative(r.root, file)} is Less or Stylus, whose compilers run code and read files a sheet names, on the host: not compiled for a sandbox. Import its compiled CSS, or test it under pool 'forks'`)
       }
+      checkCssImports(code, file, environment.config.root, r, () => refused(file, r))
       if (css?.transformer === 'lightningcss' && code.trim()) {
         throw new Error(`vitest-pool-sandbox: css.transformer 'lightningcss' is not supported for CSS a sandbox loads (${path.relative(r.root, file)}): it reads files the host gateway cannot check. Remove css.transformer from the Vite config, or leave test.css off`)
       }
@@ -94,9 +97,25 @@ function ownError(error: unknown, file: string, rules: FileRules): unknown {
 }
 
 function urlsOf(code: string): string[] {
-  const urls = [...code.matchAll(CSS_URL)].map((m) => m[1] ?? m[2] ?? m[3])
-  for (const set of code.matchAll(IMAGE_SET)) for (const m of set[1].matchAll(QUOTED)) urls.push(m[1] ?? m[2])
+  const urls = [...code.matchAll(CSS_URL)].map((m) => m[2] ?? m[3] ?? m[4])
+  for (const set of imageSets(code)) for (const m of set.matchAll(QUOTED)) urls.push(m[1] ?? m[2])
   return urls
+}
+
+/** The contents of each `image-set(…)`, to its matching parenthesis, in one pass (one nested in another is in its contents). */
+function imageSets(code: string): string[] {
+  const lower = code.toLowerCase()
+  const sets: string[] = []
+  let at = lower.indexOf('image-set(')
+  while (at >= 0) {
+    const start = at + 'image-set('.length
+    let depth = 1
+    let i = start
+    for (; i < code.length && depth > 0; i++) depth += code[i] === '(' ? 1 : code[i] === ')' ? -1 : 0
+    sets.push(code.slice(start, depth === 0 ? i - 1 : i))
+    at = lower.indexOf('image-set(', i)
+  }
+  return sets
 }
 
 /**
