@@ -59,3 +59,26 @@ describe('one file against the next in the same sandbox (a real run)', () => {
     expect(tests['fixtures/tamper/test/b-victim.test.ts > fails honestly'].failures.join('\n')).toMatch(/expected 2 to be 3/)
   })
 })
+
+describe('links in a template', () => {
+  it('lead no folder the engine makes, mounts on or binds out of the sandbox', async () => {
+    const state = tempDir('links')
+    const engine = await Engine.start({ stateDir: state })
+    const outside = tempDir('links-outside')
+    try {
+      const builder = await engine.createSandbox({})
+      const p = await builder.spawn({ cmd: '/bin/sh', args: ['-c', `mkdir -p /work/app/node_modules && ln -s ${outside} /home/sandbox/A && ln -s ${outside} /work/app/node_modules/.cache`] })
+      await new Promise((r) => (p.exit ? r(p.exit) : p.once('exit', r)))
+      const template = await engine.snapshot(builder.id, { name: 'links-template' })
+      await engine.kill(builder.id)
+      for (const readOnly of [['/home/sandbox/A/made/y/node_modules'], ['/home/sandbox/A'], ['/work/app/node_modules']]) {
+        await expect(engine.createSandbox({ template: template.id, readOnly }), readOnly[0]).rejects.toThrow(/leads out of the sandbox through a link in its files/)
+      }
+      expect(fs.readdirSync(outside)).toEqual([])
+    } finally {
+      await engine.close()
+      fs.rmSync(state, { recursive: true, force: true })
+      fs.rmSync(outside, { recursive: true, force: true })
+    }
+  })
+})

@@ -177,3 +177,21 @@ describe.runIf(root && v1)('bombs in a real run (local sandboxes, 3 at once)', (
     expect(lowest.disk).toBeGreaterThan(floor.disk)
   })
 })
+
+describe('what the engine keeps of a sandbox on the host', () => {
+  it("keeps at most 64 MiB of its processes' output together (host memory its cgroup does not count)", async () => {
+    const state = tempDir('output-kept')
+    const engine = await Engine.start({ stateDir: state })
+    try {
+      const s = await engine.createSandbox({})
+      const procs = await Promise.all(Array.from({ length: 24 }, () => s.spawn({ cmd: '/bin/sh', args: ['-c', 'head -c 8000000 /dev/zero'] })))
+      await Promise.all(procs.map((p) => new Promise((r) => (p.exit ? r(p.exit) : p.once('exit', r)))))
+      const kept = [...s.processes.values()].reduce((n, p) => n + p.eventsSince(0).reduce((m, e) => m + e.data.length, 0), 0)
+      expect(kept).toBeGreaterThan(0)
+      expect(kept).toBeLessThanOrEqual(64 * MiB + 24 * 64 * 1024)
+    } finally {
+      await engine.close()
+      fs.rmSync(state, { recursive: true, force: true })
+    }
+  })
+})

@@ -76,6 +76,62 @@ describe('tenants of one serve', () => {
     await alice.killSandbox(canary.info.id)
   })
 
+  it("finds a tenant's own template by its name even when it looks like an id, or another tenant has one of that name", async () => {
+    const own = await bob.createSandbox()
+    const mine = (await bob.snapshot(own.info.id, { name: 'snap_nightly' })).id
+    const other = await owner.createSandbox()
+    await owner.snapshot(other.info.id, { name: 'snap_nightly' })
+    const from = await bob.createSandbox({ template: 'snap_nightly' })
+    expect(from.info.template_id).toBe(mine)
+    for (const [client, s] of [[bob, own], [owner, other], [bob, from]] as const) await client.killSandbox(s.info.id)
+  })
+
+  it("keeps each tenant's templates out of another's snapshot budget", async () => {
+    const { startLocalEngine } = await import('../src/engine/index.js')
+    const fs = await import('node:fs')
+    const os = await import('node:os')
+    const path = await import('node:path')
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-tenant-budget-'))
+    fs.chmodSync(dir, 0o755) // the sandboxes' uid walks it
+    fs.writeFileSync(path.join(dir, 'tenants.json'), JSON.stringify({ alice: ALICE, bob: BOB }))
+    // A budget every snapshot is over: each new one prunes all it may.
+    const engine = await startLocalEngine({ stateDir: path.join(dir, 'state'), tenantsFile: path.join(dir, 'tenants.json'), maxSnapshotBytes: 1 })
+    const as = (token: string) => new RuntimeClient({ url: engine.url, token })
+    const [a, b] = [as(ALICE), as(BOB)]
+    try {
+      const sb = await b.createSandbox()
+      const kept = (await b.snapshot(sb.info.id, { name: 'bob-template' })).id
+      const sa = await a.createSandbox()
+      await sa.run('/bin/sh', ['-c', 'head -c 1000000 /dev/urandom > /home/sandbox/big'])
+      await a.snapshot(sa.info.id, { name: 'big1' })
+      await a.snapshot(sa.info.id, { name: 'big2' })
+      expect((await b.listSnapshots()).map((s) => s.id)).toEqual([kept])
+      expect((await a.listSnapshots()).map((s) => s.name)).toEqual(['big2'])
+    } finally {
+      await Promise.all([a.close(), b.close()])
+      await engine.close()
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it("gives each tenant its share of the server's sandboxes, and tells it nothing of the others'", async () => {
+    const small = await startServe({ tenants: { alice: ALICE, bob: BOB }, args: ['--max-sandboxes', '6'] })
+    const url = small.apiUrl.replace(/\/v1$/, '')
+    const [a, b] = [new RuntimeClient({ url, token: ALICE }), new RuntimeClient({ url, token: BOB })]
+    try {
+      await b.createSandbox()
+      await a.createSandbox()
+      await a.createSandbox()
+      const refused = await fetch(`${small.apiUrl}/sandboxes`, { method: 'POST', headers: { authorization: `Bearer ${ALICE}`, 'content-type': 'application/json' }, body: '{}' })
+      expect(refused.status).toBe(429)
+      expect((await refused.json()).message).toBe("this tenant's sandbox limit is reached: 2 running (kill some, or raise --max-sandboxes)")
+      await b.createSandbox() // bob's share is his own
+    } finally {
+      await Promise.all([a.close(), b.close()])
+      await small.close()
+    }
+  })
+
   it('refuses a tenants file that would mix them up, naming the entry', async () => {
     const { Tenants } = await import('../src/engine/tenants.js')
     const fs = await import('node:fs')

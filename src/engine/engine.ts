@@ -117,7 +117,7 @@ export class Engine {
   readonly host: HostInfo
   readonly layers: LayerStore
   private readonly sandboxes = new Map<string, LocalSandbox>()
-  private readonly maxSandboxes: number
+  readonly maxSandboxes: number
   readonly limits: SandboxLimits
   private readonly maxTimeoutSec: number
   private readonly allowHostLayers: boolean
@@ -331,11 +331,11 @@ export class Engine {
    * Copy a sandbox's files into a new read-only template layer (see LayerStore.snapshot), then
    * keep the state folder within its budget.
    */
-  async snapshot(id: string, opts: { name?: string; metadata?: Record<string, string> } = {}): Promise<SnapshotRecord> {
+  async snapshot(id: string, opts: { name?: string; metadata?: Record<string, string>; among?: (record: SnapshotRecord) => boolean } = {}): Promise<SnapshotRecord> {
     const s = this.get(id)
     if (!s) throw new SandboxError(`sandbox ${id} not found`, 'sandbox_not_found')
     const record = await this.layers.snapshot(s.upperDir, s.layers, { ...opts, hostUppers: s.hostUppers })
-    const pruned = await this.layers.prune(this.maxSnapshotBytes, [record.id])
+    const pruned = await this.layers.prune(this.maxSnapshotBytes, [record.id], opts.among)
     for (const p of pruned) log('snapshot %s (%s, %d bytes) pruned: over the %d-byte budget', p.id, p.name ?? 'unnamed', p.sizeBytes, this.maxSnapshotBytes)
     return record
   }

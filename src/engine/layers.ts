@@ -155,14 +155,17 @@ export class LayerStore {
   }
 
   async getSnapshot(idOrName: string): Promise<SnapshotRecord | undefined> {
-    if (/^[\w.-]+$/.test(idOrName)) {
-      try {
-        return JSON.parse(await fsp.readFile(path.join(this.root, 'snapshots', `${idOrName}.json`), 'utf8'))
-      } catch {
-        // Not an id; maybe a name.
-      }
+    return (await this.snapshotById(idOrName)) ?? (await this.listSnapshots()).find((s) => s.name === idOrName)
+  }
+
+  /** The snapshot with this id, by its id alone. */
+  async snapshotById(id: string): Promise<SnapshotRecord | undefined> {
+    if (!/^[\w.-]+$/.test(id)) return undefined
+    try {
+      return JSON.parse(await fsp.readFile(path.join(this.root, 'snapshots', `${id}.json`), 'utf8'))
+    } catch {
+      return undefined
     }
-    return (await this.listSnapshots()).find((s) => s.name === idOrName)
   }
 
   async listSnapshots(): Promise<SnapshotRecord[]> {
@@ -297,8 +300,8 @@ export class LayerStore {
    * Keep the snapshots within `budget` bytes: delete the least recently used ones (never one a
    * live sandbox runs on, never `keep`) until the rest fit. Returns what was deleted.
    */
-  async prune(budget: number, keep: string[] = []): Promise<SnapshotRecord[]> {
-    const all = await this.listSnapshots()
+  async prune(budget: number, keep: string[] = [], among: (record: SnapshotRecord) => boolean = () => true): Promise<SnapshotRecord[]> {
+    const all = (await this.listSnapshots()).filter(among)
     let total = all.reduce((n, s) => n + s.sizeBytes, 0)
     const removed: SnapshotRecord[] = []
     const lru = [...all].sort((a, b) => (a.lastUsedAt ?? a.createdAt).localeCompare(b.lastUsedAt ?? b.createdAt))

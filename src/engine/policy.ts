@@ -127,9 +127,13 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
   const mountThenExec = [
     'set -e',
     'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; merged=$4; shift 4',
-    'while [ "$1" != -- ]; do mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done; shift',
-    // Folders bubblewrap binds must exist first: `?x` only where x's parent does (a cache folder).
-    'while [ "$1" != -- ]; do case "$1" in "?"*) d=${1#?}; if [ -d "$merged${d%/*}" ]; then mkdir -p "$merged$d"; fi;; *) mkdir -p "$merged$1";; esac; shift; done',
+    // Every path made, mounted on or bound here is the sandbox's own: a link in its files (a
+    // template's) would lead the mkdir, or bubblewrap's bind, to a folder of the host.
+    'real=$(realpath "$merged")',
+    'own() { [ "$(realpath -m -- "$merged$1")" = "$real$1" ] || { echo "sandbox-mount: $1 leads out of the sandbox through a link in its files" >&2; exit 1; }; }',
+    'while [ "$1" != -- ]; do own "$1"; mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done; shift',
+    // Folders bubblewrap binds: `+x` made, `?x` made where its parent is (a cache folder), `=x` only checked.
+    'while [ "$1" != -- ]; do d=${1#?}; own "$d"; case "$1" in "+"*) mkdir -p "$merged$d";; "?"*) if [ -d "$merged${d%/*}" ]; then mkdir -p "$merged$d"; fi;; esac; shift; done',
     'shift; exec "$@"',
   ].join('\n')
   const rw = writableDir(stateDir)
@@ -145,7 +149,9 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
     lowerDirs.join(':'), path.join(rw, 'upper'), path.join(rw, 'work'), merged,
     ...hostMounts, '--',
-    ...opts.readOnly.flatMap((dir) => CACHE_DIRS.map((c) => `?${path.join(dir, c)}`)), ...searchedAbove(opts.readOnly), '--',
+    ...opts.readOnly.flatMap((dir) => [`=${dir}`, ...CACHE_DIRS.map((c) => `?${path.join(dir, c)}`)]),
+    ...searchedAbove(opts.readOnly).map((dir) => `+${dir}`),
+    '--',
     ...bwrap,
   ]
   return joinCgroups(opts.cgroupProcs ?? [], host.setpriv ? asUnprivileged(opts, host.setpriv, chain) : chain)

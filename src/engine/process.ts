@@ -36,6 +36,12 @@ export interface ProcessSpec {
   tag?: string
 }
 
+/** Bytes of output the processes of one sandbox keep for late readers, and how many they may. */
+export interface OutputLedger {
+  bytes: number
+  limit: number
+}
+
 export class SandboxProcess extends EventEmitter<{ started: []; output: [OutputEvent]; exit: [ExitInfo] }> {
   pid = 0
   readonly startedAt = Date.now()
@@ -44,7 +50,7 @@ export class SandboxProcess extends EventEmitter<{ started: []; output: [OutputE
   spawnError?: string
   /** Cursor of the oldest event still held; events before it were dropped. */
   truncatedBefore = 0
-  private readonly log: OutputEvent[] = []
+  private log: OutputEvent[] = []
   private logBytes = 0
   private nextCursor = 0
   private pausedBy = new Set<object>()
@@ -54,9 +60,18 @@ export class SandboxProcess extends EventEmitter<{ started: []; output: [OutputE
     readonly id: string,
     readonly spec: ProcessSpec,
     private readonly link: ProcessLink,
+    /** The output all processes of its sandbox keep together (host memory no cgroup counts). */
+    private readonly kept: OutputLedger = { bytes: 0, limit: Infinity },
     private readonly maxBufferedBytes = 8 * 1024 * 1024,
   ) {
     super()
+  }
+
+  /** Drop the output this process keeps (its record is being forgotten). */
+  forget(): void {
+    this.kept.bytes -= this.logBytes
+    this.logBytes = 0
+    this.log = []
   }
 
   get running(): boolean {
@@ -72,9 +87,11 @@ export class SandboxProcess extends EventEmitter<{ started: []; output: [OutputE
     const event = { cursor: this.nextCursor++, type, data }
     this.log.push(event)
     this.logBytes += data.length
-    while (this.logBytes > this.maxBufferedBytes && this.log.length > 1) {
+    this.kept.bytes += data.length
+    while ((this.logBytes > this.maxBufferedBytes || this.kept.bytes > this.kept.limit) && this.log.length > 1) {
       const old = this.log.shift()!
       this.logBytes -= old.data.length
+      this.kept.bytes -= old.data.length
       this.truncatedBefore = this.log[0].cursor
     }
     this.emit('output', event)

@@ -74,6 +74,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   private expiry?: NodeJS.Timeout
   private stdinWaiters: Array<() => void> = []
   private killing?: Promise<void>
+  /** Output its processes keep for late readers, together: 64 MiB (each process 8 MiB). */
+  private readonly outputKept = { bytes: 0, limit: 64 * 1024 * 1024 }
   /** The kernel's count of processes it killed for the memory limit, when last asked. */
   private oomKillsSeen = 0
 
@@ -244,7 +246,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     requestLog('start %s %s: %s %s', this.id, this.metadata.role ?? '-', spec.cmd, JSON.stringify(spec.args))
     if (this.processes.get(id)?.running) throw new SandboxError(`a process with id ${id} is already running`, 'process_exists')
     const env = { PATH: sandboxPath(this.opts.host), HOME: SANDBOX_HOME, USER: 'sandbox', LANG: 'C.UTF-8', TMPDIR: '/tmp', ...this.envs, ...spec.env }
-    const proc = new SandboxProcess(id, { ...spec, env }, this.link)
+    const proc = new SandboxProcess(id, { ...spec, env }, this.link, this.outputKept)
     this.processes.set(id, proc)
     this.pruneExited()
     const started = new Promise<void>((resolve, reject) => {
@@ -265,7 +267,10 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   /** Keep the records of at most 256 exited processes (for late reconnects and status calls). */
   private pruneExited(): void {
     const exited = [...this.processes.values()].filter((p) => !p.running)
-    for (const p of exited.slice(0, Math.max(0, exited.length - 256))) this.processes.delete(p.id)
+    for (const p of exited.slice(0, Math.max(0, exited.length - 256))) {
+      p.forget()
+      this.processes.delete(p.id)
+    }
   }
 
   /** Write a file inside the sandbox from a stream or buffer; parent directories are created. */

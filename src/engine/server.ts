@@ -237,11 +237,14 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     return s
   }
 
-  /** A snapshot of this tenant, by id or by the name it gave. */
+  /**
+   * A snapshot of this tenant, by id or by the name it gave. Both are looked up every time, so
+   * another tenant's id costs what a missing one does.
+   */
   const snapshotOf = async (tenant: Tenant, idOrName: string): Promise<SnapshotRecord | undefined> => {
-    const byId = /^snap_/.test(idOrName) ? await engine.layers.getSnapshot(idOrName) : undefined
-    const record = byId ?? (await engine.layers.getSnapshot(tenants.snapshotName(tenant, idOrName)))
-    return record && tenants.owns(tenant, record.metadata) ? record : undefined
+    const [byId, byName] = await Promise.all([engine.layers.snapshotById(idOrName), idOrName.includes('/') ? undefined : engine.layers.getSnapshot(tenants.snapshotName(tenant, idOrName))])
+    const own = (r: SnapshotRecord | undefined) => (r && tenants.owns(tenant, r.metadata) && (r === byId || r.name === tenants.snapshotName(tenant, idOrName)) ? r : undefined)
+    return own(byId) ?? own(byName)
   }
 
   async function control(req: http.IncomingMessage, res: http.ServerResponse, url: URL, parts: string[]): Promise<void> {
@@ -258,6 +261,12 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       const timeout = body.timeout === undefined ? 300 : Number(body.timeout)
       if (!Number.isFinite(timeout)) throw new HttpError(400, 'invalid_argument', `timeout must be a number of seconds (got ${JSON.stringify(body.timeout)})`)
       if (body.template !== undefined && typeof body.template !== 'string') throw new HttpError(400, 'invalid_argument', 'template must be a string')
+      // Each tenant its share of the server's sandboxes: none can take them all, nor learn by a
+      // refusal how many the others run.
+      const share = tenants.share(engine.maxSandboxes)
+      if (share !== undefined && engine.list().filter(owned).length >= share) {
+        throw new HttpError(429, 'sandbox_limit', `this tenant's sandbox limit is reached: ${share} running (kill some, or raise --max-sandboxes)`)
+      }
       const template = body.template === undefined || body.template === 'base' ? 'base' : (await snapshotOf(tenant, body.template))?.id
       if (template === undefined) throw new HttpError(404, 'template_not_found', `template or snapshot '${body.template}' not found`)
       const s = await engine.createSandbox({
@@ -307,7 +316,8 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       const body = await readJson(req)
       if (body.name !== undefined && typeof body.name !== 'string') throw new HttpError(400, 'invalid_argument', 'name must be a string')
       const name = body.name === undefined ? undefined : tenants.snapshotName(tenant, body.name)
-      const record = await engine.snapshot(id, { name, metadata: tenants.stamp(tenant, { ...stringRecord(body.metadata, 'metadata'), sandbox_id: id }) })
+      // The snapshot budget is kept per tenant: one tenant's snapshots never push out another's.
+      const record = await engine.snapshot(id, { name, metadata: tenants.stamp(tenant, { ...stringRecord(body.metadata, 'metadata'), sandbox_id: id }), among: (r) => tenants.owns(tenant, r.metadata) })
       return sendJson(res, 201, { sandbox_checkpoint: snapshotJson(tenant, record, id) })
     }
     if (resource === 'sandbox_snapshots' && !id && method === 'GET') {

@@ -57,6 +57,11 @@ export class Tenants {
     return this.all.length > 1
   }
 
+  /** Sandboxes each tenant may run of the server's `max`, where there are several tenants. */
+  share(max: number): number | undefined {
+    return this.shared ? Math.max(1, Math.floor(max / this.all.length)) : undefined
+  }
+
   /** The tenant a bearer token belongs to (every token compared, in constant time). */
   who(bearer: string | undefined): Tenant | undefined {
     let found: Tenant | undefined
