@@ -68,7 +68,9 @@ export class DiskLimits {
         ? { missing: { reason: 'a size-limited filesystem per sandbox needs root to mount', fix: 'run as root (in CI, `sudo`), or accept that a sandbox may fill the disk of its state folder' } }
         : tools.length
           ? { missing: { reason: `${tools.join(', ')} not found`, fix: 'install e2fsprogs and mount (util-linux)' } }
-          : {}
+          : !fs.existsSync('/dev/loop-control')
+            ? { missing: { reason: 'this host has no loop devices (/dev/loop-control)', fix: 'load the loop module (`modprobe loop`), or in a container pass the loop devices through' } }
+            : {}
     return new DiskLimits(stateRoot, support, owner)
   }
 
