@@ -30,3 +30,22 @@ describe.each(['v8', 'istanbul'] as const)('coverage with %s', (provider) => {
     expect(sbx.final).toEqual(forks.final) // every statement, branch and function count
   })
 })
+
+describe('files no test imports, transformed on the host for the coverage report', () => {
+  it('run none of their code on the host, even when no test file runs at all', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-cov-none-'))
+    const marker = path.join(dir, 'ran-on-the-host')
+    const evil = path.join(REPO, 'fixtures/coverage/src/evil-glob.js')
+    // Glob options Vite evaluates as code; tagged templates make calls without a parenthesis.
+    fs.writeFileSync(evil, `export const m = import.meta.glob('./*.ts', { eager: !Function\`process.getBuiltinModule('fs').writeFileSync(${JSON.stringify(marker)}, '1')\`\`\` })\n`)
+    try {
+      for (const provider of ['v8', 'istanbul']) {
+        const run = await runFixture('coverage', { pool: 'sandbox', args: ['--coverage', '--passWithNoTests', 'matches-no-test-file'], env: { VPS_COVERAGE: provider, VPS_COVERAGE_DIR: path.join(dir, provider) } })
+        expect(fs.existsSync(marker), run.output).toBe(false)
+      }
+    } finally {
+      fs.rmSync(evil, { force: true })
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})

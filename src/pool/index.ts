@@ -9,6 +9,7 @@ import { runHistory } from './durations.js'
 import { FallbackWorker } from './fallback.js'
 import { Fleet } from './fleet.js'
 import { resolveOptions, type ResolvedOptions, type SandboxPoolOptions } from './options.js'
+import { guardEvalValue } from './gateway/eval-guard.js'
 import { RUNTIME_DIR } from './runtime-files.js'
 import { assertRunningVitest, assertSupportedVitest } from './vitest-version.js'
 import { SandboxPoolWorker } from './worker.js'
@@ -79,6 +80,9 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
 
 /** The pool itself: one fleet of sandboxes per Vitest instance. */
 export function createSandboxPool(resolved: ResolvedOptions): PoolRunnerInitializer {
+  // Before Vitest transforms anything on the host: it also transforms files no worker asked for
+  // (coverage of untested files), through environments no worker has screened yet.
+  guardEvalValue()
   const fleets = new WeakMap<object, Fleet>()
   const pool = {
     name: 'sandbox',
