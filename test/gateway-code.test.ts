@@ -14,6 +14,9 @@ import { RUN_LIMITS, RunBudget } from '../src/pool/gateway/budget.js'
 import { screenImportMetaEnv } from '../src/pool/gateway/import-meta-env.js'
 import { LocationTally } from '../src/pool/gateway/istanbul.js'
 import { screenWorkerOptions } from '../src/pool/gateway/worker-options.js'
+import { screenCss } from '../src/pool/gateway/css-screen.js'
+import { fileRules } from '../src/pool/gateway/file-rules.js'
+import { collectWorkspace } from '../src/workspace/collect.js'
 
 const dir = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'vps-code-')))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -129,17 +132,24 @@ describe('what a plugin scans for, inside literals', () => {
   })
 })
 
+/**
+ * The `vite:css` transform of a workspace `ws`, screened: `transform(code, id)` answers 'compiled'
+ * or the refusal, and `compiled` lists the ids the plugin itself was given.
+ */
+async function cssHarness(ws: string) {
+  const compiled: string[] = []
+  const plugin = { name: 'vite:css', transform: { handler: async (code: string, id: string) => (compiled.push(id), { code }) } }
+  const rules = fileRules(await collectWorkspace(ws), [])
+  screenCss({ config: { root: ws, css: {} }, plugins: [plugin] } as never, () => rules)
+  const transform = (code: string, id: string): Promise<string> => (plugin.transform.handler as any).call({ addWatchFile() {} }, code, id).then(() => 'compiled', (e: Error) => e.message)
+  return { compiled, transform }
+}
+
 describe('style sheets whose compiler runs code', () => {
   it('are not compiled on the host for a sandbox (Less @plugin, Stylus use())', async () => {
-    const { screenCss } = await import('../src/pool/gateway/css-screen.js')
-    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
-    const { collectWorkspace } = await import('../src/workspace/collect.js')
-    const compiled: string[] = []
-    const plugin = { name: 'vite:css', transform: { handler: async (code: string, id: string) => (compiled.push(id), { code }) } }
-    const environment = { config: { root: dir, css: {} }, plugins: [plugin] }
-    const rules = fileRules(await collectWorkspace(dir), [])
-    screenCss(environment as never, () => rules)
-    const transform = (id: string) => (plugin.transform.handler as any).call({ addWatchFile() {} }, '.a { color: red }', id).then(() => 'compiled', (e: Error) => e.message)
+    const css = await cssHarness(dir)
+    const compiled = css.compiled
+    const transform = (id: string) => css.transform('.a { color: red }', id)
     for (const id of [`${dir}/a.less`, `${dir}/a.styl`, `${dir}/a.stylus?inline`, `${dir}/App.vue?vue&type=style&index=0&lang.less`]) {
       expect(await transform(id), id).toMatch(/is Less or Stylus, whose compilers run code and read files a sheet names, on the host/)
     }
@@ -148,19 +158,14 @@ describe('style sheets whose compiler runs code', () => {
   })
 
   it('reads nothing an @import names that the sandbox is not given, before the compile reads it', async () => {
-    const { screenCss } = await import('../src/pool/gateway/css-screen.js')
-    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
-    const { collectWorkspace } = await import('../src/workspace/collect.js')
     const ws = path.join(dir, 'sheets')
     fs.mkdirSync(ws)
     fs.writeFileSync(path.join(ws, 'base.css'), '.b { margin: 0 }\n')
     fs.writeFileSync(path.join(ws, 'deep.css'), "@import '/dev/zero';\n")
     fs.writeFileSync(path.join(ws, 'x.less'), '@plugin "./p.js";\n')
-    const compiled: string[] = []
-    const plugin = { name: 'vite:css', transform: { handler: async (code: string, id: string) => (compiled.push(id), { code }) } }
-    screenCss({ config: { root: ws, css: {} }, plugins: [plugin] } as never, () => rules)
-    const rules = fileRules(await collectWorkspace(ws), [])
-    const transform = (code: string) => (plugin.transform.handler as any).call({ addWatchFile() {} }, code, path.join(ws, 'a.css')).then(() => 'compiled', (e: Error) => e.message)
+    const css = await cssHarness(ws)
+    const compiled = css.compiled
+    const transform = (code: string) => css.transform(code, path.join(ws, 'a.css'))
     for (const code of ["@import '/dev/zero';", '@import url(/dev/zero);', "@import '../../../../../../../../dev/zero';", "@import './deep.css';", "@import './x.less';", "@import 'pkg/../../../etc/passwd';"]) {
       expect(await transform(code), code).toMatch(/names a file the sandbox is not given/)
     }
@@ -172,8 +177,6 @@ describe('style sheets whose compiler runs code', () => {
 describe('source maps of given modules', () => {
   it('are kept only as large as their code could need (Vite expands every line of one)', async () => {
     const { ownSourceMap } = await import('../src/pool/gateway/source-maps.js')
-    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
-    const { collectWorkspace } = await import('../src/workspace/collect.js')
     const ws = path.join(dir, 'maps')
     fs.mkdirSync(ws)
     const code = 'export const m = 1\n//# sourceMappingURL=m.js.map\n'
@@ -211,17 +214,10 @@ describe('text the gateway reads on the host', () => {
   it('is read in time linear in its length: long stack lines, url( and image-set( runs', async () => {
     const { canonicalStack } = await import('../src/pool/gateway/errors.js')
     const line = `    at ${'a ('.repeat(40_000)}${':1:1'.repeat(40_000)}x`
-    const { screenCss } = await import('../src/pool/gateway/css-screen.js')
-    const { fileRules } = await import('../src/pool/gateway/file-rules.js')
-    const { collectWorkspace } = await import('../src/workspace/collect.js')
     const ws = path.join(dir, 'redos')
     fs.mkdirSync(ws)
-    const rules = fileRules(await collectWorkspace(ws), [])
-    const plugin = { name: 'vite:css', transform: { handler: async (code: string) => ({ code }) } }
-    screenCss({ config: { root: ws, css: {} }, plugins: [plugin] } as never, () => rules)
-    for (const code of [`/* image-set(${'('.repeat(150_000)} */`, `.a { background: url(${' '.repeat(150_000)}x; }`]) {
-      await (plugin.transform.handler as any).call({ addWatchFile() {} }, code, path.join(ws, 'a.css')).catch(() => {})
-    }
+    const css = await cssHarness(ws)
+    for (const code of [`/* image-set(${'('.repeat(150_000)} */`, `.a { background: url(${' '.repeat(150_000)}x; }`]) await css.transform(code, path.join(ws, 'a.css'))
     // Each of these held the host for 24 to 28 s before: with a quadratic reading the test does
     // not finish within its timeout. The results still have to be right.
     expect(canonicalStack(`Error: x\n${line}\n    at f (/work/a.js:1:2)`, () => true).split('\n').at(-1)).toBe('    at f (/work/a.js:1:2)')

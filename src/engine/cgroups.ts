@@ -14,6 +14,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import { isAlive } from './layers.js'
 import { formatSize, type SandboxLimits } from './limits.js'
 import { debug } from '../debug.js'
 
@@ -67,15 +68,6 @@ function cgroupMounts(): Mount[] {
 function ownDir(mount: Mount, ownPath: string): string {
   const rel = path.posix.relative(mount.root, ownPath)
   return rel.startsWith('..') ? path.join(mount.dir, ownPath) : path.join(mount.dir, rel)
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
 }
 
 /** rmdir a group and the groups under it (their processes gone), deepest first. */

@@ -315,8 +315,7 @@ export class Engine {
 
   /** See LocalSandbox.outOfMemory; also for a sandbox that just ended of it. */
   outOfMemory(id: string): string | undefined {
-    const s = this.sandboxes.get(id)
-    return s?.running ? s.outOfMemory() : s?.ended?.startsWith('the sandbox ran out of memory') ? s.ended : undefined
+    return this.sandboxes.get(id)?.outOfMemory()
   }
 
   async kill(id: string): Promise<boolean> {

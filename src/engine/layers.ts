@@ -55,7 +55,8 @@ export interface HostLayerUpper {
   upper: string
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process of this pid runs (one of another user's counts). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true

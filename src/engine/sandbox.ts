@@ -78,6 +78,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   private readonly outputKept = { bytes: 0, limit: 64 * 1024 * 1024 }
   /** The kernel's count of processes it killed for the memory limit, when last asked. */
   private oomKillsSeen = 0
+  /** The memory limit's reason, when it is what ended the sandbox. */
+  private endedOutOfMemory?: string
 
   constructor(private readonly opts: SandboxOptions) {
     super()
@@ -105,6 +107,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
    * a test that runs its sandbox out of memory while another file's worker dies says so for both.
    */
   outOfMemory(): string | undefined {
+    if (!this.running) return this.endedOutOfMemory
     const kills = this.opts.resources.group?.oomKills() ?? 0
     if (kills <= this.oomKillsSeen) return undefined
     this.oomKillsSeen = kills
@@ -160,7 +163,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
       }
       child.stdout!.on('data', createFrameDecoder(onFrame, (err) => this.terminate(`protocol error from sandbox init: ${err.message}`)))
       child.once('exit', (code, signal) => {
-        const reason = this.ended ?? this.outOfMemory() ?? `sandbox process exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`
+        const reason = this.ended ?? (this.endedOutOfMemory = this.outOfMemory()) ?? `sandbox process exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`
         reject(new SandboxError(`sandbox ${this.id} failed to start: ${reason}`, 'sandbox_start_failed'))
         this.finish(reason)
       })

@@ -11,8 +11,11 @@ import path from 'node:path'
 import type { FileRules } from './file-rules.js'
 
 const IMPORT = /@(?:import|use|forward)\s+(?:url\(\s*)?(['"]?)([^'"()\s;]+)\1/gi
-/** Sheets whose compilers run code a sheet names (Less `@plugin`, Stylus `use()`). */
-const RUNS_CODE = /\.(?:less|styl|stylus)$/i
+/**
+ * A sheet whose compiler runs code it names (Less `@plugin`, Stylus `use()`): by its extension,
+ * or a `lang.` query (Vue blocks).
+ */
+export const RUNS_CODE = /\.(?:less|styl|stylus)(?:$|[?#])|[?&]lang\.(?:less|styl|stylus)(?:$|[&#])/i
 const SHEET = /\.(?:css|pcss|postcss|scss|sass|sss)$/i
 const MAX_SHEETS = 256
 

@@ -20,7 +20,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FileRules } from './file-rules.js'
 import { aroundTransform, type PluginsOf } from './plugin-hooks.js'
-import { checkCssImports } from './css-imports.js'
+import { checkCssImports, RUNS_CODE } from './css-imports.js'
 import { pathsIn } from './module-screen.js'
 
 /** The part of a Vite environment this screen needs. */
@@ -38,9 +38,6 @@ const QUOTED = /'([^']*)'|"([^"]*)"/g
  * Checks the CSS compile of every module the environment's `vite:css` plugin transforms (once per
  * environment; `rules` is read each time).
  */
-/** A sheet Vite compiles with Less or Stylus: by its extension, or a `lang.` query (Vue blocks). */
-const PREPROCESSOR_RUNS_CODE = /\.(?:less|styl|stylus)(?:$|[?#])|[?&]lang\.(?:less|styl|stylus)(?:$|[&#])/i
-
 export function screenCss(environment: CssEnvironment, rules: () => FileRules): void {
   const css = environment.config.css
   // postcss-modules takes a Loader for files named by `composes … from` and `@value … from`.
@@ -51,7 +48,7 @@ export function screenCss(environment: CssEnvironment, rules: () => FileRules): 
       const r = rules()
       // Less runs the JavaScript a sheet names (`@plugin`) and reads files it does not report
       // (`data-uri`, `@import (inline)`); Stylus runs JavaScript too (`use()`, `@require` of .js).
-      if (PREPROCESSOR_RUNS_CODE.test(id)) {
+      if (RUNS_CODE.test(id)) {
         throw new Error(`vitest-pool-sandbox: ${path.relative(r.root, file)} is Less or Stylus, whose compilers run code and read files a sheet names, on the host: not compiled for a sandbox. Import its compiled CSS, or test it under pool 'forks'`)
       }
       checkCssImports(code, file, environment.config.root, r, () => refused(file, r))
