@@ -1,7 +1,7 @@
 /**
  * What real projects need from the workspace a sandbox is given: their gitignored build, a run
  * whose own output grows under the root, and a template that fails or takes longer than Vitest
- * lets a worker start.
+ * lets a worker start, or hangs.
  */
 import { execFile, execFileSync } from 'node:child_process'
 import fs from 'node:fs'
@@ -9,6 +9,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { describe, expect, it } from 'vitest'
 import { REPO, runFixture, testsOf } from './support/vitest-run.js'
+import { hostProcessesMatching } from './support/engine.js'
 
 describe('the workspace a sandbox is given', () => {
   it('has the gitignored build that tests import, spawn and start workers from, while the run writes a growing log under the root', async () => {
@@ -56,5 +57,16 @@ describe('a template that cannot be built, or takes long', () => {
     expect(run.output).not.toMatch(/Timeout starting/)
     expect(Object.values(testsOf(run.json)).map((t) => t.status), run.output).toEqual(['passed', 'passed', 'passed', 'passed'])
     expect(run.code).toBe(0)
+  })
+
+  it('stops a build that hangs at template.timeout: every file fails with the step that hung, and nothing of the build is left', { timeout: 120_000 }, async () => {
+    const nonce = `hang-${process.pid}-${Date.now()}`
+    const run = await runFixture('slowtemplate', { env: { VPS_TEMPLATE_NONCE: nonce, VPS_SETUP_SECONDS: '1000', VPS_TEMPLATE_TIMEOUT: '3' } })
+    expect(run.code).toBe(1)
+    const files = run.json?.testResults ?? []
+    expect(files.map((f: any) => f.status), run.output).toEqual(['failed', 'failed'])
+    for (const f of files) expect(f.message).toMatch(/building the template vitest-sandbox-[0-9a-f]{24} failed; nothing was cached/)
+    expect(run.output).toContain(`the build took longer than template.timeout (3 s) and was stopped while running "sleep 1000 # ${nonce}"`)
+    expect(hostProcessesMatching(nonce)).toEqual([])
   })
 })

@@ -1,11 +1,12 @@
 /**
- * A sandbox dies under a running test file (the harness SIGKILLs its bubblewrap from the host):
- * before the file reported anything, the file runs again on another sandbox; after, it fails with
- * an error naming the provider, the sandbox and the file. The run goes on either way.
+ * A sandbox dies under a running test file (the harness SIGKILLs its bubblewrap from the host), or
+ * stops answering (SIGSTOP to every process in it): before the file reported anything, the file
+ * runs again on another sandbox; after, it fails with an error naming the provider, the sandbox
+ * and the file. The run goes on either way, and the stopped sandbox is gone at its end.
  */
 import fs from 'node:fs'
 import { expect, it } from 'vitest'
-import { hostProcessesMatching } from './support/engine.js'
+import { descendants, hostProcessesMatching } from './support/engine.js'
 import { runFixture } from './support/vitest-run.js'
 
 function parentOf(pid: number): number {
@@ -24,27 +25,28 @@ function sandboxOf(pid: number): number | undefined {
   return found
 }
 
-/** Kill the sandbox of the first process whose title is `title`, once. */
-async function killSandboxOnce(title: string, done: Promise<unknown>): Promise<boolean> {
+/** Kill (or stop) the sandbox of the first process whose title is `title`, once; resolves with its bubblewrap's pid. */
+async function killSandboxOnce(title: string, done: Promise<unknown>, signal: 'SIGKILL' | 'SIGSTOP' = 'SIGKILL'): Promise<number | undefined> {
   let finished = false
   void done.then(() => (finished = true))
   while (!finished) {
     const [pid] = hostProcessesMatching(title)
     const bwrap = pid && sandboxOf(pid)
     if (bwrap) {
-      process.kill(bwrap, 'SIGKILL')
-      return true
+      // Stopped from the innermost process out, so that none of them notices the others stop.
+      for (const p of signal === 'SIGSTOP' ? [...descendants(bwrap).reverse(), bwrap] : [bwrap]) process.kill(p, signal)
+      return bwrap
     }
     await new Promise((r) => setTimeout(r, 25))
   }
-  return false
+  return undefined
 }
 
 it('reruns a file whose sandbox died before it reported results, and fails one that had reported', async () => {
   const run = runFixture('lost')
   const [before, after] = await Promise.all([killSandboxOnce('vps-kill-before-results', run), killSandboxOnce('vps-kill-after-results', run)])
   const { json, output } = await run
-  expect(before && after, output).toBe(true)
+  expect(before && after, output).toBeTruthy()
   const files = Object.fromEntries(json.testResults.map((f: any) => [f.name.split('/').pop(), f]))
   // Rerun: passed, and said so.
   expect(files['before-results.test.ts'].assertionResults.map((t: any) => t.status)).toEqual(['passed'])
@@ -54,6 +56,18 @@ it('reruns a file whose sandbox died before it reported results, and fails one t
   expect(files['after-results.test.ts'].assertionResults.map((t: any) => t.status)).not.toContain('passed')
   expect(output).toMatch(/sandbox sbx_\w+ \(provider local\) was lost while running \S*test\/after-results\.test\.ts: /)
   expect(output).not.toMatch(/after-results\.test\.ts reported results/)
+})
+
+it('reruns a file whose sandbox stopped answering (SIGSTOP) on another sandbox, and ends the stopped one', { timeout: 120_000 }, async () => {
+  const run = runFixture('lost')
+  const stopped = await killSandboxOnce('vps-kill-before-results', run, 'SIGSTOP')
+  const { json, output } = await run
+  expect(stopped, output).toBeTruthy()
+  const files = Object.fromEntries(json.testResults.map((f: any) => [f.name.split('/').pop(), f]))
+  expect(files['before-results.test.ts'].assertionResults.map((t: any) => t.status), output).toEqual(['passed'])
+  expect(files['after-results.test.ts'].assertionResults.map((t: any) => t.status), output).toEqual(['passed', 'passed'])
+  expect(output).toMatch(/sandbox sbx_\w+ \(provider local\) was lost before \S*test\/before-results\.test\.ts reported results \(no heartbeat from the agent for \d+s\); running it again on another sandbox/)
+  expect(fs.existsSync(`/proc/${stopped}`)).toBe(false)
 })
 
 // The TTL is for a host that dies; a live run renews it, however long it takes.

@@ -1,9 +1,13 @@
-/** Nothing outlives the run: SIGTERM, Ctrl-C (SIGINT) and --bail all leave no sandbox behind. */
+/**
+ * Nothing outlives the run: SIGTERM, Ctrl-C (SIGINT) and --bail leave no sandbox behind, nor its
+ * folders, filesystems, loop devices or cgroups; after SIGKILL the sandboxes die with Vitest and
+ * the next run removes what was left and works.
+ */
 import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { expect, it } from 'vitest'
-import { hostProcessesMatching, waitFor } from './support/engine.js'
-import { REPO } from './support/vitest-run.js'
+import { hostProcessesMatching, leftoversOf, waitFor } from './support/engine.js'
+import { REPO, runFixture } from './support/vitest-run.js'
 
 function startSlowRun(mark: string, args: string[] = []) {
   return spawn(process.execPath, [path.join(REPO, 'node_modules/vitest/vitest.mjs'), 'run', ...args], {
@@ -13,7 +17,7 @@ function startSlowRun(mark: string, args: string[] = []) {
   })
 }
 
-it.each(['SIGTERM', 'SIGINT'] as const)('%s to Vitest kills every sandbox', async (signal) => {
+it.each(['SIGTERM', 'SIGINT'] as const)('%s to Vitest kills every sandbox and leaves nothing of them', async (signal) => {
   const mark = `${signal}-${process.pid}-${Date.now()}`
   const child = startSlowRun(mark)
   child.stdout.resume()
@@ -22,9 +26,29 @@ it.each(['SIGTERM', 'SIGINT'] as const)('%s to Vitest kills every sandbox', asyn
   await waitFor(() => hostProcessesMatching(`vps-slow-${mark}`).length > 0, 30_000, 'the slow test to be running in its sandbox')
   const sandboxesBefore = hostProcessesMatching('sandbox-init.js').length
   expect(sandboxesBefore).toBeGreaterThan(0)
+  expect(leftoversOf(child.pid!).length).toBeGreaterThan(0) // what the check below looks for
   child.kill(signal)
   await exited
   await waitFor(() => hostProcessesMatching(`vps-slow-${mark}`).length === 0, 5000, 'the sandboxed test to be gone')
+  expect(leftoversOf(child.pid!)).toEqual([])
+})
+
+it('SIGKILL to Vitest: its sandboxes die with it, and the next run removes what they left and passes', { timeout: 120_000 }, async () => {
+  const mark = `SIGKILL-${process.pid}-${Date.now()}`
+  const child = startSlowRun(mark)
+  child.stdout.resume()
+  child.stderr.resume()
+  const exited = new Promise((r) => child.once('exit', r))
+  await waitFor(() => hostProcessesMatching(`vps-slow-${mark}`).length > 0, 30_000, 'the slow test to be running in its sandbox')
+  child.kill('SIGKILL')
+  await exited
+  await waitFor(() => hostProcessesMatching(`vps-slow-${mark}`).length === 0, 5000, 'the sandboxed test to die with Vitest')
+  // No exit handler ran: its sandboxes' filesystems, devices and groups are still there.
+  if (process.getuid?.() === 0) expect(leftoversOf(child.pid!)).not.toEqual([])
+  const next = await runFixture('faults', { args: ['test/quick.test.ts'] })
+  expect(next.json?.numPassedTests, next.output).toBe(1)
+  expect(next.code).toBe(0)
+  expect(leftoversOf(child.pid!)).toEqual([])
 })
 
 it('--bail stops the run and kills every sandbox', async () => {

@@ -225,14 +225,32 @@ export class Cgroups {
     for (const dir of new Set(Object.values(this.engineDirs))) await removeGroup(dir)
   }
 
-  /** Synchronous best effort, for process exit (empty groups only; the next start clears the rest). */
+  /** The same at process exit, waiting synchronously (at most 2 s) for killed sandboxes to leave. */
   closeSync(): void {
-    for (const dir of new Set(Object.values(this.engineDirs))) {
-      try {
-        fs.rmdirSync(dir)
-      } catch {
-        // Sandboxes still dying: cleared by the next engine start.
-      }
+    const until = Date.now() + 2000
+    for (const dir of new Set(Object.values(this.engineDirs))) removeGroupSync(dir, until)
+  }
+}
+
+const PAUSE = new Int32Array(new SharedArrayBuffer(4))
+
+/** removeGroup, synchronously (the event loop no longer runs at exit); what is still busy at `until` stays for the next engine start. */
+function removeGroupSync(dir: string, until: number): boolean {
+  let entries: fs.Dirent[] = []
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true })
+  } catch {
+    return true
+  }
+  for (const e of entries) if (e.isDirectory()) removeGroupSync(path.join(dir, e.name), until)
+  for (;;) {
+    try {
+      fs.rmdirSync(dir)
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true
+      if (Date.now() >= until) return false
+      Atomics.wait(PAUSE, 0, 0, 20)
     }
   }
 }

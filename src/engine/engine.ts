@@ -158,7 +158,7 @@ export class Engine {
     const { limits, explicit } = resolveLimits(opts.limits === false ? {} : opts.limits)
     const detected = detectHost()
     const layers = new LayerStore(path.resolve(opts.stateDir ?? defaultStateDir()), detected)
-    await layers.init()
+    await stateFolderWrite(layers.root, () => layers.init())
     const cgroups = off ? Cgroups.off() : await Cgroups.setup()
     const disks = DiskLimits.detect(layers.root, detected, off)
     const refused = unenforced(cgroups, disks).find((u) => explicit[u.limit])
@@ -166,7 +166,7 @@ export class Engine {
       await cgroups.close()
       throw new HostSetupError(`limits.${refused.limit} cannot be enforced on this host: ${refused.reason}`, refused.fix)
     }
-    const host = { ...detected, sandboxNode: await execOnlyCopy(path.join(layers.root, 'node'), process.execPath) }
+    const host = { ...detected, sandboxNode: await stateFolderWrite(layers.root, () => execOnlyCopy(path.join(layers.root, 'node'), process.execPath)) }
     log('engine ready: bwrap %s, state %s, sandbox uid %d, limits %o', host.bwrapVersion, layers.root, host.uid, limits)
     return new Engine(host, layers, opts, limits, explicit, cgroups, disks)
   }
@@ -367,6 +367,20 @@ export class Engine {
     } catch {
       // Left for the next engine start to clean.
     }
+  }
+}
+
+/** A write the engine makes in its state folder at start: a full disk there is named, with the fix. */
+async function stateFolderWrite<T>(root: string, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write()
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
+    const free = fs.statfsSync(root, { bigint: false })
+    throw new HostSetupError(
+      `the state folder ${root} is full (${formatSize(free.bavail * free.bsize)} free): ${(err as Error).message}`,
+      `free space on its disk, or give local({ stateDir }) a folder on a disk with room (the engine keeps a copy of node there, ${formatSize(fs.statSync(process.execPath).size)}, and each sandbox's writes)`,
+    )
   }
 }
 

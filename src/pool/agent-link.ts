@@ -106,7 +106,7 @@ export class AgentLink {
     proc.on('stderr', (b) => (stderr = (stderr + b.toString()).slice(-4000)))
     proc.exited.then(
       ({ exitCode, error }) => {
-        const why = `the agent exited (${error ?? `code ${exitCode}`})${stderr ? `: ${stderr.trim()}` : ''}`
+        const why = `the agent exited (${error ?? `code ${exitCode}`})${stderr.trim() ? `: ${lastLines(stderr)}` : ''}`
         helloReject(new Error(why))
         this.lose(why)
       },
@@ -256,4 +256,11 @@ export class AgentLink {
   close(): void {
     this.lose('the sandbox pool closed')
   }
+}
+
+/** The end of what a process wrote, as the host prints it: its last lines (tar names every file it could not write). */
+function lastLines(text: string, count = 5): string {
+  const lines = text.trim().split('\n')
+  const more = lines.length - count
+  return printable(`${more > 0 ? `(${more} lines before) … ` : ''}${lines.slice(-count).join('\n')}`)
 }

@@ -15,7 +15,7 @@ import { AgentLink } from './agent-link.js'
 import { SlotQueue, type Lease, type SlotHost } from './slots.js'
 import { Bundles, startAgent, syncDelta } from './transfer.js'
 import { renewTtl, STAGING } from '../providers/exec.js'
-import { installIn, type BuildPlan } from '../template/build.js'
+import { installIn, withinTimeout, type BuildPlan } from '../template/build.js'
 import { templateName } from '../template/key.js'
 import { createProgress, type ProgressSink } from '../template/progress.js'
 import { chooseSource, ensureTemplate, keyInputs, TEMPLATE_LABEL, type Template, type TemplateSpec } from '../template/template.js'
@@ -270,7 +270,8 @@ export class Fleet {
     const started = Date.now()
     const stopRenewing = renewTtl(sandbox, this.opts.timeout)
     try {
-      await installIn(sandbox, plan, { step: (text) => log('sandbox %s: %s', sandbox.id, text), output: () => {}, end: () => {} })
+      const progress = { step: (text: string) => log('sandbox %s: %s', sandbox.id, text), output: () => {}, end: () => {} }
+      await withinTimeout((p) => installIn(sandbox, plan, p), progress, this.opts.templateTimeout, sandbox)
     } finally {
       stopRenewing()
     }
@@ -378,7 +379,7 @@ async function killHosts(hosts: SandboxHost[]): Promise<void> {
 
 /** The template a run with these options needs for this workspace. */
 export function templateSpec(opts: ResolvedOptions, workspace: Workspace): TemplateSpec {
-  return { root: workspace.root, setup: opts.setup, dependencies: opts.dependencies, installEnv: opts.installEnv, files: workspace.files }
+  return { root: workspace.root, setup: opts.setup, dependencies: opts.dependencies, installEnv: opts.installEnv, files: workspace.files, timeoutSec: opts.templateTimeout }
 }
 
 function signature(f: WorkspaceFile): string {

@@ -35,6 +35,13 @@ export interface TemplateOptions {
    * @default []
    */
   installEnv?: string[]
+  /**
+   * Seconds a template build (or, where the provider keeps no templates, a sandbox's own install)
+   * may take; past it the build is stopped, nothing is cached and the run fails with the step that
+   * hung.
+   * @default 1800
+   */
+  timeout?: number
 }
 
 export interface SandboxPoolOptions {
@@ -99,6 +106,8 @@ export interface ResolvedOptions {
   setup: string[]
   dependencies: 'auto' | 'host' | 'install' | 'copy'
   installEnv: string[]
+  /** Seconds a template build may take. */
+  templateTimeout: number
   workspace: WorkspaceOptions
   env: string[]
   network: 'none' | 'allow'
@@ -153,7 +162,7 @@ export function resolveOptions(input: unknown, cpus: number): ResolvedOptions {
   const template = (o.template ?? {}) as Record<string, unknown>
   if (typeof template !== 'object' || Array.isArray(template)) throw new SandboxOptionsError(`template must be an object like { setup: ['npm ci'] } (got ${show(o.template)})`)
   for (const key of Object.keys(template)) {
-    if (!['setup', 'dependencies', 'installEnv'].includes(key)) throw new SandboxOptionsError(`unknown option 'template.${key}'; the template options are setup, dependencies, installEnv`)
+    if (!['setup', 'dependencies', 'installEnv', 'timeout'].includes(key)) throw new SandboxOptionsError(`unknown option 'template.${key}'; the template options are setup, dependencies, installEnv, timeout`)
   }
   const dependencies = template.dependencies ?? 'auto'
   if (!['auto', 'host', 'install', 'copy'].includes(dependencies as string)) {
@@ -183,6 +192,7 @@ export function resolveOptions(input: unknown, cpus: number): ResolvedOptions {
     setup: stringArray('template.setup', template.setup),
     dependencies: dependencies as ResolvedOptions['dependencies'],
     installEnv: stringArray('template.installEnv', template.installEnv),
+    templateTimeout: wholeNumber('template.timeout', template.timeout, 1, 7 * 24 * 3600, 1800),
     workspace: {
       include: stringArray('workspace.include', workspace.include),
       exclude: stringArray('workspace.exclude', workspace.exclude),

@@ -70,6 +70,34 @@ export function createBuilder(session: ProviderSession, plan: BuildPlan): Promis
   })
 }
 
+/**
+ * Runs build steps with a deadline: past `timeoutSec` the sandbox they run in is killed and the
+ * error names the step that was running (a hung `npm ci` or setup command must not hold a run,
+ * and every other run waiting for this template, for ever).
+ */
+export async function withinTimeout<T>(steps: (progress: TemplateProgress) => Promise<T>, progress: TemplateProgress, timeoutSec: number, sandbox: ProviderSandbox): Promise<T> {
+  let current = 'starting'
+  const tracked: TemplateProgress = {
+    step: (text) => progress.step((current = text)),
+    output: (chunk) => progress.output(chunk),
+    end: (text) => progress.end(text),
+  }
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      void sandbox.kill().catch(() => {})
+      reject(new Error(`the build took longer than template.timeout (${timeoutSec} s) and was stopped while ${current}. Make that step finish (a command waiting for input or a server that never exits hangs it), or raise template.timeout`))
+    }, timeoutSec * 1000)
+  })
+  const work = steps(tracked)
+  work.catch(() => {}) // what a killed sandbox makes of the steps, once the deadline has answered
+  try {
+    return await Promise.race([work, deadline])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** Run the build in `builder`; resolves with the template id. The caller kills the builder. */
 export async function buildIn(builder: ProviderSandbox, plan: BuildPlan, progress: TemplateProgress): Promise<string> {
   const stopRenewing = renewTtl(builder, BUILDER_TTL)

@@ -14,7 +14,7 @@
  */
 import { lockfilesOf, nodeModulesFolders, type WorkspaceFile } from '../workspace/collect.js'
 import type { ProviderSession, SandboxSummary } from '../providers/types.js'
-import { buildIn, createBuilder, filesWithLiteralCredentials, type BuildPlan } from './build.js'
+import { buildIn, createBuilder, filesWithLiteralCredentials, withinTimeout, type BuildPlan } from './build.js'
 import { templateName, type DependencySource, type KeyInputs } from './key.js'
 import { detectPackageManager } from './package-manager.js'
 import type { TemplateProgress } from './progress.js'
@@ -32,6 +32,8 @@ export interface TemplateSpec {
   installEnv: string[]
   /** The workspace files sandboxes are given. */
   files: WorkspaceFile[]
+  /** Seconds a build may take (`template.timeout`). */
+  timeoutSec: number
 }
 
 export interface Template {
@@ -136,7 +138,7 @@ export async function ensureTemplate(session: ProviderSession, spec: TemplateSpe
           await builderGone(session, name, first.id)
           continue
         }
-        const id = await buildIn(builder, plan, shown)
+        const id = await withinTimeout((p) => buildIn(builder, plan, p), shown, spec.timeoutSec, builder)
         shown.end('ready')
         return { id, name, source, hostLayers }
       } finally {

@@ -1,7 +1,8 @@
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { startLocalEngine, type EngineOptions, type LocalEngineHandle } from '../../src/engine/index.js'
+import { defaultStateDir, startLocalEngine, type EngineOptions, type LocalEngineHandle } from '../../src/engine/index.js'
 import { RuntimeClient } from '../../src/protocol/client.js'
 
 export function tempDir(prefix: string): string {
@@ -68,4 +69,24 @@ export function descendants(root: number): number[] {
   const queue = [root]
   while (queue.length) for (const c of children.get(queue.shift()!) ?? []) out.push(c), queue.push(c)
   return out
+}
+
+/**
+ * What the engine of host process `pid` left on the host: its sandboxes' folders in the state
+ * folder, filesystems still mounted there, loop devices backing them, and its cgroups.
+ */
+export function leftoversOf(pid: number, stateDir = defaultStateDir()): string[] {
+  const prefix = path.join(stateDir, 'sandboxes', `${pid}-`)
+  const folders = fs.existsSync(path.dirname(prefix)) ? fs.readdirSync(path.dirname(prefix)).filter((n) => n.startsWith(`${pid}-`)).map((n) => `folder ${n}`) : []
+  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((p) => p?.startsWith(prefix)).map((p) => `mount ${p}`)
+  const loops = fs.readdirSync('/sys/block').filter((d) => d.startsWith('loop')).flatMap((d) => {
+    try {
+      const backing = fs.readFileSync(`/sys/block/${d}/loop/backing_file`, 'utf8').trim()
+      return backing.startsWith(prefix) ? [`loop ${d} ${backing}`] : []
+    } catch {
+      return [] // not attached
+    }
+  })
+  const groups = spawnSync('find', ['/sys/fs/cgroup', '-maxdepth', '4', '-type', 'd', '-name', `vitest-sandbox-${pid}-*`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map((g) => `cgroup ${g}`)
+  return [...folders, ...mounts, ...loops, ...groups]
 }
