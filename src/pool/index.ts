@@ -10,6 +10,7 @@ import { FallbackWorker } from './fallback.js'
 import { Fleet } from './fleet.js'
 import { resolveOptions, type ResolvedOptions, type SandboxPoolOptions } from './options.js'
 import { guardEvalValue } from './gateway/eval-guard.js'
+import { screenHostTransforms } from './gateway/host-screens.js'
 import { RUNTIME_DIR } from './runtime-files.js'
 import { assertRunningVitest, assertSupportedVitest } from './vitest-version.js'
 import { SandboxPoolWorker } from './worker.js'
@@ -81,8 +82,10 @@ export function sandbox(options?: SandboxPoolOptions): PoolRunnerInitializer {
 /** The pool itself: one fleet of sandboxes per Vitest instance. */
 export function createSandboxPool(resolved: ResolvedOptions): PoolRunnerInitializer {
   // Before Vitest transforms anything on the host: it also transforms files no worker asked for
-  // (coverage of untested files), through environments no worker has screened yet.
+  // (coverage of untested files), through environments no worker has screened yet, also when no
+  // worker starts at all.
   guardEvalValue()
+  screenHostTransforms(resolved.workspace, [RUNTIME_DIR])
   const fleets = new WeakMap<object, Fleet>()
   const pool = {
     name: 'sandbox',

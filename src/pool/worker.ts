@@ -20,7 +20,7 @@ import { HostFileRefusal, HostFiles, type UpdateMode } from './host-files.js'
 import { Gateway, ProtocolViolation, type HostFileCall } from './gateway/gateway.js'
 import { RUN_LIMITS } from './gateway/budget.js'
 import { screenLoads, type LoadingEnvironment } from './gateway/load-screen.js'
-import { fileRules } from './gateway/file-rules.js'
+import { projectRules, servesWorkers } from './gateway/host-screens.js'
 import { screenConfigEnv } from './gateway/config-env.js'
 import { printable } from './gateway/printable.js'
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
@@ -209,11 +209,15 @@ export class SandboxPoolWorker implements PoolWorker {
     this.startupStderr = ''
     const workspace = this.fleet.workspace
     const project = this.options.project
-    const publicDir = project.vite?.config?.publicDir
-    const rules = fileRules(workspace, [path.dirname(this.options.distPath), RUNTIME_DIR], [project.config.root, ...(publicDir ? [publicDir] : [])])
-    // The Vite environments a worker loads modules from; Vitest's own (`__vitest__`, `__vitest_vm__`) serve the host.
-    const environments = Object.keys(project.vite?.environments ?? {}).filter((name) => !name.startsWith('__vitest'))
-    for (const name of environments) screenLoads(project.vite.environments[name] as unknown as LoadingEnvironment, () => rules)
+    const runtimeDirs = [path.dirname(this.options.distPath), RUNTIME_DIR]
+    const rules = projectRules(workspace, runtimeDirs, { root: project.config.root, publicDir: project.vite?.config?.publicDir })
+    // The Vite environments a worker loads modules from; Vitest's own serve the host.
+    const environments = Object.keys(project.vite?.environments ?? {}).filter(servesWorkers)
+    // Every project's, and the root project's: coverage of untested files goes through each.
+    for (const other of new Set([...project.vitest.projects, project.vitest.getRootProject()])) {
+      const own = other === project ? rules : projectRules(workspace, runtimeDirs, { root: other.config.root, publicDir: other.vite?.config?.publicDir })
+      for (const [name, environment] of Object.entries(other.vite?.environments ?? {})) if (servesWorkers(name)) screenLoads(environment as unknown as LoadingEnvironment, () => own)
+    }
     this.gateway = new Gateway({
       major: Number(project.vitest.version.split('.')[0]),
       rules,

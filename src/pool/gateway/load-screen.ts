@@ -38,6 +38,11 @@ type HookContext = GlobContext
 
 const screened = new WeakMap<object, { rules: () => FileRules }>()
 
+/** Has the screen been put in front of this environment? */
+export function isScreened(environment: object): boolean {
+  return screened.has(environment)
+}
+
 /**
  * Puts the screen in front of the environment's resolution, loads and glob expansion (once;
  * `rules` is read each time, so a watch-mode run's new workspace counts). Only the environments

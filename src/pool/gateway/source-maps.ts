@@ -22,7 +22,12 @@ export function ownSourceMap(code: string, file: string, rules: FileRules): { co
   const plain = code.replace(INLINE, '').replace(MAP_FILE, '')
   if (plain === code) return { code, map: null }
   const map = readMap(code, file, rules)
-  return { code: plain, map: map && sourcesGiven(map, file, rules) ? map : null }
+  const sources = map && givenSources(map, file, rules)
+  if (!map || !sources) return { code: plain, map: null }
+  // Each consumer joins `sourceRoot` its own way (Vite through the real folder, Vite's map merging
+  // as text, Vitest's stack maps not at all): the map goes on with the paths checked, and no root.
+  const { sourceRoot: _, ...rest } = map
+  return { code: plain, map: { ...rest, sources } }
 }
 
 /** Whether a file names a source map the host may not read (Vitest would read it for a stack frame). */
@@ -73,27 +78,36 @@ function readMap(code: string, file: string, rules: FileRules): Record<string, u
   }
 }
 
-/** Every source, resolved as Vite's injectSourcesContent resolves it, is a given file or never read. */
-function sourcesGiven(map: Record<string, unknown>, file: string, rules: FileRules): boolean {
-  if (map.sections !== undefined || !Array.isArray(map.sources)) return false
-  if (map.sourceRoot !== undefined && typeof map.sourceRoot !== 'string') return false
+/**
+ * Every source, resolved as Vite's injectSourcesContent resolves it, as the absolute path checked
+ * (a given file), or left as it is when no one reads it; undefined when one is neither. A path a
+ * URL would read otherwise (`%`, `?`, `#`, `\\`) is refused: the coverage provider reads sources as URLs.
+ */
+function givenSources(map: Record<string, unknown>, file: string, rules: FileRules): Array<string | null> | undefined {
+  if (map.sections !== undefined || !Array.isArray(map.sources)) return undefined
+  if (map.sourceRoot !== undefined && typeof map.sourceRoot !== 'string') return undefined
   let sourceRoot: string | undefined
   try {
     sourceRoot = fs.realpathSync(path.resolve(path.dirname(file), (map.sourceRoot as string | undefined) || ''))
   } catch {}
-  return map.sources.every((source) => {
-    if (source === null) return true
-    if (typeof source !== 'string') return false
-    if (UNREAD_SOURCE.test(source)) return true
+  const sources: Array<string | null> = []
+  for (const source of map.sources as unknown[]) {
+    if (source === null || (typeof source === 'string' && UNREAD_SOURCE.test(source))) {
+      sources.push(source)
+      continue
+    }
+    if (typeof source !== 'string') return undefined
     let clean: string
     try {
       clean = decodeURI(source).replace(/[?#].*$/, '')
     } catch {
-      return false
+      return undefined
     }
     const p = sourceRoot ? path.resolve(sourceRoot, clean) : path.resolve(clean)
-    return inWorkspace(p, rules) && rules.mayName(p)
-  })
+    if (/[%?#\\\0-\x1f]/.test(p) || !inWorkspace(p, rules) || !rules.mayName(p)) return undefined
+    sources.push(p)
+  }
+  return sources
 }
 
 function inWorkspace(p: string, rules: FileRules): boolean {
