@@ -97,6 +97,21 @@ describe('watasu() against vitest-sandbox serve', () => {
     }
   })
 
+  it('rides out a minute in which every call and every new socket is answered 503 or 429, and reports as forks', { timeout: 240_000 }, async () => {
+    const proxy = await startFaultProxy(serve.apiUrl.replace(/\/v1$/, ''))
+    try {
+      const faulty = { ...env, WATASU_API_URL: `${proxy.url}/v1`, WATASU_SANDBOX_URL: proxy.url }
+      proxy.outage(60_000)
+      const run = await runFixture('features', { env: { ...faulty, VPS_FORWARDED: 'forwarded-value' } })
+      await expectAsForksAndNoneLeft(run, 'watasu', env)
+      const refused = proxy.seen.filter((r) => r.status)
+      expect(new Set(refused.map((r) => r.status))).toEqual(new Set([429, 503]))
+      expect(refused.length).toBeGreaterThan(10) // retried through the minute, not given up
+    } finally {
+      await proxy.close()
+    }
+  })
+
   it('lets no test see the API key', { timeout: 120_000 }, async () => {
     const run = await runFixture('secrets', { env })
     expect(run.json?.numPassedTests, run.output).toBe(1)

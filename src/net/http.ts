@@ -1,8 +1,11 @@
 /**
- * JSON-over-HTTP with the retry policy every provider shares: 429, 5xx and connection failures
- * are retried with exponential backoff and full jitter (or the server's `Retry-After`), a bounded
- * number of times, each retry logged under `DEBUG=vitest-pool-sandbox:http`. A stream body is a
- * function that makes the stream, so it is retried too.
+ * JSON-over-HTTP with the retry policy every provider shares, with exponential backoff and full
+ * jitter (or the server's `Retry-After`), each retry logged under `DEBUG=vitest-pool-sandbox:http`:
+ * - 429 and 5xx (the service is there and says "not now") for up to a time budget, so that a
+ *   provider that answers errors for a minute and recovers costs a run that minute, not its files;
+ * - a request nothing answered (a wrong address, no network) a few times only, so that it is
+ *   said at once.
+ * A stream body is a function that makes the stream, so it is retried too.
  */
 import { request, type Dispatcher } from 'undici'
 import { debug } from '../debug.js'
@@ -61,8 +64,8 @@ export interface HttpOptions {
   base: string
   /** Headers sent with every request (credentials). */
   headers: Record<string, string>
-  /** Attempts in all for a retryable failure. @default 4 */
-  attempts?: number
+  /** Milliseconds from a call's first attempt during which a 429 or 5xx is tried again. @default 90_000 */
+  retryForMs?: number
   dispatcher?: Dispatcher
   /** Reads the service's error code and message out of an error body. */
   parseError?: (body: unknown) => { code?: string; message?: string }
@@ -76,15 +79,18 @@ export interface CallOptions {
   retry?: boolean
 }
 
+/** Attempts in all for a request nothing answered. */
+const UNANSWERED_ATTEMPTS = 4
+
 /** Statuses worth another attempt: rate limits and server-side trouble. */
 function retryable(status: number): boolean {
   return status === 429 || (status >= 500 && status !== 501)
 }
 
 export class Http {
-  private readonly attempts: number
+  private readonly retryForMs: number
   constructor(private readonly opts: HttpOptions) {
-    this.attempts = opts.attempts ?? 4
+    this.retryForMs = opts.retryForMs ?? 90_000
   }
 
   get base(): string {
@@ -105,7 +111,7 @@ export class Http {
     } else if (body !== undefined) {
       headers['content-type'] ??= 'application/octet-stream'
     }
-    const attempts = call.retry === false ? 1 : this.attempts
+    const until = Date.now() + (call.retry === false ? 0 : this.retryForMs)
     const url = `${this.opts.base}${path}`
     for (let attempt = 1; ; attempt++) {
       let res: Dispatcher.ResponseData
@@ -114,16 +120,18 @@ export class Http {
         res = await request(url, { method, headers, body: payload as Dispatcher.DispatchOptions['body'], dispatcher: this.opts.dispatcher })
       } catch (err) {
         const code = (err as { code?: string }).code ?? 'network_error'
-        if (attempt >= attempts) throw new HttpError(`${method} ${url} failed: ${(err as Error).message}`, 0, code)
-        log('%s %s: %s, retrying (attempt %d of %d)', method, path, code, attempt + 1, attempts)
-        await backoff(attempt)
+        const wait = attempt < UNANSWERED_ATTEMPTS ? delay(attempt, until) : undefined
+        if (wait === undefined) throw new HttpError(`${method} ${url} failed: ${(err as Error).message}`, 0, code)
+        log('%s %s: %s, retrying in %d ms (attempt %d)', method, path, code, wait, attempt + 1)
+        await sleep(wait)
         continue
       }
       if (res.statusCode < 400) return res
       const text = await res.body.text()
-      if (retryable(res.statusCode) && attempt < attempts) {
-        log('%s %s: %d, retrying (attempt %d of %d)', method, path, res.statusCode, attempt + 1, attempts)
-        await backoff(attempt, Number(res.headers['retry-after']))
+      const wait = retryable(res.statusCode) ? delay(attempt, until, Number(res.headers['retry-after'])) : undefined
+      if (wait !== undefined) {
+        log('%s %s: %d, retrying in %d ms (attempt %d)', method, path, res.statusCode, wait, attempt + 1)
+        await sleep(wait)
         continue
       }
       throw this.error(method, path, res.statusCode, text)
@@ -159,8 +167,15 @@ export class Http {
   }
 }
 
-/** Exponential backoff with full jitter, capped at 5 s; a server's Retry-After wins (capped at 30 s). */
-function backoff(attempt: number, retryAfterSec?: number): Promise<void> {
+/**
+ * The wait before attempt `attempt + 1`: exponential backoff with full jitter, capped at 5 s; a
+ * server's Retry-After wins (capped at 30 s). Undefined when it would end past `until`.
+ */
+function delay(attempt: number, until: number, retryAfterSec?: number): number | undefined {
   const ms = Number.isFinite(retryAfterSec) && retryAfterSec! > 0 ? Math.min(30, retryAfterSec!) * 1000 : Math.random() * Math.min(5000, 250 * 2 ** attempt)
+  return Date.now() + ms < until ? ms : undefined
+}
+
+function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms))
 }

@@ -30,8 +30,8 @@ export interface ClientOptions {
   token: string
   /** Data-plane URL to use instead of the one each sandbox's session names (`WATASU_SANDBOX_URL`). */
   sandboxUrl?: string
-  /** Attempts for a request answered 429/5xx or not answered at all. @default 4 */
-  retries?: number
+  /** Milliseconds a request answered 429/5xx, or not at all, is tried again for. @default 90_000 */
+  retryForMs?: number
   dispatcher?: Dispatcher
 }
 
@@ -71,8 +71,8 @@ const parseError = (body: unknown) => {
   return { code: typeof b.error === 'string' ? b.error : undefined, message: typeof b.message === 'string' ? b.message : undefined }
 }
 
-function bearer(base: string, token: string, retries: number, dispatcher: Dispatcher): Http {
-  return new Http({ base, headers: { authorization: `Bearer ${token}` }, attempts: retries, dispatcher, parseError })
+function bearer(base: string, token: string, retryForMs: number | undefined, dispatcher: Dispatcher): Http {
+  return new Http({ base, headers: { authorization: `Bearer ${token}` }, retryForMs, dispatcher, parseError })
 }
 
 /** The control plane: create, list, kill and snapshot sandboxes. */
@@ -82,7 +82,7 @@ export class RuntimeClient {
   constructor(private readonly opts: ClientOptions) {
     this.dispatcher = opts.dispatcher ?? new Agent({ keepAliveTimeout: 10_000 })
     const base = opts.url.replace(/\/+$/, '')
-    this.http = bearer(base.endsWith('/v1') ? base : `${base}/v1`, opts.token, opts.retries ?? 4, this.dispatcher)
+    this.http = bearer(base.endsWith('/v1') ? base : `${base}/v1`, opts.token, opts.retryForMs, this.dispatcher)
   }
 
   /** `hostLayers` is the local engine's extension (see its `allowHostLayers`). */
@@ -107,7 +107,7 @@ export class RuntimeClient {
 
   private sandboxClient(info: SandboxInfo, session: { data_plane_url: string; token: string }): SandboxClient {
     const dataPlane = this.opts.sandboxUrl ?? session.data_plane_url
-    return new SandboxClient(info, { ...session, data_plane_url: dataPlane }, this.opts.retries ?? 4, this.dispatcher)
+    return new SandboxClient(info, { ...session, data_plane_url: dataPlane }, this.opts.retryForMs, this.dispatcher)
   }
 
   async listSandboxes(metadata: Record<string, string> = {}): Promise<SandboxInfo[]> {
@@ -190,9 +190,9 @@ export class SandboxClient {
   private readonly http: Http
   readonly wsBase: string
 
-  constructor(readonly info: SandboxInfo, readonly session: { data_plane_url: string; token: string }, retries: number, dispatcher: Dispatcher) {
+  constructor(readonly info: SandboxInfo, readonly session: { data_plane_url: string; token: string }, retryForMs: number | undefined, dispatcher: Dispatcher) {
     this.id = info.id
-    this.http = bearer(`${session.data_plane_url.replace(/\/+$/, '')}/runtime/v1`, session.token, retries, dispatcher)
+    this.http = bearer(`${session.data_plane_url.replace(/\/+$/, '')}/runtime/v1`, session.token, retryForMs, dispatcher)
     this.wsBase = session.data_plane_url.replace(/^http/, 'ws').replace(/\/+$/, '')
   }
 

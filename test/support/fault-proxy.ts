@@ -23,7 +23,11 @@ export async function startFaultProxy(target: string) {
   /** Process sockets still to cut at the server's `started`, which the client then never gets. */
   let cutsAtStarted = 0
 
-  const take = (method: string, path: string) => {
+  /** Until then every request and every WebSocket upgrade is answered 503 or 429 in turn. */
+  let outageUntil = 0
+  let outageAnswers = 0
+  const take = (method: string, path: string): { status: number } | undefined => {
+    if (Date.now() < outageUntil) return { status: outageAnswers++ % 2 ? 429 : 503 }
     const f = faults.find((x) => x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
     if (f) f.times--
     return f
@@ -48,7 +52,13 @@ export async function startFaultProxy(target: string) {
 
   const wss = new WebSocketServer({ noServer: true, maxPayload: 0 })
   server.on('upgrade', (req, socket, head) => {
-    seen.push({ method: 'WS', path: new URL(req.url!, 'http://proxy').pathname })
+    const path = new URL(req.url!, 'http://proxy').pathname
+    if (Date.now() < outageUntil) {
+      const status = take('WS', path)!.status
+      seen.push({ method: 'WS', path, status })
+      return void socket.end(`HTTP/1.1 ${status} Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
+    }
+    seen.push({ method: 'WS', path })
     const headers = { authorization: String(req.headers.authorization ?? '') }
     const backend = new WebSocket(`ws://${upstream.host}${req.url}`, { headers, maxPayload: 0 })
     backend.once('unexpected-response', (_r, res) => {
@@ -85,6 +95,10 @@ export async function startFaultProxy(target: string) {
     /** Cut the next `times` process sockets when the server says `started`, before the client hears it. */
     cutAtStarted(times: number): void {
       cutsAtStarted = times
+    },
+    /** For the next `ms`, answer every request and upgrade with 503 or 429 (the relayed sockets stay). */
+    outage(ms: number): void {
+      outageUntil = Date.now() + ms
     },
     /** Cut every relayed WebSocket without a close frame; returns how many. */
     dropSockets(): number {
