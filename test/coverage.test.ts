@@ -65,13 +65,15 @@ describe('source maps the host reads for the coverage report', () => {
   const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0)
 
   /** Run the fixture with these files in src/ (and a canary outside the workspace); the host is stopped past 2 GB of memory. */
-  async function withFiles(files: Record<string, string>, runs: Array<{ provider: 'v8' | 'istanbul'; args: string[]; projects?: boolean }>) {
+  async function withFiles(files: Record<string, string | { link: string }>, runs: Array<{ provider: 'v8' | 'istanbul'; args: string[]; projects?: boolean }>) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-cov-maps-'))
     const canary = path.join(dir, 'canary.txt')
     fs.writeFileSync(canary, `CANARY-${process.pid}-${Date.now()}`)
-    const written = Object.entries(files).map(([name, text]) => {
+    const written = Object.entries(files).map(([named, text]) => {
+      const name = named.replace('CANARY_PATH', canary.slice(1))
       fs.mkdirSync(path.dirname(path.join(src, name)), { recursive: true })
-      fs.writeFileSync(path.join(src, name), text.replaceAll('CANARY_PATH', canary))
+      if (typeof text === 'string') fs.writeFileSync(path.join(src, name), text.replaceAll('CANARY_PATH', canary))
+      else fs.symlinkSync(text.link.replaceAll('CANARY_PATH', canary), path.join(src, name))
       return path.join(src, name.split('/')[0])
     })
     let ballooned = 0
@@ -145,6 +147,28 @@ describe('source maps the host reads for the coverage report', () => {
     for (const o of out) {
       expect(o.ballooned, o.run.output).toBe(0)
       expect(o.keys).toEqual(expect.arrayContaining([path.join(src, 'zero-comment.js')]))
+    }
+  })
+
+  it('listed through links or names a file URL reads as another path: no host file, nor the host environment, is reported or read', async () => {
+    const climb = '%2e%2e/'.repeat(path.relative('/', src).split('/').length + 1)
+    const { canary, out } = await withFiles(
+      {
+        'link.js': { link: 'CANARY_PATH' },
+        'environ.js': { link: '/proc/self/environ' },
+        'zero-link.js': { link: '/dev/zero' },
+        [`${climb}CANARY_PATH`]: 'export const x = 1\n',
+        [`${climb}dev/zero`]: 'export const x = 1\n',
+      },
+      [{ provider: 'v8', args: [] }, { provider: 'istanbul', args: [] }],
+    )
+    for (const o of out) {
+      expect(o.ballooned, o.run.output).toBe(0)
+      expect(o.run.code, o.run.output).toBe(0)
+      expect(o.keys.filter((k) => !k.startsWith(src + path.sep)), o.run.output).toEqual([])
+      expect(o.keys.filter((k) => /link|environ|%/.test(k))).toEqual([])
+      expect(o.html).not.toContain(canary)
+      expect(o.html).not.toContain('PATH=')
     }
   })
 })

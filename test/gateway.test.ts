@@ -261,8 +261,10 @@ it("gives a module only the env names it may see, however its lines read", async
   expect(JSON.stringify((await import('./code-env.js')).env)).not.toContain('attack-secret')
 })
 
-it('makes no folder whose name an id cannot carry, and reads no id with a line separator', async () => {
-  expect(await settled(call('snapshot:write', import.meta.dirname + '/q?\u2028/a.txt', 'x'))).toMatch(/refused to create [^]*(a character module ids cannot carry|update mode none)/)
+it('makes no folder whose name an id or a file URL cannot carry, and reads no id with a line separator', async () => {
+  expect(await settled(call('snapshot:write', import.meta.dirname + '/q?\u2028/a.txt', 'x'))).toMatch(/refused to create [^]*(a character module ids and file URLs cannot carry|update mode none)/)
+  // A file URL reads %2e%2e as .. (the coverage provider reads files so).
+  expect(await settled(call('snapshot:write', import.meta.dirname + '/%2e%2e/a.txt', 'x'))).toMatch(/refused to create [^]*(a character module ids and file URLs cannot carry|update mode none)/)
   const climb = import.meta.dirname + '/q?\u2028/../../../.env?raw'
   expect(await settled(rpc.fetch(climb, import.meta.filename, 'ssr', {}))).not.toContain('attack-secret')
   await expect(import(/* @vite-ignore */ climb)).rejects.toThrow()

@@ -188,8 +188,10 @@ export class HostFiles {
   private protection(file: string): string | undefined {
     const rel = this.rel(file)
     if (this.ctx.protectedFiles.has(file)) return 'it is a file the host loads (a config or globalSetup file)'
-    // A name no module id carries (a query or hash mark, a line separator): as an id, it reads as another path.
-    if (/[?#\u2028\u2029]/.test(rel)) return 'its path has a character module ids cannot carry (?, # or a line separator)'
+    // A name no module id carries (a query or hash mark, a line separator): as an id, it reads as
+    // another path; and one a file URL reads as another (`%2e%2e` is `..` to a URL parser, `\\` a
+    // separator), as the coverage provider reads files.
+    if (/[?#%\\\u2028\u2029]/.test(rel)) return 'its path has a character module ids and file URLs cannot carry (?, #, %, \\ or a line separator)'
     if (rel.split('/').some((p) => p.startsWith('.'))) return 'dotfiles and dot-folders (.git, .github, ...) are configuration'
     if (PROTECTED.ignores(rel)) return 'it is a manifest, lockfile or configuration file'
     return undefined

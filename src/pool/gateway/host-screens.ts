@@ -6,11 +6,13 @@
  *
  * - Every Vite environment serving workers is screened (load-screen.ts) when it is initialized;
  *   until a worker gives it the run's own rules, by the workspace of its root.
- * - The coverage provider's transforms: the v8 provider reads a map from the code's
- *   `sourceMappingURL` (a file, or `/dev/zero`) whenever a transform has none, and the raw file's
- *   when a transform fails; it reads every source of a map as a URL. So what it gets never names a
- *   map, a failed transform gives it the file's text the same way, and a map with a source that is
- *   not a given file is not passed on.
+ * - The coverage provider: the v8 provider reads a map from the code's `sourceMappingURL` (a
+ *   file, or `/dev/zero`) whenever a transform has none, and the raw file's when a transform
+ *   fails; it reads every source of a map, and every file, as a URL (`%2e%2e` is `..` there); its
+ *   search for untested files follows links; its reporters read every file of the map from disk.
+ *   So what it transforms never names a map, a failed transform gives it the file's text the same
+ *   way, a map with a source that is not a given file is not passed on, and it looks for and
+ *   reports on given files at plain paths only.
  *
  * The classes wrapped (once per process) are those of the Vitest running this process and its Vite.
  */
@@ -105,9 +107,10 @@ function wrapEnvironments(proto: any, screen: (environment: ViteEnvironment) => 
 type Transformed = { code?: unknown; map?: unknown } | null | undefined
 
 function wrapCoverage(proto: any, rulesFor: (config: { root: string }) => Promise<FileRules>): void {
-  if (typeof proto?.transformFile !== 'function') return
-  const { transformFile } = proto
-  proto.transformFile = async function (this: unknown, url: string, project: { config: { root: string } }, ...rest: unknown[]) {
+  if (typeof proto?.transformFile !== 'function' || typeof proto.getUntestedFiles !== 'function' || typeof proto.reportCoverage !== 'function') return
+  const { transformFile, getUntestedFiles, reportCoverage } = proto
+  type Provider = { ctx: { config: { root: string } } }
+  proto.transformFile = async function (this: Provider, url: string, project: { config: { root: string } }, ...rest: unknown[]) {
     const rules = await rulesFor(project.config)
     const file = url.startsWith('file://') ? fileURLToPath(url.replace(/[?#].*$/, '')) : url.replace(/[?#].*$/, '')
     let result: Transformed
@@ -119,6 +122,32 @@ function wrapCoverage(proto: any, rulesFor: (config: { root: string }) => Promis
     if (typeof result?.code !== 'string') return { code: inert(givenText(file, rules)), map: null }
     return { ...result, code: inert(result.code), map: mapOfGiven(result.map, file, rules) }
   }
+  // The files it looks for (it follows links) and the files it reports on (it reads each as a
+  // URL, and its reporters read each from disk): given files, each a plain path to itself.
+  proto.getUntestedFiles = async function (this: Provider, ...args: unknown[]) {
+    const rules = await rulesFor(this.ctx.config)
+    return ((await getUntestedFiles.apply(this, args)) as string[]).filter((file) => reportable(file, rules))
+  }
+  proto.reportCoverage = async function (this: Provider, coverageMap: { filter?: (keep: (file: string) => boolean) => void } | undefined, ...rest: unknown[]) {
+    const rules = await rulesFor(this.ctx.config)
+    coverageMap?.filter?.((file) => reportable(file, rules))
+    return reportCoverage.call(this, coverageMap, ...rest)
+  }
+}
+
+/**
+ * May the coverage report name and read this file? A given regular file at a plain path (one a
+ * file URL reads as itself: no `%`, `\\`, `?`, `#` or control characters, no `..`), where a link
+ * leads to a given file too.
+ */
+function reportable(file: unknown, rules: FileRules): boolean {
+  if (typeof file !== 'string' || !path.isAbsolute(file) || path.normalize(file) !== file || /[%?#\\\0-\x1f\u2028\u2029]/.test(file) || !rules.isGiven(file)) return false
+  try {
+    const real = fs.realpathSync(file)
+    return rules.isGiven(real) && fs.statSync(real).isFile()
+  } catch {
+    return false
+  }
 }
 
 /** `sourceMappingURL` in code the provider maps is not a map's address (same length: its ranges stay). */
@@ -129,18 +158,19 @@ function inert(code: string): string {
 /** A given file's text, as the provider reads it when a transform fails; empty for anything else. */
 function givenText(file: string, rules: FileRules): string {
   try {
-    return path.isAbsolute(file) && rules.isGiven(file) && fs.statSync(file).isFile() ? fs.readFileSync(file, 'utf8') : ''
+    return reportable(file, rules) ? fs.readFileSync(file, 'utf8') : ''
   } catch {
     return ''
   }
 }
 
-/** The map when every source the provider would read (`new URL(source, file)`) is a file the sandbox may name in the workspace. */
+/** The map when every source the provider would read (`new URL(source, file://<file>)`) is a file the sandbox may name in the workspace. */
 function mapOfGiven(map: unknown, file: string, rules: FileRules): unknown {
-  if (map == null) return null
+  if (map == null || !reportable(file, rules)) return null
   const sources = (map as { sources?: unknown }).sources
   if (!Array.isArray(sources)) return null
-  const base = pathToFileURL(file)
+  // As the provider makes it: `file://` and the path, not encoded.
+  const base = new URL(`file://${file}`)
   const given = sources.every((source) => {
     if (source == null) return true
     if (typeof source !== 'string') return false
