@@ -109,3 +109,31 @@ describe('benchmark result paths (Vitest 5)', () => {
     }
   })
 })
+
+describe('file snapshot targets (toMatchFileSnapshot)', () => {
+  it("are written next to the test or below it, never into a project's root folder, where tools read their configuration", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-filesnap-'))
+    try {
+      // A test file at the workspace root (common in small packages), and one in a package of a monorepo.
+      fs.mkdirSync(path.join(dir, 'packages/app/data'), { recursive: true })
+      fs.writeFileSync(path.join(dir, 'index.test.ts'), '')
+      fs.writeFileSync(path.join(dir, 'packages/app/package.json'), '{}')
+      fs.writeFileSync(path.join(dir, 'packages/app/app.test.ts'), '')
+      const workspace = await collectWorkspace(dir)
+      const testFiles = [path.join(dir, 'index.test.ts'), path.join(dir, 'packages/app/app.test.ts')]
+      const files = new HostFiles({ workspace, mode: () => 'new', testFiles: () => testFiles, snapFiles: () => new Set(), protectedFiles: new Set(), allowWrite: [], projectRoot: dir })
+      const write = (rel: string) => files.call('snapshot:write', [path.join(dir, rel), 'pre-commit:\n  commands: {}\n']).then(() => 'written', (e: Error) => e.message)
+      for (const hook of ['lefthook.yml', 'compose.yaml', 'Taskfile.yaml', 'nodemon.json', 'packages/app/biome.json', 'packages/app/wrangler.json']) {
+        expect(await write(hook), hook).toMatch(/file snapshots are not written into a project's root folder/)
+        expect(fs.existsSync(path.join(dir, hook)), hook).toBe(false)
+      }
+      for (const data of ['snapshots/out.yml', 'packages/app/data/expected.json', '__snapshots__/lefthook.yml']) {
+        expect(await write(data), data).toBe('written')
+      }
+      // A path no refusal may quote whole.
+      expect(await files.call('snapshot:read', ['/' + 'a'.repeat(100_000)]).catch((e: Error) => e.message)).toBe('snapshot:read takes a path of at most 4096 characters')
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})

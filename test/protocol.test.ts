@@ -3,12 +3,14 @@
  * real client and, for malformed input, by a raw WebSocket and raw HTTP.
  */
 import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import net from 'node:net'
 import { gzipSync } from 'node:zlib'
 import { Agent, request } from 'undici'
 import WebSocket from 'ws'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { RuntimeClient, SandboxClient } from '../src/protocol/client.js'
-import { startTestEngine, waitFor } from './support/engine.js'
+import { hostProcessesMatching, startTestEngine, waitFor } from './support/engine.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 
 let env: Awaited<ReturnType<typeof startTestEngine>>
@@ -124,6 +126,33 @@ describe('files', () => {
     const res = await request(`${env.handle.url}/runtime/v1/files`, { headers: { authorization: `Bearer ${sbx.session.token}` } })
     expect(res.statusCode).toBe(400)
     expect(((await res.body.json()) as any).message).toMatch(/"path" is required/)
+  })
+
+  it("reads a file at its reader's pace: a reader that stops holds the server to a few MiB, and one that leaves ends the read", async () => {
+    // 100 GB, sparse: no disk, as much reading as the server lets happen.
+    expect((await sbx.run('truncate', ['-s', '100G', '/tmp/huge.bin'])).exitCode).toBe(0)
+    const url = new URL(`${env.handle.url}/runtime/v1/files?path=/tmp/huge.bin`)
+    const socket = net.connect(Number(url.port), url.hostname)
+    await new Promise((r) => socket.once('connect', r))
+    socket.write(`GET ${url.pathname}${url.search} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${sbx.session.token}\r\n\r\n`)
+    socket.pause()
+    const before = process.memoryUsage().rss
+    await new Promise((r) => setTimeout(r, 4000))
+    expect((process.memoryUsage().rss - before) / 1024 ** 2).toBeLessThan(100)
+    // Which host processes hold the file open (the sandbox's init reads it for the server).
+    const reading = () =>
+      hostProcessesMatching('sandbox-init').filter((pid) => {
+        try {
+          return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === '/tmp/huge.bin')
+        } catch {
+          return false
+        }
+      }).length
+    if (process.getuid?.() === 0) expect(reading()).toBe(1)
+    socket.destroy()
+    // Its read ended with the reader: the sandbox holds the file open no longer.
+    await waitFor(() => reading() === 0, 5000, 'the read to end')
+    await sbx.remove('/tmp/huge.bin')
   })
 
   it('streams an upload larger than any frame, in order', async () => {

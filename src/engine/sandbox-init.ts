@@ -196,8 +196,22 @@ function openRegular(file: string, flags: number, mode?: number): number {
   throw Object.assign(new Error(`${file} is not a regular file (a pipe, socket or device)`), { code: 'EINVAL' })
 }
 
+/** Reads the host paused (its reader is slow: it holds what it has not passed on) or cancelled (its reader left). */
+const reads = new Map<string, { paused: boolean; cancelled: boolean; wake?: () => void }>()
+
+function setRead(h: Header, change: 'read_pause' | 'read_resume' | 'read_cancel'): void {
+  const r = reads.get(String(h.req))
+  if (!r) return
+  if (change === 'read_pause') r.paused = true
+  else if (change === 'read_resume') r.paused = false
+  else r.cancelled = true
+  if (!r.paused || r.cancelled) r.wake?.()
+}
+
 async function readFile(h: Header): Promise<void> {
   const req = String(h.req)
+  const flow: { paused: boolean; cancelled: boolean; wake?: () => void } = { paused: false, cancelled: false }
+  reads.set(req, flow)
   let fd = -1
   try {
     const file = resolvePath(h.path)
@@ -206,6 +220,8 @@ async function readFile(h: Header): Promise<void> {
     send({ op: 'read_start', req, size: st.size, mode: st.mode & 0o7777 })
     const buf = Buffer.alloc(CHUNK)
     for (;;) {
+      while (flow.paused && !flow.cancelled) await new Promise<void>((r) => (flow.wake = r))
+      if (flow.cancelled) break
       const n = fs.readSync(fd, buf, 0, CHUNK, null)
       if (n === 0) break
       if (!send({ op: 'data', req }, buf.subarray(0, n))) await new Promise((r) => out.once('drain', r))
@@ -214,6 +230,7 @@ async function readFile(h: Header): Promise<void> {
   } catch (err) {
     send({ op: 'reply', req, ...errorInfo(err) })
   } finally {
+    reads.delete(req)
     if (fd >= 0) fs.closeSync(fd)
   }
 }
@@ -268,6 +285,9 @@ function handle(h: Header, body: Buffer): void {
     case 'write_chunk': return writeUpload(h, body)
     case 'write_close': return closeUpload(h)
     case 'read': return void readFile(h)
+    case 'read_pause':
+    case 'read_resume':
+    case 'read_cancel': return setRead(h, h.op)
     case 'fs': return fsOp(h)
     default: send({ op: 'protocol_error', message: `unknown op ${JSON.stringify(h.op)}` })
   }

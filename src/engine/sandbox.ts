@@ -293,9 +293,32 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     return (await done).entry as Header
   }
 
-  /** Read a file inside the sandbox; `onStart` gets its size before the first chunk. */
-  readFile(file: string, onStart: (info: { size: number }) => void, onData: (chunk: Buffer) => void): Promise<void> {
-    return this.request({ op: 'read', path: file }, { onData, onStart: (h) => onStart({ size: Number(h.size) }) }).done.then(() => {})
+  /**
+   * Read a file inside the sandbox; `onStart` gets its size before the first chunk. The reader sets
+   * the pace: when `onData` returns a promise (it holds what it could not pass on), the sandbox
+   * reads no further until it settles; an aborted `signal` ends the read.
+   */
+  readFile(file: string, onStart: (info: { size: number }) => void, onData: (chunk: Buffer) => Promise<void> | undefined, signal?: AbortSignal): Promise<void> {
+    let waiting = false
+    const { req, done } = this.request(
+      { op: 'read', path: file },
+      {
+        onStart: (h) => onStart({ size: Number(h.size) }),
+        onData: (chunk) => {
+          const slow = onData(chunk)
+          if (!slow || waiting) return
+          waiting = true
+          void this.post({ op: 'read_pause', req }).catch(() => {})
+          void slow.then(() => {
+            waiting = false
+            return this.post({ op: 'read_resume', req })
+          }).catch(() => {})
+        },
+      },
+    )
+    const cancel = () => void this.post({ op: 'read_cancel', req }).catch(() => {})
+    signal?.addEventListener('abort', cancel, { once: true })
+    return done.then(() => {}).finally(() => signal?.removeEventListener('abort', cancel))
   }
 
   /** stat / list / mkdir / remove, resolved inside the sandbox. */

@@ -375,6 +375,9 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       const file = requirePath(url)
       if (method === 'GET') {
         let started = false
+        // The client's pace sets the sandbox's: what it has not taken is held here, a chunk or two.
+        const left = new AbortController()
+        res.once('close', () => left.abort())
         try {
           await s.readFile(
             file,
@@ -382,8 +385,10 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
               started = true
               res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size })
             },
-            (chunk) => res.write(chunk),
+            (chunk) => (res.write(chunk) ? undefined : new Promise<void>((r) => { res.once('drain', r); res.once('close', r) })),
+            left.signal,
           )
+          if (left.signal.aborted) return
         } catch (err) {
           if (started) return void res.destroy(err as Error) // mid-body: the client sees a short read
           throw err

@@ -30,6 +30,10 @@ export interface ChannelHandlers {
  * Where a worker's messages go: over the link; held until its direct socket is claimed; or over
  * that socket.
  */
+/** Answers a worker has not read past which its requests wait, and past which it is ended (worker.ts). */
+const UNREAD_PAUSE = 8 * 1024 * 1024
+export const UNREAD_LIMIT = 128 * 1024 * 1024
+
 type Route = { kind: 'relay' } | { kind: 'claiming'; claim: DirectClaim; held: Uint8Array[] } | { kind: 'direct'; socket: Socket }
 
 /** How long an exited worker's direct socket may take to deliver its last bytes. */
@@ -220,11 +224,30 @@ export class AgentLink {
     socket.once('close', done)
   }
 
+  /**
+   * Answers to a worker. On its direct socket the host keeps what the worker has not read: past
+   * UNREAD_PAUSE its requests wait (the socket is not read) until it reads; `unread` tells the
+   * caller how much is waiting. (Relayed, the agent holds it, inside the sandbox's limits.)
+   */
   toWorker(channel: number, bytes: Uint8Array): void {
     const route = this.channels.get(channel)?.route
-    if (route?.kind === 'direct') route.socket.write(bytes)
-    else if (route?.kind === 'claiming') route.held.push(bytes)
+    if (route?.kind === 'direct') {
+      const socket = route.socket
+      socket.write(bytes)
+      if (socket.writableLength > UNREAD_PAUSE && !socket.isPaused()) {
+        socket.pause()
+        socket.once('drain', () => socket.resume())
+      }
+    } else if (route?.kind === 'claiming') route.held.push(bytes)
     else this.send(frame(channel, Kind.TO_WORKER, bytes))
+  }
+
+  /** Bytes sent to a worker that it has not read, as far as the host holds them. */
+  unread(channel: number): number {
+    const route = this.channels.get(channel)?.route
+    if (route?.kind === 'direct') return route.socket.writableLength
+    if (route?.kind === 'claiming') return route.held.reduce((n, b) => n + b.byteLength, 0)
+    return 0
   }
 
   /** Before a watch-mode rerun: the host's module answers may have changed. */

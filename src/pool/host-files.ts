@@ -11,8 +11,9 @@
  *   removal of the test file's own obsolete `.snap` file;
  * - never: a path through a symbolic link; files the host executes or reads as configuration
  *   (PROTECTED), in any mode; a file-snapshot target outside the test file's folder, or outside
- *   `__snapshots__` with a name that is not data, unless `allowWrite` says so (test code chooses
- *   that path; the host's config, hooks and task runners may read or run it).
+ *   `__snapshots__` with a name that is not data or in a project's root folder, unless
+ *   `allowWrite` says so (test code chooses that path; the host's config, hooks and task runners
+ *   may read or run it).
  */
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
@@ -56,6 +57,11 @@ const PROTECTED = ignore().add([
   'azure-pipelines.yml',
   'bitbucket-pipelines.yml',
 ])
+
+const PATH_MAX = 4096
+
+/** What makes a folder a project's root, beside the workspace root. */
+const ROOT_MARKERS = ['package.json', 'deno.json', 'deno.jsonc', 'package-lock.json', 'pnpm-lock.yaml', 'pnpm-workspace.yaml', 'yarn.lock', 'bun.lock', 'bun.lockb', '.git']
 
 /**
  * Names of data a test may write as a file snapshot outside `__snapshots__`: anything else (code,
@@ -140,9 +146,11 @@ export class HostFiles {
   }
 
   async call(op: string, args: unknown[]): Promise<unknown> {
-    const file = typeof args[0] === 'string' ? path.resolve(args[0]) : ''
-    if (!path.isAbsolute(String(args[0] ?? '')) || !this.ctx.workspace.isGiven(file)) {
-      throw new HostFileRefusal(`${file || String(args[0])} is not a file given to the sandbox (outside ${this.ctx.workspace.root}, or left out as a secret, cache or excluded file)`)
+    // A path the kernel would take (PATH_MAX), so that no refusal quoting it is larger.
+    if (typeof args[0] !== 'string' || args[0].length > PATH_MAX) throw new HostFileRefusal(`${op} takes a path of at most ${PATH_MAX} characters`)
+    const file = path.resolve(args[0])
+    if (!path.isAbsolute(args[0]) || !this.ctx.workspace.isGiven(file)) {
+      throw new HostFileRefusal(`${file} is not a file given to the sandbox (outside ${this.ctx.workspace.root}, or left out as a secret, cache or excluded file)`)
     }
     switch (op) {
       case 'snapshot:read':
@@ -171,7 +179,8 @@ export class HostFiles {
    * it (relative to the project's root): the absolute path to hand Vitest, or why it is refused.
    */
   benchmarkPath(method: string, asked: unknown): { path: string } | { refused: string } {
-    const file = path.resolve(this.ctx.projectRoot, String(asked))
+    if (typeof asked !== 'string' || asked.length > PATH_MAX) return { refused: `${method} takes a path of at most ${PATH_MAX} characters` }
+    const file = path.resolve(this.ctx.projectRoot, asked)
     if (!this.ctx.workspace.isGiven(file)) return { refused: `${method} of ${String(asked)}: not a file given to the sandbox` }
     if (method === 'readBenchmarkResult') return { path: file }
     if (linkOnTheWay(this.ctx.workspace.root, file)) return { refused: `${method} of ${this.rel(file)} refused: its path goes through a symbolic link` }
@@ -221,11 +230,21 @@ export class HostFiles {
     if (!this.ctx.testFiles().some((test) => under(path.dirname(test))) && !this.allow.ignores(rel)) {
       throw refuse(`file snapshots are written only in the test file's folder or below it; allow it with sandbox({ allowWrite: ['${rel}'] })`)
     }
-    if (!DATA_NAME.test(rel) && !rel.split('/').includes('__snapshots__') && !this.allow.ignores(rel)) {
-      throw refuse(`outside __snapshots__ only data names (.txt, .json, .md, ...) are written; allow it with sandbox({ allowWrite: ['${rel}'] })`)
+    if (!rel.split('/').includes('__snapshots__') && !this.allow.ignores(rel)) {
+      if (!DATA_NAME.test(rel)) throw refuse(`outside __snapshots__ only data names (.txt, .json, .md, ...) are written; allow it with sandbox({ allowWrite: ['${rel}'] })`)
+      // Tools read their configuration (lefthook.yml, compose.yaml, biome.json, ...) from a
+      // project's root folder: a data file goes to a folder that is none.
+      if (this.isProjectRoot(path.dirname(file))) {
+        throw refuse(`outside __snapshots__, file snapshots are not written into a project's root folder (${this.rel(path.dirname(file)) || '.'}), where tools read their configuration; write it in a subfolder, or allow it with sandbox({ allowWrite: ['${rel}'] })`)
+      }
     }
     await fsp.mkdir(path.dirname(file), { recursive: true })
     await fsp.writeFile(file, content, 'utf8')
+  }
+
+  /** The workspace root, or a folder with a manifest, a lockfile or a repository of its own. */
+  private isProjectRoot(dir: string): boolean {
+    return dir === this.ctx.workspace.root || ROOT_MARKERS.some((m) => fs.existsSync(path.join(dir, m)))
   }
 
   private async writeSnap(file: string, current: string | null, content: string, mode: UpdateMode, refuse: (why: string) => Error): Promise<void> {

@@ -23,6 +23,7 @@ import { screenLoads, type LoadingEnvironment } from './gateway/load-screen.js'
 import { projectRules, servesWorkers } from './gateway/host-screens.js'
 import { screenConfigEnv } from './gateway/config-env.js'
 import { printable } from './gateway/printable.js'
+import { UNREAD_LIMIT } from './agent-link.js'
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
 import { CACHED_METHODS } from '../sandbox-runtime/module-cache.js'
 import { codecFor, workerEnv } from './worker-env.js'
@@ -457,7 +458,11 @@ export class SandboxPoolWorker implements PoolWorker {
 
   private transmit(message: unknown): void {
     if (this.channel === undefined || !this.lease) return
-    this.lease.host.link.toWorker(this.channel, lengthPrefixed(this.codec!.encode(message)))
+    const link = this.lease.host.link
+    link.toWorker(this.channel, lengthPrefixed(this.codec!.encode(message)))
+    // What it leaves unread the host holds: a worker that stops reading its answers is ended.
+    const unread = link.unread(this.channel)
+    if (unread > UNREAD_LIMIT) this.violation(`it left ${Math.round(unread / 1024 ** 2)} MiB of the host's answers unread (at most ${UNREAD_LIMIT / 1024 ** 2} MiB)`)
   }
 
   private async answerHostCall(msg: HostFileCall): Promise<void> {
