@@ -71,6 +71,19 @@ describe('heyo() against the fake daemon', () => {
     fs.rmSync(stateDir, { recursive: true, force: true })
   })
 
+  it('asks for the disk of its limits (whole GB), and names sizeClass for memory and CPU', async () => {
+    const sized = await heyo({ baseUrl: fake.url, stateDir, limits: { disk: '2g' } }).connect()
+    try {
+      const s = await sized.createSandbox({ timeoutSec: 300, labels: {}, network: true })
+      expect(fake.state.diskSizes.at(-1)).toBe(3) // 2 GiB is 2.1 GB
+      await s.kill()
+    } finally {
+      await sized.close()
+    }
+    expect(() => heyo({ limits: { memory: '1g' } as never })).toThrow("heyo(): limits.memory cannot be set through heyo's API: Heyo sizes memory and CPU by class: heyo({ sizeClass: 'medium' })")
+    expect(() => heyo({ limits: { disk: '300g' } })).toThrow('heyo(): limits.disk is 323 GB; Heyo takes 1 to 250')
+  })
+
   it("the fake's shell is a real terminal: it echoes, writes \\r\\n, and bytes typed into it raw do not arrive as sent", async () => {
     const prompt = /bash-[\d.]+[$#] $/
     const out = await typeInShell(fake, sbx.id, [[prompt, Buffer.from("printf 'a\\nb' ; echo done-$((6*7))\n")]], /done-42/)

@@ -92,6 +92,20 @@ describe('what the adapter asks of the SDK (stand-in)', () => {
   })
   afterAll(() => standIn?.close())
 
+  it('boots each microVM with the memory and vCPUs of its limits, which bound it', async () => {
+    const session = await microsandbox({ image: 'node:22', limits: { memory: '256m', cpus: 1.5 } }, { load: async () => standIn.sdk, probe: CAN_BOOT }).connect()
+    try {
+      const sbx = await session.createSandbox({ timeoutSec: 120, labels: {}, network: false })
+      const bomb = await sbx.start({ cmd: 'node', args: ['-e', 'const a = []; for (let i = 0; i < 64; i++) a.push(Buffer.alloc(32 * 1024 * 1024, 1))'] })
+      expect((await bomb.exited).exitCode).not.toBe(0)
+      await sbx.kill()
+    } finally {
+      await session.close()
+    }
+    expect(() => microsandbox({ limits: { disk: '1g' } as never })).toThrow("microsandbox(): limits.disk cannot be set through microsandbox's API: a microVM's disk is its image's")
+    expect(() => microsandbox({ limits: { memory: '1g' }, memoryMib: 512 })).toThrow('microsandbox(): give limits or cpus/memoryMib, not both')
+  })
+
   it('boots the image (no network unless asked), snapshots a stopped sandbox and starts it again, and boots the template', async () => {
     const session = await microsandbox({ image: 'node:22' }, { load: async () => standIn.sdk, probe: CAN_BOOT }).connect()
     expect(session.base).toBe('microsandbox:node:22')

@@ -130,6 +130,21 @@ describe('opensandbox() beyond the contract', () => {
     }
   })
 
+  it("sets limits as the sandbox's Kubernetes resource limits, which the cluster enforces", async () => {
+    const limited = await opensandbox({ domain: fake.domain, apiKey: fake.apiKey, limits: { memory: '256m', cpus: 0.5, disk: '1g' } }).connect()
+    try {
+      const sbx = await limited.createSandbox({ timeoutSec: 300, labels: {}, network: false })
+      expect(fake.state.resourceLimits.at(-1)).toEqual({ cpu: '0.5', memory: '256Mi', 'ephemeral-storage': '1024Mi' })
+      const bomb = await sbx.start({ cmd: 'node', args: ['-e', 'const a = []; for (let i = 0; i < 64; i++) a.push(Buffer.alloc(32 * 1024 * 1024, 1))'] })
+      expect((await bomb.exited).signal ?? (await bomb.exited).exitCode).not.toBe(0)
+      await sbx.kill()
+    } finally {
+      await limited.close()
+    }
+    expect(() => opensandbox({ limits: { memory: 'lots' } })).toThrow(`limits.memory: "lots" is not a size`)
+    expect(() => opensandbox({ limits: { memory: '1g' }, resourceLimits: { memory: '1Gi' } })).toThrow('opensandbox(): give limits or resourceLimits, not both')
+  })
+
   it('starts a process whose first sockets are cut before they connect', async () => {
     const sbx = await session.createSandbox({ timeoutSec: 300, labels: {}, network: false })
     fake.state.cutBeforeConnected = 2

@@ -5,6 +5,7 @@
  */
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { createRelayParser } from '../src/providers/framed-stdio.js'
+import { e2b } from '../src/providers/e2b.js'
 import { local } from '../src/providers/local.js'
 import { opensandbox } from '../src/providers/opensandbox.js'
 import { watasu } from '../src/providers/watasu.js'
@@ -35,6 +36,16 @@ describe('credentials', () => {
     const viaUrl = await watasu().connect()
     await expect(viaUrl.listSandboxes({})).rejects.toThrow(/GET http:\/\/127\.0\.0\.1:9\/v1\/sandboxes\? failed/)
     await viaUrl.close()
+  })
+})
+
+describe('limits of remote providers', () => {
+  it('are checked when the provider is made: the option, the value and what it takes; one the API cannot set is refused with the fix', () => {
+    expect(() => watasu({ limits: { memory: 'lots' } })).toThrow(`limits.memory: "lots" is not a size: a byte count or a number with k, m, g or t (e.g. '512m', '2g')`)
+    expect(() => watasu({ limits: { gpus: 1 } as never })).toThrow('limits.gpus: 1 is not a limit watasu() takes (memory, disk, cpus)')
+    expect(() => watasu({ limits: { cpus: -1 } })).toThrow('limits.cpus: -1 is not a positive number')
+    expect(() => e2b({ limits: { memory: '2g' } })).toThrow("e2b(): limits.memory cannot be set through e2b's API: E2B sizes CPU and memory per template: build the template of e2b({ template }) with the cpuCount and memoryMB you want")
+    expect(() => watasu({ limits: { memory: '2g', disk: '10g', cpus: 2 } })).not.toThrow()
   })
 })
 

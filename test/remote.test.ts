@@ -112,6 +112,21 @@ describe('watasu() against vitest-sandbox serve', () => {
     }
   })
 
+  it('asks serve for the limits given, which it enforces on each sandbox', { timeout: 120_000 }, async () => {
+    const bomb = ['-e', 'const a = []; for (let i = 0; i < 24; i++) a.push(Buffer.alloc(32 * 1024 * 1024, 1))']
+    for (const [limits, survives] of [[undefined, true], [{ memory: '256m' }, false]] as const) {
+      const session = await watasu({ apiUrl: serve.apiUrl, apiKey: serve.token, limits }).connect()
+      try {
+        const sbx = await session.createSandbox({ timeoutSec: 60, labels: {}, network: false })
+        const exit = await (await sbx.start({ cmd: 'node', args: [...bomb] })).exited
+        expect(exit.exitCode === 0, JSON.stringify({ limits, exit })).toBe(survives)
+        await sbx.kill()
+      } finally {
+        await session.close()
+      }
+    }
+  })
+
   it('lets no test see the API key', { timeout: 120_000 }, async () => {
     const run = await runFixture('secrets', { env })
     expect(run.json?.numPassedTests, run.output).toBe(1)

@@ -4,6 +4,7 @@
  * enforce is `cgroups.ts` and `disk.ts`; this module only reads and checks the numbers.
  */
 import os from 'node:os'
+import { formatSize, invalidLimit as invalid, parseSize, positive } from '../sizes.js'
 
 /** Limits as a user writes them: sizes as bytes or `'512m'`/`'2g'`, `cpus` as a count of cores. */
 export interface LimitsInput {
@@ -32,41 +33,8 @@ export interface SandboxLimits {
 export type Explicit = Partial<Record<keyof SandboxLimits, true>>
 
 const GiB = 1024 ** 3
-const UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: GiB, t: 1024 ** 4 }
 
-/** Throws an error naming the option, the value and the fix. */
-function invalid(option: string, value: unknown, want: string): Error {
-  return Object.assign(new Error(`limits${option ? `.${option}` : ''}: ${JSON.stringify(value)} is not ${want}`), { code: 'invalid_argument' })
-}
-
-/** `'512m'`, `'2G'`, `'1.5g'`, `'2gb'`, `'2GiB'` or a byte count. */
-export function parseSize(value: unknown, option: string): number {
-  const want = "a size: a byte count or a number with k, m, g or t (e.g. '512m', '2g')"
-  if (typeof value === 'number') {
-    if (!Number.isFinite(value) || value <= 0) throw invalid(option, value, want)
-    return Math.floor(value)
-  }
-  const m = typeof value === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(value) : null
-  if (!m) throw invalid(option, value, want)
-  const bytes = Math.floor(Number(m[1]) * UNITS[m[2].toLowerCase()])
-  if (bytes <= 0) throw invalid(option, value, want)
-  return bytes
-}
-
-function positive(value: unknown, option: string, integer: boolean): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-    throw invalid(option, value, integer ? 'a positive whole number' : 'a positive number')
-  }
-  return value
-}
-
-/** `1073741824` → `1 GiB`, `536870912` → `512 MiB`. */
-export function formatSize(bytes: number): string {
-  for (const [unit, size] of [['TiB', 1024 ** 4], ['GiB', GiB], ['MiB', 1024 ** 2], ['KiB', 1024]] as const) {
-    if (bytes >= size) return `${Number((bytes / size).toFixed(1))} ${unit}`
-  }
-  return `${bytes} B`
-}
+export { formatSize, parseSize } from '../sizes.js'
 
 export const MIN_MEMORY = 64 * 1024 ** 2
 export const MIN_DISK = 64 * 1024 ** 2

@@ -298,7 +298,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
    * the pace: when `onData` returns a promise (it holds what it could not pass on), the sandbox
    * reads no further until it settles; an aborted `signal` ends the read.
    */
-  readFile(file: string, onStart: (info: { size: number }) => void, onData: (chunk: Buffer) => Promise<void> | undefined, signal?: AbortSignal): Promise<void> {
+  readFile(file: string, onStart: (info: { size: number }) => void, onData: (chunk: Buffer) => Promise<void> | unknown, signal?: AbortSignal): Promise<void> {
     let waiting = false
     const { req, done } = this.request(
       { op: 'read', path: file },
@@ -306,7 +306,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
         onStart: (h) => onStart({ size: Number(h.size) }),
         onData: (chunk) => {
           const slow = onData(chunk)
-          if (!slow || waiting) return
+          if (!(slow instanceof Promise) || waiting) return
           waiting = true
           void this.post({ op: 'read_pause', req }).catch(() => {})
           void slow.then(() => {

@@ -86,7 +86,7 @@ export class RuntimeClient {
   }
 
   /** `hostLayers` is the local engine's extension (see its `allowHostLayers`). */
-  async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean; hostLayers?: string[]; readOnly?: string[] } = {}): Promise<SandboxClient> {
+  async createSandbox(opts: { template?: string; timeout?: number; metadata?: Record<string, string>; envs?: Record<string, string>; allowInternetAccess?: boolean; hostLayers?: string[]; readOnly?: string[]; limits?: { memory?: number; disk?: number; cpus?: number } } = {}): Promise<SandboxClient> {
     const res = await this.http.json<{ sandbox: SandboxInfo; session: { data_plane_url: string; token: string } }>('POST', '/sandboxes', {
       template: opts.template ?? 'base',
       timeout: opts.timeout ?? 300,
@@ -95,6 +95,7 @@ export class RuntimeClient {
       allow_internet_access: opts.allowInternetAccess ?? false,
       ...(opts.hostLayers?.length ? { host_layers: opts.hostLayers } : {}),
       ...(opts.readOnly?.length ? { read_only: opts.readOnly } : {}),
+      ...(opts.limits && Object.keys(opts.limits).length ? { limits: opts.limits } : {}),
     })
     return this.sandboxClient(res.sandbox, res.session)
   }

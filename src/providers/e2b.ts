@@ -13,6 +13,7 @@ import { E2BProcess } from './e2b-process.js'
 import type { CreateOptions, ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, TemplateSummary, Upload } from './types.js'
 import { Http } from '../net/http.js'
 import { debug } from '../debug.js'
+import { remoteLimits, type RemoteLimits } from '../sizes.js'
 
 const log = debug('e2b')
 const ENVD_PORT = '49983'
@@ -33,6 +34,8 @@ export interface E2BOptions {
   sandboxUrl?: string
   /** Template sandboxes start from before the pool's own template. It must have Node. @default 'base' */
   template?: string
+  /** Not taken: E2B sizes CPU and memory per template (its `cpuCount` and `memoryMB`); given, it is refused with that fix. */
+  limits?: RemoteLimits
 }
 
 interface SandboxJson {
@@ -63,6 +66,7 @@ function bareName(full: string): string {
 const enc = encodeURIComponent
 
 export function e2b(options: E2BOptions = {}): SandboxProvider {
+  remoteLimits(options.limits, 'e2b', [], "E2B sizes CPU and memory per template: build the template of e2b({ template }) with the cpuCount and memoryMB you want")
   return {
     name: 'e2b',
     async connect() {

@@ -23,6 +23,7 @@ import type { CreateOptions, ProcessSpec, ProviderSandbox, ProviderSession, Sand
 import { defaultStateDir } from '../engine/engine.js'
 import { Http, HttpError } from '../net/http.js'
 import { debug } from '../debug.js'
+import { remoteLimits, type RemoteLimits } from '../sizes.js'
 
 const log = debug('heyo')
 const CLOUD_URL = 'https://server.heyo.computer'
@@ -49,6 +50,11 @@ export interface HeyoOptions {
   image?: string
   /** Cloud region. @default 'US' */
   region?: 'US' | 'EU'
+  /**
+   * What each sandbox may use, where Heyo's API takes it: `disk` as a size (`'20g'`, whole GB from
+   * 1 to 250). Memory and CPU come with `sizeClass`.
+   */
+  limits?: Pick<RemoteLimits, 'disk'>
   /** VM size (micro 0.25 vCPU/0.5 GB … large 4 vCPU/8 GB). @default 'small' */
   sizeClass?: 'micro' | 'mini' | 'small' | 'medium' | 'large' | 'xlarge'
   /** Where this machine keeps its record of the images it made. @default the local engine's cache folder */
@@ -94,6 +100,9 @@ const enc = encodeURIComponent
 
 
 export function heyo(options: HeyoOptions = {}): SandboxProvider {
+  const { disk } = remoteLimits(options.limits, 'heyo', ['disk'], "Heyo sizes memory and CPU by class: heyo({ sizeClass: 'medium' })")
+  const diskGb = disk === undefined ? undefined : Math.ceil(disk / 1e9)
+  if (diskGb !== undefined && diskGb > 250) throw Object.assign(new Error(`heyo(): limits.disk is ${diskGb} GB; Heyo takes 1 to 250`), { code: 'invalid_argument' })
   return {
     name: 'heyo',
     async connect() {
@@ -107,7 +116,7 @@ export function heyo(options: HeyoOptions = {}): SandboxProvider {
       const dispatcher = new Agent({ keepAliveTimeout: 10_000 })
       const api = new Http({ base: baseUrl, headers, dispatcher, parseError })
       const stateDir = options.stateDir ?? path.join(defaultStateDir(), 'heyo')
-      return new HeyoSession(api, dispatcher, mode, new ImageRecord(path.join(stateDir, `images-${Buffer.from(baseUrl).toString('base64url')}.json`)), options)
+      return new HeyoSession(api, dispatcher, mode, new ImageRecord(path.join(stateDir, `images-${Buffer.from(baseUrl).toString('base64url')}.json`)), { ...options, diskGb })
     },
   }
 }
@@ -158,7 +167,7 @@ class HeyoSession implements ProviderSession {
     private readonly dispatcher: Agent,
     readonly mode: 'cloud' | 'daemon',
     private readonly images: ImageRecord,
-    private readonly options: HeyoOptions,
+    private readonly options: HeyoOptions & { diskGb?: number },
   ) {
     this.image = options.image ?? 'node:22'
     if (mode === 'cloud') this.noTemplates = NO_CLOUD_IMAGES
@@ -178,6 +187,7 @@ class HeyoSession implements ProviderSession {
         image,
         region: this.options.region ?? 'US',
         size_class: this.options.sizeClass ?? 'small',
+        ...(this.options.diskGb ? { disk_size_gb: this.options.diskGb } : {}),
         ttl_seconds: opts.timeoutSec,
         working_directory: MOUNT,
         open_ports: [],

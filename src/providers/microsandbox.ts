@@ -11,15 +11,21 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { CreateOptions, ProcessExit, ProcessSpec, ProviderProcess, ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, TemplateSummary, Upload } from './types.js'
 import { debug } from '../debug.js'
+import { remoteLimits, type RemoteLimits } from '../sizes.js'
 
 const log = debug('microsandbox')
 
 export interface MicrosandboxOptions {
   /** OCI image, host directory (a root filesystem) or disk image sandboxes boot from; it needs `node`. @default `node:<host Node major>` */
   image?: string
-  /** Virtual CPUs per sandbox. @default 1 */
+  /**
+   * What each microVM may use: `memory` as a size (`'2g'`), `cpus` in virtual CPUs (rounded up);
+   * its disk is its image's. @default { memory: '1g', cpus: 1 }
+   */
+  limits?: Omit<RemoteLimits, 'disk'>
+  /** Virtual CPUs per sandbox, instead of `limits.cpus`. @default 1 */
   cpus?: number
-  /** Memory per sandbox, in MiB. @default 1024 */
+  /** Memory per sandbox, in MiB, instead of `limits.memory`. @default 1024 */
   memoryMib?: number
 }
 
@@ -133,6 +139,11 @@ async function loadSdk(): Promise<MicrosandboxSdk> {
 
 /** `load` stands in for the SDK (tests); `probe` for this machine's virtualization check. */
 export function microsandbox(options: MicrosandboxOptions = {}, internals: { load?: () => Promise<MicrosandboxSdk>; probe?: Parameters<typeof virtualizationProblem>[0] } = {}): SandboxProvider {
+  const limits = remoteLimits(options.limits, 'microsandbox', ['memory', 'cpus'], "a microVM's disk is its image's (a larger image, or a volume)")
+  if ((limits.memory && options.memoryMib !== undefined) || (limits.cpus && options.cpus !== undefined)) {
+    throw Object.assign(new Error('microsandbox(): give limits or cpus/memoryMib, not both'), { code: 'invalid_argument' })
+  }
+  options = { ...options, cpus: options.cpus ?? (limits.cpus && Math.ceil(limits.cpus)), memoryMib: options.memoryMib ?? (limits.memory && Math.ceil(limits.memory / 1024 ** 2)) }
   return {
     name: 'microsandbox',
     async connect() {

@@ -13,6 +13,7 @@ import { OpenSandboxProcess } from './opensandbox-process.js'
 import type { ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, TemplateSummary, Upload } from './types.js'
 import { Http, HttpError } from '../net/http.js'
 import { debug } from '../debug.js'
+import { remoteLimits, type RemoteLimits } from '../sizes.js'
 
 const log = debug('opensandbox')
 const EXECD_PORT = 44772
@@ -31,8 +32,13 @@ export interface OpenSandboxOptions {
    * are not reachable from where Vitest runs (e.g. outside Kubernetes). @default false
    */
   useServerProxy?: boolean
-  /** Kubernetes-style limits per sandbox. @default { cpu: '1', memory: '2Gi' } */
-  resourceLimits?: { cpu: string; memory: string }
+  /**
+   * What each sandbox may use: `memory` and `disk` as sizes (`'2g'`), `cpus` in cores, set as its
+   * Kubernetes `resourceLimits` (memory, cpu, ephemeral-storage). @default { memory: '2g', cpus: 1 }
+   */
+  limits?: RemoteLimits
+  /** Kubernetes resource limits as OpenSandbox takes them, instead of `limits`. @default { cpu: '1', memory: '2Gi' } */
+  resourceLimits?: Record<string, string>
   /** Seconds to wait for a new sandbox's execd to answer. @default 120 */
   readyTimeoutSec?: number
 }
@@ -68,7 +74,21 @@ function parseError(body: unknown): { code?: string; message?: string } {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/** `limits` as Kubernetes quantities (the defaults for what is not given). */
+function kubernetesLimits(options: OpenSandboxOptions): Record<string, string> {
+  const limits = remoteLimits(options.limits, 'opensandbox', ['memory', 'disk', 'cpus'], '')
+  if (options.resourceLimits && Object.keys(limits).length) throw Object.assign(new Error('opensandbox(): give limits or resourceLimits, not both'), { code: 'invalid_argument' })
+  if (options.resourceLimits) return options.resourceLimits
+  const mebibytes = (bytes: number) => `${Math.ceil(bytes / 1024 ** 2)}Mi`
+  return {
+    cpu: String(limits.cpus ?? 1),
+    memory: limits.memory ? mebibytes(limits.memory) : '2Gi',
+    ...(limits.disk ? { 'ephemeral-storage': mebibytes(limits.disk) } : {}),
+  }
+}
+
 export function opensandbox(options: OpenSandboxOptions = {}): SandboxProvider {
+  const resources = kubernetesLimits(options)
   return {
     name: 'opensandbox',
     async connect() {
@@ -77,7 +97,7 @@ export function opensandbox(options: OpenSandboxOptions = {}): SandboxProvider {
       const origin = /^https?:\/\//.test(domain) ? domain : `${options.protocol ?? 'http'}://${domain}`
       const dispatcher = new Agent({ keepAliveTimeout: 10_000 })
       const lifecycle = new Http({ base: `${origin}/v1`, headers: { 'open-sandbox-api-key': apiKey }, dispatcher, parseError })
-      return new OpenSandboxSession(lifecycle, dispatcher, origin.startsWith('https') ? 'https' : 'http', options)
+      return new OpenSandboxSession(lifecycle, dispatcher, origin.startsWith('https') ? 'https' : 'http', options, resources)
     },
   }
 }
@@ -90,6 +110,7 @@ class OpenSandboxSession implements ProviderSession {
     private readonly dispatcher: Dispatcher,
     private readonly protocol: 'http' | 'https',
     private readonly options: OpenSandboxOptions,
+    private readonly resources: Record<string, string>,
   ) {
     this.image = options.image ?? `node:${process.versions.node.split('.')[0]}`
   }
@@ -103,7 +124,7 @@ class OpenSandboxSession implements ProviderSession {
       ...(opts.template ? { snapshotId: opts.template } : { image: { uri: this.image } }),
       entrypoint: ['tail', '-f', '/dev/null'],
       timeout: opts.timeoutSec,
-      resourceLimits: this.options.resourceLimits ?? { cpu: '1', memory: '2Gi' },
+      resourceLimits: this.resources,
       env: {},
       metadata: opts.labels,
       ...(opts.network ? {} : { networkPolicy: { defaultAction: 'deny', egress: [] } }),

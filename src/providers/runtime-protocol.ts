@@ -2,6 +2,7 @@
  * A ProviderSession over the process runtime protocol (Watasu runtime v1): the local engine and
  * Watasu both speak it, so both providers are this adapter with a different way to connect.
  */
+import type { ResolvedRemoteLimits } from '../sizes.js'
 import type { RuntimeClient } from '../protocol/client.js'
 import type { DirectChannel, ProcessSpec, ProviderProcess, ProviderSandbox, ProviderSession } from './types.js'
 
@@ -21,6 +22,8 @@ export interface RuntimeSessionOptions {
   channel?: (sandboxId: string) => DirectChannel | undefined
   /** Why processes of the sandbox were killed, when a limit did it (the embedded engine). */
   limitHit?: (sandboxId: string) => string | undefined
+  /** What each sandbox may use, asked of the server (which checks it against its own limits). */
+  limits?: ResolvedRemoteLimits
   /** Runs after the client closes (the embedded engine stops). */
   close?: () => Promise<void>
 }
@@ -32,7 +35,7 @@ export function runtimeProtocolSession(client: RuntimeClient, opts: RuntimeSessi
     runtimeDir: opts.runtimeDir,
     lockTemplate: opts.lockTemplate,
     async createSandbox(create) {
-      const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network, hostLayers: create.hostLayers, readOnly: create.readOnly })
+      const sbx = await client.createSandbox({ template: create.template, timeout: create.timeoutSec, metadata: create.labels, allowInternetAccess: create.network, hostLayers: create.hostLayers, readOnly: create.readOnly, limits: opts.limits })
       const sandbox: ProviderSandbox = {
         id: sbx.id,
         channel: opts.channel?.(sbx.id),

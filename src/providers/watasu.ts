@@ -6,6 +6,7 @@
 import { RuntimeClient } from '../protocol/client.js'
 import { env, requireKey } from './credentials.js'
 import { runtimeProtocolSession } from './runtime-protocol.js'
+import { remoteLimits, type RemoteLimits } from '../sizes.js'
 import type { SandboxProvider } from './types.js'
 
 export interface WatasuOptions {
@@ -23,9 +24,16 @@ export interface WatasuOptions {
    * @default 86_400_000 (24 h)
    */
   processTimeoutMs?: number
+  /**
+   * What each sandbox may use: `memory` and `disk` as sizes (`'2g'`), `cpus` in cores. Sent with
+   * each create; the server enforces them (`vitest-sandbox serve` refuses more than its own).
+   * @default the server's
+   */
+  limits?: RemoteLimits
 }
 
 export function watasu(options: WatasuOptions = {}): SandboxProvider {
+  const limits = remoteLimits(options.limits, 'watasu', ['memory', 'disk', 'cpus'], '')
   return {
     name: 'watasu',
     async connect() {
@@ -36,7 +44,7 @@ export function watasu(options: WatasuOptions = {}): SandboxProvider {
         token: apiKey,
         sandboxUrl: options.sandboxUrl ?? env('WATASU_SANDBOX_URL'),
       })
-      return runtimeProtocolSession(client, { base: 'watasu:base', processTimeoutMs: options.processTimeoutMs ?? 86_400_000 })
+      return runtimeProtocolSession(client, { base: 'watasu:base', processTimeoutMs: options.processTimeoutMs ?? 86_400_000, limits })
     },
   }
 }

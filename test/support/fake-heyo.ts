@@ -102,6 +102,8 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
   const shells = new Map<string, Shell>()
   const faults: Fault[] = []
   const requests: RecordedRequest[] = []
+  /** The disk_size_gb of each create, as given. */
+  const state = { diskSizes: [] as Array<number | undefined> }
   const graceMs = options.graceMs ?? 60_000
 
   function takeFault(method: string, path: string): Fault | undefined {
@@ -166,7 +168,10 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
     const ttl = body.ttl_seconds ?? 0
     if (!Number.isInteger(ttl) || ttl < 0) throw new ApiError(422, 'ttl_seconds must be a non-negative integer')
     // Heyo's VMs have the network: it has no egress control.
-    const local = await engine.createSandbox({ template: images.get(image), timeoutSec: ttl || 24 * 3600, network: 'host' })
+    const disk = body.disk_size_gb
+    if (disk !== undefined && (!Number.isInteger(disk) || disk < 1 || disk > 250)) throw new ApiError(422, 'disk_size_gb must be an integer from 1 to 250')
+    state.diskSizes.push(disk)
+    const local = await engine.createSandbox({ template: images.get(image), timeoutSec: ttl || 24 * 3600, network: 'host', ...(disk ? { limits: { disk: disk * 1e9 } } : {}) })
     const s: FakeSandbox = { id: randomUUID(), name: body.name, image, local, status: 'provisioning', createdAt: new Date(), ttlSeconds: ttl }
     sandboxes.set(s.id, s)
     local.once('exit', () => void remove(s))
@@ -396,6 +401,7 @@ export async function startFakeHeyo(options: FakeHeyoOptions = {}) {
     sandboxes,
     images,
     requests,
+    state,
     /** Take `key` too (a key a test chose). */
     acceptKey(key: string): void {
       keys.add(key)

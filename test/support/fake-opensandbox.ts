@@ -19,6 +19,7 @@ import type { Duplex } from 'node:stream'
 import busboy from 'busboy'
 import WebSocket, { WebSocketServer } from 'ws'
 import { Engine } from '../../src/engine/engine.js'
+import type { LimitsInput } from '../../src/engine/limits.js'
 import type { SandboxProcess } from '../../src/engine/process.js'
 import type { LocalSandbox } from '../../src/engine/sandbox.js'
 import { tempDir } from './engine.js'
@@ -115,7 +116,7 @@ export async function startFakeOpenSandbox(options: FakeOpenSandboxOptions = {})
   const snapshots = new Map<string, FakeSnapshot>()
   const faults: Fault[] = []
   const requests: RecordedRequest[] = []
-  const state = { dropTailOnExit: false, cutBeforeConnected: 0, created: 0, snapshotsSupported: true }
+  const state = { dropTailOnExit: false, cutBeforeConnected: 0, created: 0, snapshotsSupported: true, resourceLimits: [] as Array<Record<string, string>> }
 
   function takeFault(where: Fault['where'], method: string, path: string): Fault | undefined {
     const f = faults.find((x) => x.where === where && x.times > 0 && (!x.method || x.method === method) && x.path.test(path))
@@ -249,6 +250,23 @@ export async function startFakeOpenSandbox(options: FakeOpenSandboxOptions = {})
     res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ detail: 'Not Found' }))
   }
 
+  /** resourceLimits as the cluster enforces them: Kubernetes quantities, as the engine's limits. */
+  function enforced(limits: Record<string, string>): LimitsInput {
+    const units: Record<string, number> = { '': 1, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4 }
+    const bytes = (q: unknown) => {
+      const m = typeof q === 'string' ? /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti)?$/.exec(q) : null
+      if (q !== undefined && !m) throw invalid('resourceLimits', `${JSON.stringify(q)} is not a quantity`)
+      return m ? Math.floor(Number(m[1]) * units[m[2] ?? '']) : undefined
+    }
+    const cores = (q: unknown) => {
+      const m = typeof q === 'string' ? /^(\d+(?:\.\d+)?)(m)?$/.exec(q) : null
+      if (q !== undefined && !m) throw invalid('resourceLimits', `${JSON.stringify(q)} is not a CPU quantity`)
+      return m ? Number(m[1]) / (m[2] ? 1000 : 1) : undefined
+    }
+    const out: LimitsInput = { memory: bytes(limits.memory), disk: bytes(limits['ephemeral-storage']), cpus: cores(limits.cpu) }
+    return Object.fromEntries(Object.entries(out).filter(([, v]) => v !== undefined))
+  }
+
   async function create(body: Record<string, any>) {
     if (!!body.image === !!body.snapshotId) throw invalid('image', 'Exactly one of image or snapshotId must be provided')
     if (body.image && (typeof body.image.uri !== 'string' || !Array.isArray(body.entrypoint) || !body.entrypoint.length)) throw invalid('entrypoint', 'entrypoint is required with image')
@@ -269,7 +287,8 @@ export async function startFakeOpenSandbox(options: FakeOpenSandboxOptions = {})
     }
     const deny = body.networkPolicy?.defaultAction === 'deny' && !(body.networkPolicy.egress ?? []).length
     const timeout = body.timeout ?? undefined
-    const local = await engine.createSandbox({ template, timeoutSec: timeout ?? 86400, metadata, envs: body.env ?? {}, network: deny ? 'none' : 'host' })
+    state.resourceLimits.push(body.resourceLimits)
+    const local = await engine.createSandbox({ template, timeoutSec: timeout ?? 86400, metadata, envs: body.env ?? {}, network: deny ? 'none' : 'host', limits: enforced(body.resourceLimits) })
     const id = local.id
     const s: FakeSandbox = {
       id,

@@ -25,7 +25,7 @@ interface Box {
   labels: Record<string, string>
   status: 'running' | 'stopped'
   createdAt: Date
-  build: { snapshot?: string; network: boolean; timeoutSec: number }
+  build: { snapshot?: string; network: boolean; timeoutSec: number; cpus: number; memoryMib: number }
 }
 
 export async function startStandInMicrosandbox() {
@@ -38,7 +38,9 @@ export async function startStandInMicrosandbox() {
   async function boot(box: Omit<Box, 'local' | 'status'>): Promise<Box> {
     const snap = box.build.snapshot ? snapshots.get(box.build.snapshot) : undefined
     if (box.build.snapshot && !snap) throw new Error(`snapshot not found: ${box.build.snapshot}`)
-    const local = await engine.createSandbox({ template: snap?.engineId, timeoutSec: box.build.timeoutSec, metadata: box.labels, network: box.build.network ? 'host' : 'none' })
+    // A microVM has the vCPUs and memory it was built with.
+    const limits = { cpus: box.build.cpus, memory: box.build.memoryMib * 1024 ** 2 }
+    const local = await engine.createSandbox({ template: snap?.engineId, timeoutSec: box.build.timeoutSec, metadata: box.labels, network: box.build.network ? 'host' : 'none', limits })
     const b: Box = { ...box, local, status: 'running' }
     boxes.set(b.name, b)
     local.once('exit', () => (b.status = 'stopped'))
@@ -165,12 +167,12 @@ export async function startStandInMicrosandbox() {
   const sdk: Sdk = {
     Sandbox: {
       builder(name) {
-        const build = { snapshot: undefined as string | undefined, network: true, timeoutSec: 300, labels: {} as Record<string, string>, image: undefined as string | undefined }
+        const build = { snapshot: undefined as string | undefined, network: true, timeoutSec: 300, labels: {} as Record<string, string>, image: undefined as string | undefined, cpus: 1, memoryMib: 512 }
         const b = {
           image: (s: string) => ((build.image = s), b),
           fromSnapshot: (s: string) => ((build.snapshot = s), b),
-          cpus: () => b,
-          memory: () => b,
+          cpus: (n: number) => ((build.cpus = n), b),
+          memory: (mib: number) => ((build.memoryMib = mib), b),
           labels: (l: Record<string, string>) => ((build.labels = { ...l }), b),
           maxDuration: (s: number) => ((build.timeoutSec = s), b),
           disableNetwork: () => ((build.network = false), b),
