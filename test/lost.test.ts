@@ -1,6 +1,6 @@
 /**
- * A sandbox dies under a running test file (the harness SIGKILLs its bubblewrap from the host), or
- * stops answering (SIGSTOP to every process in it): before the file reported anything, the file
+ * A sandbox dies under a running test file (the harness SIGKILLs its bubblewrap from the host), its
+ * agent is killed, or it stops answering (SIGSTOP to every process in it): before the file reported anything, the file
  * runs again on another sandbox; after, it fails with an error naming the provider, the sandbox
  * and the file. The run goes on either way, and the stopped sandbox is gone at its end.
  */
@@ -56,6 +56,34 @@ it('reruns a file whose sandbox died before it reported results, and fails one t
   expect(files['after-results.test.ts'].assertionResults.map((t: any) => t.status)).not.toContain('passed')
   expect(output).toMatch(/sandbox sbx_\w+ \(provider local\) was lost while running \S*test\/after-results\.test\.ts: /)
   expect(output).not.toMatch(/after-results\.test\.ts reported results/)
+})
+
+/** SIGKILL the agent above the first process whose title is `title`, once (its sandbox lives on). */
+async function killAgentOnce(title: string, done: Promise<unknown>): Promise<boolean> {
+  let finished = false
+  void done.then(() => (finished = true))
+  while (!finished) {
+    const [pid] = hostProcessesMatching(title)
+    let agent: number | undefined
+    for (let p = pid; p && p > 1 && !agent; p = parentOf(p)) if (cmdline(p).includes('agent.js')) agent = p
+    if (agent) {
+      process.kill(agent, 'SIGKILL')
+      return true
+    }
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  return false
+}
+
+it('reruns a file whose agent was killed (its sandbox still up) on another sandbox', { timeout: 120_000 }, async () => {
+  const run = runFixture('lost')
+  const killed = await killAgentOnce('vps-kill-before-results', run)
+  const { json, output } = await run
+  expect(killed, output).toBe(true)
+  const files = Object.fromEntries(json.testResults.map((f: any) => [f.name.split('/').pop(), f]))
+  expect(files['before-results.test.ts'].assertionResults.map((t: any) => t.status), output).toEqual(['passed'])
+  expect(files['after-results.test.ts'].assertionResults.map((t: any) => t.status), output).toEqual(['passed', 'passed'])
+  expect(output).toMatch(/sandbox sbx_\w+ \(provider local\) was lost before \S*test\/before-results\.test\.ts reported results \(the agent exited \(killed\)\); running it again on another sandbox \(rerun 1 of 2\)/)
 })
 
 it('reruns a file whose sandbox stopped answering (SIGSTOP) on another sandbox, and ends the stopped one', { timeout: 120_000 }, async () => {
