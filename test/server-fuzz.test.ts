@@ -1,8 +1,9 @@
 /**
  * `vitest-sandbox serve` under random and malformed requests (seeded, printed): raw HTTP over TCP
  * (targets `new URL` rejects, malformed percent-escapes, odd methods, headers and bodies),
- * WebSocket upgrades and frames, with and without tokens. The server never exits, never answers
- * 5xx, and a canary sandbox keeps its process running throughout.
+ * WebSocket upgrades and frames, with and without tokens, from outside and from inside a sandbox
+ * given the network. The server never exits, never answers 5xx, and a canary sandbox of another
+ * tenant keeps its process running throughout.
  */
 import net from 'node:net'
 import { afterAll, beforeAll, expect, it } from 'vitest'
@@ -59,10 +60,13 @@ function exec(session: string, cmd: string, args: string[]): Promise<number> {
   })
 }
 
+/** The token of the tenant whose sandbox is the canary: the fuzzer speaks as another tenant. */
+const CANARY_TENANT = `canary-tenant-token-${Math.random().toString(36).slice(2)}`
+
 beforeAll(async () => {
-  serve = await startServe()
+  serve = await startServe({ tenants: { canary: CANARY_TENANT } })
   base = serve.apiUrl.replace(/\/v1$/, '')
-  const created = await api('/v1/sandboxes', { method: 'POST', body: { timeout: 300 } })
+  const created = await api('/v1/sandboxes', { method: 'POST', body: { timeout: 300 }, token: CANARY_TENANT })
   expect(created.status).toBe(201)
   const session = created.body.session.token as string
   const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/runtime/v1/process`, { headers: { authorization: `Bearer ${session}` } })
@@ -83,7 +87,21 @@ afterAll(async () => {
   await serve?.close()
 })
 
-it('keeps serving, never answers 5xx, and a canary sandbox keeps running, under malformed requests', async () => {
+/** Sends each request of /tmp/requests.json to the server on 127.0.0.1:<port>, one at a time; writes their statuses. */
+const REPLAY = `const net = require('net'), fs = require('fs')
+const port = Number(process.argv[2]), requests = JSON.parse(fs.readFileSync('/tmp/requests.json', 'utf8')), statuses = []
+const send = (r) => new Promise((resolve) => {
+  const s = net.connect(port, '127.0.0.1'); let got = ''
+  const done = () => { s.destroy(); resolve(Number((/^HTTP\\/1\\.[01] (\\d{3})/.exec(got) || [])[1] || 0)) }
+  const t = setTimeout(done, 5000)
+  s.on('data', (d) => { got += d.toString('latin1'); if (/^HTTP\\/1\\.[01] \\d{3}/.test(got)) { clearTimeout(t); done() } })
+  s.on('error', () => { clearTimeout(t); done() }); s.on('close', () => { clearTimeout(t); done() })
+  s.write(r)
+})
+;(async () => { for (const r of requests) statuses.push(await send(r)); fs.writeFileSync('/tmp/statuses.json', JSON.stringify(statuses)) })()
+`
+
+it('keeps serving, never answers 5xx, and a canary sandbox of another tenant keeps running, under malformed requests from outside and from inside a sandbox', async () => {
   const seed = Number(process.env.VPS_FUZZ_SEED ?? 20261207)
   console.log(`server fuzz: seed ${seed} (replay: VPS_FUZZ_SEED=${seed})`)
   const rnd = seeded(seed)
@@ -98,16 +116,33 @@ it('keeps serving, never answers 5xx, and a canary sandbox keeps running, under 
   // Never the canary's own DELETE: that is a request the server must honour.
   const methods = ['GET', 'POST', 'PUT', 'PATCH', 'OPTIONS', 'HEAD', 'BREW', 'G\u0000T']
   const statuses = new Map<number, number>()
-  for (let n = 0; n < 300; n++) {
+  // As another tenant (the server's default one), the canary's session, a wrong token and none.
+  const request_ = () => {
     const token = pick([serve.token, canary.session, 'wrong', undefined])
     const body = pick(bodies)
     const headers = [`Host: x`, ...(token ? [`Authorization: Bearer ${token}`] : []), ...(rnd() < 0.2 ? ['Content-Encoding: gzip'] : []), ...(rnd() < 0.2 ? ['Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='] : []), ...(rnd() < 0.1 ? [`X-${junk(5)}: ${junk(20)}`] : [])]
-    const request = `${pick(methods)} ${pick(targets)} HTTP/1.1\r\n${headers.join('\r\n')}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+    return `${pick(methods)} ${pick(targets)} HTTP/1.1\r\n${headers.join('\r\n')}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+  }
+  for (let n = 0; n < 300; n++) {
+    const request = request_()
     const status = await raw(request)
     statuses.set(status, (statuses.get(status) ?? 0) + 1)
     expect(status, `request ${n} (seed ${seed}):\n${request}`).toBeLessThan(500)
     expect(serve.child.exitCode, `request ${n} (seed ${seed}) ended the server:\n${request}`).toBeNull()
   }
+  // From inside a sandbox given the network (another tenant's), to the server's own port.
+  const inside = await api('/v1/sandboxes', { method: 'POST', body: { timeout: 300, allow_internet_access: true } })
+  expect(inside.status).toBe(201)
+  const insideSession = inside.body.session.token as string
+  const put = (file: string, text: string) => fetch(`${base}/runtime/v1/files?path=${file}`, { method: 'PUT', body: text, headers: { authorization: `Bearer ${insideSession}` } })
+  expect((await put('/tmp/requests.json', JSON.stringify(Array.from({ length: 150 }, request_)))).status).toBe(200)
+  expect((await put('/tmp/fuzz.js', REPLAY)).status).toBe(200)
+  expect(await exec(insideSession, 'node', ['/tmp/fuzz.js', new URL(base).port])).toBe(0)
+  const fromInside = (await (await fetch(`${base}/runtime/v1/files?path=/tmp/statuses.json`, { headers: { authorization: `Bearer ${insideSession}` } })).json()) as number[]
+  expect(fromInside.length).toBe(150)
+  expect(fromInside.filter((s) => s >= 500), `seed ${seed}`).toEqual([])
+  expect(fromInside.filter((s) => s > 0).length).toBeGreaterThan(100) // it did reach the server
+  expect(serve.child.exitCode).toBeNull()
   // Frames on a process socket: a second start, 70 KiB of arguments, unknown types, binary frames, bad JSON close that socket only.
   for (const frame of ['{"type":"start","cmd":"true"}', '{"type":"start","cmd":"true"}{', 'not json', '{"type":5}', '{"type":"stdin","data":7}', '{"type":"signal","signal":"SIGNOPE"}', JSON.stringify({ type: 'start', cmd: 'true', args: ['x'.repeat(70_000)] }), Buffer.from([0, 1, 2])]) {
     const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/runtime/v1/process`, { headers: { authorization: `Bearer ${canary.session}` } })
