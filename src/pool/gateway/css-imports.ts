@@ -9,6 +9,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
+import { fileOf } from './module-ids.js'
 
 const IMPORT = /@(?:import|use|forward)\s+(?:url\(\s*)?(['"]?)([^'"()\s;]+)\1/gi
 /**
@@ -23,7 +24,7 @@ const MAX_SHEETS = 256
 export function checkCssImports(code: string, file: string, root: string, rules: FileRules, refused: () => Error, seen = new Set<string>()): void {
   seen.add(file)
   for (const [, , raw] of code.matchAll(IMPORT)) {
-    const target = raw.replace(/[?#].*$/, '')
+    const target = fileOf(raw)
     if (/^(?:[a-z][a-z0-9+.-]*:)?\/\//i.test(target) || /^data:/i.test(target)) continue // not read from disk
     if (RUNS_CODE.test(target)) throw refused()
     if (!target.startsWith('.') && !target.startsWith('/')) {

@@ -22,6 +22,7 @@ import type { FileRules } from './file-rules.js'
 import { aroundTransform, type PluginsOf } from './plugin-hooks.js'
 import { checkCssImports, RUNS_CODE } from './css-imports.js'
 import { pathsIn } from './module-screen.js'
+import { fileOf } from './module-ids.js'
 
 /** The part of a Vite environment this screen needs. */
 export interface CssEnvironment extends PluginsOf {
@@ -44,7 +45,7 @@ export function screenCss(environment: CssEnvironment, rules: () => FileRules): 
   if (css && css.modules !== false) css.modules = { ...css.modules, Loader: RefusingLoader }
   aroundTransform(environment, 'vite:css', (handler) =>
     async function (this: any, code, id, ...rest) {
-      const file = id.replace(/[?#].*$/, '')
+      const file = fileOf(id)
       const r = rules()
       // Less runs the JavaScript a sheet names (`@plugin`) and reads files it does not report
       // (`data-uri`, `@import (inline)`); Stylus runs JavaScript too (`use()`, `@require` of .js).
@@ -88,7 +89,7 @@ function ownError(error: unknown, file: string, rules: FileRules): unknown {
   if (!(error instanceof Error)) return undefined
   const e = error as Error & { file?: unknown; loc?: { file?: unknown } }
   const at = typeof e.file === 'string' ? e.file : e.loc?.file
-  if (typeof at !== 'string' || at.replace(/[?#].*$/, '') !== file) return undefined
+  if (typeof at !== 'string' || fileOf(at) !== file) return undefined
   for (const p of pathsIn(e)) if (!rules.mayWord(p)) return undefined
   return error
 }
@@ -123,7 +124,7 @@ function givenUrl(raw: string, file: string, read: string[], config: CssEnvironm
   const url = raw.trim()
   if (url === '' || url.startsWith('#') || url.startsWith('//')) return true
   if (/^[a-z][a-z\d+.-]*:/i.test(url) && !/^file:/i.test(url)) return true
-  let target = url.replace(/[?#].*$/, '')
+  let target = fileOf(url)
   try {
     target = /^file:/i.test(target) ? fileURLToPath(target) : decodeURI(target)
   } catch {

@@ -5,7 +5,7 @@
  * cycles or endless nesting; the gateway copies what it passes the way Vitest would have sent it.
  */
 import path from 'node:path'
-import { ABSENT } from './module-ids.js'
+import { ABSENT, fileOf } from './module-ids.js'
 import { ProtocolViolation } from './violation.js'
 
 /** Nesting deeper than Vitest's own serialized errors ever go. */
@@ -148,5 +148,5 @@ function frameFile(location: string): string {
   }
   if (file.startsWith('/@fs/')) file = file.slice(4)
   if (file.startsWith('file://')) file = file.slice(7)
-  return path.resolve(file.replace(/[?#].*$/, ''))
+  return path.resolve(fileOf(file))
 }

@@ -18,6 +18,7 @@ import { stripLiteral } from 'strip-literal'
 import type { FileRules } from './file-rules.js'
 import { asSource, staticObject } from './static-options.js'
 import { realPath } from '../../workspace/collect.js'
+import { fileOf } from './module-ids.js'
 
 /** What a plugin hook's `this` offers that the glob check uses. */
 export interface GlobContext {
@@ -38,7 +39,7 @@ const IMPORT_GLOB = /\bimport\.meta\.glob(?:<\w+>)?\s*\(/g
  * not left to the plugin: its tokenizer may end the call elsewhere (see literal-scan.ts).
  */
 export async function screenGlobs(ctx: GlobContext, code: string, id: string, root: string, rules: FileRules): Promise<string> {
-  const file = id.replace(/[?#].*$/, '')
+  const file = fileOf(id)
   const clean = stripLiteral(code) // literal-scan.ts tokenized it before
   const edits: Edit[] = []
   for (const match of clean.matchAll(IMPORT_GLOB)) {
@@ -138,7 +139,7 @@ function closeParen(clean: string, open: number): number {
  */
 async function absoluteGlob(ctx: GlobContext, pattern: string, importer: string, root: string, base: string | undefined): Promise<string | undefined> {
   const safeRoot = escapePath(root)
-  const importerDir = escapePath(path.posix.dirname(importer.replace(/[?#].*$/, '')))
+  const importerDir = escapePath(path.posix.dirname(fileOf(importer)))
   const dir = base === undefined ? importerDir : base.startsWith('/') ? path.posix.join(safeRoot, base) : path.posix.resolve(importerDir, base)
   if (pattern.startsWith('/')) return path.posix.join(safeRoot, pattern.slice(1))
   if (pattern.startsWith('./')) return path.posix.join(dir, pattern.slice(2))

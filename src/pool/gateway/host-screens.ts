@@ -23,6 +23,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { collectWorkspace, findWorkspaceRoot, type Workspace, type WorkspaceOptions } from '../../workspace/collect.js'
 import { fileRules, type FileRules } from './file-rules.js'
 import { isScreened, screenLoads, type LoadingEnvironment } from './load-screen.js'
+import { fileOf } from './module-ids.js'
 
 /** A Vite environment, as far as choosing its rules goes. */
 export interface ViteEnvironment extends LoadingEnvironment {
@@ -112,7 +113,7 @@ function wrapCoverage(proto: any, rulesFor: (config: { root: string }) => Promis
   type Provider = { ctx: { config: { root: string } } }
   proto.transformFile = async function (this: Provider, url: string, project: { config: { root: string } }, ...rest: unknown[]) {
     const rules = await rulesFor(project.config)
-    const file = url.startsWith('file://') ? fileURLToPath(url.replace(/[?#].*$/, '')) : url.replace(/[?#].*$/, '')
+    const file = url.startsWith('file://') ? fileURLToPath(fileOf(url)) : fileOf(url)
     let result: Transformed
     try {
       result = await transformFile.call(this, url, project, ...rest)

@@ -25,6 +25,7 @@ import { defangLiterals } from './literal-scan.js'
 import { guardEvalValue } from './eval-guard.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
+import { fileOf } from './module-ids.js'
 
 /** The part of a Vite environment this screen needs. */
 export interface LoadingEnvironment extends CssEnvironment {
@@ -66,7 +67,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
     } catch (error) {
       throw (error as { code?: unknown })?.code === 'ENOENT' ? missingFile(id) : error
     }
-    if (result == null && !id.startsWith('\0') && !fs.existsSync(path.resolve(id.replace(/[?#].*$/, '')))) throw missingFile(id)
+    if (result == null && !id.startsWith('\0') && !fs.existsSync(path.resolve(fileOf(id)))) throw missingFile(id)
     return result
   }
   // Imports inside given modules are resolved by the host too (import analysis, aliases, links
@@ -74,7 +75,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   const resolveId = container.resolveId.bind(container)
   container.resolveId = async (id: string, ...rest: unknown[]) => {
     const resolved = await resolveId(id, ...rest)
-    const file = resolved?.id.replace(/[?#].*$/, '')
+    const file = resolved && fileOf(resolved.id)
     if (!file || !path.isAbsolute(file)) return resolved
     // Vite's asset plugin answers a path of the public folder as it is (`/x`) and reads it from there.
     return mayRead(file, state.rules()) ? resolved : null
@@ -110,7 +111,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
 /** The module as the glob, worker and asset plugins may scan it (literal-scan.ts); refused if it cannot be tokenized. */
 function forPluginScans(code: string, id: string, rules: FileRules): string {
   const scanned = defangLiterals(code)
-  if (scanned === undefined) throw new Error(`vitest-pool-sandbox: ${path.relative(rules.root, id.replace(/[?#].*$/, ''))} cannot be tokenized, and Vite's plugins would scan it for import.meta.glob, workers and asset URLs`)
+  if (scanned === undefined) throw new Error(`vitest-pool-sandbox: ${path.relative(rules.root, fileOf(id))} cannot be tokenized, and Vite's plugins would scan it for import.meta.glob, workers and asset URLs`)
   return scanned
 }
 
@@ -120,7 +121,7 @@ function forPluginScans(code: string, id: string, rules: FileRules): string {
  * relative URL to a path the sandbox may name inside the workspace passes.
  */
 function checkAssetUrls(code: string, id: string, rules: FileRules): void {
-  const file = id.replace(/[?#].*$/, '')
+  const file = fileOf(id)
   const clean = stripLiteral(code) // literal-scan.ts tokenized it before
   for (const match of clean.matchAll(ASSET_URL)) {
     const [[start], [urlStart, urlEnd]] = match.indices as Array<[number, number]>
@@ -129,7 +130,7 @@ function checkAssetUrls(code: string, id: string, rules: FileRules): void {
     if (raw[0] === '`' && raw.includes('${')) continue // becomes an import.meta.glob, checked as one
     const url = raw.slice(1, -1)
     if (/^data:/i.test(url)) continue
-    const target = url.startsWith('.') ? path.resolve(path.dirname(file), url.replace(/[?#].*$/, '')) : undefined
+    const target = url.startsWith('.') ? path.resolve(path.dirname(file), fileOf(url)) : undefined
     const rel = target && path.relative(rules.root, target)
     // By the path Vite will open: a link under node_modules may lead out, whatever is there.
     if (target === undefined || !rel || rel.startsWith('..') || path.isAbsolute(rel) || !rules.mayWord(target) || !rules.mayWord(realPath(target))) {
@@ -149,7 +150,7 @@ function mayLoad(id: string, rules: FileRules): boolean {
   // A line separator keeps Vite from stripping the query (the rest is read as a path), and a path
   // with `..` climbs from where a link led, not where the path says: neither is a file Vite made.
   if (/[\n\r\u2028\u2029]/.test(id)) return false
-  const file = id.replace(/[?#].*$/, '')
+  const file = fileOf(id)
   return (!path.isAbsolute(file) || path.posix.normalize(file) === file) && mayRead(file, rules)
 }
 
@@ -161,14 +162,14 @@ function mayRead(file: string, rules: FileRules): boolean {
 
 /** The error Vite gives for an id whose file is missing (Node's, as its own read would throw it). */
 function missingFile(id: string): Error {
-  const file = id.replace(/[?#].*$/, '')
+  const file = fileOf(id)
   const message = `ENOENT: no such file or directory, open '${file}'`
   return Object.assign(new Error(message), { errno: -2, code: 'ENOENT', syscall: 'open', path: file, stack: `Error: ${message}` })
 }
 
 /** A given file, read as Vite would read it, with only the source map the host may use. */
 function loadGiven(id: string, rules: FileRules): unknown {
-  const file = id.replace(/[?#].*$/, '')
+  const file = fileOf(id)
   if (id.startsWith('\0') || !path.isAbsolute(file) || !rules.isGiven(file)) return null
   let code: string
   try {

@@ -64,6 +64,11 @@ function splitQuery(id: string): [string, string] {
   return at < 0 ? [id, ''] : [id.slice(0, at), id.slice(at)]
 }
 
+/** The file an id names: the id without its query and hash (Vite's `cleanUrl`). */
+export function fileOf(id: string): string {
+  return id.replace(/[?#].*$/, '')
+}
+
 /**
  * Reads a module id (and, for a relative one, the path of its importer, already read). Bare ids
  * with `..` segments or escaped path characters are refused: no package name has them, and a

@@ -12,7 +12,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { ABSENT, candidates, readModuleId, twinOf, type TwinMap } from './module-ids.js'
+import { ABSENT, candidates, fileOf, readModuleId, twinOf, type TwinMap } from './module-ids.js'
 import { screenImportMetaEnv } from './import-meta-env.js'
 import type { FileRules } from './file-rules.js'
 import { debug } from '../../debug.js'
@@ -116,7 +116,7 @@ export function pathsIn(value: unknown, out: Set<string> = new Set(), depth = 0)
  */
 function pathOf(v: unknown): string | undefined {
   if (typeof v !== 'string') return undefined
-  let file = v.replace(/[?#].*$/, '')
+  let file = fileOf(v)
   for (let before = ''; before !== file; ) {
     before = file
     file = file.replace(/^\/@id\/(__x00__)?/, '/').replace(/^\/@fs(?=\/)/, '')

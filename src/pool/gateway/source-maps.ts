@@ -10,6 +10,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
+import { fileOf } from './module-ids.js'
 
 // convert-source-map's own expressions (v2), which Vite and Vitest use.
 const INLINE = /^\s*?\/[/*][@#]\s+?sourceMappingURL=data:(((?:application|text)\/json)(?:;charset=([^;,]+?)?)?)?(?:;(base64))?,(.*?)$/gm
@@ -99,7 +100,7 @@ function givenSources(map: Record<string, unknown>, file: string, rules: FileRul
     if (typeof source !== 'string') return undefined
     let clean: string
     try {
-      clean = decodeURI(source).replace(/[?#].*$/, '')
+      clean = fileOf(decodeURI(source))
     } catch {
       return undefined
     }

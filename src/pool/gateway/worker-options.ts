@@ -8,6 +8,7 @@
 import path from 'node:path'
 import { stripLiteral } from 'strip-literal'
 import { asSource, staticObject } from './static-options.js'
+import { fileOf } from './module-ids.js'
 
 /** Vite's expression for a worker made from a URL (`workerImportMetaUrlRE`). */
 const WORKER_URL = /\bnew\s+(?:Worker|SharedWorker)\s*\(\s*(new\s+URL\s*\(\s*('[^']+'|"[^"]+"|`[^`]+`)\s*,\s*import\.meta\.url\s*(?:,\s*)?\))/dg
@@ -47,7 +48,7 @@ export function screenWorkerOptions(code: string, id: string, root: string, pars
       value = undefined
     }
     if (!value) {
-      throw new Error(`vitest-pool-sandbox: the options of new Worker(new URL(…)) in ${path.relative(root, id.replace(/[?#].*$/, ''))} are not plain values (Vite evaluates them as code, on the host); write them as an object literal such as { type: 'module' }`)
+      throw new Error(`vitest-pool-sandbox: the options of new Worker(new URL(…)) in ${path.relative(root, fileOf(id))} are not plain values (Vite evaluates them as code, on the host); write them as an object literal such as { type: 'module' }`)
     }
     edits.push({ at: comma + 1, end: comma + 1 + text.length, text: asSource(value) })
   }
