@@ -27,9 +27,26 @@ export function acyclic(value: unknown, budget = valueBudget()): unknown {
     if (v === null || typeof v !== 'object') return v
     if (on.includes(v)) return '[Circular]'
     if (on.length >= MAX_DEPTH) return '[Deep]'
+    // Counted by length, not by what is present: a sparse array of 2^28 holes is one short
+    // message that the host would otherwise walk, or fill, slot by slot.
+    const length = Array.isArray(v) ? v.length : ArrayBuffer.isView(v) || v instanceof ArrayBuffer ? v.byteLength : 0
+    if (length > budget.left) throw new ProtocolViolation(`an error or result of over ${MAX_VALUES} values (an array or buffer of ${length})`)
+    // Binary data is copied whole (never listed key by key); Map and Set as an empty object, as JSON writes them.
+    if (ArrayBuffer.isView(v) || v instanceof ArrayBuffer) {
+      budget.left -= length
+      budget.bytes += length
+      // Its own bytes only: a decoded view may sit in the whole message's buffer.
+      if (v instanceof ArrayBuffer) return v.slice(0)
+      if (v instanceof DataView) return new DataView(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength))
+      return (v as unknown as Uint8Array).slice()
+    }
     on.push(v)
     let out: unknown
-    if (Array.isArray(v)) out = v.map(copy)
+    if (Array.isArray(v)) {
+      const dense: unknown[] = new Array(length)
+      for (let i = 0; i < length; i++) dense[i] = copy(v[i])
+      out = dense
+    } else if (v instanceof Map || v instanceof Set) out = {}
     else {
       const o: Record<string, unknown> = {}
       for (const key of Object.keys(v)) Object.defineProperty(o, key, { value: copy((v as Record<string, unknown>)[key]), enumerable: true, writable: true, configurable: true })

@@ -269,7 +269,7 @@ export class Gateway {
       if (this.own.files !== key) this.own = { files: key, ids: files.map((f) => this.ctx.fileTaskId(f)) }
       return this.own.ids
     },
-    isOwnFile: (file) => typeof file === 'string' && this.ctx.runFiles().includes(path.resolve(this.ctx.rules.root, file)),
+    ownFile: (file) => (typeof file === 'string' ? this.ctx.runFiles().find((own) => own === path.resolve(this.ctx.rules.root, file)) : undefined),
     isTask: (id) => this.ctx.isTask(id),
     fileName: (filepath) => path.relative(this.ctx.projectRoot, path.resolve(this.ctx.rules.root, filepath)).split(path.sep).join('/'),
     projectName: () => this.ctx.projectName,

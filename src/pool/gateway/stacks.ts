@@ -15,8 +15,13 @@ export function screenPaths<T>(value: T, mayName: (file: string) => boolean, see
   if (typeof value === 'string') return screenText(value, mayName) as T
   if (value === null || typeof value !== 'object' || seen.has(value)) return value
   seen.add(value)
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return value // bytes, never read as text
   if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) value[i] = screenPaths(value[i], mayName, seen)
+    // Written only where a path moved: a hole stays one (values reach here through acyclic, dense and bounded).
+    for (let i = 0; i < value.length; i++) {
+      const screened = screenPaths(value[i], mayName, seen)
+      if (screened !== value[i]) value[i] = screened
+    }
     return value
   }
   for (const key of Object.keys(value)) {

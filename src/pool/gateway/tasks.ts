@@ -13,8 +13,12 @@ import { isPlain } from './methods.js'
 export interface TaskOwner {
   /** The task ids of the worker's files. */
   ownIds(): string[]
-  /** Whether a path (absolute or relative to the workspace) is one of the worker's files. */
-  isOwnFile(file: unknown): boolean
+  /**
+   * The worker's file a path (absolute or relative to the workspace) names, as the host has it;
+   * undefined when it names none. What the host keys and prints by is that string, never the
+   * worker's (which another path reader, such as pathe with `\\`, could read as another file).
+   */
+  ownFile(file: unknown): string | undefined
   /** Whether the host's Vitest has a task of this id (of any file). */
   isTask(id: unknown): boolean
   /** The name Vitest gives one of the worker's files (its path relative to the project root). */
@@ -40,7 +44,11 @@ export function checkErrorSignals(method: string, error: unknown, owner: TaskOwn
     if (e === null || typeof e !== 'object' || depth > 64) return
     const o = e as Record<string, unknown>
     if (o.code === 'VITEST_PENDING' && !isOwn(o.taskId)) throw new ProtocolViolation(`${method}: a skip signal for task ${JSON.stringify(String(o.taskId)).slice(0, 80)}, which is not a task of this worker's file`)
-    if (o.VITEST_TEST_PATH !== undefined && !owner.isOwnFile(o.VITEST_TEST_PATH)) throw new ProtocolViolation(`${method}: an error said to come from a file that is not this worker's`)
+    if (o.VITEST_TEST_PATH !== undefined) {
+      const own = owner.ownFile(o.VITEST_TEST_PATH)
+      if (own === undefined) throw new ProtocolViolation(`${method}: an error said to come from a file that is not this worker's`)
+      o.VITEST_TEST_PATH = own
+    }
     if (Array.isArray(o.errors)) for (const inner of o.errors) walk(inner, depth + 1)
   }
   walk(error, 0)
@@ -78,9 +86,11 @@ export function checkTasks(method: string, args: unknown[], owner: TaskOwner, bu
   const checkFile = (file: any) => {
     if (file === null || typeof file !== 'object') throw new ProtocolViolation(`${method}: a file that is not an object`)
     check(file.id, 'file id')
-    if (!owner.isOwnFile(file.filepath)) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
-    // What reporters print the file as, from the host.
-    file.name = owner.fileName(file.filepath)
+    const own = owner.ownFile(file.filepath)
+    if (own === undefined) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+    // What reporters key, print and cache the file by, from the host.
+    file.filepath = own
+    file.name = owner.fileName(own)
     file.projectName = owner.projectName()
     checkTree(file, file, undefined, new Set())
   }
@@ -103,12 +113,15 @@ export function checkTasks(method: string, args: unknown[], owner: TaskOwner, bu
       args[1] = acyclic(args[1], budget)
       return
     case 'onTestModuleDependencies':
-      if (!owner.isOwnFile(args[0])) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
+      args[0] = owner.ownFile(args[0])
+      if (args[0] === undefined) throw new ProtocolViolation(`${method}: a file that is not this worker's`)
       return
-    case 'snapshotSaved':
-      if (!owner.isOwnFile((args[0] as { filepath?: unknown }).filepath)) throw new ProtocolViolation(`${method}: a summary of a file that is not this worker's`)
-      args[0] = snapshotSummary(method, args[0] as Record<string, unknown>)
+    case 'snapshotSaved': {
+      const own = owner.ownFile((args[0] as { filepath?: unknown }).filepath)
+      if (own === undefined) throw new ProtocolViolation(`${method}: a summary of a file that is not this worker's`)
+      args[0] = { ...snapshotSummary(method, args[0] as Record<string, unknown>), filepath: own }
       return
+    }
     case 'onUserConsoleLog': {
       // Vitest names a log's task by the test running, else by a stack frame's path (or
       // "unknown"): text printed as the log's header. Only another file's task is refused.
