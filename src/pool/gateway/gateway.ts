@@ -22,7 +22,7 @@ import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
 import { acyclic, leakRecord, screenStacks, valueBudget } from './errors.js'
 import { benchmarkResult, checkAttachments, checkErrorSignals, checkTasks, collectedResults, type TaskOwner } from './tasks.js'
-import { namesRefusedMap } from './source-maps.js'
+import { namesRefusedMap, type FrameRead } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
 import { WorkerBudget } from './budget.js'
 import { Responses } from './responses.js'
@@ -41,6 +41,8 @@ const KEYS = {
 }
 /** The longest request id a worker may choose (birpc's are 21 characters). */
 const MAX_WORKER_ID = 64
+/** Frame files whose decision the gateway keeps (the least recently used goes first). */
+const MAX_FRAME_DECISIONS = 10_000
 
 export { ProtocolViolation }
 export type { GatewayContext, HostFileCall, Step } from './context.js'
@@ -80,14 +82,22 @@ export class Gateway {
    * when the file is not in its module graph (Vitest's stack mapping).
    */
   private readonly mayFrame = (file: string): boolean => {
-    let answer = this.frames.get(file)
-    if (answer === undefined) {
-      answer = this.ctx.rules.mayName(file) && !namesRefusedMap(file, this.ctx.rules)
-      if (this.frames.size < 10_000) this.frames.set(file, answer)
+    const known = this.frames.get(file)
+    if (known) {
+      // Most recently used last: the oldest decision goes first when the cache is full.
+      this.frames.delete(file)
+      this.frames.set(file, known)
+      return known.answer
     }
+    const read: FrameRead = { bytes: 0, files: [] }
+    const answer = this.ctx.rules.mayName(file) && !namesRefusedMap(file, this.ctx.rules, read)
+    this.budget.frameRead(read.bytes)
+    if (this.frames.size >= MAX_FRAME_DECISIONS) this.frames.delete(this.frames.keys().next().value!)
+    this.frames.set(file, { answer, files: read.files })
     return answer
   }
-  private readonly frames = new Map<string, boolean>()
+  /** Each frame file's decision, and the files it depends on (a write to one decides it again). */
+  private readonly frames = new Map<string, { answer: boolean; files: string[] }>()
 
   /** Calls in flight (for tests and the bound). */
   get inFlight(): number {
@@ -108,11 +118,13 @@ export class Gateway {
       if (!Number.isSafeInteger(m.id) || typeof m.op !== 'string' || !Array.isArray(m.args)) throw new ProtocolViolation('a host-file call of the wrong shape')
       this.budget.hostFileCall()
       const op = m.op
+      const written = typeof m.args[0] === 'string' ? path.resolve(m.args[0]) : undefined
       const answered = (result: unknown) => {
         this.budget.hostFileAnswered(result)
-        // A file made or changed in the run (a snapshot) may now name a source map: decided again.
+        // A file made or changed in the run (a snapshot) may now name a source map, or be one:
+        // the decisions that read it are made again.
         if (op !== 'snapshot:read') {
-          this.frames.clear()
+          for (const [file, decision] of this.frames) if (decision.files.includes(written!)) this.frames.delete(file)
           this.ctx.rules.changed()
         }
       }
@@ -244,6 +256,8 @@ export class Gateway {
           // What Vitest's worker writes, and nothing else: statistics as numbers.
           const data = benchmarkResult(args[1])
           if (!data) return { e: refusal('vitest-pool-sandbox: writeBenchmarkResult: the data is not a benchmark result (latency, throughput, period, totalTime as numbers)') }
+          // Written whatever the update mode: bounded for the run, as the JSON Vitest writes (indented).
+          this.budget.benchmarkWritten(JSON.stringify(data, null, 2).length + 1)
           args[1] = data
         }
         return undefined

@@ -19,10 +19,10 @@ const MAP_FILE = /(?:\/\/[@#][ \t]+sourceMappingURL=([^\s'"`]+?)[ \t]*$)|(?:\/\*
 const UNREAD_SOURCE = /^(?:dep:|browser-external:|virtual:)|\0|^(?!file:)[a-z][a-z0-9+.-]*:\/\//i
 
 /** `code` without its map comments, and the map the host may use (or null). */
-export function ownSourceMap(code: string, file: string, rules: FileRules): { code: string; map: object | null } {
+export function ownSourceMap(code: string, file: string, rules: FileRules, read?: FrameRead): { code: string; map: object | null } {
   const plain = code.replace(INLINE, '').replace(MAP_FILE, '')
   if (plain === code) return { code, map: null }
-  const map = readMap(code, file, rules)
+  const map = readMap(code, file, rules, read)
   const sources = map && givenSources(map, file, rules)
   if (!map || !sources) return { code: plain, map: null }
   // Each consumer joins `sourceRoot` its own way (Vite through the real folder, Vite's map merging
@@ -31,21 +31,37 @@ export function ownSourceMap(code: string, file: string, rules: FileRules): { co
   return { code: plain, map: { ...rest, sources } }
 }
 
-/** Whether a file names a source map the host may not read (Vitest would read it for a stack frame). */
-export function namesRefusedMap(file: string, rules: FileRules): boolean {
+/** The largest file whose source map comments the gateway reads for a stack frame; a larger one is not named to the host. */
+export const MAX_FRAME_FILE = 16 * 1024 * 1024
+
+/** What deciding a frame's file read: its bytes, and the files the decision depends on (itself, the map file it names). */
+export interface FrameRead {
+  bytes: number
+  files: string[]
+}
+
+/**
+ * Whether a file names a source map the host may not read (Vitest would read it for a stack
+ * frame), or is too large to tell. `read` collects what the decision read.
+ */
+export function namesRefusedMap(file: string, rules: FileRules, read: FrameRead = { bytes: 0, files: [] }): boolean {
+  read.files.push(file)
   let code: string
   try {
+    const size = fs.statSync(file).size
+    if (size > MAX_FRAME_FILE) return true
+    read.bytes += size
     code = fs.readFileSync(file, 'utf8')
   } catch {
     return false
   }
   if (!code.includes('sourceMappingURL')) return false
-  const { code: plain, map } = ownSourceMap(code, file, rules)
+  const { code: plain, map } = ownSourceMap(code, file, rules, read)
   return plain !== code && map === null
 }
 
 /** The map as convert-source-map would find it (the last inline comment, else the last map file), or undefined. */
-function readMap(code: string, file: string, rules: FileRules): Record<string, unknown> | undefined {
+function readMap(code: string, file: string, rules: FileRules, read?: FrameRead): Record<string, unknown> | undefined {
   // Vite expands each line of a map's mappings: a map is kept only as large as its code could need.
   const largest = Math.max(1024 * 1024, 8 * code.length)
   const inline = [...code.matchAll(INLINE)].pop()
@@ -61,9 +77,12 @@ function readMap(code: string, file: string, rules: FileRules): Record<string, u
     const url = named?.[1] ?? named?.[2]
     if (!url) return undefined
     const mapFile = path.resolve(path.dirname(file), url)
+    read?.files.push(mapFile)
     if (!inWorkspace(mapFile, rules) || !rules.isGiven(mapFile)) return undefined
     try {
-      if (fs.statSync(mapFile).size > largest) return undefined
+      const size = fs.statSync(mapFile).size
+      if (size > largest) return undefined
+      if (read) read.bytes += size
       text = fs.readFileSync(mapFile, 'utf8')
     } catch {
       return undefined

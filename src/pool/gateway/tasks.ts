@@ -108,9 +108,12 @@ export function checkTasks(method: string, args: unknown[], owner: TaskOwner, bu
       for (const event of args[1] as unknown[]) check(Array.isArray(event) ? event[0] : undefined, 'task')
       return
     case 'onTaskArtifactRecord':
-    case 'onTestBenchmark':
       check(args[0], 'task')
       args[1] = acyclic(args[1], budget)
+      return
+    case 'onTestBenchmark':
+      check(args[0], 'task')
+      args[1] = benchmarkReport(method, acyclic(args[1], budget))
       return
     case 'onTestModuleDependencies':
       args[0] = owner.ownFile(args[0])
@@ -197,6 +200,27 @@ export function checkAttachments(artifact: any, projectRoot: string, isGiven: (f
     a.path = file
   }
   return undefined
+}
+
+/** Rows of one benchmark's table, and the characters of a row's name (the table pads every row to the longest). */
+const MAX_BENCHMARK_ROWS = 1000
+const MAX_BENCHMARK_NAME = 512
+
+/**
+ * A benchmark as Vitest's worker reports it (`{ name, tasks: [{ name, latency, throughput, rank, … }] }`),
+ * printed by the host as a table whose rows are padded to the longest name: at most
+ * MAX_BENCHMARK_ROWS rows, names cut at MAX_BENCHMARK_NAME characters (a million-character name
+ * and 2,000 rows made the host print 2 GB).
+ */
+function benchmarkReport(method: string, value: unknown): unknown {
+  if (!isPlain(value) || typeof value.name !== 'string' || !Array.isArray(value.tasks)) throw new ProtocolViolation(`${method}: not a benchmark ({ name, tasks })`)
+  if (value.tasks.length > MAX_BENCHMARK_ROWS) throw new ProtocolViolation(`${method}: a benchmark of over ${MAX_BENCHMARK_ROWS} tasks`)
+  const cut = (name: string) => (name.length > MAX_BENCHMARK_NAME ? `${name.slice(0, MAX_BENCHMARK_NAME - 1)}…` : name)
+  const tasks = value.tasks.map((task) => {
+    if (!isPlain(task) || typeof task.name !== 'string') throw new ProtocolViolation(`${method}: a benchmark task that is not { name, … }`)
+    return { ...task, name: cut(task.name) }
+  })
+  return { ...value, name: cut(value.name), tasks }
 }
 
 /**
