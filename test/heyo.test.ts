@@ -227,7 +227,7 @@ describe('heyo() against the fake cloud', () => {
 
   it('keeps no template on the cloud: each sandbox gets the build plan, but never registry credentials (installEnv, or written out in .npmrc)', async () => {
     const progress = () => ({ step: () => {}, output: () => {}, end: () => {} })
-    const spec = { root: path.resolve('fixtures/install-npm'), setup: [], dependencies: 'install' as const, installEnv: ['VPS_REGISTRY_TOKEN'], files: [] }
+    const spec = { root: path.resolve('fixtures/install-npm'), setup: [], dependencies: 'install' as const, installEnv: ['VPS_REGISTRY_TOKEN'], files: [], timeoutSec: 600 }
     const deploys = () => fake.requests.filter((r) => r.path === '/sandbox-deploy').length
     const before = deploys()
     const unkept = await ensureTemplate(session, { ...spec, installEnv: [] }, 'heyo', progress, {})

@@ -144,7 +144,7 @@ describe('builds coordinated through a remote provider', () => {
         const session = await watasu({ apiUrl: `${engine.handle.url}/v1`, apiKey: engine.handle.token }).connect()
         expect(session.lockTemplate).toBeUndefined()
         try {
-          const spec = { root, setup: ['sleep 3; echo built'], dependencies: 'copy' as const, installEnv: [], files: [] }
+          const spec = { root, setup: ['sleep 3; echo built'], dependencies: 'copy' as const, installEnv: [], files: [], timeoutSec: 600 }
           return await ensureTemplate(session, spec, 'watasu', () => createProgress('template', { log: (l) => lines[i].push(l) }), { 'vitest-sandbox': 'pool', 'vitest-sandbox-run': `run-${i}` })
         } finally {
           await session.close()

@@ -119,7 +119,7 @@ export class Engine {
   private readonly sandboxes = new Map<string, LocalSandbox>()
   readonly maxSandboxes: number
   readonly limits: SandboxLimits
-  private readonly maxTimeoutSec: number
+  readonly maxTimeoutSec: number
   private readonly allowHostLayers: boolean
   private readonly allowChannels: boolean
   private readonly maxSnapshotBytes: number
@@ -187,10 +187,23 @@ export class Engine {
 
   async createSandbox(opts: CreateSandboxOptions = {}): Promise<LocalSandbox> {
     if (this.closed) throw new SandboxError('the engine is shutting down', 'engine_closed')
-    const live = [...this.sandboxes.values()].filter((s) => s.running).length
+    // Counted with those still being made: a burst of creates cannot pass the check together.
+    const live = [...this.sandboxes.values()].filter((s) => s.running).length + this.creating
     if (live >= this.maxSandboxes) {
       throw new SandboxError(`sandbox limit reached: ${live} of ${this.maxSandboxes} running (raise maxSandboxes / --max-sandboxes, or kill some)`, 'sandbox_limit')
     }
+    this.creating++
+    try {
+      return await this.make(opts)
+    } finally {
+      this.creating--
+    }
+  }
+
+  /** Sandboxes being made (their slot is taken before the first await). */
+  private creating = 0
+
+  private async make(opts: CreateSandboxOptions): Promise<LocalSandbox> {
     const timeoutSec = opts.timeoutSec ?? 300
     if (!Number.isFinite(timeoutSec) || timeoutSec <= 0 || timeoutSec > this.maxTimeoutSec) {
       throw new SandboxError(`timeout must be between 1 and ${this.maxTimeoutSec} seconds (got ${opts.timeoutSec})`, 'invalid_argument')
@@ -336,6 +349,14 @@ export class Engine {
     const record = await this.layers.snapshot(s.upperDir, s.layers, { ...opts, hostUppers: s.hostUppers })
     const pruned = await this.layers.prune(this.maxSnapshotBytes, [record.id], opts.among)
     for (const p of pruned) log('snapshot %s (%s, %d bytes) pruned: over the %d-byte budget', p.id, p.name ?? 'unnamed', p.sizeBytes, this.maxSnapshotBytes)
+    // The newest may be over the budget alone (a large template), but not on top of what pruning
+    // could not free: snapshots live sandboxes run on, and the layers a chain of them holds.
+    const others = (await this.layers.listSnapshots()).filter((r) => r.id !== record.id && (opts.among ?? (() => true))(r))
+    const held = await this.layers.bytesOf(others)
+    if (held > this.maxSnapshotBytes) {
+      await this.layers.deleteSnapshot(record.id)
+      throw new SandboxError(`snapshot budget reached: the snapshots kept (${formatSize(held)}, in use by live sandboxes or layers of others) are over the budget of ${formatSize(this.maxSnapshotBytes)}; kill the sandboxes that run on old snapshots, or raise the budget`, 'snapshot_budget')
+    }
     return record
   }
 

@@ -297,6 +297,21 @@ export class LayerStore {
     return 'deleted'
   }
 
+  /** Bytes on disk of the distinct layers these snapshots stand on (layers never change: each measured once). */
+  async bytesOf(records: SnapshotRecord[]): Promise<number> {
+    let total = 0
+    for (const id of new Set(records.flatMap((r) => r.layers))) {
+      let size = this.layerSizes.get(id)
+      if (size === undefined) {
+        size = Number.parseInt((await run('du', ['-sb', this.layerDir(id)]).catch(() => ({ stdout: '0' }))).stdout, 10) || 0
+        this.layerSizes.set(id, size)
+      }
+      total += size
+    }
+    return total
+  }
+  private readonly layerSizes = new Map<string, number>()
+
   /**
    * Keep the snapshots within `budget` bytes: delete the least recently used ones (never one a
    * live sandbox runs on, never `keep`) until the rest fit. Returns what was deleted.

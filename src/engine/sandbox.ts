@@ -34,6 +34,9 @@ export interface SandboxResources {
   releaseSync(): void
 }
 
+/** How long the init may leave its pipe full before its sandbox is ended. */
+const STALLED_INIT_MS = 60_000
+
 export interface SandboxOptions extends Omit<SandboxPolicy, 'channelSocket' | 'cgroupProcs'> {
   id: string
   /** Give it a direct channel (`channel.ts`) to this process. */
@@ -217,12 +220,30 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     if (this.ended) throw new SandboxError(`sandbox ${this.id} is not running (${this.ended})`, 'sandbox_not_running')
   }
 
-  /** Write a frame to the init, waiting while its pipe is full. */
+  /**
+   * Write a frame to the init once its pipe has room (waiting before writing, so that frames
+   * waiting their turn are held by their callers, each one at a time, not queued here), and wait
+   * while it is full.
+   */
   private async post(header: Header, body?: Uint8Array): Promise<void> {
     this.assertRunning()
-    if (!this.child!.stdin!.write(encodeFrame(header, body))) {
-      await new Promise<void>((resolve) => this.stdinWaiters.push(resolve))
+    while (this.child!.stdin!.writableNeedDrain) {
+      await this.drained()
+      this.assertRunning()
     }
+    if (!this.child!.stdin!.write(encodeFrame(header, body))) await this.drained()
+  }
+
+  /** Until the init's pipe has room; an init that takes nothing for a minute (stopped from inside) ends its sandbox. */
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const stalled = setTimeout(() => void this.kill('its init took no request for 60 s (stopped from inside?)'), STALLED_INIT_MS)
+      stalled.unref()
+      this.stdinWaiters.push(() => {
+        clearTimeout(stalled)
+        resolve()
+      })
+    })
   }
 
   private request(header: Header, hooks: { onData?: (b: Buffer) => void; onStart?: (h: Header) => void } = {}): { req: string; done: Promise<Header> } {

@@ -28,6 +28,13 @@ const log = debug('server')
 /** One line per request and per process started: what a test reads to see what a run asked for. */
 const requestLog = debug('requests')
 
+/** Answers a process socket may leave unread before it is closed. */
+const MAX_UNREAD = 16 * 1024 * 1024
+/** Process sockets one sandbox may have open. */
+const MAX_SOCKETS_PER_SANDBOX = 64
+/** Bytes of output one `GET …/output` answers (base64 in JSON: a third more). */
+const MAX_OUTPUT_PAGE = 1024 * 1024
+
 export interface ServerOptions {
   /** @default '127.0.0.1' */
   host?: string
@@ -43,6 +50,8 @@ export interface ServerOptions {
   maxUploadBytes?: number
   /** Seconds between WebSocket pings; a peer that misses two is dropped. @default 30 */
   keepaliveSec?: number
+  /** Connections open at once; past it a new one is closed at once. @default 1024 */
+  maxConnections?: number
 }
 
 export interface RunningServer {
@@ -82,6 +91,7 @@ function toHttpError(err: unknown): HttpError {
     sandbox_not_running: [404, 'sandbox_not_found'],
     template_not_found: [404, 'template_not_found'],
     sandbox_limit: [429, 'sandbox_limit'],
+    snapshot_budget: [409, 'snapshot_budget'],
     snapshot_in_use: [409, 'snapshot_in_use'],
     invalid_argument: [400, 'invalid_argument'],
     sandbox_start_failed: [500, 'sandbox_start_failed'],
@@ -125,9 +135,9 @@ async function readJson(req: http.IncomingMessage, limit = 1024 * 1024): Promise
 }
 
 /** A `timeout` field: a positive, finite number of seconds. */
-function positiveSeconds(value: unknown): number {
+function positiveSeconds(value: unknown, max: number): number {
   const timeout = typeof value === 'number' ? value : typeof value === 'string' && value.trim() ? Number(value) : NaN
-  if (!Number.isFinite(timeout) || timeout <= 0) throw new HttpError(400, 'invalid_argument', `timeout must be a positive number of seconds (got ${JSON.stringify(value)?.slice(0, 100)})`)
+  if (!Number.isFinite(timeout) || timeout <= 0 || timeout > max) throw new HttpError(400, 'invalid_argument', `timeout must be a number of seconds from 1 to ${max} (got ${JSON.stringify(value)?.slice(0, 100)})`)
   return timeout
 }
 
@@ -182,6 +192,8 @@ function requirePath(url: URL): string {
 export async function startServer(engine: Engine, opts: ServerOptions = {}): Promise<RunningServer> {
   const token = opts.token ?? randomBytes(32).toString('base64url')
   const tenants = Tenants.from(token, opts.tenantsFile)
+  /** Each tenant's creates under way. */
+  const creating = new Map<Tenant, number>()
   const maxUpload = opts.maxUploadBytes ?? 4 * 1024 ** 3
   const sessions = new Map<string, string>() // session token -> sandbox id
   const sessionOf = new Map<string, string>() // sandbox id -> session token
@@ -264,21 +276,27 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       // Each tenant its share of the server's sandboxes: none can take them all, nor learn by a
       // refusal how many the others run.
       const share = tenants.share(engine.maxSandboxes)
-      if (share !== undefined && engine.list().filter(owned).length >= share) {
+      // Counted with the tenant's creates still under way: a burst cannot pass the check together.
+      const making = creating.get(tenant) ?? 0
+      if (share !== undefined && engine.list().filter(owned).length + making >= share) {
         throw new HttpError(429, 'sandbox_limit', `this tenant's sandbox limit is reached: ${share} running (kill some, or raise --max-sandboxes)`)
       }
-      const template = body.template === undefined || body.template === 'base' ? 'base' : (await snapshotOf(tenant, body.template))?.id
-      if (template === undefined) throw new HttpError(404, 'template_not_found', `template or snapshot '${body.template}' not found`)
-      const s = await engine.createSandbox({
-        template,
-        timeoutSec: timeout,
-        metadata: tenants.stamp(tenant, stringRecord(body.metadata, 'metadata')),
-        envs: stringRecord(body.envs, 'envs'),
-        network: body.allow_internet_access === true && opts.allowNetwork ? 'host' : 'none',
-        hostLayers: pathList(body.host_layers, 'host_layers'),
-        limits: limitsField(body.limits),
-        readOnly: pathList(body.read_only, 'read_only'),
-      })
+      const asked = body.template as string | undefined
+      creating.set(tenant, making + 1)
+      const s = await (async () => {
+        const template = asked === undefined || asked === 'base' ? 'base' : (await snapshotOf(tenant, asked))?.id
+        if (template === undefined) throw new HttpError(404, 'template_not_found', `template or snapshot '${asked}' not found`)
+        return engine.createSandbox({
+          template,
+          timeoutSec: timeout,
+          metadata: tenants.stamp(tenant, stringRecord(body.metadata, 'metadata')),
+          envs: stringRecord(body.envs, 'envs'),
+          network: body.allow_internet_access === true && opts.allowNetwork ? 'host' : 'none',
+          hostLayers: pathList(body.host_layers, 'host_layers'),
+          limits: limitsField(body.limits),
+          readOnly: pathList(body.read_only, 'read_only'),
+        })
+      })().finally(() => creating.set(tenant, (creating.get(tenant) ?? 1) - 1))
       return sendJson(res, 201, { sandbox: sandboxJson(s), session: sessionFor(s) })
     }
     if (resource === 'sandboxes' && !id && method === 'GET') {
@@ -302,13 +320,13 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     if (resource === 'sandboxes' && id && action === 'timeout' && method === 'POST') {
       const s = sandboxOr404(id, tenant)
       const body = await readJson(req)
-      s.setTimeout(positiveSeconds(body.timeout))
+      s.setTimeout(positiveSeconds(body.timeout, engine.maxTimeoutSec))
       return sendJson(res, 200, { sandbox: sandboxJson(s) })
     }
     if (resource === 'sandboxes' && id && action === 'resume' && method === 'POST') {
       const s = sandboxOr404(id, tenant)
       const body = await readJson(req)
-      if (body.timeout !== undefined) s.setTimeout(positiveSeconds(body.timeout))
+      if (body.timeout !== undefined) s.setTimeout(positiveSeconds(body.timeout, engine.maxTimeoutSec))
       return sendJson(res, 200, { sandbox: sandboxJson(s), session: sessionFor(s) })
     }
     if (resource === 'sandboxes' && id && action === 'snapshots' && method === 'POST') {
@@ -444,7 +462,8 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       }
       if (action === 'output' && method === 'GET') {
         const since = Math.max(0, Number(url.searchParams.get('since') ?? 0) || 0)
-        const limit = Number(url.searchParams.get('limit_bytes') ?? 0) || Infinity
+        // One page at most: a client that never reads holds the server to that (it pages with since).
+        const limit = Math.min(Number(url.searchParams.get('limit_bytes') ?? 0) || MAX_OUTPUT_PAGE, MAX_OUTPUT_PAGE)
         const events = []
         let bytes = 0
         for (const e of p.eventsSince(since)) {
@@ -488,6 +507,7 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
   })
 
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_WS_FRAME })
+  const sockets = new WeakMap<LocalSandbox, number>()
   server.on('upgrade', (req, socket, head) => {
     socket.on('error', () => {}) // a client gone mid-handshake is no fault of the server's
     const reject = (status: number, code: string, message: string) => {
@@ -512,12 +532,22 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
       existing = sandbox.processes.get(parts[3])
       if (!existing) return reject(404, 'process_not_found', `process ${parts[3]} not found in sandbox ${sandbox.id}`)
     }
+    // A sandbox's pool uses one or two process sockets: a few dozen is a client gone wrong.
+    const open = sockets.get(sandbox) ?? 0
+    if (open >= MAX_SOCKETS_PER_SANDBOX) return reject(429, 'too_many_sockets', `sandbox ${sandbox.id} has ${open} process sockets open (at most ${MAX_SOCKETS_PER_SANDBOX})`)
+    sockets.set(sandbox, open + 1)
+    socket.once('close', () => sockets.set(sandbox, (sockets.get(sandbox) ?? 1) - 1))
     wss.handleUpgrade(req, socket, head, (ws) => {
       const session = new ProcessSession(ws, sandbox, opts.keepaliveSec ?? 30)
-      if (existing) session.attach(existing, Math.max(0, Number(url.searchParams.get('since') ?? 0) || 0))
+      if (existing) void session.attach(existing, Math.max(0, Number(url.searchParams.get('since') ?? 0) || 0))
     })
   })
 
+  // A connection that never finishes its headers, or goes silent (a client that reads nothing of
+  // its answer), is closed; at most so many at once, so descriptors stay for the sandboxes.
+  server.headersTimeout = 15_000
+  server.timeout = 120_000
+  server.maxConnections = opts.maxConnections ?? 1024
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve())
@@ -569,13 +599,20 @@ class ProcessSession {
       this.alive = false
       ws.ping()
     }, keepaliveSec * 1000)
-    ws.on('message', (data, isBinary) => void this.onMessage(data as Buffer, isBinary))
+    // One frame at a time: the socket is not read while a frame is handled (a stdin write waits
+    // for the sandbox's pipe), so a client never has the server hold what the sandbox has not taken.
+    ws.on('message', (data, isBinary) => {
+      ws.pause()
+      void this.onMessage(data as Buffer, isBinary).finally(() => ws.resume())
+    })
     ws.on('close', () => this.detach())
     ws.on('error', () => this.detach())
   }
 
   private send(frame: ServerFrame): void {
     if (this.ws.readyState !== this.ws.OPEN) return
+    // A client that reads none of its answers (pongs, acks) is let go, not buffered for.
+    if (this.ws.bufferedAmount > MAX_UNREAD) return void this.ws.terminate()
     this.ws.send(JSON.stringify(frame), () => {
       // Resume once the socket has drained: a slow reader throttles the process, never the engine.
       if (this.paused && this.ws.bufferedAmount < 256 * 1024) {
@@ -594,10 +631,21 @@ class ProcessSession {
     this.ws.close(1008, code)
   }
 
-  attach(proc: SandboxProcess, since: number): void {
+  /** Replays the output from `since` at the client's pace, then follows the process live. */
+  async attach(proc: SandboxProcess, since: number): Promise<void> {
     this.proc = proc
     this.send({ type: 'started', pid: proc.id })
-    for (const e of proc.eventsSince(since)) this.onOutput(e)
+    for (let next = since; ; ) {
+      const events = proc.eventsSince(next)
+      if (!events.length) break
+      for (const e of events) {
+        this.onOutput(e)
+        next = e.cursor + 1
+        while (this.ws.readyState === this.ws.OPEN && this.ws.bufferedAmount > 1024 * 1024) await new Promise((r) => setTimeout(r, 20))
+        if (this.ws.readyState !== this.ws.OPEN) return
+      }
+    }
+    // Caught up, with nothing awaited since the last look: no event falls between.
     if (!proc.running) return this.sendExit()
     proc.on('output', this.onOutput)
     proc.once('exit', this.onExit)
@@ -689,7 +737,7 @@ class ProcessSession {
       timer.unref()
       proc.once('exit', () => clearTimeout(timer))
     }
-    this.attach(proc, 0)
+    await this.attach(proc, 0)
   }
 }
 

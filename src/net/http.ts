@@ -79,6 +79,33 @@ export interface CallOptions {
   retry?: boolean
 }
 
+/** What of an error's body is read (its message), and the largest JSON answer taken. */
+const MAX_ERROR_BODY = 64 * 1024
+const MAX_JSON_BODY = 64 * 1024 * 1024
+
+/**
+ * A body's text, read no further than `max` bytes: past it the stream is destroyed and, when
+ * `what` names the answer, that is an error (a JSON answer cut short is no answer); otherwise the
+ * text is cut there (an error's message). A service, or a sandbox that stands in for one of its
+ * endpoints, cannot make the host hold more.
+ */
+export async function boundedText(body: AsyncIterable<Uint8Array> & { destroy(): unknown }, max: number, what?: string): Promise<string> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of body) {
+    const room = max - size
+    if (chunk.length > room) {
+      chunks.push(Buffer.from(chunk).subarray(0, room))
+      body.destroy()
+      if (what) throw new HttpError(`${what}: the answer is over ${max} bytes`, 0, 'answer_too_large')
+      return `${Buffer.concat(chunks).toString('utf8')}… (cut at ${max} bytes)`
+    }
+    chunks.push(Buffer.from(chunk))
+    size += chunk.length
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
 /** Attempts in all for a request nothing answered. */
 const UNANSWERED_ATTEMPTS = 4
 
@@ -127,7 +154,7 @@ export class Http {
         continue
       }
       if (res.statusCode < 400) return res
-      const text = await res.body.text()
+      const text = await boundedText(res.body, MAX_ERROR_BODY)
       const wait = retryable(res.statusCode) ? delay(attempt, until, Number(res.headers['retry-after'])) : undefined
       if (wait !== undefined) {
         log('%s %s: %d, retrying in %d ms (attempt %d)', method, path, res.statusCode, wait, attempt + 1)
@@ -151,7 +178,7 @@ export class Http {
 
   async json<T>(method: Dispatcher.HttpMethod, path: string, json?: unknown, call: Omit<CallOptions, 'json'> = {}): Promise<T> {
     const res = await this.call(method, path, { ...call, json })
-    const text = await res.body.text()
+    const text = await boundedText(res.body, MAX_JSON_BODY, `${method} ${path}`)
     return (text ? JSON.parse(text) : {}) as T
   }
 

@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
 import WebSocket from 'ws'
 import { debug } from '../debug.js'
-import { type Body, Http, HttpError as RuntimeError, isGone, reopen } from '../net/http.js'
+import { type Body, boundedText, Http, HttpError as RuntimeError, isGone, reopen } from '../net/http.js'
 import { type ClientFrame, MAX_WS_FRAME, type ServerFrame } from './frames.js'
 
 const log = debug('client')
@@ -199,7 +199,7 @@ export class SandboxClient {
 
   async writeFile(path: string, data: Body): Promise<EntryInfo> {
     const res = await this.http.call('PUT', `/files?path=${encodeURIComponent(path)}`, { body: data })
-    return (JSON.parse(await res.body.text()) as { file: EntryInfo }).file
+    return (JSON.parse(await boundedText(res.body, 1024 * 1024, `PUT ${path}`)) as { file: EntryInfo }).file
   }
 
   async readFile(path: string): Promise<Buffer> {

@@ -39,18 +39,30 @@ export const MAX_ENVELOPE = 16 * 1024 * 1024
 
 /** Splits a byte stream into Connect envelopes, whatever the chunking. */
 export function envelopeSplitter(onEnvelope: (flags: number, message: any) => void): (chunk: Buffer) => void {
-  let buf: Buffer = Buffer.alloc(0)
+  // Chunks are joined only once the envelope they start is whole (joining at every chunk is quadratic).
+  let pending: Buffer[] = []
+  let size = 0
+  let need = 5
   return (chunk) => {
-    buf = buf.length ? Buffer.concat([buf, chunk]) : chunk
+    pending.push(chunk)
+    size += chunk.length
+    if (size < need) return
+    let buf = pending.length === 1 ? pending[0] : Buffer.concat(pending)
+    need = 5
     while (buf.length >= 5) {
       const n = buf.readUInt32BE(1)
       if (n > MAX_ENVELOPE) throw new Error(`envd sent an envelope of ${n} bytes, over the limit of ${MAX_ENVELOPE}`)
-      if (buf.length < 5 + n) return
+      if (buf.length < 5 + n) {
+        need = 5 + n
+        break
+      }
       const flags = buf[0]
       const text = buf.subarray(5, 5 + n).toString()
       buf = buf.subarray(5 + n)
       onEnvelope(flags, text ? JSON.parse(text) : {})
     }
+    pending = buf.length ? [buf] : []
+    size = buf.length
   }
 }
 

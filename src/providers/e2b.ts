@@ -11,7 +11,7 @@ import { Agent, type Dispatcher } from 'undici'
 import { env, requireKey } from './credentials.js'
 import { E2BProcess } from './e2b-process.js'
 import type { CreateOptions, ProviderSandbox, ProviderSession, SandboxProvider, SandboxSummary, TemplateSummary, Upload } from './types.js'
-import { Http } from '../net/http.js'
+import { boundedText, Http } from '../net/http.js'
 import { debug } from '../debug.js'
 import { remoteLimits, type RemoteLimits } from '../sizes.js'
 
@@ -137,7 +137,7 @@ class E2BSession implements ProviderSession {
     const out: T[] = []
     for (let token: string | undefined; ; ) {
       const res = await this.api.call('GET', path(token))
-      const text = await res.body.text()
+      const text = await boundedText(res.body, 64 * 1024 * 1024, 'e2b: a page of the listing')
       out.push(...((text ? JSON.parse(text) : []) as T[]))
       token = res.headers['x-next-token'] as string | undefined
       if (!token) return out

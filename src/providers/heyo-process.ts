@@ -11,7 +11,7 @@ import WebSocket from 'ws'
 import { earlyEvents } from './early-events.js'
 import { createLineParser, exitOfReport, INPUT_PART, relayInput, type RelaySpec } from './line-relay.js'
 import type { ProcessExit, ProviderProcess } from './types.js'
-import { HttpError, isGone, reopen } from '../net/http.js'
+import { boundedText, HttpError, isGone, reopen } from '../net/http.js'
 import { debug } from '../debug.js'
 
 const log = debug('heyo')
@@ -118,9 +118,10 @@ export class HeyoProcess extends EventEmitter<{ stdout: [Buffer]; stderr: [Buffe
       this.ws = ws
       let ready = false
       ws.on('unexpected-response', (_req, res) => {
-        let text = ''
-        res.on('data', (d: Buffer) => (text += d))
-        res.on('end', () => reject(new HttpError(`heyo: opening the shell of ${this.target.where}: ${res.statusCode} ${text}`, res.statusCode ?? 0, `http_${res.statusCode}`)))
+        void boundedText(res, 64 * 1024).then(
+          (text) => reject(new HttpError(`heyo: opening the shell of ${this.target.where}: ${res.statusCode} ${text}`, res.statusCode ?? 0, `http_${res.statusCode}`)),
+          (err: Error) => reject(err),
+        )
       })
       ws.on('open', () => ws.send(JSON.stringify({ type: 'init', cols: 200, rows: 50, ...(this.sessionId ? { sessionId: this.sessionId } : {}) })))
       ws.on('message', (data: Buffer, binary) => {

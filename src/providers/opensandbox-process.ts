@@ -12,7 +12,7 @@ import WebSocket from 'ws'
 import { earlyEvents } from './early-events.js'
 import { createRelayParser, RELAY, shellQuote, type RelayExit } from './framed-stdio.js'
 import type { ProcessExit, ProcessSpec, ProviderProcess } from './types.js'
-import { type Http, HttpError, isGone, reopen } from '../net/http.js'
+import { boundedText, type Http, HttpError, isGone, reopen } from '../net/http.js'
 import { numberedChunk } from '../sandbox-runtime/wire.js'
 import { debug } from '../debug.js'
 
@@ -94,9 +94,10 @@ export class OpenSandboxProcess extends EventEmitter<{ stdout: [Buffer]; stderr:
       // After it, one more turn, so a caller that awaits `start` has added its listeners.
       const early = earlyEvents()
       ws.on('unexpected-response', (_req, res) => {
-        let text = ''
-        res.on('data', (d: Buffer) => (text += d))
-        res.on('end', () => reject(new HttpError(`opening process ${this.session} in sandbox ${this.sandboxId}: ${res.statusCode} ${text}`, res.statusCode ?? 0, `http_${res.statusCode}`)))
+        void boundedText(res, 64 * 1024).then(
+          (text) => reject(new HttpError(`opening process ${this.session} in sandbox ${this.sandboxId}: ${res.statusCode} ${text}`, res.statusCode ?? 0, `http_${res.statusCode}`)),
+          (err: Error) => reject(err),
+        )
       })
       ws.on('message', (data: Buffer, binary) => {
         try {

@@ -85,7 +85,10 @@ export function relayArgs(spec: { cmd: string; args?: string[]; stdin?: boolean 
 export class RelayReader {
   /** The relay's output taken so far, in whole frames. */
   position = 0
-  private buf: Buffer = Buffer.alloc(0)
+  /** Chunks not yet read, joined only once the frame they start is whole (joining at every chunk is quadratic). */
+  private pending: Buffer[] = []
+  private size = 0
+  private need = HEAD
   private marker?: Buffer
 
   constructor(private readonly onFrame: (kind: number, data: Buffer) => void) {}
@@ -94,30 +97,45 @@ export class RelayReader {
   resync(): Buffer {
     const nonce = randomBytes(16)
     this.marker = Buffer.concat([MARK, nonce])
-    this.buf = Buffer.alloc(0)
+    this.pending = []
+    this.size = 0
+    this.need = HEAD
     return nonce
   }
 
   push(chunk: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk
+    this.pending.push(chunk)
+    this.size += chunk.length
+    if (!this.marker && this.size < this.need) return
+    let buf = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending)
     if (this.marker) {
-      const at = this.buf.indexOf(this.marker)
+      const at = buf.indexOf(this.marker)
       // What precedes the marker is live output the resend repeats; keep only a marker's length.
-      if (at < 0) return void (this.buf = this.buf.subarray(Math.max(0, this.buf.length - this.marker.length + 1)))
-      this.buf = this.buf.subarray(at + this.marker.length)
+      if (at < 0) return this.keep(buf.subarray(Math.max(0, buf.length - this.marker.length + 1)))
+      buf = buf.subarray(at + this.marker.length)
       this.marker = undefined
     }
-    while (this.buf.length >= HEAD) {
-      const at = this.buf.readUIntBE(1, 6)
-      const length = this.buf.readUInt32BE(7)
+    this.need = HEAD
+    while (buf.length >= HEAD) {
+      const at = buf.readUIntBE(1, 6)
+      const length = buf.readUInt32BE(7)
       if (at !== this.position) throw new Error(`the relay sent output at ${at}, expected ${this.position}`)
       if (length > MAX_FRAME) throw new Error(`the relay sent a frame of ${length} bytes, over the limit of ${MAX_FRAME}`)
-      if (this.buf.length < HEAD + length) return
-      const kind = this.buf[0]
-      const data = this.buf.subarray(HEAD, HEAD + length)
-      this.buf = this.buf.subarray(HEAD + length)
+      if (buf.length < HEAD + length) {
+        this.need = HEAD + length
+        break
+      }
+      const kind = buf[0]
+      const data = buf.subarray(HEAD, HEAD + length)
+      buf = buf.subarray(HEAD + length)
       this.position += HEAD + length
       this.onFrame(kind, data)
     }
+    this.keep(buf)
+  }
+
+  private keep(rest: Buffer): void {
+    this.pending = rest.length ? [rest] : []
+    this.size = rest.length
   }
 }
