@@ -28,8 +28,9 @@ const log = debug('server')
 /** One line per request and per process started: what a test reads to see what a run asked for. */
 const requestLog = debug('requests')
 
-/** Answers a process socket may leave unread before it is closed. */
+/** Answers a process socket may leave unread before the server stops reading it: bytes, and frames. */
 const MAX_UNREAD = 16 * 1024 * 1024
+const MAX_UNREAD_FRAMES = 4096
 /** Process sockets one sandbox may have open. */
 const MAX_SOCKETS_PER_SANDBOX = 64
 /** Bytes of output one `GET …/output` answers (base64 in JSON: a third more). */
@@ -92,6 +93,7 @@ function toHttpError(err: unknown): HttpError {
     template_not_found: [404, 'template_not_found'],
     sandbox_limit: [429, 'sandbox_limit'],
     snapshot_budget: [409, 'snapshot_budget'],
+    disk_full: [409, 'disk_full'],
     snapshot_in_use: [409, 'snapshot_in_use'],
     invalid_argument: [400, 'invalid_argument'],
     sandbox_start_failed: [500, 'sandbox_start_failed'],
@@ -601,26 +603,39 @@ class ProcessSession {
     }, keepaliveSec * 1000)
     // One frame at a time: the socket is not read while a frame is handled (a stdin write waits
     // for the sandbox's pipe), so a client never has the server hold what the sandbox has not taken.
+    // One frame at a time: the socket is not read while a frame is handled (a stdin write waits
+    // for the sandbox's pipe), so a client never has the server hold what the sandbox has not taken.
+    // A client that reads none of its answers (pongs, acks) is not read either until it does:
+    // nothing is dropped (a relay must lose no byte), and nothing piles up.
     ws.on('message', (data, isBinary) => {
       ws.pause()
-      void this.onMessage(data as Buffer, isBinary).finally(() => ws.resume())
+      void this.onMessage(data as Buffer, isBinary)
+        .then(() => this.readAgain())
+        .finally(() => ws.resume())
     })
     ws.on('close', () => this.detach())
     ws.on('error', () => this.detach())
   }
 
+  /** Until what the client left unread is under MAX_UNREAD bytes and MAX_UNREAD_FRAMES frames (each queued frame costs more than its bytes), or it is gone. */
+  private async readAgain(): Promise<void> {
+    while (this.ws.readyState === this.ws.OPEN && (this.ws.bufferedAmount > MAX_UNREAD || this.unsent > MAX_UNREAD_FRAMES)) await new Promise((r) => setTimeout(r, 20))
+  }
+  /** Frames handed to the socket and not yet written out. */
+  private unsent = 0
+
   private send(frame: ServerFrame): void {
     if (this.ws.readyState !== this.ws.OPEN) return
-    // A client that reads none of its answers (pongs, acks) is let go, not buffered for.
-    if (this.ws.bufferedAmount > MAX_UNREAD) return void this.ws.terminate()
+    this.unsent++
     this.ws.send(JSON.stringify(frame), () => {
+      this.unsent--
       // Resume once the socket has drained: a slow reader throttles the process, never the engine.
-      if (this.paused && this.ws.bufferedAmount < 256 * 1024) {
+      if (this.paused && !this.replaying && this.ws.bufferedAmount < 256 * 1024) {
         this.paused = false
         this.proc?.resume(this)
       }
     })
-    if (!this.paused && this.ws.bufferedAmount > 1024 * 1024 && this.proc) {
+    if (!this.paused && !this.replaying && this.ws.bufferedAmount > 1024 * 1024 && this.proc) {
       this.paused = true
       this.proc.pause(this)
     }
@@ -631,10 +646,16 @@ class ProcessSession {
     this.ws.close(1008, code)
   }
 
-  /** Replays the output from `since` at the client's pace, then follows the process live. */
+  /**
+   * Replays the output from `since` at the client's pace, then follows the process live. The
+   * process is paused meanwhile: what it writes while the replay waits for the client would push
+   * the oldest output out of what the server keeps, and the replay would miss it.
+   */
   async attach(proc: SandboxProcess, since: number): Promise<void> {
     this.proc = proc
     this.send({ type: 'started', pid: proc.id })
+    this.replaying = true
+    proc.pause(this)
     for (let next = since; ; ) {
       const events = proc.eventsSince(next)
       if (!events.length) break
@@ -642,14 +663,20 @@ class ProcessSession {
         this.onOutput(e)
         next = e.cursor + 1
         while (this.ws.readyState === this.ws.OPEN && this.ws.bufferedAmount > 1024 * 1024) await new Promise((r) => setTimeout(r, 20))
-        if (this.ws.readyState !== this.ws.OPEN) return
+        if (this.ws.readyState !== this.ws.OPEN) return // detach resumes it
       }
     }
     // Caught up, with nothing awaited since the last look: no event falls between.
-    if (!proc.running) return this.sendExit()
-    proc.on('output', this.onOutput)
-    proc.once('exit', this.onExit)
+    this.replaying = false
+    this.paused = false
+    if (proc.running) {
+      proc.on('output', this.onOutput)
+      proc.once('exit', this.onExit)
+    }
+    proc.resume(this)
+    if (!proc.running) this.sendExit()
   }
+  private replaying = false
 
   private sendExit(): void {
     const exit = this.proc!.exit!

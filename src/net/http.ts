@@ -1,10 +1,11 @@
 /**
  * JSON-over-HTTP with the retry policy every provider shares, with exponential backoff and full
  * jitter (or the server's `Retry-After`), each retry logged under `DEBUG=vitest-pool-sandbox:http`:
- * - 429 and 5xx (the service is there and says "not now") for up to a time budget, so that a
- *   provider that answers errors for a minute and recovers costs a run that minute, not its files;
- * - a request nothing answered (a wrong address, no network) a few times only, so that it is
- *   said at once.
+ * - 429, 502, 503 and 504 (the service, or its gateway, says "not now") for up to a time budget,
+ *   so that a provider that answers so for a minute and recovers costs a run that minute, not its
+ *   files;
+ * - other server errors, and a request nothing answered (a wrong address, no network), a few
+ *   times only, so that they are said at once.
  * A stream body is a function that makes the stream, so it is retried too.
  */
 import { request, type Dispatcher } from 'undici'
@@ -64,7 +65,7 @@ export interface HttpOptions {
   base: string
   /** Headers sent with every request (credentials). */
   headers: Record<string, string>
-  /** Milliseconds from a call's first attempt during which a 429 or 5xx is tried again. @default 90_000 */
+  /** Milliseconds from a call's first attempt during which a 429, 502, 503 or 504 is tried again. @default 90_000 */
   retryForMs?: number
   dispatcher?: Dispatcher
   /** Reads the service's error code and message out of an error body. */
@@ -106,12 +107,17 @@ export async function boundedText(body: AsyncIterable<Uint8Array> & { destroy():
   return Buffer.concat(chunks).toString('utf8')
 }
 
-/** Attempts in all for a request nothing answered. */
-const UNANSWERED_ATTEMPTS = 4
+/** Attempts in all for a request nothing answered, or answered with another server error. */
+const FEW_ATTEMPTS = 4
 
-/** Statuses worth another attempt: rate limits and server-side trouble. */
+/** Statuses that say "not now" (rate limits, a gateway or service that is down): tried again for the time budget. */
+function transient(status: number): boolean {
+  return status === 429 || status === 502 || status === 503 || status === 504
+}
+
+/** Other server errors: tried again a few times only (the same request may well fail the same way). */
 function retryable(status: number): boolean {
-  return status === 429 || (status >= 500 && status !== 501)
+  return status >= 500 && status !== 501
 }
 
 export class Http {
@@ -147,7 +153,7 @@ export class Http {
         res = await request(url, { method, headers, body: payload as Dispatcher.DispatchOptions['body'], dispatcher: this.opts.dispatcher })
       } catch (err) {
         const code = (err as { code?: string }).code ?? 'network_error'
-        const wait = attempt < UNANSWERED_ATTEMPTS ? delay(attempt, until) : undefined
+        const wait = attempt < FEW_ATTEMPTS ? delay(attempt, until) : undefined
         if (wait === undefined) throw new HttpError(`${method} ${url} failed: ${(err as Error).message}`, 0, code)
         log('%s %s: %s, retrying in %d ms (attempt %d)', method, path, code, wait, attempt + 1)
         await sleep(wait)
@@ -155,7 +161,7 @@ export class Http {
       }
       if (res.statusCode < 400) return res
       const text = await boundedText(res.body, MAX_ERROR_BODY)
-      const wait = retryable(res.statusCode) ? delay(attempt, until, Number(res.headers['retry-after'])) : undefined
+      const wait = transient(res.statusCode) || (retryable(res.statusCode) && attempt < FEW_ATTEMPTS) ? delay(attempt, until, Number(res.headers['retry-after'])) : undefined
       if (wait !== undefined) {
         log('%s %s: %d, retrying in %d ms (attempt %d)', method, path, res.statusCode, wait, attempt + 1)
         await sleep(wait)
