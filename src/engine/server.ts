@@ -603,23 +603,21 @@ class ProcessSession {
     }, keepaliveSec * 1000)
     // One frame at a time: the socket is not read while a frame is handled (a stdin write waits
     // for the sandbox's pipe), so a client never has the server hold what the sandbox has not taken.
-    // One frame at a time: the socket is not read while a frame is handled (a stdin write waits
-    // for the sandbox's pipe), so a client never has the server hold what the sandbox has not taken.
     // A client that reads none of its answers (pongs, acks) is not read either until it does:
     // nothing is dropped (a relay must lose no byte), and nothing piles up.
     ws.on('message', (data, isBinary) => {
       ws.pause()
       void this.onMessage(data as Buffer, isBinary)
-        .then(() => this.readAgain())
+        .then(() => this.unreadBelow(MAX_UNREAD, MAX_UNREAD_FRAMES))
         .finally(() => ws.resume())
     })
     ws.on('close', () => this.detach())
     ws.on('error', () => this.detach())
   }
 
-  /** Until what the client left unread is under MAX_UNREAD bytes and MAX_UNREAD_FRAMES frames (each queued frame costs more than its bytes), or it is gone. */
-  private async readAgain(): Promise<void> {
-    while (this.ws.readyState === this.ws.OPEN && (this.ws.bufferedAmount > MAX_UNREAD || this.unsent > MAX_UNREAD_FRAMES)) await new Promise((r) => setTimeout(r, 20))
+  /** Until what the client left unread is under `bytes` and `frames` (each queued frame costs more than its bytes), or it is gone. */
+  private async unreadBelow(bytes: number, frames = Infinity): Promise<void> {
+    while (this.ws.readyState === this.ws.OPEN && (this.ws.bufferedAmount > bytes || this.unsent > frames)) await new Promise((r) => setTimeout(r, 20))
   }
   /** Frames handed to the socket and not yet written out. */
   private unsent = 0
@@ -662,7 +660,7 @@ class ProcessSession {
       for (const e of events) {
         this.onOutput(e)
         next = e.cursor + 1
-        while (this.ws.readyState === this.ws.OPEN && this.ws.bufferedAmount > 1024 * 1024) await new Promise((r) => setTimeout(r, 20))
+        await this.unreadBelow(1024 * 1024)
         if (this.ws.readyState !== this.ws.OPEN) return // detach resumes it
       }
     }

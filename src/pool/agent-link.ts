@@ -26,14 +26,14 @@ export interface ChannelHandlers {
 }
 
 
-/**
- * Where a worker's messages go: over the link; held until its direct socket is claimed; or over
- * that socket.
- */
 /** Answers a worker has not read past which its requests wait, and past which it is ended (worker.ts). */
 const UNREAD_PAUSE = 8 * 1024 * 1024
 export const UNREAD_LIMIT = 128 * 1024 * 1024
 
+/**
+ * Where a worker's messages go: over the link; held until its direct socket is claimed; or over
+ * that socket.
+ */
 type Route = { kind: 'relay' } | { kind: 'claiming'; claim: DirectClaim; held: Uint8Array[] } | { kind: 'direct'; socket: Socket }
 
 /** How long an exited worker's direct socket may take to deliver its last bytes. */

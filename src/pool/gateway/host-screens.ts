@@ -23,7 +23,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { collectWorkspace, findWorkspaceRoot, type Workspace, type WorkspaceOptions } from '../../workspace/collect.js'
 import { fileRules, type FileRules } from './file-rules.js'
 import { isScreened, screenLoads, type LoadingEnvironment } from './load-screen.js'
-import { fileOf } from './module-ids.js'
+import { inWorkspace } from './source-maps.js'
+import { fileOf, isPlainPath } from './module-ids.js'
 
 /** A Vite environment, as far as choosing its rules goes. */
 export interface ViteEnvironment extends LoadingEnvironment {
@@ -142,7 +143,7 @@ function wrapCoverage(proto: any, rulesFor: (config: { root: string }) => Promis
  * leads to a given file too.
  */
 function reportable(file: unknown, rules: FileRules): boolean {
-  if (typeof file !== 'string' || !path.isAbsolute(file) || path.normalize(file) !== file || /[%?#\\\0-\x1f\u2028\u2029]/.test(file) || !rules.isGiven(file)) return false
+  if (typeof file !== 'string' || !isPlainPath(file) || !rules.isGiven(file)) return false
   try {
     const real = fs.realpathSync(file)
     return rules.isGiven(real) && fs.statSync(real).isFile()
@@ -183,8 +184,7 @@ function mapOfGiven(map: unknown, file: string, rules: FileRules): unknown {
     }
     if (read.protocol !== 'file:') return true
     const p = fileURLToPath(read)
-    const rel = path.relative(rules.root, p)
-    return !rel.startsWith('..') && !path.isAbsolute(rel) && rules.mayName(p)
+    return inWorkspace(p, rules) && rules.mayName(p)
   })
   return given ? map : null
 }

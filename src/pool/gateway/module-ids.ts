@@ -64,6 +64,14 @@ function splitQuery(id: string): [string, string] {
   return at < 0 ? [id, ''] : [id.slice(0, at), id.slice(at)]
 }
 
+/**
+ * A path a file URL reads as itself (the coverage provider reads files and map sources as URLs):
+ * absolute, normalized, with no `%`, `\\`, `?`, `#`, control character or line separator.
+ */
+export function isPlainPath(file: string): boolean {
+  return path.isAbsolute(file) && path.normalize(file) === file && !/[%?#\\\0-\x1f\u2028\u2029]/.test(file)
+}
+
 /** The file an id names: the id without its query and hash (Vite's `cleanUrl`). */
 export function fileOf(id: string): string {
   return id.replace(/[?#].*$/, '')

@@ -10,7 +10,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
-import { fileOf } from './module-ids.js'
+import { fileOf, isPlainPath } from './module-ids.js'
 
 // convert-source-map's own expressions (v2), which Vite and Vitest use.
 const INLINE = /^\s*?\/[/*][@#]\s+?sourceMappingURL=data:(((?:application|text)\/json)(?:;charset=([^;,]+?)?)?)?(?:;(base64))?,(.*?)$/gm
@@ -101,7 +101,7 @@ function readMap(code: string, file: string, rules: FileRules, read?: FrameRead)
 /**
  * Every source, resolved as Vite's injectSourcesContent resolves it, as the absolute path checked
  * (a given file), or left as it is when no one reads it; undefined when one is neither. A path a
- * URL would read otherwise (`%`, `?`, `#`, `\\`) is refused: the coverage provider reads sources as URLs.
+ * URL would read otherwise is refused (isPlainPath): the coverage provider reads sources as URLs.
  */
 function givenSources(map: Record<string, unknown>, file: string, rules: FileRules): Array<string | null> | undefined {
   if (map.sections !== undefined || !Array.isArray(map.sources)) return undefined
@@ -124,13 +124,14 @@ function givenSources(map: Record<string, unknown>, file: string, rules: FileRul
       return undefined
     }
     const p = sourceRoot ? path.resolve(sourceRoot, clean) : path.resolve(clean)
-    if (/[%?#\\\0-\x1f]/.test(p) || !inWorkspace(p, rules) || !rules.mayName(p)) return undefined
+    if (!isPlainPath(p) || !inWorkspace(p, rules) || !rules.mayName(p)) return undefined
     sources.push(p)
   }
   return sources
 }
 
-function inWorkspace(p: string, rules: FileRules): boolean {
+/** Is `p` under the workspace root? */
+export function inWorkspace(p: string, rules: FileRules): boolean {
   const rel = path.relative(rules.root, p)
   return !rel.startsWith('..') && !path.isAbsolute(rel)
 }
