@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { RunBudget } from '../src/pool/gateway/budget.js'
+import { RUN_LIMITS, RunBudget } from '../src/pool/gateway/budget.js'
 import { Gateway, ProtocolViolation, type GatewayContext } from '../src/pool/gateway/gateway.js'
 import { badArguments, methodSpec, METHODS, REFUSED } from '../src/pool/gateway/methods.js'
 import { fileRules } from '../src/pool/gateway/file-rules.js'
@@ -18,6 +18,7 @@ import { seeded } from './support/seeded.js'
 import { parseErrorStacktrace } from '@vitest/utils/source-map'
 import { screenStacks } from '../src/pool/gateway/errors.js'
 import { ABSENT } from '../src/pool/gateway/module-ids.js'
+import { writeCoverageFile } from '../src/pool/gateway/coverage.js'
 
 let dir: string
 let root: string
@@ -34,6 +35,8 @@ beforeAll(async () => {
   fs.writeFileSync(path.join(root, '.env.local'), 'TOKEN=1\n')
   fs.writeFileSync(secret, 'fuzz-secret\n')
   const rules = fileRules(await collectWorkspace(root), [])
+  const coverageFiles = path.join(dir, 'coverage-files')
+  fs.mkdirSync(coverageFiles)
   const own = path.join(root, 'test/a.test.ts')
   ctx = {
     major: 5,
@@ -46,6 +49,8 @@ beforeAll(async () => {
     projectName: '',
     projectRoot: root,
     coverageProvider: () => 'istanbul',
+    // Vitest 5's provider reads the data from files in its folder.
+    coverageFile: (json) => writeCoverageFile(coverageFiles, json),
     snapshotPath: () => {},
     benchmarkPath: (_method, file) => ({ path: String(file) }),
     envAllowed: (name) => name === 'MODE',
@@ -192,7 +197,7 @@ describe('the host gateway under random input', () => {
 
   it('bounds what the workers of one run make the host keep together, not only each', () => {
     const MiB = 1024 * 1024
-    const budget = new RunBudget({ kept: 10 * MiB, moduleCode: 100 * MiB, moduleIds: MiB, coverage: MiB })
+    const budget = new RunBudget({ ...RUN_LIMITS, kept: 10 * MiB, moduleCode: 100 * MiB, moduleIds: MiB, coverage: MiB })
     const workers = [1, 2, 3].map(() => new Gateway({ ...ctx, budget }))
     // Logs: 4 MiB from each worker is under a worker's bound, the third goes over the run's.
     const log = (g: Gateway) => g.fromWorker({ t: 'q', m: 'onUserConsoleLog', a: [{ type: 'stdout', content: 'x', time: 0 }] }, 4 * MiB)
@@ -210,7 +215,7 @@ describe('the host gateway under random input', () => {
     fetch(workers[0], 'v1', `${root}/src.ts?v=1`, 60 * MiB)
     expect(() => fetch(workers[1], 'v2', `${root}/src.ts?v=2`, 1)).toThrow(/over 100 MiB of code of distinct modules sent to the run's workers together/)
     // Module ids: distinct ones add up over workers, the same one counts once.
-    const ids = new RunBudget({ kept: MiB, moduleCode: MiB, moduleIds: MiB, coverage: MiB })
+    const ids = new RunBudget({ ...RUN_LIMITS, kept: MiB, moduleCode: MiB, moduleIds: MiB, coverage: MiB })
     const askers = [1, 2].map(() => new Gateway({ ...ctx, budget: ids }))
     const ask = (g: Gateway, n: number) => g.fromWorker({ t: 'q', m: 'resolve', i: `r${n}`, a: [`data:text/javascript,${String(n).padEnd(4000, 'x')}`, undefined, 'ssr'] })
     for (let n = 0; n < 100; n++) for (const g of askers) ask(g, n)

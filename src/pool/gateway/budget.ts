@@ -39,17 +39,27 @@ export interface RunLimits {
   coverage: number
   /** Bytes workers of a run may write to their stdout and stderr, printed on the host. */
   output: number
-  /** Bytes of benchmark results the run's workers may have the host write (files in the workspace). */
-  written: number
+  /** Bytes of each kind of file the run's workers may have the host write, whatever the update mode. */
+  written: Record<Written, number>
 }
 
-export const RUN_LIMITS: RunLimits = { kept: 1024 * MiB, moduleCode: 2048 * MiB, moduleIds: 128 * MiB, coverage: 8192 * MiB, output: 256 * MiB, written: 256 * MiB }
+/** What the host writes into the workspace for a run's workers. */
+export type Written = 'benchmark results' | 'snapshots' | 'attachments'
+
+export const RUN_LIMITS: RunLimits = {
+  kept: 1024 * MiB,
+  moduleCode: 2048 * MiB,
+  moduleIds: 128 * MiB,
+  coverage: 8192 * MiB,
+  output: 256 * MiB,
+  written: { 'benchmark results': 256 * MiB, snapshots: 1024 * MiB, attachments: 512 * MiB },
+}
 
 export class RunBudget {
   private kept = 0
   private output = 0
   private coverage = 0
-  private written = 0
+  private readonly written: Record<Written, number> = { 'benchmark results': 0, snapshots: 0, attachments: 0 }
   private code = 0
   private idChars = 0
   private readonly ids = new Set<string>()
@@ -79,9 +89,11 @@ export class RunBudget {
     return (this.output += bytes) > this.limits.output ? 'first-drop' : 'pass'
   }
 
-  /** `bytes` more the host writes for the run's workers (benchmark results), whatever the update mode. */
-  write(bytes: number): void {
-    if ((this.written += bytes) > this.limits.written) throw new ProtocolViolation(`over ${this.limits.written / MiB} MiB of benchmark results written by the run's workers together`)
+  /** `bytes` more of `kind` the host writes for the run's workers: why it may not, past the bound. */
+  write(kind: Written, bytes: number): string | undefined {
+    if (this.written[kind] + bytes > this.limits.written[kind]) return `over ${this.limits.written[kind] / MiB} MiB of ${kind} written by the run's workers together`
+    this.written[kind] += bytes
+    return undefined
   }
 
   /** `bytes` more of coverage data. */
@@ -149,11 +161,6 @@ export class WorkerBudget {
   /** Bytes the gateway read deciding what its stack frames may name (a file and the map it names). */
   frameRead(bytes: number): void {
     if ((this.frameBytes += bytes) > MAX_FRAME_BYTES) throw new ProtocolViolation(`its stack frames made the host read over ${MAX_FRAME_BYTES / MiB} MiB of files`)
-  }
-
-  /** A benchmark result the host writes for the worker, `bytes` of JSON. */
-  benchmarkWritten(bytes: number): void {
-    this.run.write(bytes)
   }
 
   /** A call of the host's file service. */

@@ -24,8 +24,15 @@ export interface GatewayContext {
   projectName: string
   /** The project's root, which Vitest's test file names are relative to. */
   projectRoot: string
+  /** The folder Vitest copies attachments into (`attachmentsDir`), absolute. */
+  attachmentsDir: string | undefined
   /** The coverage provider the host runs, if coverage is on (`v8`, `istanbul`, `custom`). */
   coverageProvider(): string | undefined
+  /**
+   * Vitest 5's provider reads its workers' data from files: the screened data (JSON) written
+   * where it reads them, under a name the host chooses, which the provider gets instead.
+   */
+  coverageFile(json: string): string | undefined
   /** The host's answer to `resolveSnapshotPath` of one of the worker's files. */
   snapshotPath(testPath: string, snapPath: string): void
   /** A benchmark result path as the host reads it (absolute), or why it is refused. */

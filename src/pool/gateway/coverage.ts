@@ -7,6 +7,7 @@
  * the shape the provider reads, are dropped: every url, source and offset checked the way the
  * host's provider will read it, not one reading of a richer form.
  */
+import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -33,7 +34,9 @@ export function screenCoverage(coverage: unknown, provider: string | undefined, 
       const functions = v8Functions((r as Record<string, unknown>).functions, bound)
       if (functions && !ranges.fits(r.url as string, functions, bound)) continue
       const startOffset = (r as Record<string, unknown>).startOffset
-      if (functions) result.push({ scriptId: String((r as Record<string, unknown>).scriptId).slice(0, 64), url: r.url, functions, startOffset: Number.isSafeInteger(startOffset) && (startOffset as number) >= 0 ? startOffset : 0 })
+      // Vitest 5 keeps a child process's script (`coverage.autoAttachSubprocess`) apart from the module runner's.
+      const extended = (r as Record<string, unknown>).isExtendedContext === true ? { isExtendedContext: true } : {}
+      if (functions) result.push({ scriptId: String((r as Record<string, unknown>).scriptId).slice(0, 64), url: r.url, functions, startOffset: Number.isSafeInteger(startOffset) && (startOffset as number) >= 0 ? startOffset : 0, ...extended })
     }
     return { result }
   }
@@ -48,6 +51,17 @@ export function screenCoverage(coverage: unknown, provider: string | undefined, 
     out[file] = kept
   }
   return { ...out }
+}
+
+/**
+ * Vitest 5: the screened data (JSON) written into the folder its provider reads its workers'
+ * files from (`coverageFilesDirectory`), under a name of the host's; the file's path.
+ */
+export function writeCoverageFile(folder: string | undefined, json: string): string | undefined {
+  if (folder === undefined) return undefined
+  const file = path.join(folder, `coverage-${randomUUID()}.json`)
+  fs.writeFileSync(file, json)
+  return file
 }
 
 /**

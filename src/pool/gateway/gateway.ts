@@ -14,6 +14,7 @@
  * - What the host keeps is bounded per worker and per run (budget.ts); Vitest's worker responses
  *   pass only when the host waits for them (responses.ts).
  */
+import fs from 'node:fs'
 import path from 'node:path'
 import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js'
 import { fetchOptions, mapStrings, ModuleScreen, type ScreenedCall } from './module-screen.js'
@@ -21,7 +22,7 @@ import { ABSENT } from './module-ids.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
 import { acyclic, leakRecord, screenStacks, valueBudget } from './errors.js'
-import { benchmarkResult, checkAttachments, checkErrorSignals, checkTasks, collectedResults, type TaskOwner } from './tasks.js'
+import { attachmentPaths, benchmarkResult, checkAttachments, checkErrorSignals, checkTasks, collectedResults, type TaskOwner } from './tasks.js'
 import { namesRefusedMap, type FrameRead } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
 import { WorkerBudget } from './budget.js'
@@ -204,6 +205,9 @@ export class Gateway {
           const refused = checkAttachments(args[1], ctx.projectRoot, ctx.rules.isGiven)
           // Vitest would copy that host file into the attachments folder.
           if (refused) return { e: refusal(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) }
+          // Vitest copies each into its attachments folder, under a new name for each message.
+          const over = ctx.budget.write('attachments', attachmentPaths(args[1]).reduce<number>((n, file) => n + fileSize(file as string), 0))
+          if (over) throw new ProtocolViolation(over)
         }
         if (call.method === 'onTaskUpdate') this.responses.updated(args[0] as unknown[], this.owner.ownIds())
         if (call.method === 'onTaskUpdate' || call.method === 'onCollected') {
@@ -222,16 +226,19 @@ export class Gateway {
         // that, its test environment's name: one of those, never a name the worker makes up.
         const environment = [...ctx.environments(), ctx.testEnvironment()].find((name) => name !== undefined && name === meta.environment)
         if (environment === undefined) throw new ProtocolViolation(`onAfterSuiteRun: environment ${JSON.stringify(String(meta.environment).slice(0, 80))} is neither a Vite environment of the host nor the test environment`)
+        const coverage = screenCoverage(meta.coverage, ctx.coverageProvider(), ctx.rules.isGiven, ctx.budget.locations, ctx.budget.ranges)
+        // The host keeps each call's data (Vitest 4 in a file it writes, Vitest 5 in the file
+        // written here) and reads them all for the report: the rebuilt data (parts shared on the
+        // wire written at each use), counted before it is written.
+        const text = JSON.stringify(coverage ?? null)
+        this.budget.copied(call.spec.rule, text.length - call.bytes)
         // Every other field the host's provider reads, from the host.
         args[0] = {
-          coverage: screenCoverage(meta.coverage, ctx.coverageProvider(), ctx.rules.isGiven, ctx.budget.locations, ctx.budget.ranges),
+          coverage: ctx.major >= 5 && coverage ? ctx.coverageFile(text) : coverage,
           testFiles: ctx.runFiles().map((file) => path.relative(ctx.projectRoot, file)).sort(),
           environment,
           projectName: ctx.projectName,
         }
-        // The host writes each call's data to a file and reads them all for the report: what it
-        // writes is the rebuilt data (parts shared on the wire written at each use), counted so.
-        copied.bytes += JSON.stringify((args[0] as { coverage?: unknown }).coverage ?? null).length
         return undefined
       }
       case 'snapshot-path': {
@@ -257,7 +264,8 @@ export class Gateway {
           const data = benchmarkResult(args[1])
           if (!data) return { e: refusal('vitest-pool-sandbox: writeBenchmarkResult: the data is not a benchmark result (latency, throughput, period, totalTime as numbers)') }
           // Written whatever the update mode: bounded for the run, as the JSON Vitest writes (indented).
-          this.budget.benchmarkWritten(JSON.stringify(data, null, 2).length + 1)
+          const over = ctx.budget.write('benchmark results', JSON.stringify(data, null, 2).length + 1)
+          if (over) throw new ProtocolViolation(over)
           args[1] = data
         }
         return undefined
@@ -287,6 +295,7 @@ export class Gateway {
     isTask: (id) => this.ctx.isTask(id),
     fileName: (filepath) => path.relative(this.ctx.projectRoot, path.resolve(this.ctx.rules.root, filepath)).split(path.sep).join('/'),
     projectName: () => this.ctx.projectName,
+    attachmentsDir: () => this.ctx.attachmentsDir,
   }
 
   /**
@@ -333,4 +342,13 @@ export function refusal(message: string): Error {
   const error = new Error(message)
   error.stack = `Error: ${message}`
   return error
+}
+
+/** The size of a file Vitest will copy (0 where there is none: the copy fails). */
+function fileSize(file: string): number {
+  try {
+    return fs.statSync(file).size
+  } catch {
+    return 0
+  }
 }

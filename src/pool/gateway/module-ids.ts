@@ -118,6 +118,11 @@ export function readModuleId(id: string, importerPath: string | undefined): Modu
     return { kind: 'file', id: rel + tail, head: '', path: p, tail, rootRelative: false, dir: path.posix.dirname(importerPath) }
   }
   if (/^[a-z]:/i.test(bare) && !/^(node|virtual|data|npm|jsr|bun):/i.test(bare)) return { kind: 'refused', id }
+  // A prefixed id whose rest is a path (`__vite-browser-external:/x`): Vite's plugins answer
+  // such ids with a module naming the path, and the screen's refusal of a path that exists would
+  // tell it apart from one that does not. Data URLs hold code, not a path.
+  const scheme = /^([^/:\\]+):/.exec(bare)
+  if (scheme && scheme[1].toLowerCase() !== 'data' && /^[/.\\~]/.test(bare.slice(scheme[0].length))) return { kind: 'refused', id }
   // No package name has an escaped slash, backslash, dot or NUL: a resolver that undid one could walk anywhere.
   // Nor does one start with a dot: `.env` is a file, read relative to the host's working folder.
   if (/%(?:2f|5c|2e|00)/i.test(bare) || bare.startsWith('.') || bare.split('/').some((s) => s === '..' || s === '.')) return { kind: 'refused', id }

@@ -152,19 +152,16 @@ export class ModuleScreen {
   }
 
   /**
-   * An importer as the host gets it: one the worker may name as is (inside the workspace, a
-   * dependency, Vitest itself, a virtual module), else the same path under a folder that does not
-   * exist — whether it exists on the host or not, so the answer tells nothing of it.
+   * An importer as the host gets it: one the worker may word as is (a given file, a dependency,
+   * Vitest itself, a virtual module), whether it exists or not, read as Vite reads it (a path,
+   * whose folder relative ids and packages are looked for from); else the same path under a
+   * folder that does not exist, so no answer tells what the host has near it.
    */
   private importer(importer: unknown): { importer: string | undefined; path?: string; map?: TwinMap } {
     if (typeof importer !== 'string') return { importer: undefined }
     const read = readModuleId(importer, undefined)
     if (read.kind === 'other') return { importer }
-    if (read.kind === 'file' && !read.rootRelative && this.rules.mayName(read.path)) return { importer, path: read.path }
-    if (read.kind === 'file' && read.rootRelative) {
-      const inRoot = path.join(this.rules.root, read.path)
-      if (this.rules.mayName(inRoot) && this.rules.mayName(read.path)) return { importer, path: fs.existsSync(inRoot) ? inRoot : read.path }
-    }
+    if (read.kind === 'file' && this.rules.mayWord(read.path)) return { importer, path: read.path }
     const plain = read.kind === 'file' ? read.path : '/'
     return { importer: ABSENT + plain, path: ABSENT + plain, map: [[ABSENT, '']] }
   }

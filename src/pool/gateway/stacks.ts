@@ -7,8 +7,8 @@
 import fs from 'node:fs'
 import { ABSENT } from './module-ids.js'
 
-/** An absolute path or file URL inside text, up to a character no stack path has. */
-const PATH_IN_TEXT = /(?<![\w/.])(file:\/\/)?(\/[\w.@~+-][^\s'"`()<>,;?#:]*)/g
+/** An absolute path (`//x` is `/x` to the file system) or file URL inside text, up to a character no stack path has. */
+const PATH_IN_TEXT = /(?<![\w/.])(file:\/\/)?(\/+[\w.@~+-][^\s'"`()<>,;?#:]*)/g
 
 /** Every string of `value` with the paths `mayName` refuses moved under ABSENT (in place; task trees have cycles). */
 export function screenPaths<T>(value: T, mayName: (file: string) => boolean, seen = new WeakSet<object>()): T {

@@ -8,6 +8,7 @@ import path from 'node:path'
 import { acyclic, valueBudget } from './errors.js'
 import { ProtocolViolation } from './violation.js'
 import { isPlain } from './methods.js'
+import { isPlainPath } from './module-ids.js'
 
 /** What the host knows of the worker the tasks must belong to. */
 export interface TaskOwner {
@@ -24,6 +25,8 @@ export interface TaskOwner {
   /** The name Vitest gives one of the worker's files (its path relative to the project root). */
   fileName(filepath: string): string
   projectName(): string
+  /** The folder Vitest copies attachments into (`attachmentsDir`), absolute. */
+  attachmentsDir(): string | undefined
 }
 
 /** Is `id` a task of the worker's own files (a file's id, or one under it)? */
@@ -77,6 +80,11 @@ export function checkTasks(method: string, args: unknown[], owner: TaskOwner, bu
     if (task.type === 'test') {
       // Reporters compare and print them recursively.
       for (const list of ['annotations', 'artifacts']) task[list] = Array.isArray(task[list]) ? acyclic(task[list], budget) : []
+      // Reporters read these files (the HTML reporter inlines them): only copies the host made.
+      for (const artifact of [...task.annotations.map((annotation: any) => ({ type: 'internal:annotation', annotation })), ...task.artifacts]) {
+        const made = attachmentPaths(artifact).find((p) => !isHostCopy(p, owner.attachmentsDir()))
+        if (made !== undefined) throw new ProtocolViolation(`${method}: an attachment path ${JSON.stringify(String(made)).slice(0, 120)} that is not a copy the host made in its attachments folder`)
+      }
       if (task.tasks !== undefined) throw new ProtocolViolation(`${method}: a test with tasks`)
       return
     }
@@ -189,8 +197,7 @@ function snapshotSummary(method: string, s: Record<string, unknown>): Record<str
  * given. Returns the first refused path, if any.
  */
 export function checkAttachments(artifact: any, projectRoot: string, isGiven: (file: string) => boolean): string | undefined {
-  const attachments = artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
-  for (const a of attachments) {
+  for (const a of attachmentsOf(artifact)) {
     const p = a?.path
     if (p === undefined) continue
     if (typeof p !== 'string') return String(p)
@@ -200,6 +207,23 @@ export function checkAttachments(artifact: any, projectRoot: string, isGiven: (f
     a.path = file
   }
   return undefined
+}
+
+/** An artifact's attachments (an annotation's one, or an artifact's list). */
+function attachmentsOf(artifact: any): any[] {
+  return artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
+}
+
+/** The files an artifact's attachments name (not URLs): the host copies or reads each. */
+export function attachmentPaths(artifact: any): unknown[] {
+  return attachmentsOf(artifact)
+    .map((a) => a?.path)
+    .filter((p) => p !== undefined && !(typeof p === 'string' && /^https?:\/\//.test(p)))
+}
+
+/** Is `p` a file the host's Vitest copied into its attachments folder (as it answers an artifact)? */
+function isHostCopy(p: unknown, attachmentsDir: string | undefined): boolean {
+  return typeof p === 'string' && attachmentsDir !== undefined && isPlainPath(p) && path.dirname(p) === attachmentsDir
 }
 
 /** Rows of one benchmark's table, and the characters of a row's name (the table pads every row to the longest). */
