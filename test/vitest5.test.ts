@@ -2,6 +2,7 @@
  * Vitest 5 on Node 22 (both from npm, installed in fixtures/vitest5 by scripts/setup.mjs): the
  * sandbox pool reports what forks reports, and the sandbox runs the same Node as the host.
  */
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -53,6 +54,45 @@ describe.each(['v8', 'istanbul'] as const)('coverage with %s under Vitest 5', (p
       for (const dir of Object.values(dirs)) fs.rmSync(dir, { recursive: true, force: true })
     }
   })
+})
+
+/**
+ * Vitest 5's benchmarks (the `bench` fixture of a test in a benchmark file): in sandboxes as under
+ * forks, a result written with `writeResult` and read back with `bench.from()` through the host.
+ */
+it('runs Vitest 5 benchmarks as forks does, writing and reading their result files on the host', async () => {
+  const results = path.join(FIXTURE, 'bench/results')
+  const env = { PATH: `${path.join(FIXTURE, 'node_modules/.bin')}:${process.env.PATH}` }
+  /** Each benchmark test's status and its tables' rows (names and order of tasks are timing's; their set is not). */
+  const shape = (json: any) =>
+    json.testResults.flatMap((f: any) => f.assertionResults.map((a: any) => ({ test: a.fullName, status: a.status, rows: (a.benchmarks ?? []).map((b: any) => b.tasks.map((t: any) => t.name).sort()) })))
+  const run = async (pool: 'forks' | 'sandbox') => {
+    fs.rmSync(results, { recursive: true, force: true })
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-v5bench-'))
+    try {
+      const child = spawn(node, [vitest, 'bench', '--run', '--reporter=default', '--reporter=json', `--outputFile.json=${out}/report.json`], { cwd: FIXTURE, env: { ...process.env, ...env, VPS_POOL: pool, NO_COLOR: '1', CI: 'true' } })
+      let output = ''
+      child.stdout.on('data', (d) => (output += d))
+      child.stderr.on('data', (d) => (output += d))
+      const code = await new Promise((r) => child.once('exit', r))
+      const written = JSON.parse(fs.readFileSync(path.join(results, 'to-sorted.json'), 'utf8'))
+      return { code, output, shape: shape(JSON.parse(fs.readFileSync(`${out}/report.json`, 'utf8'))), written }
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true })
+    }
+  }
+  try {
+    const forks = await run('forks')
+    const sbx = await run('sandbox')
+    expect(forks.code, forks.output).toBe(0)
+    expect(sbx.code, sbx.output).toBe(0)
+    expect(forks.shape.map((t: any) => t.test)).toEqual(['sorting', 'reduce', 'against the written baseline'])
+    expect(sbx.shape).toEqual(forks.shape)
+    expect(Object.keys(sbx.written).sort()).toEqual(Object.keys(forks.written).sort())
+    expect(Object.keys(sbx.written.latency).sort()).toEqual(Object.keys(forks.written.latency).sort())
+  } finally {
+    fs.rmSync(results, { recursive: true, force: true })
+  }
 })
 
 /**

@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 
 export const REPO = path.resolve(import.meta.dirname, '../..')
-const VITEST = path.join(REPO, 'node_modules/vitest/vitest.mjs')
+export const VITEST = path.join(REPO, 'node_modules/vitest/vitest.mjs')
 
 export interface FixtureRun {
   code: number | null

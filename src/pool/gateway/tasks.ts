@@ -260,7 +260,9 @@ export function benchmarkResult(d: unknown): Record<string, unknown> | undefined
     for (const [k, x] of Object.entries(v)) {
       if (typeof x === 'number') out[k] = x
       else if (Array.isArray(x) && x.length <= 1_000_000 && x.every((n) => typeof n === 'number')) out[k] = x
-      else return undefined
+      else if (x instanceof Float64Array && x.length <= 1_000_000) out[k] = x
+      // Unset statistics (tinybench's `samples` unless kept): JSON leaves them out.
+      else if (x !== undefined) return undefined
     }
     return out
   }
