@@ -356,6 +356,7 @@ const VIOLATIONS: Record<string, RegExp> = {
   sparse: /an error or result of over 1000000 values \(an array or buffer of 268435456\)/,
   typed: /an error or result of over 1000000 values \(an array or buffer of 60000000\)/,
   'attachment-tree': /onCollected: an attachment path "\/\/.*" that is not a copy the host made in its attachments folder/,
+  'attachment-list': /onCollected: an attachment path "(\.\.\/)+.*" that is not a copy the host made in its attachments folder/,
 }
 
 const CASES = [
@@ -399,7 +400,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       if (!relayed) expect(tests['fixtures/gateway-attack/test/bounded/unread.test.ts (file)']?.status, run.output).toBe('passed')
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/') && !k.includes('/bounded/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(47)
+      expect(others.length, run.output).toBe(50)
       // A file that named itself by a path another reader takes for the victim: reported as itself.
       expect(tests['fixtures/gateway-attack/test/forge-path.test.ts (file)']?.status, run.output).toBe('passed')
       expect(run.output).not.toContain('attack-secret')
@@ -422,6 +423,6 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       // No host file changed: the fixture (but Vitest's cache and coverage folders) and the host folder.
       expect(hashes(FIXTURE)).toEqual(before)
       expect(hashes(hostDir)).toEqual(hostBefore)
-    })
+    }, 240_000) // the attack suite: about 50 files, a minute and more relayed on a busy machine
   }
 })

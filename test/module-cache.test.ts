@@ -45,6 +45,37 @@ describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
     expect(b.toWorker).toEqual([{ t: 's', i: 7, r: result }])
   })
 
+  it("keeps no answer under a fetch's id while another call of the worker has that id, whatever its method", async () => {
+    const { worker } = await setup()
+    const poison = { ...result, code: 'poisoned' }
+    const artifact = (i: number) => ({ t: 'q', i, m: 'onTaskArtifactRecord', a: ['task', { type: 'x', ...poison }] })
+    const a = worker()
+    // Vitest answers an artifact with the artifact: sent before the fetch of the same id, answered first.
+    a.send(artifact(1))
+    a.send(fetch(1, '/test/victim.test.ts'))
+    a.answer({ t: 's', i: 1, r: { type: 'x', ...poison } })
+    a.answer({ t: 's', i: 1, r: result })
+    // Its answer still on its way back when the fetch goes out (the host answered the artifact first).
+    a.send(artifact(2))
+    a.send(fetch(2, '/test/other.test.ts'))
+    a.answer({ t: 's', i: 2, r: { type: 'x', ...poison } })
+    // The other order: the fetch first.
+    a.send(fetch(3, '/test/third.test.ts'))
+    a.send(artifact(3))
+    a.answer({ t: 's', i: 3, r: { type: 'x', ...poison } })
+    const b = worker()
+    for (const [i, id] of [[4, '/test/victim.test.ts'], [5, '/test/other.test.ts'], [6, '/test/third.test.ts']] as const) b.send(fetch(i, id))
+    expect(b.toWorker).toEqual([])
+    expect(b.toHost).toHaveLength(3)
+    // An id answered in full is the worker's to use again: the fetch under it is kept.
+    a.answer({ t: 's', i: 3, r: result })
+    a.send(fetch(1, '/src/y.ts'))
+    a.answer({ t: 's', i: 1, r: result })
+    const c = worker()
+    c.send(fetch(9, '/src/y.ts'))
+    expect(c.toWorker).toEqual([{ t: 's', i: 9, r: result }])
+  })
+
   it('keeps no answer to a message the host reads as another kind (a field a birpc call does not have)', async () => {
     const { worker } = await setup()
     const a = worker()

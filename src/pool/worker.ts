@@ -23,6 +23,7 @@ import { screenLoads, type LoadingEnvironment } from './gateway/load-screen.js'
 import { projectRules, servesWorkers } from './gateway/host-screens.js'
 import { screenConfigEnv } from './gateway/config-env.js'
 import { writeCoverageFile } from './gateway/coverage.js'
+import { nameAttachmentsAsForks } from './gateway/attachments.js'
 import { printable } from './gateway/printable.js'
 import { UNREAD_LIMIT } from './agent-link.js'
 import { loadCodec, type Codec } from '../sandbox-runtime/codec.js'
@@ -220,6 +221,8 @@ export class SandboxPoolWorker implements PoolWorker {
       const own = other === project ? rules : projectRules(workspace, runtimeDirs, { root: other.config.root, publicDir: other.vite?.config?.publicDir })
       for (const [name, environment] of Object.entries(other.vite?.environments ?? {})) if (servesWorkers(name)) screenLoads(environment as unknown as LoadingEnvironment, () => own)
     }
+    // Attachments the gateway stages from a sandbox's bytes get forks' names in Vitest's folder.
+    nameAttachmentsAsForks((project.vitest as unknown as { _testRun?: unknown })._testRun)
     this.gateway = new Gateway({
       major: Number(project.vitest.version.split('.')[0]),
       rules,
@@ -461,7 +464,8 @@ export class SandboxPoolWorker implements PoolWorker {
   }
 
   private transmit(message: unknown): void {
-    if (this.channel === undefined || !this.lease) return
+    // An ended worker gets nothing more: an answer in flight could still reach its sandbox's module cache.
+    if (this.channel === undefined || !this.lease || this.attempt > MAX_RERUNS) return
     const link = this.lease.host.link
     link.toWorker(this.channel, lengthPrefixed(this.codec!.encode(message)))
     // What it leaves unread the host holds: a worker that stops reading its answers is ended.

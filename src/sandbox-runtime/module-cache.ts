@@ -53,7 +53,11 @@ export class ModuleCache {
    * they come and pass them on to `toHost` and `toWorker`, whole messages at a time.
    */
   tap(codec: Codec, toHost: (bytes: Buffer) => void, toWorker: (bytes: Buffer) => void): { fromWorker(chunk: Buffer): void; fromHost(chunk: Buffer): void } {
-    const asked = new Map<string | number, { key: string; generation: number } | undefined>()
+    // Every call of the worker in flight, whatever its method, by its id: the ids are the worker's
+    // own, so an answer to another call under a fetch's id (Vitest answers an artifact with the
+    // artifact the worker sent) must never be kept as the fetch's. An id with a second call in
+    // flight keeps no answer until all its calls are answered.
+    const inFlight = new Map<string | number, { calls: number; keep?: { key: string; generation: number } }>()
     const decode = (payload: Buffer): RpcFrame | undefined => {
       try {
         return codec.decode(payload) as RpcFrame
@@ -63,14 +67,19 @@ export class ModuleCache {
     }
     const split = createMessageSplitter((payload) => {
       const msg = decode(payload)
-      // Only a plain birpc call (its fields and no other): the host's gateway reads a message with
-      // another field as another kind, and never answers it as this call.
-      if (msg?.t === 'q' && msg.i !== undefined && Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m) && Object.keys(msg).every((k) => RPC_KEYS.has(k))) {
-        const key = keyOf(msg.m, msg.a)
+      if (msg?.t === 'q' && msg.i !== undefined) {
+        // Only a plain birpc call (its fields and no other): the host's gateway reads a message with
+        // another field as another kind, and never answers it as this call.
+        const cached = Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m) && Object.keys(msg).every((k) => RPC_KEYS.has(k))
+        const key = cached ? keyOf(msg.m!, msg.a!) : undefined
         if (key !== undefined && this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
-        // A second request with an id in flight: neither answer can be told to which it belongs, so none is kept.
-        if (asked.has(msg.i)) asked.set(msg.i, undefined)
-        else if (key !== undefined) asked.set(msg.i, { key, generation: this.generation })
+        const call = inFlight.get(msg.i)
+        if (call) {
+          call.calls++
+          call.keep = undefined
+        } else {
+          inFlight.set(msg.i, { calls: 1, keep: key === undefined ? undefined : { key, generation: this.generation } })
+        }
       }
       toHost(lengthPrefixed(payload))
     }, MAX_FRAME)
@@ -90,12 +99,13 @@ export class ModuleCache {
         }
       },
       fromHost: createMessageSplitter((payload) => {
-        if (asked.size) {
+        if (inFlight.size) {
           const msg = decode(payload)
-          if (msg?.t === 's' && msg.i !== undefined && asked.has(msg.i)) {
-            const request = asked.get(msg.i)
-            asked.delete(msg.i)
-            if (request && msg.e === undefined && request.generation === this.generation) this.answers.set(request.key, msg.r)
+          const call = msg?.t === 's' && msg.i !== undefined ? inFlight.get(msg.i) : undefined
+          if (call) {
+            if (call.keep && call.calls === 1 && msg!.e === undefined && call.keep.generation === this.generation) this.answers.set(call.keep.key, msg!.r)
+            if (--call.calls === 0) inFlight.delete(msg!.i!)
+            else call.keep = undefined
           }
         }
         toWorker(lengthPrefixed(payload))

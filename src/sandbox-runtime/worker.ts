@@ -11,7 +11,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import { pathToFileURL } from 'node:url'
 import { loadCodec, type CodecName } from './codec.js'
-import { inlineCoverageFile, redirectCoverageFiles } from './coverage-files.js'
+import { fromConfig, withFiles } from './host-reads.js'
 import { createMessageSplitter, DIRECT_ENV, lengthPrefixed } from './wire.js'
 
 export const HOST_CALL = Symbol.for('vitest-pool-sandbox.host-call')
@@ -47,7 +47,7 @@ const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Err
 let nextCall = 0
 
 function post(msg: unknown): void {
-  inlineCoverageFile(msg)
+  withFiles(msg)
   channel.write(lengthPrefixed(codec.encode(msg)))
 }
 
@@ -62,7 +62,7 @@ channel.on(
       else call?.resolve(msg.result)
       return
     }
-    redirectCoverageFiles(msg)
+    fromConfig(msg)
     // Deliver asynchronously: Vitest 4.1's init registers its listener before declaring the state
     // it reads, so a synchronous first delivery would hit a temporal dead zone.
     queueMicrotask(() => {

@@ -14,15 +14,15 @@
  * - What the host keeps is bounded per worker and per run (budget.ts); Vitest's worker responses
  *   pass only when the host waits for them (responses.ts).
  */
-import fs from 'node:fs'
 import path from 'node:path'
 import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js'
 import { fetchOptions, mapStrings, ModuleScreen, type ScreenedCall } from './module-screen.js'
 import { ABSENT } from './module-ids.js'
+import { stageAttachments } from './attachments.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
 import { acyclic, leakRecord, screenStacks, valueBudget } from './errors.js'
-import { attachmentPaths, benchmarkResult, checkAttachments, checkErrorSignals, checkTasks, collectedResults, type TaskOwner } from './tasks.js'
+import { benchmarkResult, checkErrorSignals, checkTasks, collectedResults, type TaskOwner } from './tasks.js'
 import { namesRefusedMap, type FrameRead } from './source-maps.js'
 import { ProtocolViolation } from './violation.js'
 import { WorkerBudget } from './budget.js'
@@ -201,13 +201,12 @@ export class Gateway {
         if (call.method === 'onTaskArtifactRecord') {
           // Vitest 5 parses a trace entry's `stack` (reading its file and the map it names) where it has no `location`.
           screenStacks(args[1], this.mayFrame, false)
-          // Read as Vitest reads it: relative to the project root, through any link.
-          const refused = checkAttachments(args[1], ctx.projectRoot, ctx.rules.isGiven)
-          // Vitest would copy that host file into the attachments folder.
-          if (refused) return { e: refusal(`vitest-pool-sandbox: attachment path ${refused} is not a file given to the sandbox; attach the content as \`body\` instead`) }
-          // Vitest copies each into its attachments folder, under a new name for each message.
-          const over = ctx.budget.write('attachments', attachmentPaths(args[1]).reduce<number>((n, file) => n + fileSize(file as string), 0))
-          if (over) throw new ProtocolViolation(over)
+          // Vitest copies each file into its attachments folder: the sandbox's bytes, never a host file.
+          const refused = stageAttachments(args[1], ctx.projectRoot, (bytes) => {
+            const over = ctx.budget.write('attachments', bytes)
+            if (over) throw new ProtocolViolation(over)
+          })
+          if (refused) return { e: refusal(`vitest-pool-sandbox: ${refused}`) }
         }
         if (call.method === 'onTaskUpdate') this.responses.updated(args[0] as unknown[], this.owner.ownIds())
         if (call.method === 'onTaskUpdate' || call.method === 'onCollected') {
@@ -344,11 +343,3 @@ export function refusal(message: string): Error {
   return error
 }
 
-/** The size of a file Vitest will copy (0 where there is none: the copy fails). */
-function fileSize(file: string): number {
-  try {
-    return fs.statSync(file).size
-  } catch {
-    return 0
-  }
-}

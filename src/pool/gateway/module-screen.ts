@@ -110,6 +110,18 @@ export function pathsIn(value: unknown, out: Set<string> = new Set(), depth = 0)
   return out
 }
 
+/** The paths an answer's values are, each read whole (an absolute path or a file URL), never a part of one. */
+function wholePaths(value: unknown, out: Set<string>, depth = 0): Set<string> {
+  if (depth > 8 || value == null) return out
+  if (typeof value === 'string') {
+    const file = value.startsWith('/') || /^file:/i.test(value) ? pathOf(value) : undefined
+    if (file) out.add(file)
+  } else if (typeof value === 'object') {
+    for (const v of Object.values(value)) wholePaths(v, out, depth + 1)
+  }
+  return out
+}
+
 /**
  * The absolute host path a module id, path or file URL of an answer names (query dropped; Vite's
  * `/@id/` and `/@fs` prefixes and percent-escapes undone): what a reader of the answer could open.
@@ -192,7 +204,7 @@ export class ModuleScreen {
     // found: every path it may not word is moved under ABSENT, whatever is there.
     if (error !== undefined) return { error: mapStrings(mapped(error), (t) => this.worded(t)) }
     const inlined = this.withScreenedEnv(result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result)
-    const named = this.filesOf(inlined)
+    const named = this.filesOf(inlined, call.asked[0])
     const leak = [...named].find((f) => !this.rules.mayName(f) && !f.startsWith(ABSENT))
     if (leak === undefined) return { result: mapped(inlined) }
     log('%s of %s: the answer names %s, which is not given', call.method, call.asked[0], leak)
@@ -229,10 +241,15 @@ export class ModuleScreen {
    * Host paths a successful answer hands to the sandbox: every field but the code itself (and its
    * map), which is the content of the file the answer names.
    */
-  private filesOf(result: any): Set<string> {
+  private filesOf(result: any, asked: unknown): Set<string> {
     const out = new Set<string>()
-    if (!result || typeof result !== 'object') return pathsIn(result, out)
-    for (const [key, value] of Object.entries(result)) if (!CODE_FIELDS.has(key)) pathsIn(value, out)
+    // The answer to a bare, prefixed or data id repeats that id, which is the worker's own text: a
+    // path in it (`data:…"/etc/shadow"`) is no answer of the host's, and refusing it when it
+    // exists would tell that it does. Only whole values are read as the paths Vite resolved.
+    const whole = typeof asked !== 'string' || readModuleId(asked, undefined).kind !== 'file'
+    const read = (value: unknown) => (whole ? wholePaths(value, out) : pathsIn(value, out))
+    if (!result || typeof result !== 'object') read(result)
+    else for (const [key, value] of Object.entries(result)) if (!CODE_FIELDS.has(key)) read(value)
     return out
   }
 
@@ -243,7 +260,7 @@ export class ModuleScreen {
     for (const [id, entry] of Object.entries(result as Record<string, any>)) {
       const inlined = this.withScreenedEnv(entry && typeof entry === 'object' ? inlineCached(entry) : entry)
       // A refused entry is left out: the worker then fetches it, and gets the twin's answer.
-      if ([...this.filesOf(inlined)].some((f) => !this.rules.mayName(f))) continue
+      if ([...this.filesOf(inlined, id)].some((f) => !this.rules.mayName(f))) continue
       out[id] = inlined
     }
     return out

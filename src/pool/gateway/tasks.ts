@@ -9,6 +9,7 @@ import { acyclic, valueBudget } from './errors.js'
 import { ProtocolViolation } from './violation.js'
 import { isPlain } from './methods.js'
 import { isPlainPath } from './module-ids.js'
+import { attachmentsOf } from './attachments.js'
 
 /** What the host knows of the worker the tasks must belong to. */
 export interface TaskOwner {
@@ -190,32 +191,8 @@ function snapshotSummary(method: string, s: Record<string, unknown>): Record<str
   }
 }
 
-/**
- * An artifact's attachment paths, read as the sandbox may name them and handed to Vitest as the
- * absolute paths that were checked (in place: the gateway's copy). Vitest resolves a path with
- * pathe, which reads `\\` as a separator: a path with one is refused, like one that is not
- * given. Returns the first refused path, if any.
- */
-export function checkAttachments(artifact: any, projectRoot: string, isGiven: (file: string) => boolean): string | undefined {
-  for (const a of attachmentsOf(artifact)) {
-    const p = a?.path
-    if (p === undefined) continue
-    if (typeof p !== 'string') return String(p)
-    if (/^https?:\/\//.test(p)) continue
-    const file = path.resolve(projectRoot, p)
-    if (p.includes('\\') || !isGiven(file)) return p
-    a.path = file
-  }
-  return undefined
-}
-
-/** An artifact's attachments (an annotation's one, or an artifact's list). */
-function attachmentsOf(artifact: any): any[] {
-  return artifact?.type === 'internal:annotation' ? [artifact.annotation?.attachment] : Array.isArray(artifact?.attachments) ? artifact.attachments : []
-}
-
 /** The files an artifact's attachments name (not URLs): the host copies or reads each. */
-export function attachmentPaths(artifact: any): unknown[] {
+function attachmentPaths(artifact: any): unknown[] {
   return attachmentsOf(artifact)
     .map((a) => a?.path)
     .filter((p) => p !== undefined && !(typeof p === 'string' && /^https?:\/\//.test(p)))
