@@ -110,18 +110,6 @@ export function pathsIn(value: unknown, out: Set<string> = new Set(), depth = 0)
   return out
 }
 
-/** The paths an answer's values are, each read whole (an absolute path or a file URL), never a part of one. */
-function wholePaths(value: unknown, out: Set<string>, depth = 0): Set<string> {
-  if (depth > 8 || value == null) return out
-  if (typeof value === 'string') {
-    const file = value.startsWith('/') || /^file:/i.test(value) ? pathOf(value) : undefined
-    if (file) out.add(file)
-  } else if (typeof value === 'object') {
-    for (const v of Object.values(value)) wholePaths(v, out, depth + 1)
-  }
-  return out
-}
-
 /**
  * The absolute host path a module id, path or file URL of an answer names (query dropped; Vite's
  * `/@id/` and `/@fs` prefixes and percent-escapes undone): what a reader of the answer could open.
@@ -244,10 +232,10 @@ export class ModuleScreen {
   private filesOf(result: any, asked: unknown): Set<string> {
     const out = new Set<string>()
     // The answer to a bare, prefixed or data id repeats that id, which is the worker's own text: a
-    // path in it (`data:…"/etc/shadow"`) is no answer of the host's, and refusing it when it
-    // exists would tell that it does. Only whole values are read as the paths Vite resolved.
-    const whole = typeof asked !== 'string' || readModuleId(asked, undefined).kind !== 'file'
-    const read = (value: unknown) => (whole ? wholePaths(value, out) : pathsIn(value, out))
+    // path written in it (`data:…"/etc/shadow"`) is none of the host's, and refusing the answer
+    // where that path exists would tell that it does. A value that is the id itself is not read.
+    const echoes = typeof asked === 'string' && readModuleId(asked, undefined).kind === 'other' ? [asked, asked.replace(/^\/@id\//, '').replace(/^__x00__/, '\0')] : []
+    const read = (value: unknown) => pathsIn(echoes.length ? mapStrings(value, (t) => (echoes.includes(t) ? '' : t)) : value, out)
     if (!result || typeof result !== 'object') read(result)
     else for (const [key, value] of Object.entries(result)) if (!CODE_FIELDS.has(key)) read(value)
     return out
