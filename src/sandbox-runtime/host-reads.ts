@@ -21,6 +21,11 @@ let coverageFolder: string | undefined
 /** The project root Vitest reads an attachment's path from. */
 let root = process.cwd()
 
+/** The project root the worker's config names (Vitest reads attachment paths and `/x` urls from it). */
+export function projectRoot(): string {
+  return root
+}
+
 /** A worker request carrying the config: its coverage files go to a folder of this sandbox. */
 export function fromConfig(msg: unknown): void {
   const config = (msg as { context?: { config?: { root?: unknown; coverage?: { coverageFilesDirectory?: unknown } } } } | undefined)?.context?.config

@@ -12,7 +12,8 @@ import net from 'node:net'
 import { pathToFileURL } from 'node:url'
 import { loadCodec, type CodecName } from './codec.js'
 import { fromConfig, withFiles } from './host-reads.js'
-import { createMessageSplitter, DIRECT_ENV, lengthPrefixed } from './wire.js'
+import { answered, sent } from './own-modules.js'
+import { createMessageSplitter, DIRECT_ENV, lengthPrefixed, type RpcFrame } from './wire.js'
 
 export const HOST_CALL = Symbol.for('vitest-pool-sandbox.host-call')
 
@@ -48,6 +49,7 @@ let nextCall = 0
 
 function post(msg: unknown): void {
   withFiles(msg)
+  sent(msg as RpcFrame)
   channel.write(lengthPrefixed(codec.encode(msg)))
 }
 
@@ -63,10 +65,13 @@ channel.on(
       return
     }
     fromConfig(msg)
+    // A fetch of a module the host does not have is asked again with this sandbox's file, if it has one.
+    const delivered = answered(msg as RpcFrame, post)
+    if (delivered === undefined) return
     // Deliver asynchronously: Vitest 4.1's init registers its listener before declaring the state
     // it reads, so a synchronous first delivery would hit a temporal dead zone.
     queueMicrotask(() => {
-      for (const l of [...listeners]) l(msg)
+      for (const l of [...listeners]) l(delivered)
     })
   }),
 )

@@ -28,6 +28,11 @@ export function attachmentsOf(artifact: any): any[] {
   return [artifact?.annotation?.attachment, ...(Array.isArray(artifact?.attachments) ? artifact.attachments : [])].filter((a) => a !== undefined)
 }
 
+/** Characters of file bytes an artifact carries: they go to the attachments folder, not into what Vitest keeps. */
+export function carriedBytes(artifact: unknown): number {
+  return attachmentsOf(artifact).reduce((n, a) => n + (typeof a?.sandboxBytes === 'string' ? a.sandboxBytes.length : 0), 0)
+}
+
 /**
  * Each attachment of the artifact that names a file: its bytes from the sandbox staged, and Vitest
  * given the staged path (in place: the gateway's copy). `count` is told each file's size before

@@ -18,7 +18,8 @@ import path from 'node:path'
 import { badArguments, methodSpec, REFUSED, type MethodSpec } from './methods.js'
 import { fetchOptions, mapStrings, ModuleScreen, type ScreenedCall } from './module-screen.js'
 import { ABSENT } from './module-ids.js'
-import { stageAttachments } from './attachments.js'
+import { carriedBytes, stageAttachments } from './attachments.js'
+import { namesSandboxModule, sandboxModuleId } from './sandbox-modules.js'
 import { screenCoverage } from './coverage.js'
 import { screenPaths } from './stacks.js'
 import { acyclic, leakRecord, screenStacks, valueBudget } from './errors.js'
@@ -146,7 +147,8 @@ export class Gateway {
     }
     const wrong = badArguments(method!, spec, frame.a)
     if (wrong) throw new ProtocolViolation(wrong)
-    this.budget.call(spec.rule, bytes, frame.a as unknown[])
+    // An attachment's file goes to disk (bounded there), not into what Vitest keeps.
+    this.budget.call(spec.rule, method === 'onTaskArtifactRecord' ? bytes - carriedBytes((frame.a as unknown[])[1]) : bytes, frame.a as unknown[])
     const args = [...(frame.a as unknown[])]
     const event = frame.i === undefined
     if (!event) {
@@ -188,8 +190,13 @@ export class Gateway {
     switch (call.spec.rule) {
       case 'module': {
         if (call.method !== 'ensureModuleGraphEntry' && !ctx.environments().includes(args[2] as string)) throw new ProtocolViolation(`${call.method}: environment ${JSON.stringify(String(args[2]).slice(0, 80))} is not one of the host's`)
+        // A module a test wrote in its sandbox, sent again with its text: loaded from that text.
+        const own = call.method === 'fetch' ? sandboxModuleId((args[3] as { sandboxModule?: unknown } | undefined)?.sandboxModule, ctx.rules) : undefined
         if (call.method === 'fetch') args.splice(3, 2, ...fetchOptions(args[3], args[4]))
+        if (namesSandboxModule(args[0])) return { e: refusal(`Cannot find module '${String(args[0]).slice(0, 200)}'`) }
+        if (own) args[0] = own.id
         call.screened = this.screen.call(call.method, args)
+        if (own) call.screened.map = [[own.query, ''], ...(call.screened.map ?? [])]
         return call.screened.answer ? { e: call.screened.answer.error } : undefined
       }
       case 'warm':

@@ -26,6 +26,7 @@ import { guardEvalValue } from './eval-guard.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
 import { fileOf } from './module-ids.js'
+import { sandboxModuleText } from './sandbox-modules.js'
 
 /** The part of a Vite environment this screen needs. */
 export interface LoadingEnvironment extends CssEnvironment {
@@ -58,6 +59,9 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   const container = environment.pluginContainer
   const load = container.load.bind(container)
   container.load = async (id: string, ...rest: unknown[]) => {
+    // A module a test wrote in its sandbox: the text it sent, never the host's disk.
+    const own = sandboxModuleText(id)
+    if (own !== undefined) return { code: own }
     const rules = state.rules()
     if (!mayLoad(id, rules)) throw missingFile(id)
     // A missing file gets the same error as a refused one, whichever plugin (or Vite) would read it.
@@ -74,6 +78,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   // under node_modules): a file the sandbox may not name resolves to nothing, as a missing one.
   const resolveId = container.resolveId.bind(container)
   container.resolveId = async (id: string, ...rest: unknown[]) => {
+    if (sandboxModuleText(id) !== undefined) return { id }
     const resolved = await resolveId(id, ...rest)
     const file = resolved && fileOf(resolved.id)
     if (!file || !path.isAbsolute(file)) return resolved

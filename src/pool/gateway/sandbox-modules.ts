@@ -1,0 +1,56 @@
+/**
+ * Modules a test wrote inside its sandbox (sandbox-runtime/own-modules.ts sends their text with a
+ * fetch the host could not answer). The host's Vite transforms them as if they were at their path,
+ * from the text the sandbox sent, under an id of their own (`<path>?vitest-sandbox-module=<hash>`):
+ * an entry of its own in the host's module graph for each text, so two sandboxes that write
+ * different text at one path each get theirs, and a module written again is transformed again.
+ * The host's file system is asked only whether it has the path; nothing is written to it.
+ */
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import type { FileRules } from './file-rules.js'
+import { fileOf, isPlainPath } from './module-ids.js'
+
+const QUERY = 'vitest-sandbox-module'
+/** The largest text taken (the runtime sends at most 8 MiB). */
+const MAX_TEXT = 8 * 1024 * 1024
+/** Characters of text the host keeps for them, the oldest let go first. */
+const MAX_HELD = 256 * 1024 * 1024
+
+const texts = new Map<string, { file: string; code: string }>()
+let held = 0
+
+/** Does a worker's id name one of these itself? Only the host makes them. */
+export function namesSandboxModule(id: unknown): boolean {
+  return typeof id === 'string' && id.includes(QUERY)
+}
+
+/**
+ * The id the host's Vite loads a sandbox's module under, and the query to take out of its answer;
+ * undefined when `made` is not a module the host lacks at a given path.
+ */
+export function sandboxModuleId(made: unknown, rules: FileRules): { id: string; query: string } | undefined {
+  if (!made || typeof made !== 'object') return undefined
+  const { path: file, code } = made as { path?: unknown; code?: unknown }
+  if (typeof file !== 'string' || typeof code !== 'string' || code.length > MAX_TEXT) return undefined
+  if (!isPlainPath(file) || !rules.isGiven(file) || fs.existsSync(file)) return undefined
+  const hash = createHash('sha256').update(file).update('\0').update(code).digest('hex').slice(0, 32)
+  if (!texts.has(hash)) {
+    texts.set(hash, { file, code })
+    held += code.length
+    for (const [old, text] of texts) {
+      if (held <= MAX_HELD) break
+      texts.delete(old)
+      held -= text.code.length
+    }
+  }
+  const query = `?${QUERY}=${hash}`
+  return { id: file + query, query }
+}
+
+/** The text a load of `id` gets, when it is one of these. */
+export function sandboxModuleText(id: string): string | undefined {
+  const hash = new RegExp(`\\?${QUERY}=([0-9a-f]{32})$`).exec(id)?.[1]
+  const text = hash === undefined ? undefined : texts.get(hash)
+  return text && fileOf(id) === text.file ? text.code : undefined
+}

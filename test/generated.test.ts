@@ -1,0 +1,34 @@
+/**
+ * A code generator's tests: a test writes a TypeScript module inside its sandbox and imports it.
+ * The host's Vite, which serves every module, does not have the file: the sandbox sends its text
+ * and the host transforms it as if it were at its path (transpiled, source-mapped). Nothing the
+ * tests write reaches the host's workspace.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { expect, it } from 'vitest'
+import { REPO, runFixture, testsOf } from './support/vitest-run.js'
+
+const FIXTURE = path.join(REPO, 'fixtures/generated')
+const GENERATED = path.join(FIXTURE, 'generated')
+
+it('imports modules its tests wrote in their sandboxes, as forks does, each sandbox its own text', async () => {
+  try {
+    fs.rmSync(GENERATED, { recursive: true, force: true })
+    const forks = await runFixture('generated', { pool: 'forks' })
+    fs.rmSync(GENERATED, { recursive: true, force: true })
+    const sbx = await runFixture('generated', { pool: 'sandbox' })
+    const [expected, got] = [testsOf(forks.json), testsOf(sbx.json)]
+    // The generated client: its types stripped, its error at the TypeScript line, as under forks.
+    const client = (tests: typeof got) => Object.fromEntries(Object.entries(tests).filter(([name]) => name.includes('client.test.ts')))
+    expect(Object.values(client(expected)).map((t) => t.status)).toEqual(['passed', 'passed', 'passed'])
+    expect(client(got)).toEqual(client(expected))
+    // Written again, and written with other text by another file: each import gets the text its
+    // sandbox holds. (`vitest run` under forks serves the first transform of a path: its watcher is off.)
+    for (const file of ['regenerate', 'shared-a', 'shared-b']) expect(got[`fixtures/generated/test/${file}.test.ts (file)`]?.status, sbx.output).toBe('passed')
+    expect(sbx.output).toMatch(/sandbox: 2 sandboxes \(local\)/)
+    expect(fs.existsSync(GENERATED)).toBe(false)
+  } finally {
+    fs.rmSync(GENERATED, { recursive: true, force: true })
+  }
+})
