@@ -32,10 +32,22 @@ export interface ViteEnvironment extends LoadingEnvironment {
   config: LoadingEnvironment['config'] & { root: string; publicDir?: unknown }
 }
 
-/** What rules a project's environments screen with: its workspace, Vitest's and this package's runtime, Vite's root and public folder. */
+/** Each workspace's rules by what they are made of: a worker's launch asks for every project's. */
+const madeRules = new WeakMap<Workspace, Map<string, FileRules>>()
+
+/**
+ * What rules a project's environments screen with: its workspace, Vitest's and this package's
+ * runtime, Vite's root and public folder. Made once per workspace (a watch-mode run packs a new
+ * one) and shared, with the answers they keep, by the workers that ask.
+ */
 export function projectRules(workspace: Workspace, runtimeDirs: string[], config: { root: string; publicDir?: unknown }): FileRules {
   const publicDir = typeof config.publicDir === 'string' && config.publicDir ? [config.publicDir] : []
-  return fileRules(workspace, runtimeDirs, [config.root, ...publicDir])
+  const key = JSON.stringify([runtimeDirs, config.root, publicDir])
+  let made = madeRules.get(workspace)
+  if (!made) madeRules.set(workspace, (made = new Map()))
+  let rules = made.get(key)
+  if (!rules) made.set(key, (rules = fileRules(workspace, runtimeDirs, [config.root, ...publicDir])))
+  return rules
 }
 
 /** Vitest's own environments (`__vitest__`, `__vitest_vm__`) serve the host, not workers. */
