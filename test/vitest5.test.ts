@@ -138,6 +138,15 @@ it('gets nothing of a host file through a trace artifact, whose stack the host r
   expect(existing.split('secret.js').join('X')).toBe(JSON.stringify(await trace('${path.join(hostDir, 'nothere.js')}')).split('nothere.js').join('X'))
 })
 
+it('gets no module another sandbox wrote through the warm-up batch', async () => {
+  const fs = await import('node:fs')
+  const file = import.meta.dirname + '/generated/private.ts'
+  fs.mkdirSync(import.meta.dirname + '/generated', { recursive: true })
+  fs.writeFileSync(file, "export const token: string = 'V5-PRIVATE-' + 'TOKEN'\\n")
+  expect((await import(/* @vite-ignore */ file)).token).toBe('V5-PRIVATE-TOKEN')
+  expect(JSON.stringify(await rpc.fetchWarmModules('ssr', [file]))).not.toContain('V5-PRIVATE-')
+})
+
 it('gets no host file read as a coverage file (whose JSON error would print it)', async () => {
   await rpc.onAfterSuiteRun({ coverage: '${secret}', environment: 'node', projectName: '', testFiles: ['attack/gateway.test.ts'] })
 })
@@ -214,7 +223,7 @@ it('cannot fill the host disk with copies of an attachment', { timeout: 120_000 
     const run = await runFixture('vitest5', { pool: 'sandbox', node, vitest, env, args: ['--coverage'] })
     const tests = testsOf(run.json ?? { testResults: [] })
     const attacks = Object.entries(tests).filter(([k]) => k.includes('attack/gateway.test.ts >'))
-    expect(attacks.length, run.output).toBe(6)
+    expect(attacks.length, run.output).toBe(7)
     for (const [name, t] of attacks) expect(t.status, `${name}\n${t.failures.join('\n')}`).toBe('passed')
     expect(run.output).toContain('RUN  v5.')
     expect(run.output).not.toContain('v5-secret')

@@ -13,6 +13,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ABSENT, candidates, fileOf, readModuleId, twinOf, type TwinMap } from './module-ids.js'
+import { namesSandboxModule } from './sandbox-modules.js'
 import { screenImportMetaEnv } from './import-meta-env.js'
 import type { FileRules } from './file-rules.js'
 import { debug } from '../../debug.js'
@@ -48,14 +49,33 @@ function notFound(id: string, importer?: string): Error {
  * `{ cached, tmp, ...rest }` (or a warm entry `{ tmp, ...rest }`) as `{ code, sourceMap, ...rest }`:
  * exactly what Vitest 5's worker makes of it after reading `tmp` itself.
  */
+/** The comment Vitest 5 ends a cached module's code with: its metadata, as base64 JSON. */
+const CACHE_COMMENT = '\n//# vitestCache='
+
 function inlineCached(result: Record<string, any>): Record<string, any> {
   if (typeof result.tmp !== 'string') return result
   const { cached: _cached, tmp, ...rest } = result
-  const content = fs.readFileSync(tmp, 'utf8')
+  // Vitest's own record of the cache entry (host paths, a twin's among them) is the host's alone.
+  const read = fs.readFileSync(tmp, 'utf8')
+  const meta = read.lastIndexOf(CACHE_COMMENT)
+  const end = meta === -1 ? -1 : read.indexOf('\n', meta + CACHE_COMMENT.length)
+  const content = meta === -1 ? read : read.slice(0, meta) + (end === -1 ? '' : read.slice(end))
   log('inlined cached module %s', rest.file ?? tmp)
   const at = content.lastIndexOf(CACHED_SOURCE_MAP)
   if (at === -1) return { ...rest, code: content, sourceMap: undefined }
   return { ...rest, code: content.slice(0, at), sourceMap: content.slice(at + CACHED_SOURCE_MAP.length) || undefined }
+}
+
+/**
+ * An error of the host's for a module call, without the host's frames: which function threw
+ * told one refusal (a file that exists) from another (a file that does not), word for word alike.
+ */
+function withoutHostFrames(error: unknown): unknown {
+  if (error && typeof error === 'object' && 'stack' in error) {
+    const e = error as { name?: unknown; message?: unknown; stack?: unknown }
+    e.stack = `${typeof e.name === 'string' ? e.name : 'Error'}: ${typeof e.message === 'string' ? e.message : ''}`
+  }
+  return error
 }
 
 /** A string of a twin's answer as it reads for the asked id, in inline source maps too. */
@@ -177,7 +197,8 @@ export class ModuleScreen {
     if (read.id !== id) base.map = [...(base.map ?? []), [read.id, id]]
     const named = candidates(read, this.rules.roots).filter((c) => !this.rules.mayName(c))
     if (named.length === 0) return { ...base, args: [read.id, importer.importer, ...rest] }
-    if (method === 'ensureModuleGraphEntry') return { ...base, answer: { error: notFound(id) } }
+    // Every module call of a file that is not given is asked for its twin (a missing file):
+    // `ensureModuleGraphEntry` refused one that exists and made an entry for one that does not.
     log('%s of %s: not given, asking for its twin', method, id)
     const twin = twinOf(read, this.rules.roots)
     return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
@@ -190,7 +211,7 @@ export class ModuleScreen {
     if (call.method === 'fetchWarmModules') return error !== undefined ? { error } : { result: this.warmModules(result) }
     // An error names the paths the worker asked for or imported, and Vite words it by what it
     // found: every path it may not word is moved under ABSENT, whatever is there.
-    if (error !== undefined) return { error: mapStrings(mapped(error), (t) => this.worded(t)) }
+    if (error !== undefined) return { error: withoutHostFrames(mapStrings(mapped(error), (t) => this.worded(t))) }
     const inlined = this.withScreenedEnv(result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result)
     const named = this.filesOf(inlined, call.asked[0])
     const leak = [...named].find((f) => !this.rules.mayName(f) && !f.startsWith(ABSENT))
@@ -246,6 +267,8 @@ export class ModuleScreen {
     if (!result || typeof result !== 'object') return result
     const out: Record<string, unknown> = {}
     for (const [id, entry] of Object.entries(result as Record<string, any>)) {
+      // A module another sandbox wrote is in the host's graph under its path too: that sandbox's alone.
+      if (namesSandboxModule(id) || namesSandboxModule(entry?.id) || namesSandboxModule(entry?.url)) continue
       const inlined = this.withScreenedEnv(entry && typeof entry === 'object' ? inlineCached(entry) : entry)
       // A refused entry is left out: the worker then fetches it, and gets the twin's answer.
       if ([...this.filesOf(inlined, id)].some((f) => !this.rules.mayName(f))) continue
