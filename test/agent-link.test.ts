@@ -7,6 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AgentLink } from '../src/pool/agent-link.js'
+import { RUNTIME_FILES } from '../src/pool/transfer.js'
 import type { SandboxClient } from '../src/protocol/client.js'
 import { startTestEngine, waitFor } from './support/engine.js'
 
@@ -27,7 +28,7 @@ ch.on('end', () => process.exit(Number(process.argv[3])))
 beforeAll(async () => {
   env = await startTestEngine()
   sbx = await env.client.createSandbox()
-  for (const f of ['agent.js', 'wire.js', 'codec.js', 'module-cache.js']) await sbx.writeFile(`/opt/rt/${f}`, fs.readFileSync(path.join(RUNTIME, f)))
+  for (const f of RUNTIME_FILES) await sbx.writeFile(`/opt/rt/${f}`, fs.readFileSync(path.join(RUNTIME, f)))
   await sbx.writeFile('/opt/rt/package.json', '{"type":"module"}')
   await sbx.writeFile('/opt/rt/echo.cjs', ECHO)
 })

@@ -53,3 +53,21 @@ it('carries files a test wrote in its sandbox into the host attachments folder a
     fs.rmSync(dir, { recursive: true, force: true })
   }
 })
+
+it("never lets a test file's attachment replace another file's under forks' name", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vps-attach-'))
+  try {
+    clean()
+    const annotations = path.join(dir, 'collide.json')
+    const run = await runFixture('attachments', { args: ['--reporter=./annotations-reporter.ts'], env: { VPS_ANNOTATIONS: annotations, VPS_COLLIDE: '1' } })
+    expect(run.code, run.output).toBe(0)
+    const got = JSON.parse(fs.readFileSync(annotations, 'utf8'))
+    const textOf = (test: string) => got.find((a: any) => a.test === test)?.attachment?.text
+    expect(textOf('attaches a screenshot it made')).toBe('the genuine screenshot\n')
+    expect(textOf('attaches a screenshot of the same name later')).toBe('a forged screenshot\n')
+    expect(Object.keys(attachmentsFolder())).toHaveLength(2)
+  } finally {
+    clean()
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})

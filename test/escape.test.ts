@@ -149,6 +149,22 @@ describe('escape attempts: processes, identity, kernel', () => {
     })
   })
 
+  it("holds nothing of the engine's link in the sandbox's pid 1, bubblewrap's own init, whose memory its processes can write", async () => {
+    const r = await node(`
+      const fs = require('fs')
+      const fds = Object.fromEntries(fs.readdirSync('/proc/1/fd').map((fd) => [fd, fs.readlinkSync('/proc/1/fd/' + fd)]))
+      let mem
+      try { fs.closeSync(fs.openSync('/proc/1/mem', 'r+')); mem = 'allowed' } catch (e) { mem = e.code }
+      console.log(JSON.stringify({ cmd: fs.readFileSync('/proc/1/cmdline', 'utf8').split('\\0')[0], fds, mem }))`)
+    const got = JSON.parse(r.stdout)
+    // Where pid 1 is open to writes, what it holds is a test's: the link (the engine's requests,
+    // each worker's channel token) would be read and forged through it.
+    expect(got.cmd).toMatch(/bwrap$/)
+    if (got.mem === 'allowed') expect(got.fds).toMatchObject({ 0: '/dev/null', 1: '/dev/null' })
+    // Its stderr is bubblewrap's own errors, read by the engine only until the sandbox is ready.
+    expect(Object.entries(got.fds).filter(([fd, l]) => fd !== '2' && /^(socket|pipe):/.test(String(l)))).toEqual([])
+  })
+
   it('runs without capabilities, with no_new_privs, and as an unprivileged host uid', async () => {
     const r = await sh('grep -E "^(CapEff|CapBnd|NoNewPrivs|Seccomp):" /proc/self/status; id -u')
     expect(r.stdout).toMatch(/CapEff:\s+0000000000000000/)

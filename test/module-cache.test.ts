@@ -11,7 +11,7 @@ describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
   async function setup() {
     const codec = await loadCodec(name)
     const cache = new ModuleCache()
-    const worker = () => {
+    const worker = (scope?: string) => {
       const toHost: unknown[] = []
       const toWorker: unknown[] = []
       const rawToHost: Buffer[] = []
@@ -22,6 +22,7 @@ describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
           createMessageSplitter((p) => toHost.push(codec.decode(p)))(b)
         },
         (b) => createMessageSplitter((p) => toWorker.push(codec.decode(p)))(b),
+        scope,
       )
       const send = (msg: unknown) => tap.fromWorker(lengthPrefixed(codec.encode(msg)))
       const answer = (msg: unknown) => tap.fromHost(lengthPrefixed(codec.encode(msg)))
@@ -43,6 +44,20 @@ describe.each<CodecName>(['v8', 'devalue'])('the module cache (%s)', (name) => {
     b.send(fetch(7, '/src/x.ts', '/w/test/a.test.ts'))
     expect(b.toHost).toEqual([])
     expect(b.toWorker).toEqual([{ t: 's', i: 7, r: result }])
+  })
+
+  it("shares no answer between projects (each transforms a file its own way)", async () => {
+    const { worker } = await setup()
+    const a = worker('["/w","a"]')
+    a.send(fetch(1, '/src/x.ts'))
+    a.answer({ t: 's', i: 1, r: result })
+    const b = worker('["/w","b"]')
+    b.send(fetch(1, '/src/x.ts'))
+    expect(b.toHost).toEqual([fetch(1, '/src/x.ts')])
+    expect(b.toWorker).toEqual([])
+    const again = worker('["/w","a"]')
+    again.send(fetch(3, '/src/x.ts'))
+    expect(again.toWorker).toEqual([{ t: 's', i: 3, r: result }])
   })
 
   it("keeps no answer under a fetch's id while another call of the worker has that id, whatever its method", async () => {

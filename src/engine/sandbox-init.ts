@@ -3,10 +3,10 @@
  * with the sandbox's view of the filesystem, so every file operation it performs on the engine's
  * behalf resolves inside the sandbox (`..`, absolute paths and symlinks cannot reach the host,
  * because the host is not mounted here). It starts processes, relays their stdio as frames on its
- * own stdin/stdout, and exits when the engine's end of the pipe closes, which ends the sandbox.
+ * link to the engine (fd 4), and exits when the engine's end closes, which ends the sandbox.
  *
- * It imports nothing but Node built-ins and this package's framing, and never writes to its own stdout
- * except frames.
+ * It imports nothing but Node built-ins and this package's framing, and writes nothing to its link
+ * but frames.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
@@ -15,6 +15,8 @@ import path from 'node:path'
 import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
 
 const O_CLOEXEC = 0o2000000
+/** The engine's link: not stdio, which bubblewrap's own init (the sandbox's pid 1, open to its processes) also holds. */
+const LINK_FD = 4
 const CHUNK = 1024 * 1024
 const HOME = process.env.HOME || '/'
 
@@ -23,14 +25,14 @@ closeInheritedDescriptors()
 // SIGUSR1 would open Node's debugger in the init, which speaks for the sandbox to the engine (the
 // sandbox's seccomp filter refuses the signal; this keeps it closed however it comes).
 process.on('SIGUSR1', () => {})
-const out = new net.Socket({ fd: 1, readable: false, writable: true })
-const input = new net.Socket({ fd: 0, readable: true, writable: false })
+// One socket both ways (Node marks it close-on-exec: no process the init starts gets it).
+const link = new net.Socket({ fd: LINK_FD, readable: true, writable: true })
 const processes = new Map<string, ChildProcess>()
 interface Upload { file: string; fd: number; queue: Promise<void>; failed?: boolean; queued: number; written: number }
 const uploads = new Map<string, Upload>()
 
 function send(header: Header, body?: Uint8Array): boolean {
-  return out.write(encodeFrame(header, body))
+  return link.write(encodeFrame(header, body))
 }
 
 /**
@@ -42,7 +44,7 @@ function send(header: Header, body?: Uint8Array): boolean {
 function closeInheritedDescriptors(): void {
   for (const name of fs.readdirSync('/proc/self/fd')) {
     const fd = Number(name)
-    if (fd <= 2) continue
+    if (fd <= 2 || fd === LINK_FD) continue
     try {
       const info = fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8')
       const flags = Number.parseInt(/flags:\s*([0-7]+)/.exec(info)?.[1] ?? '0', 8)
@@ -155,7 +157,7 @@ function writeUpload(h: Header, body: Buffer): void {
   if (!up || up.failed) return
   const data = Buffer.from(body) // the frame buffer is reused by the decoder
   up.queued += data.length
-  if (up.queued > 8 * CHUNK) input.pause()
+  if (up.queued > 8 * CHUNK) link.pause()
   up.queue = up.queue.then(async () => {
     if (up.failed) return
     try {
@@ -167,7 +169,7 @@ function writeUpload(h: Header, body: Buffer): void {
       send({ op: 'reply', req: String(h.req), ...errorInfo(err) })
     } finally {
       up.queued -= data.length
-      if (up.queued <= 2 * CHUNK) input.resume()
+      if (up.queued <= 2 * CHUNK) link.resume()
     }
   })
 }
@@ -224,7 +226,7 @@ async function readFile(h: Header): Promise<void> {
       if (flow.cancelled) break
       const n = fs.readSync(fd, buf, 0, CHUNK, null)
       if (n === 0) break
-      if (!send({ op: 'data', req }, buf.subarray(0, n))) await new Promise((r) => out.once('drain', r))
+      if (!send({ op: 'data', req }, buf.subarray(0, n))) await new Promise((r) => link.once('drain', r))
     }
     send({ op: 'reply', req, ok: true })
   } catch (err) {
@@ -304,8 +306,7 @@ function shutdown(): never {
   process.exit(0)
 }
 
-input.on('data', createFrameDecoder(handle, () => shutdown()))
-input.on('end', shutdown)
-input.on('error', shutdown)
-out.on('error', shutdown)
+link.on('data', createFrameDecoder(handle, () => shutdown()))
+link.on('end', shutdown)
+link.on('error', shutdown)
 send({ op: 'ready', pid: process.pid })

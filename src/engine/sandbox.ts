@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import type { Readable } from 'node:stream'
+import type { Duplex, Readable } from 'node:stream'
 import { HostChannel } from './channel.js'
 import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
 import { IN_USE_FILE, SANDBOX_HOME, type HostLayerUpper } from './layers.js'
@@ -71,11 +71,13 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   /** Its direct channel to this process, where the engine gives one. */
   channel?: HostChannel
   private child?: ChildProcess
+  /** The init's link (its fd 4): requests out, frames in. */
+  private initLink?: Duplex
   private readonly requests = new Map<string, { resolve: (h: Header) => void; reject: (e: Error) => void; onData?: (b: Buffer) => void; onStart?: (h: Header) => void }>()
   private nextReq = 0
   private nextProc = 0
   private expiry?: NodeJS.Timeout
-  private stdinWaiters: Array<() => void> = []
+  private linkWaiters: Array<() => void> = []
   private killing?: Promise<void>
   /** Output its processes keep for late readers, together: 64 MiB (each process 8 MiB). */
   private readonly outputKept = { bytes: 0, limit: 64 * 1024 * 1024 }
@@ -141,30 +143,39 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
 
     const [file, ...args] = sandboxCommand({ ...this.opts, channelSocket: this.channel?.hostPath, cgroupProcs: this.opts.resources.group?.procsFiles })
     log('sandbox %s: %s', this.id, [file, ...args].join(' '))
-    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
+    // The init's link is fd 4, never bubblewrap's stdio: bubblewrap's own init, the sandbox's pid 1,
+    // keeps its stdio open, and a test that wrote into its memory read and forged the link through it.
+    const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
     this.child = child
     const seccomp = child.stdio[3] as NodeJS.WritableStream
     seccomp.on('error', () => {})
     seccomp.end(buildSeccompFilter())
+    const link = (this.initLink = child.stdio[4] as Duplex)
 
+    // bubblewrap's errors while it sets the sandbox up. Once the sandbox runs, its pid 1 (open to
+    // the sandbox's processes) still holds this pipe: what comes later is only logged, quoted.
     let stderr = ''
+    let started = false
     child.stderr!.on('data', (d: Buffer) => {
-      stderr = (stderr + d.toString()).slice(-4000)
-      log('sandbox %s stderr: %s', this.id, d.toString().trimEnd())
+      if (!started) stderr = (stderr + d.toString()).slice(-4000)
+      log('sandbox %s stderr: %j', this.id, d.toString().slice(0, 4000))
     })
-    child.stdin!.on('error', () => {})
-    child.stdin!.on('drain', () => {
-      const waiters = this.stdinWaiters
-      this.stdinWaiters = []
+    link.on('error', () => {})
+    link.on('drain', () => {
+      const waiters = this.linkWaiters
+      this.linkWaiters = []
       for (const w of waiters) w()
     })
 
     const ready = new Promise<void>((resolve, reject) => {
       const onFrame = (h: Header, body: Buffer) => {
-        if (h.op === 'ready') return resolve()
+        if (h.op === 'ready') {
+          started = true
+          return resolve()
+        }
         this.onFrame(h, body)
       }
-      child.stdout!.on('data', createFrameDecoder(onFrame, (err) => this.terminate(`protocol error from sandbox init: ${err.message}`)))
+      link.on('data', createFrameDecoder(onFrame, (err) => this.terminate(`protocol error from sandbox init: ${err.message}`)))
       child.once('exit', (code, signal) => {
         const reason = this.ended ?? (this.endedOutOfMemory = this.outOfMemory()) ?? `sandbox process exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`
         reject(new SandboxError(`sandbox ${this.id} failed to start: ${reason}`, 'sandbox_start_failed'))
@@ -227,11 +238,11 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
    */
   private async post(header: Header, body?: Uint8Array): Promise<void> {
     this.assertRunning()
-    while (this.child!.stdin!.writableNeedDrain) {
+    while (this.initLink!.writableNeedDrain) {
       await this.drained()
       this.assertRunning()
     }
-    if (!this.child!.stdin!.write(encodeFrame(header, body))) await this.drained()
+    if (!this.initLink!.write(encodeFrame(header, body))) await this.drained()
   }
 
   /** Until the init's pipe has room; an init that takes nothing for a minute (stopped from inside) ends its sandbox. */
@@ -239,7 +250,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     return new Promise<void>((resolve) => {
       const stalled = setTimeout(() => void this.kill('its init took no request for 60 s (stopped from inside?)'), STALLED_INIT_MS)
       stalled.unref()
-      this.stdinWaiters.push(() => {
+      this.linkWaiters.push(() => {
         clearTimeout(stalled)
         resolve()
       })
@@ -376,8 +387,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     for (const p of this.processes.values()) p.markExited({ exitCode: -9, signal: 'SIGKILL', error: `sandbox ended: ${this.ended}` })
     for (const r of this.requests.values()) r.reject(new SandboxError(`sandbox ${this.id} ended: ${this.ended}`, 'sandbox_not_running'))
     this.requests.clear()
-    for (const w of this.stdinWaiters) w()
-    this.stdinWaiters = []
+    for (const w of this.linkWaiters) w()
+    this.linkWaiters = []
     this.emit('exit', this.ended)
   }
 

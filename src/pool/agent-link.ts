@@ -43,8 +43,22 @@ interface Channel extends ChannelHandlers {
   route: Route
 }
 
+/** One debugger's tunnel to a port on the sandbox's loopback (inspector.ts). */
+export interface Tunnel {
+  write(bytes: Buffer): void
+  close(): void
+}
+
+export interface TunnelHandlers {
+  data(bytes: Buffer): void
+  /** The sandbox's end closed, or the link was lost. */
+  closed(): void
+}
+
 export class AgentLink {
   private readonly channels = new Map<number, Channel>()
+  private readonly tunnels = new Map<number, TunnelHandlers>()
+  private nextTunnel = 1
   private readonly claims?: DirectClaims
   private nextChannel = 1
   private queue: Buffer[] = []
@@ -73,6 +87,8 @@ export class AgentLink {
         else if (kind === Kind.PONG) this.lastPong = Date.now()
         return
       }
+      if (kind === Kind.INSPECTOR_OUT) return this.tunnels.get(channel)?.data(Buffer.from(payload))
+      if (kind === Kind.INSPECTOR_CLOSED) return this.endTunnel(channel)
       const h = this.channels.get(channel)
       if (!h) return
       switch (kind) {
@@ -250,6 +266,28 @@ export class AgentLink {
     return 0
   }
 
+  /** Join a debugger to `port` on the sandbox's loopback, where a worker's inspector listens. */
+  tunnel(port: number, handlers: TunnelHandlers): Tunnel {
+    const id = this.nextTunnel++
+    if (this.alive) {
+      this.tunnels.set(id, handlers)
+      this.send(jsonFrame(id, Kind.INSPECTOR_OPEN, { port }))
+    } else queueMicrotask(() => handlers.closed())
+    return {
+      write: (bytes) => void (this.tunnels.has(id) && this.send(frame(id, Kind.INSPECTOR_IN, bytes))),
+      close: () => {
+        if (this.tunnels.has(id)) this.send(frame(id, Kind.INSPECTOR_CLOSE))
+        this.tunnels.delete(id)
+      },
+    }
+  }
+
+  private endTunnel(id: number): void {
+    const h = this.tunnels.get(id)
+    this.tunnels.delete(id)
+    h?.closed()
+  }
+
   /** Before a watch-mode rerun: the host's module answers may have changed. */
   clearModuleCache(): void {
     this.send(frame(0, Kind.CLEAR_MODULES))
@@ -268,6 +306,7 @@ export class AgentLink {
     const channels = [...this.channels.entries()]
     for (const [id] of channels) this.drop(id)
     for (const [, h] of channels) h.lost(reason)
+    for (const id of [...this.tunnels.keys()]) this.endTunnel(id)
     this.proc.kill()
     this.onLost?.(reason)
   }

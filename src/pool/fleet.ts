@@ -12,6 +12,7 @@ import path from 'node:path'
 import pLimit from 'p-limit'
 import type { ResolvedOptions } from './options.js'
 import { AgentLink } from './agent-link.js'
+import { InspectorRelay } from './inspector.js'
 import { SlotQueue, type Lease, type SlotHost } from './slots.js'
 import { Bundles, startAgent, syncDelta } from './transfer.js'
 import { renewTtl, STAGING } from '../providers/exec.js'
@@ -73,6 +74,11 @@ export class Fleet {
   private connecting?: Promise<ProviderSession>
   private fellBack = false
   readonly usage: RunUsage
+  private relay?: InspectorRelay
+  /** The debugger's relay, made when a worker first runs with the inspector on. */
+  get inspector(): InspectorRelay {
+    return (this.relay ??= new InspectorRelay())
+  }
 
   /** `history`: what Vitest recorded of the run's files, for `sandboxes: 'auto'`. */
   constructor(
@@ -324,6 +330,7 @@ export class Fleet {
     if (this.closed) return
     this.closed = true
     this.slots.failAll(new Error('the sandbox pool is closed'))
+    this.relay?.close()
     await this.initializing?.catch(() => {})
     // Vitest closes its pool (stopping the last workers) at the same time as it calls onClose:
     // let those workers say goodbye before their sandboxes go.

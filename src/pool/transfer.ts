@@ -15,7 +15,7 @@ import { listFiles, type Workspace, type WorkspaceFile } from '../workspace/coll
 import { packFiles, packTrees } from '../workspace/pack.js'
 
 const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
-const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js', 'codec.js', 'module-cache.js', 'host-reads.js', 'own-modules.js']
+export const RUNTIME_FILES = ['agent.js', 'worker.js', 'wire.js', 'codec.js', 'module-cache.js', 'host-reads.js', 'own-modules.js', 'tunnels.js']
 
 /** The bundle of the workspace as last packed; a new one replaces it for sandboxes created later. */
 export class Bundles {

@@ -32,6 +32,7 @@ import { codecFor, workerEnv } from './worker-env.js'
 import { createMessageSplitter, lengthPrefixed, MAX_FRAME, type RpcFrame } from '../sandbox-runtime/wire.js'
 import { RUNTIME_DIR, SNAPSHOT_ENVIRONMENT } from './runtime-files.js'
 import type { ProviderSandbox } from '../providers/types.js'
+import { DEFAULT_INSPECTOR_PORT } from './inspector.js'
 import { debug } from '../debug.js'
 
 const log = debug('worker')
@@ -77,6 +78,9 @@ export class SandboxPoolWorker implements PoolWorker {
   private readonly hostCalls = new Map<string | number, () => void>()
   private gateway?: Gateway
   private hostFiles?: HostFiles
+  /** The port the worker's inspector listens on in its sandbox and the host relays (when asked for). */
+  private inspectPort?: number
+  private detachInspector?: () => void
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
 
@@ -253,6 +257,8 @@ export class SandboxPoolWorker implements PoolWorker {
       projectRoot: project.config.root,
       written: (bytes) => this.fleet.budget.write('snapshots', bytes),
     })
+    const inspector = project.vitest.config.inspector
+    if (inspector?.enabled) this.inspectPort = await this.fleet.inspector.listen(inspector.port ?? DEFAULT_INSPECTOR_PORT)
     const attempt = this.attempt
     const codec = (this.codec = await loadCodec(codecFor(host.node)))
     // Events of a worker that was replaced after a loss are dropped.
@@ -262,6 +268,7 @@ export class SandboxPoolWorker implements PoolWorker {
         entry: `${this.fleet.runtimeDir}/worker.js`,
         args: [path.join(this.options.distPath, 'worker.js'), codec.name],
         codec: codec.name,
+        cacheScope: JSON.stringify([project.config.root, project.name]),
         execArgv: this.options.execArgv,
         env: workerEnv(this.options.env, this.settings.env, this.configuredEnv()),
         // Where forks would run it: the host's cwd (the same path exists in the sandbox).
@@ -292,6 +299,7 @@ export class SandboxPoolWorker implements PoolWorker {
       },
     )
     this.channel = channel
+    if (this.inspectPort !== undefined) this.detachInspector = this.fleet.inspector.attach(host.link, this.inspectPort)
     try {
       await started
     } catch (err) {
@@ -366,6 +374,7 @@ export class SandboxPoolWorker implements PoolWorker {
    * exited unexpectedly, so waiting for stop() would leak the slot.
    */
   private finished(): void {
+    this.detachInspector?.()
     this.markExited?.()
     this.lease?.release()
   }
@@ -391,12 +400,14 @@ export class SandboxPoolWorker implements PoolWorker {
     }
   }
 
-  /** A request whose config crosses with only Vitest's own variables, test.env and the names in `env` (README, "env"). */
-  private withScreenedEnv(request: WorkerRequest): WorkerRequest {
+  /** A request as the sandbox gets it: its config with only Vitest's own variables, test.env and the names in `env` (README, "env"), and the inspector on the sandbox's loopback. */
+  private forSandbox(request: WorkerRequest): WorkerRequest {
     const config = (request as any).context?.config
     if (!config) return request
     const env = screenConfigEnv(config.env, { forward: this.settings.env, configured: this.configuredEnv(), workspace: this.fleet.workspace, envDir: this.options.project.vite?.config?.envDir })
-    return { ...request, context: { ...(request as any).context, config: { ...config, env } } } as WorkerRequest
+    // The inspector listens on the sandbox's loopback only (the host relays it), at the host's port.
+    const inspector = this.inspectPort === undefined ? config.inspector : { ...config.inspector, port: this.inspectPort, host: '127.0.0.1' }
+    return { ...request, context: { ...(request as any).context, config: { ...config, env, inspector } } } as WorkerRequest
   }
 
   /**
@@ -460,7 +471,7 @@ export class SandboxPoolWorker implements PoolWorker {
   /** A request of Vitest's to the worker, its env screened; the gateway then waits for its response. */
   private transmitRequest(m: any): void {
     this.gateway?.responses.requested(m.type)
-    this.transmit(this.withScreenedEnv(m))
+    this.transmit(this.forSandbox(m))
   }
 
   private transmit(message: unknown): void {

@@ -3,7 +3,8 @@
  * Vitest worker per test file, relays each worker's private channel and stdio as frames on its
  * own stdin/stdout, reports exits, and answers pings (the host's heartbeat). It never looks inside
  * the worker's messages, except to answer module fetches from its cache when the host asks for it
- * (`module-cache.ts`). When its stdin ends (the host is gone) it kills every worker and exits.
+ * (`module-cache.ts`); it joins a debugger the host relays to a worker's inspector (`tunnels.ts`).
+ * When its stdin ends (the host is gone) it kills every worker and exits.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -11,6 +12,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { loadCodec, type Codec, type CodecName } from './codec.js'
 import { ModuleCache } from './module-cache.js'
+import { createTunnels } from './tunnels.js'
 import { createChunkReader, createDeframer, frame, jsonFrame, Kind, type ForkSpec } from './wire.js'
 
 // A listener of its own keeps SIGUSR1 from opening Node's debugger in the agent, where a test
@@ -50,6 +52,8 @@ function send(buf: Buffer): void {
   out.write(buf)
 }
 
+const tunnel = createTunnels(send)
+
 function fork(id: number, spec: ForkSpec): void {
   let child: ChildProcess
   try {
@@ -65,7 +69,7 @@ function fork(id: number, spec: ForkSpec): void {
   const channel = child.stdio[3] as net.Socket
   const relay = { fromWorker: (d: Buffer) => send(frame(id, Kind.FROM_WORKER, d)), fromHost: (d: Buffer) => void channel.write(d) }
   const codec = spec.moduleCache && spec.codec ? codecs[spec.codec] : undefined
-  const route = codec ? modules.tap(codec, relay.fromWorker, relay.fromHost) : relay
+  const route = codec ? modules.tap(codec, relay.fromWorker, relay.fromHost, spec.cacheScope) : relay
   workers.set(id, { child, toWorker: route.fromHost })
   child.once('error', (err) => {
     if (!child.pid) {
@@ -100,6 +104,10 @@ function onFrame(id: number, kind: number, payload: Buffer): void {
     }
     case Kind.PING:
       return send(frame(0, Kind.PONG, payload))
+    case Kind.INSPECTOR_OPEN:
+    case Kind.INSPECTOR_IN:
+    case Kind.INSPECTOR_CLOSE:
+      return tunnel(id, kind, payload)
   }
 }
 

@@ -50,9 +50,10 @@ export class ModuleCache {
 
   /**
    * One worker's two directions through the cache: `fromWorker` and `fromHost` take its bytes as
-   * they come and pass them on to `toHost` and `toWorker`, whole messages at a time.
+   * they come and pass them on to `toHost` and `toWorker`, whole messages at a time. Answers are
+   * shared only between workers of one `scope` (a project: another transforms a file its own way).
    */
-  tap(codec: Codec, toHost: (bytes: Buffer) => void, toWorker: (bytes: Buffer) => void): { fromWorker(chunk: Buffer): void; fromHost(chunk: Buffer): void } {
+  tap(codec: Codec, toHost: (bytes: Buffer) => void, toWorker: (bytes: Buffer) => void, scope = ''): { fromWorker(chunk: Buffer): void; fromHost(chunk: Buffer): void } {
     // Every call of the worker in flight, whatever its method, by its id: the ids are the worker's
     // own, so an answer to another call under a fetch's id (Vitest answers an artifact with the
     // artifact the worker sent) must never be kept as the fetch's. An id with a second call in
@@ -71,7 +72,8 @@ export class ModuleCache {
         // Only a plain birpc call (its fields and no other): the host's gateway reads a message with
         // another field as another kind, and never answers it as this call.
         const cached = Array.isArray(msg.a) && typeof msg.m === 'string' && CACHED_METHODS.has(msg.m) && Object.keys(msg).every((k) => RPC_KEYS.has(k))
-        const key = cached ? keyOf(msg.m!, msg.a!) : undefined
+        const request = cached ? keyOf(msg.m!, msg.a!) : undefined
+        const key = request === undefined ? undefined : `${scope}\0${request}`
         if (key !== undefined && this.answers.has(key)) return toWorker(lengthPrefixed(codec.encode({ t: 's', i: msg.i, r: this.answers.get(key) })))
         const call = inFlight.get(msg.i)
         if (call) {

@@ -4,7 +4,8 @@
  *
  *   frame = [u32 length of the rest][u32 channel][u8 kind][payload]
  *
- * Channel 0 is the agent itself; channel N > 0 is one worker. Worker payloads (`DATA`) are opaque
+ * Channel 0 is the agent itself; channel N > 0 is one worker, or for the INSPECTOR_* kinds one
+ * debugger's tunnel (numbered apart from workers). Worker payloads (`DATA`) are opaque
  * to the agent: the worker and the host frame and encode them (see `codec.ts`), the agent only
  * relays bytes. Runs inside sandboxes: Node built-ins only.
  */
@@ -17,6 +18,9 @@ export const Kind = {
   KILL: 3, // JSON { signal }
   PING: 4,
   CLEAR_MODULES: 5, // forget the module cache's answers (a watch-mode rerun)
+  INSPECTOR_OPEN: 6, // JSON { port }: connect a debugger's tunnel (its own id) to that port on the sandbox's loopback
+  INSPECTOR_IN: 7, // bytes from the host's debugger to the sandbox's inspector
+  INSPECTOR_CLOSE: 8, // the host's debugger left
   // agent -> host
   HELLO: 10, // JSON { node, v8, pid }
   FROM_WORKER: 11, // bytes from the worker's private channel
@@ -26,6 +30,8 @@ export const Kind = {
   SPAWNED: 15, // JSON { pid }
   PONG: 16,
   FAILED: 17, // JSON { message } (the fork itself failed)
+  INSPECTOR_OUT: 18, // bytes from the sandbox's inspector to the host's debugger
+  INSPECTOR_CLOSED: 19, // the tunnel's connection in the sandbox ended (or never opened)
 } as const
 
 export const MAX_FRAME = 64 * 1024 * 1024
@@ -41,6 +47,8 @@ export interface ForkSpec {
   codec?: CodecName
   /** Answer the worker's module fetches from the sandbox's cache (set by the agent link for relayed workers). */
   moduleCache?: boolean
+  /** The workers that may share cached answers: those of one project. */
+  cacheScope?: string
 }
 
 /** A birpc message of Vitest's worker RPC: a call (`t: 'q'`) or its answer (`t: 's'`). */

@@ -4,7 +4,8 @@
  * is the sandbox's, so its bytes come in the message (`sandboxBytes`, see
  * sandbox-runtime/host-reads.ts) and the host never reads the path: the gateway stages the bytes
  * in a folder of its own and hands Vitest the staged file, and the copy Vitest makes of it is then
- * named as under forks (by the hash of the path the test gave).
+ * named as under forks (by the hash of the path the test gave), unless another test file's
+ * attachment has that name.
  */
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
@@ -66,6 +67,9 @@ export function stageAttachments(artifact: unknown, projectRoot: string, count: 
 
 process.once('exit', () => stageDir && fs.rmSync(stageDir, { recursive: true, force: true }))
 
+/** Each attachment named as under forks → the test file it is of. */
+const owners = new Map<string, unknown>()
+
 type Resolve = (this: unknown, test: unknown, attachment: { path?: string }, filename?: string) => Promise<unknown>
 const wrapped = new WeakSet<object>()
 
@@ -91,6 +95,11 @@ export function nameAttachmentsAsForks(testRun: unknown): void {
     const name = copy && path.basename(copy)
     if (!copy || !name || !name.includes(hash(from))) return result
     const renamed = path.join(path.dirname(copy), name.replace(hash(from), hash(given)))
+    // Forks' name holds only the message and the path: a file of another sandbox that gives both
+    // would replace this one's bytes. Another test file's name is never taken: the copy keeps its own.
+    const owner = (test as { module?: { moduleId?: unknown } } | undefined)?.module?.moduleId
+    if (owners.has(renamed) && owners.get(renamed) !== owner) return result
+    owners.set(renamed, owner)
     fs.renameSync(copy, renamed)
     attachment.path = renamed
     return result

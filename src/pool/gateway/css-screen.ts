@@ -67,16 +67,57 @@ export function screenCss(environment: CssEnvironment, rules: () => FileRules): 
       })
       let result: unknown
       try {
-        result = await handler.call(recording, code, id, ...rest)
+        result = await handler.call(recording, withoutMapComments(code), id, ...rest)
       } catch (error) {
         throw ownError(error, file, r) ?? refused(file, r)
       }
       if (read.some((f) => !r.mayName(f))) throw refused(file, r)
+      if (!mapOfCompile((result as { map?: unknown } | null)?.map, file, read)) throw refused(file, r)
       const out = (result as { code?: unknown } | null)?.code
       if (typeof out === 'string' && urlsOf(out).some((url) => !givenUrl(url, file, read, environment.config, r))) throw refused(file, r)
       return result
     },
   )
+}
+
+/**
+ * postcss takes the last `/* # sourceMappingURL=… *\/` of a sheet, wherever it is, as the sheet's
+ * map: a data: URL, or a `.map` file it reads. A sheet's map comments are blanked (its lines kept)
+ * before the compile, so what the compile's map holds is only what it read.
+ */
+const MAP_COMMENT = /\/\*\s*[#@]\s*sourceMappingURL=[\s\S]*?\*\//g
+
+function withoutMapComments(code: string): string {
+  return code.includes('sourceMappingURL=') ? code.replace(MAP_COMMENT, (c) => c.replace(/[^\n]/g, '')) : code
+}
+
+/**
+ * Does the compile's map name only the sheet and files the compile read? A sheet it imported can
+ * still bring a map of its own in, naming any file, whose text Vite would read to fill it in.
+ */
+function mapOfCompile(map: unknown, file: string, read: string[]): boolean {
+  if (map == null) return true
+  let m = map as { sources?: unknown }
+  if (typeof map === 'string') {
+    try {
+      m = JSON.parse(map)
+    } catch {
+      return false
+    }
+  }
+  if (typeof m !== 'object' || m === null) return false
+  if (m.sources === undefined) return true
+  if (!Array.isArray(m.sources)) return false
+  const known = new Set([file, ...read.map((f) => path.resolve(f))])
+  return m.sources.every((source) => {
+    if (source === null || (typeof source === 'string' && source.startsWith('\0'))) return true
+    if (typeof source !== 'string') return false
+    try {
+      return known.has(path.resolve(path.dirname(file), fileOf(decodeURI(source))))
+    } catch {
+      return false
+    }
+  })
 }
 
 /** The one answer for CSS that reads, or names, what the sandbox is not given (or what is missing). */

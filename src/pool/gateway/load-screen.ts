@@ -16,7 +16,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
-import { ownSourceMap } from './source-maps.js'
+import { ownSourceMap, withSourcesFilled } from './source-maps.js'
 import { realPath } from '../../workspace/collect.js'
 import { stripLiteral } from 'strip-literal'
 import { aroundTransform } from './plugin-hooks.js'
@@ -33,6 +33,7 @@ export interface LoadingEnvironment extends CssEnvironment {
   pluginContainer: {
     load(id: string, ...rest: unknown[]): Promise<unknown>
     resolveId(id: string, ...rest: unknown[]): Promise<{ id: string } | null | undefined>
+    transform(code: string, id: string, ...rest: unknown[]): Promise<{ code: string; map?: unknown } | null | undefined>
   }
 }
 
@@ -61,8 +62,9 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   container.load = async (id: string, ...rest: unknown[]) => {
     // A module a test wrote in its sandbox: the text it sent, never the host's disk.
     const own = sandboxModuleText(id)
-    if (own !== undefined) return { code: own }
     const rules = state.rules()
+    // Its map comments as a given file's: a map the host may not use is no map.
+    if (own !== undefined) return ownSourceMap(own, fileOf(id), rules)
     if (!mayLoad(id, rules)) throw missingFile(id)
     // A missing file gets the same error as a refused one, whichever plugin (or Vite) would read it.
     let result
@@ -72,6 +74,13 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
       throw (error as { code?: unknown })?.code === 'ENOENT' ? missingFile(id) : error
     }
     if (result == null && !id.startsWith('\0') && !fs.existsSync(path.resolve(fileOf(id)))) throw missingFile(id)
+    return result
+  }
+  // What Vite would read for the map of what the plugins made: filled in by the gateway first.
+  const transform = container.transform.bind(container)
+  container.transform = async (code: string, id: string, ...rest: unknown[]) => {
+    const result = await transform(code, id, ...rest)
+    if (result?.map) result.map = withSourcesFilled(result.map, fileOf(id), state.rules())
     return result
   }
   // Imports inside given modules are resolved by the host too (import analysis, aliases, links

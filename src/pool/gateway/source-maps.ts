@@ -130,6 +130,52 @@ function givenSources(map: Record<string, unknown>, file: string, rules: FileRul
   return sources
 }
 
+/** The largest source whose text the gateway puts into a map. */
+const MAX_SOURCE = 16 * 1024 * 1024
+
+/**
+ * Vite fills a transform's map with the text of each source that has none, reading it from the
+ * host's disk where the map says (`injectSourcesContent`, after the transforms and inside
+ * `vite:css-post`). A map can come from what a module's text says (postcss takes a sheet's map
+ * comment in), so the gateway fills every missing text first: a file the sandbox may name, read
+ * here, and an empty text for anything else. Vite then reads no source itself. Returns the map
+ * (parsed, when it was JSON text).
+ */
+export function withSourcesFilled(map: unknown, file: string, rules: FileRules): unknown {
+  let parsed = map
+  if (typeof map === 'string') {
+    try {
+      parsed = JSON.parse(map)
+    } catch {
+      return map
+    }
+  }
+  const m = parsed as { sources?: unknown; sourcesContent?: unknown; sourceRoot?: unknown } | null
+  if (!m || typeof m !== 'object' || !Array.isArray(m.sources)) return map
+  const contents: unknown[] = Array.isArray(m.sourcesContent) ? m.sourcesContent : []
+  let sourceRoot: string | undefined
+  try {
+    sourceRoot = fs.realpathSync(path.resolve(path.dirname(file), typeof m.sourceRoot === 'string' ? m.sourceRoot : ''))
+  } catch {}
+  m.sources.forEach((source, i) => {
+    if (contents[i] != null || source === null || (typeof source === 'string' && UNREAD_SOURCE.test(source))) return
+    contents[i] = typeof source === 'string' ? sourceText(source, sourceRoot, rules) : ''
+  })
+  m.sourcesContent = contents
+  return parsed
+}
+
+function sourceText(source: string, sourceRoot: string | undefined, rules: FileRules): string {
+  try {
+    const clean = fileOf(decodeURI(source))
+    const p = sourceRoot ? path.resolve(sourceRoot, clean) : path.resolve(clean)
+    if (!isPlainPath(p) || !rules.mayName(p) || !fs.statSync(p).isFile() || fs.statSync(p).size > MAX_SOURCE) return ''
+    return fs.readFileSync(p, 'utf8')
+  } catch {
+    return ''
+  }
+}
+
 /** Is `p` under the workspace root? */
 export function inWorkspace(p: string, rules: FileRules): boolean {
   const rel = path.relative(rules.root, p)
