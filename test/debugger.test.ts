@@ -9,13 +9,16 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { attachDebugger, type Pause } from './support/cdp.js'
+import { startTestEngine } from './support/engine.js'
 import { startServe } from './support/serve.js'
 import { REPO, runFixture, testsOf, type FixtureRun } from './support/vitest-run.js'
 
 const OUTSIDE = path.join(os.tmpdir(), 'vps-debugger-outside', 'marker.txt')
 const SECRET = 'vps-debugger-host-variable'
-// Evaluated at every pause; in the test's own frame it reads its locals, the variable and the file.
-const EXPRESSION = `typeof debugMark === 'undefined' ? null : JSON.stringify({ sum: debugMark.sum, hostVariable: process.env.VPS_DEBUG_SECRET ?? null, hostFile: process.getBuiltinModule('node:fs').existsSync(${JSON.stringify(OUTSIDE)}) })`
+// Evaluated at every pause: the test's locals where they are in scope, the host's variable and file.
+const EXPRESSION = `JSON.stringify({ sum: typeof sum === 'undefined' ? null : sum, mark: typeof debugMark === 'undefined' ? null : debugMark.sum, hostVariable: process.env.VPS_DEBUG_SECRET ?? null, hostFile: process.getBuiltinModule('node:fs').existsSync(${JSON.stringify(OUTSIDE)}) })`
+/** At `return sum` in the fixture's `total()`, set from the debugger by the file's URL. */
+const BREAKPOINT = { urlRegex: 'debugged\\.(test\\.)?ts$', lineNumber: 5 }
 
 beforeAll(() => {
   fs.mkdirSync(path.dirname(OUTSIDE), { recursive: true })
@@ -39,7 +42,11 @@ function connects(port: number, host = '127.0.0.1'): Promise<boolean> {
   })
 }
 
-const marks = (pauses: Pause[]) => pauses.flatMap((p) => (typeof p.value === 'string' ? [JSON.parse(p.value)] : []))
+const values = (pauses: Pause[]) => pauses.map((p) => JSON.parse(String(p.value)))
+/** Where the test stopped and what its locals held there: the same under forks and in a sandbox. */
+const stops = (pauses: Pause[]) => pauses.map((p, i) => ({ line: p.line, hit: p.hit, sum: values(pauses)[i].sum, mark: values(pauses)[i].mark }))
+/** What each pause saw of the host: its variable and its file outside the workspace. */
+const host = (pauses: Pause[]) => [...new Set(values(pauses).map((v) => JSON.stringify({ hostVariable: v.hostVariable, hostFile: v.hostFile })))].map((v) => JSON.parse(v))
 
 /** An address of this machine other than loopback, if it has one. */
 const otherAddress = Object.values(os.networkInterfaces())
@@ -53,7 +60,7 @@ const vitest5 = { fixture: 'vitest5', node: path.join(V5, 'node_modules/node-lin
 async function debugged(
   pool: 'forks' | 'sandbox',
   inspectHost = '127.0.0.1',
-  opts: { env?: Record<string, string>; fixture?: string; node?: string; vitest?: string } = {},
+  opts: { env?: Record<string, string>; fixture?: string; node?: string; vitest?: string; probe?: (port: number) => Promise<void> } = {},
 ): Promise<{ run: FixtureRun; pauses: Pause[]; port: number; elsewhere?: boolean }> {
   const port = await freePort()
   const args = [`--inspect-brk=${inspectHost}:${port}`, '--no-file-parallelism']
@@ -65,7 +72,8 @@ async function debugged(
     else await new Promise((r) => setTimeout(r, 100))
     if (!otherAddress) break
   }
-  const pauses = await attachDebugger(port, EXPRESSION).catch(async (err) => {
+  await opts.probe?.(port)
+  const pauses = await attachDebugger(port, EXPRESSION, BREAKPOINT).catch(async (err) => {
     throw new Error(`${err.message}\n${(await running).output}`)
   })
   return { run: await running, pauses, port, elsewhere }
@@ -74,17 +82,33 @@ async function debugged(
 it('lets a debugger on the host stop in a sandboxed test as under forks, where it sees the sandbox', async () => {
   const forks = await debugged('forks')
   // Asked for on every address: relayed on the host's loopback only.
-  const sbx = await debugged('sandbox', '0.0.0.0')
+  // While it waits for the debugger, another sandbox tries the port from its side.
+  let fromAnotherSandbox: unknown
+  const probe = async (port: number) => {
+    const engine = await startTestEngine()
+    try {
+      const other = await engine.client.createSandbox()
+      const r = await other.run('node', ['-e', `require('net').connect(${port}, '127.0.0.1').on('connect', () => { console.log('connected'); process.exit(0) }).on('error', (e) => console.log(e.code))`])
+      fromAnotherSandbox = r.stdout.trim()
+    } finally {
+      await engine.close()
+    }
+  }
+  const sbx = await debugged('sandbox', '0.0.0.0', { probe })
   expect(forks.run.code, forks.run.output).toBe(0)
   expect(sbx.run.code, sbx.run.output).toBe(0)
   expect(testsOf(sbx.run.json)).toEqual(testsOf(forks.run.json))
-  // Under forks the test's process is the host's: its variables and files.
-  expect(marks(forks.pauses)).toEqual([{ sum: 42, hostVariable: SECRET, hostFile: true }])
-  expect(marks(sbx.pauses)).toEqual([{ sum: 42, hostVariable: null, hostFile: false }])
-  // The break at the test file's start (--inspect-brk) and the test's `debugger`, as under forks.
-  expect(sbx.pauses.length).toBe(forks.pauses.length)
+  // The break at the file's start (--inspect-brk), the breakpoint set by URL in each test's call
+  // of total() with its local, and the test's own `debugger`, as under forks.
+  expect(stops(sbx.pauses)).toEqual(stops(forks.pauses))
+  expect(stops(sbx.pauses).filter((p) => p.hit).map((p) => p.sum)).toEqual([42, 3])
+  expect(stops(sbx.pauses).some((p) => p.mark === 42)).toBe(true)
+  // Under forks the test's process is the host's: its variables and files; in a sandbox, neither.
+  expect(host(forks.pauses)).toEqual([{ hostVariable: SECRET, hostFile: true }])
+  expect(host(sbx.pauses)).toEqual([{ hostVariable: null, hostFile: false }])
   expect(sbx.run.output).toContain(`Debugger listening on ws://127.0.0.1:${sbx.port}/`)
   if (otherAddress) expect(sbx.elsewhere, `the relay answered on ${otherAddress}`).toBe(false)
+  expect(fromAnotherSandbox).toBe('ECONNREFUSED')
   // The relay is the run's: gone with it.
   expect(await connects(sbx.port)).toBe(false)
 })
@@ -95,7 +119,8 @@ it('relays the debugger of a remote sandbox (watasu() through serve) the same wa
     const sbx = await debugged('sandbox', '127.0.0.1', { env: { VPS_PROVIDER: 'watasu', WATASU_API_URL: serve.apiUrl, WATASU_API_KEY: serve.token } })
     expect(sbx.run.output).toMatch(/sandbox: 1 sandbox \(watasu\)/)
     expect(sbx.run.code, sbx.run.output).toBe(0)
-    expect(marks(sbx.pauses)).toEqual([{ sum: 42, hostVariable: null, hostFile: false }])
+    expect(stops(sbx.pauses).filter((p) => p.hit).map((p) => p.sum)).toEqual([42, 3])
+    expect(host(sbx.pauses)).toEqual([{ hostVariable: null, hostFile: false }])
   } finally {
     await serve.close()
   }
@@ -106,9 +131,10 @@ it('relays the debugger under Vitest 5 as under its forks', async () => {
   const sbx = await debugged('sandbox', '127.0.0.1', vitest5)
   expect(sbx.run.code, sbx.run.output).toBe(0)
   expect(testsOf(sbx.run.json)).toEqual(testsOf(forks.run.json))
-  expect(marks(forks.pauses)).toEqual([{ sum: 42, hostVariable: SECRET, hostFile: true }])
-  expect(marks(sbx.pauses)).toEqual([{ sum: 42, hostVariable: null, hostFile: false }])
-  expect(sbx.pauses.length).toBe(forks.pauses.length)
+  expect(stops(sbx.pauses)).toEqual(stops(forks.pauses))
+  expect(stops(sbx.pauses).filter((p) => p.hit).map((p) => p.sum)).toEqual([42, 3])
+  expect(host(forks.pauses)).toEqual([{ hostVariable: SECRET, hostFile: true }])
+  expect(host(sbx.pauses)).toEqual([{ hostVariable: null, hostFile: false }])
 })
 
 it('listens for no debugger unless one is asked for', async () => {

@@ -294,6 +294,42 @@ describe('escape attempts: resources and lifetime', () => {
     await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 0, 5000, 'no sleeps left')
   })
 
+  // x86-64 machine code written into the sandbox's pid 1 (bubblewrap's own init, writable through
+  // /proc/1/mem by the sandbox's processes): clear its parent-death signal, then become a
+  // long-lived process with a marker in its arguments.
+  it.runIf(process.arch === 'x64')('a process that took over the sandbox\'s pid 1 and cleared its parent-death signal dies with the sandbox', async () => {
+    const s = await env.client.createSandbox()
+    const marker = `vps-pid1-survivor-${process.pid}-${Date.now()}`
+    const r = await node(`
+      const fs = require('fs'); const { execSync } = require('child_process')
+      const sc = fs.readFileSync('/proc/1/syscall', 'utf8').trim().split(' ')
+      const at = BigInt(sc[sc.length - 1])
+      const u64 = (n) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(n); return b }
+      const strings = [process.execPath, '-e', 'setInterval(() => {}, 1000)', ${JSON.stringify(marker)}].map((t) => Buffer.from(t + '\\0'))
+      const CODE = 50
+      const offsets = []; let o = CODE
+      for (const t of strings) { offsets.push(o); o += t.length }
+      const argvAt = (o + 7) & ~7
+      const code = Buffer.concat([
+        Buffer.from([0xbf, 1, 0, 0, 0, 0x31, 0xf6, 0xb8, 157, 0, 0, 0, 0x0f, 0x05]), // prctl(PR_SET_PDEATHSIG, 0)
+        Buffer.from([0x48, 0xbf]), u64(at + BigInt(offsets[0])), // rdi = path
+        Buffer.from([0x48, 0xbe]), u64(at + BigInt(argvAt)), // rsi = argv
+        Buffer.from([0x31, 0xd2, 0xb8, 59, 0, 0, 0, 0x0f, 0x05]), // execve(path, argv, NULL)
+        Buffer.from([0xb8, 60, 0, 0, 0, 0x0f, 0x05]), // exit
+      ])
+      const image = Buffer.concat([code, ...strings, Buffer.alloc(argvAt - o), ...offsets.map((x) => u64(at + BigInt(x))), u64(0n)])
+      const fd = fs.openSync('/proc/1/mem', 'r+')
+      fs.writeSync(fd, image, 0, image.length, Number(at))
+      fs.closeSync(fd)
+      execSync('sh -c "sleep 0.1 &"') // an orphan's exit returns pid 1's wait() into the code
+      console.log('written')`, s)
+    expect(r.stdout, r.stderr).toContain('written')
+    // The takeover worked (where pid 1 is writable, as here): the marked process is pid 1 now.
+    await waitFor(() => hostProcessesMatching(marker).length === 1, 5000, 'the marked process in pid 1')
+    await env.client.killSandbox(s.id)
+    await waitFor(() => hostProcessesMatching(marker).length === 0, 5000, 'the taken-over pid 1 to die with its sandbox')
+  })
+
   it('a sandbox past its timeout is killed', async () => {
     const s = await env.client.createSandbox({ timeout: 1 })
     const marker = `4${Date.now() % 100000}.5`

@@ -21,7 +21,7 @@ async function globCheck(): Promise<(code: string) => Promise<string>> {
   if (!fs.existsSync(path.join(dir, 'ws/src/out'))) fs.symlinkSync(os.tmpdir(), path.join(dir, 'ws/src/out'))
   const rules = fileRules(await collectWorkspace(path.join(dir, 'ws')), [])
   const plugin = { name: 'vite:import-glob', transform: { handler: async (code: string) => `expanded ${code.length}` } }
-  const environment: LoadingEnvironment = { config: { root: path.join(dir, 'ws') }, pluginContainer: { load: async () => null, resolveId: async () => null }, plugins: [plugin] }
+  const environment: LoadingEnvironment = { config: { root: path.join(dir, 'ws') }, pluginContainer: { load: async () => null, resolveId: async () => null, transform: async () => null }, plugins: [plugin] }
   screenLoads(environment, () => rules)
   const context = { parse: (code: string) => parseAst(code), resolve: async () => null }
   return (code) => (plugin.transform.handler as any).call(context, code, path.join(dir, 'ws/src/a.ts')).then(String, (e: Error) => e.message)
@@ -61,7 +61,7 @@ it("lists only what the sandbox is given: a glob's matches that are not given ar
   for (const name of ['a.ts', 'data/one.json', 'data/server.key', 'data/[x].pem']) fs.writeFileSync(path.join(ws, 'src', name), '{}\n')
   const rules = fileRules(await collectWorkspace(ws), [])
   const plugin = { name: 'vite:import-glob', transform: { handler: async (code: string) => code } }
-  const environment: LoadingEnvironment = { config: { root: ws }, pluginContainer: { load: async () => null, resolveId: async () => null }, plugins: [plugin] }
+  const environment: LoadingEnvironment = { config: { root: ws }, pluginContainer: { load: async () => null, resolveId: async () => null, transform: async () => null }, plugins: [plugin] }
   screenLoads(environment, () => rules)
   const context = { parse: (code: string) => parseAst(code), resolve: async () => null }
   const expand = (code: string): Promise<string> => (plugin.transform.handler as any).call(context, code, path.join(ws, 'src/a.ts'))

@@ -70,7 +70,23 @@ function ownDir(mount: Mount, ownPath: string): string {
   return rel.startsWith('..') ? path.join(mount.dir, ownPath) : path.join(mount.dir, rel)
 }
 
-/** rmdir a group and the groups under it (their processes gone), deepest first. */
+/**
+ * Kill every process still in a group. A sandbox's processes can outlive its bubblewrap: its pid 1
+ * (bubblewrap's own init) is writable by them, and one that cleared its parent-death signal kept
+ * its whole sandbox running after the run.
+ */
+function killMembers(dir: string): void {
+  for (const pid of readLines(path.join(dir, 'cgroup.procs')).map(Number)) {
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) continue
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+}
+
+/** rmdir a group and the groups under it (their processes killed), deepest first. */
 async function removeGroup(dir: string): Promise<boolean> {
   let entries: fs.Dirent[] = []
   try {
@@ -81,6 +97,7 @@ async function removeGroup(dir: string): Promise<boolean> {
   for (const e of entries) if (e.isDirectory()) await removeGroup(path.join(dir, e.name))
   // A killed process leaves its group a moment later: try for up to a second.
   for (let i = 0; i < 20; i++) {
+    killMembers(dir)
     try {
       await fsp.rmdir(dir)
       return true
@@ -244,6 +261,7 @@ function removeGroupSync(dir: string, until: number): boolean {
   }
   for (const e of entries) if (e.isDirectory()) removeGroupSync(path.join(dir, e.name), until)
   for (;;) {
+    killMembers(dir)
     try {
       fs.rmdirSync(dir)
       return true

@@ -289,8 +289,9 @@ export class Engine {
         disk = await this.disks.forSandbox(stateDir, limits.disk, explicit.disk === true || this.explicit.disk === true)
       },
       release: async () => {
-        if (disk) await this.disks.release(disk)
+        // Its processes first (the group's removal kills any left): they hold its disk.
         await group.remove()
+        if (disk) await this.disks.release(disk)
       },
       releaseSync: () => disk?.removeSync(),
     }

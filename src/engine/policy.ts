@@ -120,6 +120,8 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
     '--clearenv', '--setenv', 'PATH', sandboxPath(host), '--setenv', 'HOME', SANDBOX_HOME,
     '--chdir', SANDBOX_HOME,
     '--seccomp', '3',
+    // Tells the engine the host pid of the sandbox's pid 1, which it kills with the sandbox.
+    '--info-fd', '5',
     '--', sandboxNodePath(host), `${RUNTIME_MOUNT}/dist/engine/sandbox-init.js`,
   ]
   // The root overlay, then one overlay per host layer on top of it (bubblewrap binds the root

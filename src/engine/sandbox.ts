@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
+import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -73,6 +74,8 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
   private child?: ChildProcess
   /** The init's link (its fd 4): requests out, frames in. */
   private initLink?: Duplex
+  /** The sandbox's pid 1 on the host, as bubblewrap tells it. */
+  private pid1?: HostProcess
   private readonly requests = new Map<string, { resolve: (h: Header) => void; reject: (e: Error) => void; onData?: (b: Buffer) => void; onStart?: (h: Header) => void }>()
   private nextReq = 0
   private nextProc = 0
@@ -145,12 +148,13 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     log('sandbox %s: %s', this.id, [file, ...args].join(' '))
     // The init's link is fd 4, never bubblewrap's stdio: bubblewrap's own init, the sandbox's pid 1,
     // keeps its stdio open, and a test that wrote into its memory read and forged the link through it.
-    const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
+    const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: DEFAULT_PATH } })
     this.child = child
     const seccomp = child.stdio[3] as NodeJS.WritableStream
     seccomp.on('error', () => {})
     seccomp.end(buildSeccompFilter())
     const link = (this.initLink = child.stdio[4] as Duplex)
+    readPid1((child.stdio as unknown as Readable[])[5]).then((pid1) => (this.pid1 = pid1))
 
     // bubblewrap's errors while it sets the sandbox up. Once the sandbox runs, its pid 1 (open to
     // the sandbox's processes) still holds this pipe: what comes later is only logged, quoted.
@@ -373,6 +377,7 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
 
   private terminate(reason: string): void {
     if (!this.ended) this.ended = reason
+    this.killPid1()
     try {
       this.child?.kill('SIGKILL')
     } catch {
@@ -380,8 +385,23 @@ export class LocalSandbox extends EventEmitter<{ exit: [reason: string] }> {
     }
   }
 
+  /**
+   * The sandbox's pid 1 is killed on the host by its pid: its processes can write into it, and one
+   * that cleared its parent-death signal outlived bubblewrap's kill (or bubblewrap's own exit)
+   * with its whole sandbox. Killing a pid namespace's init kills everything in it.
+   */
+  private killPid1(): void {
+    if (!this.pid1?.alive()) return
+    try {
+      process.kill(this.pid1.pid, 'SIGKILL')
+    } catch {
+      // Already gone.
+    }
+  }
+
   private finish(reason: string): void {
     this.ended ??= reason
+    this.killPid1()
     clearTimeout(this.expiry)
     this.channel?.close()
     for (const p of this.processes.values()) p.markExited({ exitCode: -9, signal: 'SIGKILL', error: `sandbox ended: ${this.ended}` })
@@ -428,4 +448,32 @@ async function removeTree(dir: string): Promise<void> {
     await new Promise((r) => spawn('chmod', ['-R', 'u+rwx', dir], { stdio: 'ignore' }).once('exit', r))
     await fsp.rm(dir, { recursive: true, force: true })
   }
+}
+
+/** A host process known by its pid and its start time (a pid alone may be another process's by now). */
+interface HostProcess {
+  pid: number
+  alive(): boolean
+}
+
+function startTime(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+  } catch {
+    return undefined
+  }
+}
+
+/** bubblewrap's `--info-fd` report: `{ "child-pid": N }`, the host pid of the sandbox's pid 1. */
+async function readPid1(info: Readable): Promise<HostProcess | undefined> {
+  let text = ''
+  for await (const chunk of info) {
+    text += chunk
+    if (text.length > 4096) break
+  }
+  const pid = Number(/"child-pid"\s*:\s*(\d+)/.exec(text)?.[1])
+  const started = Number.isInteger(pid) ? startTime(pid) : undefined
+  if (started === undefined) return undefined
+  return { pid, alive: () => startTime(pid) === started }
 }

@@ -15,8 +15,12 @@ import { fileOf, isPlainPath } from './module-ids.js'
 // convert-source-map's own expressions (v2), which Vite and Vitest use.
 const INLINE = /^\s*?\/[/*][@#]\s+?sourceMappingURL=data:(((?:application|text)\/json)(?:;charset=([^;,]+?)?)?)?(?:;(base64))?,(.*?)$/gm
 const MAP_FILE = /(?:\/\/[@#][ \t]+sourceMappingURL=([^\s'"`]+?)[ \t]*$)|(?:\/\*[@#][ \t]+sourceMappingURL=([^*]+?)[ \t]*(?:\*\/){1}[ \t]*$)/gm
-/** A source Vite never reads: a URL (not file:) or a virtual name. */
-const UNREAD_SOURCE = /^(?:dep:|browser-external:|virtual:)|\0|^(?!file:)[a-z][a-z0-9+.-]*:\/\//i
+/**
+ * A source Vite never reads: a virtual name, or a URL as Vite's own `isExternalUrl` reads one
+ * (lower-case letters only: `X://…` or `x1://…` it reads as a path, and `%2e%2e` in it climbs).
+ * Not `file:` (the coverage provider reads it) and not `//x` (read as `/x` elsewhere).
+ */
+const UNREAD_SOURCE = /^(?:dep:|browser-external:|virtual:)|\0|^(?!file:)[a-z]+:\/\//
 
 /** `code` without its map comments, and the map the host may use (or null). */
 export function ownSourceMap(code: string, file: string, rules: FileRules, read?: FrameRead): { code: string; map: object | null } {
@@ -137,9 +141,9 @@ const MAX_SOURCE = 16 * 1024 * 1024
  * Vite fills a transform's map with the text of each source that has none, reading it from the
  * host's disk where the map says (`injectSourcesContent`, after the transforms and inside
  * `vite:css-post`). A map can come from what a module's text says (postcss takes a sheet's map
- * comment in), so the gateway fills every missing text first: a file the sandbox may name, read
- * here, and an empty text for anything else. Vite then reads no source itself. Returns the map
- * (parsed, when it was JSON text).
+ * comment in), so the gateway fills every missing text first: a file the sandbox may name at a
+ * plain path, read here, and an empty text for anything else. Vite then reads no source itself.
+ * Returns the map (parsed, when it was JSON text).
  */
 export function withSourcesFilled(map: unknown, file: string, rules: FileRules): unknown {
   let parsed = map
@@ -157,9 +161,10 @@ export function withSourcesFilled(map: unknown, file: string, rules: FileRules):
   try {
     sourceRoot = fs.realpathSync(path.resolve(path.dirname(file), typeof m.sourceRoot === 'string' ? m.sourceRoot : ''))
   } catch {}
+  // Every source, whatever its form: Vite's idea of what it need not read is not the gateway's.
   m.sources.forEach((source, i) => {
-    if (contents[i] != null || source === null || (typeof source === 'string' && UNREAD_SOURCE.test(source))) return
-    contents[i] = typeof source === 'string' ? sourceText(source, sourceRoot, rules) : ''
+    if (contents[i] != null) return
+    contents[i] = typeof source === 'string' && !/^[a-z][a-z0-9+.-]*:/i.test(source) ? sourceText(source, sourceRoot, rules) : ''
   })
   m.sourcesContent = contents
   return parsed
