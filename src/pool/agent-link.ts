@@ -11,6 +11,7 @@ import { createDeframer, DIRECT_ENV, frame, jsonFrame, Kind, numberedChunk, type
 import { debug } from '../debug.js'
 import { DirectClaims, type DirectClaim } from './direct.js'
 import { printable } from './gateway/printable.js'
+import { Tunnels, type Tunnel, type TunnelHandlers } from './tunnels.js'
 
 const log = debug('link')
 
@@ -43,22 +44,9 @@ interface Channel extends ChannelHandlers {
   route: Route
 }
 
-/** One debugger's tunnel to a port on the sandbox's loopback (inspector.ts). */
-export interface Tunnel {
-  write(bytes: Buffer): void
-  close(): void
-}
-
-export interface TunnelHandlers {
-  data(bytes: Buffer): void
-  /** The sandbox's end closed, or the link was lost. */
-  closed(): void
-}
-
 export class AgentLink {
   private readonly channels = new Map<number, Channel>()
-  private readonly tunnels = new Map<number, TunnelHandlers>()
-  private nextTunnel = 1
+  private readonly tunnels = new Tunnels((f) => this.send(f), () => this.alive)
   private readonly claims?: DirectClaims
   private nextChannel = 1
   private queue: Buffer[] = []
@@ -87,8 +75,7 @@ export class AgentLink {
         else if (kind === Kind.PONG) this.lastPong = Date.now()
         return
       }
-      if (kind === Kind.INSPECTOR_OUT) return this.tunnels.get(channel)?.data(Buffer.from(payload))
-      if (kind === Kind.INSPECTOR_CLOSED) return this.endTunnel(channel)
+      if (this.tunnels.fromAgent(channel, kind, payload)) return
       const h = this.channels.get(channel)
       if (!h) return
       switch (kind) {
@@ -268,24 +255,7 @@ export class AgentLink {
 
   /** Join a debugger to `port` on the sandbox's loopback, where a worker's inspector listens. */
   tunnel(port: number, handlers: TunnelHandlers): Tunnel {
-    const id = this.nextTunnel++
-    if (this.alive) {
-      this.tunnels.set(id, handlers)
-      this.send(jsonFrame(id, Kind.INSPECTOR_OPEN, { port }))
-    } else queueMicrotask(() => handlers.closed())
-    return {
-      write: (bytes) => void (this.tunnels.has(id) && this.send(frame(id, Kind.INSPECTOR_IN, bytes))),
-      close: () => {
-        if (this.tunnels.has(id)) this.send(frame(id, Kind.INSPECTOR_CLOSE))
-        this.tunnels.delete(id)
-      },
-    }
-  }
-
-  private endTunnel(id: number): void {
-    const h = this.tunnels.get(id)
-    this.tunnels.delete(id)
-    h?.closed()
+    return this.tunnels.connect(port, handlers)
   }
 
   /** Before a watch-mode rerun: the host's module answers may have changed. */
@@ -306,7 +276,7 @@ export class AgentLink {
     const channels = [...this.channels.entries()]
     for (const [id] of channels) this.drop(id)
     for (const [, h] of channels) h.lost(reason)
-    for (const id of [...this.tunnels.keys()]) this.endTunnel(id)
+    this.tunnels.closeAll()
     this.proc.kill()
     this.onLost?.(reason)
   }
