@@ -1,6 +1,7 @@
 /** The `vitest-sandbox` command: doctor's findings and fixes, and `serve` as a real server. */
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
+import net from 'node:net'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { RuntimeClient } from '../src/protocol/client.js'
@@ -60,12 +61,20 @@ describe('vitest-sandbox serve', () => {
       await s.run('/bin/sh', ['-c', `setsid sleep ${marker} </dev/null >/dev/null 2>&1 &`])
       await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 1, 5000, 'the sleep')
       await client.close()
+      // A client without the token whose WebSocket upgrade was refused, and which keeps its half
+      // of the connection open: it held the server's close, so no sandbox was killed.
+      const held = net.connect({ port: Number(new URL(url).port), host: '127.0.0.1', allowHalfOpen: true })
+      held.on('error', () => {})
+      held.write(`GET /runtime/v1/sandboxes/${s.id}/processes HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`)
+      held.resume()
+      await new Promise((r) => setTimeout(r, 500))
       child.kill('SIGTERM')
       const code = await new Promise((r) => child.once('exit', r))
       expect(code).toBe(0)
       expect(out).toMatch(/SIGTERM: killing all sandboxes/)
       // The kernel ends a sandbox's processes as its namespace's init goes: moments after the server.
       await waitFor(() => hostProcessesMatching(`sleep ${marker}`).length === 0, 5000, 'the sleep to end with its sandbox')
+      held.destroy()
     } finally {
       child.kill('SIGKILL')
       fs.rmSync(state, { recursive: true, force: true })

@@ -161,8 +161,15 @@ describe('host requirements', () => {
     const dir = tempDir('stale')
     const dead = spawnSync('true').pid! // a pid that has exited
     fs.mkdirSync(path.join(dir, 'sandboxes', `${dead}-deadbeef`, 'sbx_x', 'upper'), { recursive: true })
+    // An engine that died and whose pid is some live process's by now (here, this one's): its
+    // start is in the name, and it is not this process's (a dead engine's sandbox stayed for good).
+    const reused = `${process.pid}-1.deadbeef`
+    fs.mkdirSync(path.join(dir, 'sandboxes', reused, 'sbx_y', 'upper'), { recursive: true })
     const e = await Engine.start({ stateDir: dir })
     expect(fs.existsSync(path.join(dir, 'sandboxes', `${dead}-deadbeef`))).toBe(false)
+    expect(fs.existsSync(path.join(dir, 'sandboxes', reused))).toBe(false)
+    // Its own folder is kept, named by its pid and start.
+    expect(fs.readdirSync(path.join(dir, 'sandboxes'))).toEqual([expect.stringMatching(new RegExp(`^${process.pid}-\\d+\\.[0-9a-f]+$`))])
     await e.close()
     fs.rmSync(dir, { recursive: true, force: true })
   })

@@ -36,7 +36,16 @@ function filesUnder(dir: string): string[] {
 }
 
 /** What the harness makes in the fixture (a run that was cut short may have left it). */
+/** Packages above the workspace (its root is this repository's), where the host's resolver also looks. */
+const ABOVE = path.join(path.dirname(REPO), 'node_modules')
+const ABOVE_PACKAGES = ['vps-above-pkg', 'vps-above-badjson']
+/** A file in a tool's cache in the fixture's node_modules (Vitest 5's module cache holds the host's env). */
+const CACHED = path.join(FIXTURE, 'node_modules/.cache/vps-planted.txt')
+
 function removeMade(): void {
+  for (const p of ABOVE_PACKAGES) fs.rmSync(path.join(ABOVE, p), { recursive: true, force: true })
+  if (fs.existsSync(ABOVE) && !fs.readdirSync(ABOVE).length) fs.rmdirSync(ABOVE)
+  fs.rmSync(CACHED, { force: true })
   const written = ['build.rs', 'Rakefile', 'src/main.go', 'index.html', 'build.gradle', 'lefthook.yml', 'compose.yaml', 'Taskfile.yaml', 'src/tasks.yml'] // by an attack, if it worked
   for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
 }
@@ -51,6 +60,13 @@ beforeAll(() => {
   fs.writeFileSync(path.join(hostDir, 'node_modules/hostpkg/listed.js'), 'export const x = "attack-secret-package"\n')
   fs.writeFileSync(path.join(hostDir, 'package.json'), JSON.stringify({ name: 'attack-secret-pkgname', imports: { '#listed': './secret.js' } }))
   fs.writeFileSync(path.join(FIXTURE, '.env'), 'VITE_DOTENV=attack-secret-vite-dotenv\n')
+  fs.mkdirSync(path.join(ABOVE, 'vps-above-pkg'), { recursive: true })
+  fs.writeFileSync(path.join(ABOVE, 'vps-above-pkg/package.json'), JSON.stringify({ name: 'vps-above-pkg', exports: { './a': './a.js' } }))
+  fs.writeFileSync(path.join(ABOVE, 'vps-above-pkg/a.js'), 'export const x = "attack-secret-above"\n')
+  fs.mkdirSync(path.join(ABOVE, 'vps-above-badjson'), { recursive: true })
+  fs.writeFileSync(path.join(ABOVE, 'vps-above-badjson/package.json'), 'attack-secret: not json')
+  fs.mkdirSync(path.dirname(CACHED), { recursive: true })
+  fs.writeFileSync(CACHED, 'VITE_KEY=attack-secret-in-a-cache\n')
   // Links a project may hold (or a test may have made on a machine without sandboxes): names that
   // look harmless, leading to the config, into .github (dangling) and out of the project.
   fs.mkdirSync(path.join(FIXTURE, 'test/notes'), { recursive: true })
@@ -400,7 +416,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       if (!relayed) expect(tests['fixtures/gateway-attack/test/bounded/unread.test.ts (file)']?.status, run.output).toBe('passed')
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/') && !k.includes('/bounded/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(54)
+      expect(others.length, run.output).toBe(55)
       // A file that named itself by a path another reader takes for the victim: reported as itself.
       expect(tests['fixtures/gateway-attack/test/forge-path.test.ts (file)']?.status, run.output).toBe('passed')
       expect(run.output).not.toContain('attack-secret')

@@ -14,7 +14,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { isAlive } from './layers.js'
+import { markAlive, OWN_MARK } from './layers.js'
 import { formatSize, type SandboxLimits } from './limits.js'
 import { debug } from '../debug.js'
 
@@ -190,7 +190,7 @@ export class Cgroups {
       }
       try {
         await clearDead(base)
-        const dir = path.join(base, `${ENGINE_PREFIX}${process.pid}-${instance}`)
+        const dir = path.join(base, `${ENGINE_PREFIX}${OWN_MARK}${instance}`)
         if (!m1) enableControllers(base, unified!)
         await fsp.mkdir(dir, { recursive: true })
         if (!m1) write(path.join(dir, 'cgroup.subtree_control'), '+memory +cpu +pids'.split(' ').filter((c) => v2Controllers.includes(c.slice(1))).join(' '))
@@ -282,8 +282,8 @@ async function clearDead(base: string): Promise<void> {
     return
   }
   for (const name of names) {
-    const pid = Number(name.slice(ENGINE_PREFIX.length).split('-')[0])
-    if (name.startsWith(ENGINE_PREFIX) && Number.isInteger(pid) && pid !== process.pid && !isAlive(pid)) await removeGroup(path.join(base, name))
+    const mark = name.slice(ENGINE_PREFIX.length)
+    if (name.startsWith(ENGINE_PREFIX) && /^\d+-/.test(mark) && !mark.startsWith(OWN_MARK) && !markAlive(mark)) await removeGroup(path.join(base, name))
   }
 }
 

@@ -30,8 +30,8 @@ export async function startLocalEngine(opts: EngineOptions & Omit<ServerOptions,
       token: server.token,
       engine,
       close: async () => {
-        await server.close()
-        await engine.close()
+        // The sandboxes first: a client that holds its connection must not keep them alive.
+        await Promise.all([engine.close(), server.close()])
       },
     }
   } catch (err) {

@@ -56,6 +56,30 @@ export interface HostLayerUpper {
 }
 
 /** Whether a process of this pid runs (one of another user's counts). */
+/** A process's start, in clock ticks after boot (`/proc/<pid>/stat`): with its pid, it names one process for good. */
+export function startTicks(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * This engine's mark in the names of what it leaves (state folders, cgroups): `<pid>-<start>.`.
+ * A later engine takes them for a dead engine's when no process with that pid and start lives:
+ * the pid alone may be another process's by then (a dead engine's sandbox stayed for good).
+ */
+export const OWN_MARK = `${process.pid}-${startTicks(process.pid) ?? '0'}.`
+
+/** Is the engine that made a name of this mark (`<pid>-<start>.…`, or an older `<pid>-…`) alive? */
+export function markAlive(name: string): boolean {
+  const m = /^(\d+)-(?:(\d+)\.)?/.exec(name)
+  if (!m) return false
+  return m[2] === undefined ? isAlive(Number(m[1])) : startTicks(Number(m[1])) === m[2]
+}
+
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
@@ -103,7 +127,7 @@ export class LayerStore {
   readonly sandboxesDir: string
   constructor(readonly root: string, private readonly owner: { uid: number; gid: number }) {
     assertMountablePath(root)
-    this.sandboxesDir = path.join(root, 'sandboxes', `${process.pid}-${randomBytes(4).toString('hex')}`)
+    this.sandboxesDir = path.join(root, 'sandboxes', `${OWN_MARK}${randomBytes(4).toString('hex')}`)
     this.baseDir = path.join(root, 'base', createHash('sha256').update(JSON.stringify(skeletonSpec())).digest('hex').slice(0, 16))
   }
 
@@ -135,8 +159,7 @@ export class LayerStore {
   private async removeStaleSandboxes(): Promise<void> {
     const dir = path.join(this.root, 'sandboxes')
     for (const name of await fsp.readdir(dir)) {
-      const pid = Number.parseInt(name, 10)
-      if (!pid || isAlive(pid)) continue
+      if (!Number.parseInt(name, 10) || markAlive(name)) continue
       await unmountUnder(path.join(dir, name))
       await fsp.rm(path.join(dir, name), { recursive: true, force: true }).catch(() => {})
     }
@@ -268,8 +291,7 @@ export class LayerStore {
     const used = new Set<string>()
     const dir = path.join(this.root, 'sandboxes')
     for (const engineDir of await fsp.readdir(dir).catch(() => [])) {
-      const pid = Number.parseInt(engineDir, 10)
-      if (!pid || !isAlive(pid)) continue
+      if (!markAlive(engineDir)) continue
       for (const sbx of await fsp.readdir(path.join(dir, engineDir)).catch(() => [])) {
         try {
           for (const l of JSON.parse(await fsp.readFile(path.join(dir, engineDir, sbx, IN_USE_FILE), 'utf8'))) used.add(l)

@@ -23,7 +23,7 @@ const NODE_MOUNT = `${RUNTIME_MOUNT}/node`
 const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 /** Folders tools write inside a read-only dependency folder (caches), left writable. */
-export const CACHE_DIRS = ['.cache', '.vite', '.vite-temp', '.vitest']
+export const CACHE_DIRS = ['.cache', '.vite', '.vite-temp', '.vitest', '.vitest-cache']
 /** Where the package's copy of devalue (the cross-major codec) appears inside every sandbox. */
 const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
 
@@ -128,14 +128,16 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
   // with its submounts), then bubblewrap.
   const mountThenExec = [
     'set -e',
-    'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; merged=$4; shift 4',
+    'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4"; merged=$4; caches=$5; shift 5',
     // Every path made, mounted on or bound here is the sandbox's own: a link in its files (a
     // template's) would lead the mkdir, or bubblewrap's bind, to a folder of the host.
     'real=$(realpath "$merged")',
     'own() { [ "$(realpath -m -- "$merged$1")" = "$real$1" ] || { echo "sandbox-mount: $1 leads out of the sandbox through a link in its files" >&2; exit 1; }; }',
     'while [ "$1" != -- ]; do own "$1"; mkdir -p "$merged$1"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4,userxattr" "$merged$1"; shift 4; done; shift',
-    // Folders bubblewrap binds: `+x` made, `?x` made where its parent is (a cache folder), `=x` only checked.
-    'while [ "$1" != -- ]; do d=${1#?}; own "$d"; case "$1" in "+"*) mkdir -p "$merged$d";; "?"*) if [ -d "$merged${d%/*}" ]; then mkdir -p "$merged$d"; fi;; esac; shift; done',
+    // Folders bubblewrap binds: `+x` made, `=x` only checked, `?x` a cache folder where its parent
+    // is: an empty one of the sandbox's own over it (the host's caches hold what is not given:
+    // Vitest 5's module cache has the host's whole import.meta.env in it).
+    'while [ "$1" != -- ]; do d=${1#?}; own "$d"; case "$1" in "+"*) mkdir -p "$merged$d";; "?"*) if [ -d "$merged${d%/*}" ]; then mkdir -p "$merged$d" "$caches$d"; mount --bind "$caches$d" "$merged$d"; fi;; esac; shift; done',
     'shift; exec "$@"',
   ].join('\n')
   const rw = writableDir(stateDir)
@@ -149,7 +151,7 @@ export function sandboxCommand(opts: SandboxPolicy): string[] {
   const chain = [
     host.unshare, '--user', '--map-root-user', '--mount', '--',
     '/bin/sh', '-c', mountThenExec, 'sandbox-mount',
-    lowerDirs.join(':'), path.join(rw, 'upper'), path.join(rw, 'work'), merged,
+    lowerDirs.join(':'), path.join(rw, 'upper'), path.join(rw, 'work'), merged, path.join(rw, 'caches'),
     ...hostMounts, '--',
     ...opts.readOnly.flatMap((dir) => [`=${dir}`, ...CACHE_DIRS.map((c) => `?${path.join(dir, c)}`)]),
     ...searchedAbove(opts.readOnly).map((dir) => `+${dir}`),

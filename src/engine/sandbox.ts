@@ -6,14 +6,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
-import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import type { Duplex, Readable } from 'node:stream'
 import { HostChannel } from './channel.js'
 import { createFrameDecoder, encodeFrame, type Header } from './frames.js'
-import { IN_USE_FILE, SANDBOX_HOME, type HostLayerUpper } from './layers.js'
+import { IN_USE_FILE, SANDBOX_HOME, startTicks, type HostLayerUpper } from './layers.js'
 import type { SandboxGroup } from './cgroups.js'
 import { formatSize } from './limits.js'
 import { DEFAULT_PATH, sandboxCommand, sandboxPath, writableDir, type SandboxPolicy } from './policy.js'
@@ -456,15 +455,6 @@ interface HostProcess {
   alive(): boolean
 }
 
-function startTime(pid: number): string | undefined {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
-  } catch {
-    return undefined
-  }
-}
-
 /** bubblewrap's `--info-fd` report: `{ "child-pid": N }`, the host pid of the sandbox's pid 1. */
 async function readPid1(info: Readable): Promise<HostProcess | undefined> {
   let text = ''
@@ -473,7 +463,7 @@ async function readPid1(info: Readable): Promise<HostProcess | undefined> {
     if (text.length > 4096) break
   }
   const pid = Number(/"child-pid"\s*:\s*(\d+)/.exec(text)?.[1])
-  const started = Number.isInteger(pid) ? startTime(pid) : undefined
+  const started = Number.isInteger(pid) ? startTicks(pid) : undefined
   if (started === undefined) return undefined
-  return { pid, alive: () => startTime(pid) === started }
+  return { pid, alive: () => startTicks(pid) === started }
 }

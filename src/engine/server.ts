@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import os from 'node:os'
+import type { Duplex } from 'node:stream'
 import { createGunzip } from 'node:zlib'
 import { WebSocketServer, type WebSocket } from 'ws'
 import type { Engine } from './engine.js'
@@ -510,11 +511,17 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
 
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_WS_FRAME })
   const sockets = new WeakMap<LocalSandbox, number>()
+  // Upgrade sockets are the server's own to end: closeAllConnections() does not reach them.
+  const upgrading = new Set<Duplex>()
   server.on('upgrade', (req, socket, head) => {
     socket.on('error', () => {}) // a client gone mid-handshake is no fault of the server's
+    upgrading.add(socket)
+    socket.once('close', () => upgrading.delete(socket))
     const reject = (status: number, code: string, message: string) => {
       const text = JSON.stringify({ error: code, message })
-      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`)
+      // Ended and then destroyed: a client that keeps its half open held the server's close.
+      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy())
+      setTimeout(() => socket.destroy(), 5000).unref()
     }
     let url: URL
     let parts: string[]
@@ -565,6 +572,7 @@ export async function startServer(engine: Engine, opts: ServerOptions = {}): Pro
     close: () =>
       new Promise<void>((resolve) => {
         for (const ws of wss.clients) ws.terminate()
+        for (const socket of upgrading) socket.destroy()
         server.closeAllConnections()
         server.close(() => resolve())
       }),

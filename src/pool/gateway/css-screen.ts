@@ -176,6 +176,9 @@ function givenUrl(raw: string, file: string, read: string[], config: CssEnvironm
   if (target.startsWith('/@fs/')) return rules.mayWord(target.slice(4))
   // Vite left `/x` as written: it is a public file (Vite checks those first) or names nothing it found.
   if (target.startsWith('/')) return rules.roots.some((r) => rules.isGiven(path.join(r, target)) && fs.existsSync(path.join(r, target)))
+  // A bare url Vite left as written: its resolver found no package by that name, where one above
+  // the workspace would have become a refused `/@fs/` url. Refused alike.
+  if (!target.startsWith('.')) return false
   return rules.mayWord(path.resolve(path.dirname(file), target))
 }
 

@@ -27,13 +27,21 @@ export interface FileRules {
   changed(): void
 }
 
+/** Tools' caches under node_modules: no module of a dependency is there. */
+const NOT_DEPENDENCIES = new Set(['.cache', '.vitest-cache', '.vite-temp'])
+
 /**
  * @param runtimeDirs host folders whose modules a sandbox may always get (Vitest itself, this
  *   package's snapshot environment)
  * @param readRoots Vite's root and public folder (it reads `/x` under each)
  */
 export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots: string[] = []): FileRules {
-  const underNodeModules = (file: string) => workspace.relative(file)?.split('/').includes('node_modules') ?? false
+  // Under node_modules, but not in a tool's cache there: Vitest 5's module cache holds transformed
+  // code with the host's whole `import.meta.env` in it (a sandbox fetched it `?raw`).
+  const underNodeModules = (file: string) => {
+    const parts = workspace.relative(file)?.split('/') ?? []
+    return parts.includes('node_modules') && !parts.some((p, i) => parts[i - 1] === 'node_modules' && NOT_DEPENDENCIES.has(p))
+  }
   // A dependency where it really is: a link under node_modules may lead anywhere, a workspace
   // package's link (npm, yarn and pnpm workspaces make them) to its files that are not given too.
   const dependency = (file: string) => {

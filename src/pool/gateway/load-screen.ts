@@ -17,6 +17,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
 import { ownSourceMap, withSourcesFilled } from './source-maps.js'
+import { pathsIn } from './module-screen.js'
 import { realPath } from '../../workspace/collect.js'
 import { stripLiteral } from 'strip-literal'
 import { aroundTransform } from './plugin-hooks.js'
@@ -25,7 +26,7 @@ import { defangLiterals } from './literal-scan.js'
 import { guardEvalValue } from './eval-guard.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
-import { fileOf } from './module-ids.js'
+import { fileOf, packageFolder } from './module-ids.js'
 import { sandboxModuleText } from './sandbox-modules.js'
 
 /** The part of a Vite environment this screen needs. */
@@ -88,7 +89,17 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
   const resolveId = container.resolveId.bind(container)
   container.resolveId = async (id: string, ...rest: unknown[]) => {
     if (sandboxModuleText(id) !== undefined) return { id }
-    const resolved = await resolveId(id, ...rest)
+    let resolved
+    try {
+      resolved = await resolveId(id, ...rest)
+    } catch (error) {
+      // The resolver walks node_modules above the workspace too: what it threw about a package
+      // there ("not exported", a manifest that is not JSON) is the answer for one that is missing.
+      const rules = state.rules()
+      const found = packageFolder(id, rest[0])
+      if ((found && !rules.mayWord(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
+      throw error
+    }
     const file = resolved && fileOf(resolved.id)
     if (!file || !path.isAbsolute(file)) return resolved
     // Vite's asset plugin answers a path of the public folder as it is (`/x`) and reads it from there.

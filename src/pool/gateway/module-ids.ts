@@ -5,7 +5,7 @@
  * not know is refused. A canonical id then names the host paths Vite could read for it: both
  * readings of `/x` (root-relative, then absolute), with the extension and index lookups.
  */
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomInt } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -170,4 +170,32 @@ export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMa
   }
   const id = file.dir === undefined ? file.head + ABSENT + file.path + file.tail : ABSENT + file.path + file.tail
   return { id, map: [[ABSENT, '']] }
+}
+
+/** Where Node's lookup finds a bare id's package from its importer: the first `node_modules/<name>` up its folders. */
+export function packageFolder(id: string, importer: unknown): string | undefined {
+  const name = packageName(id)
+  if (!name || typeof importer !== 'string' || !path.isAbsolute(fileOf(importer))) return undefined
+  for (let dir = path.dirname(fileOf(importer)); ; dir = path.dirname(dir)) {
+    const candidate = path.join(dir, 'node_modules', name)
+    if (fs.existsSync(candidate)) return candidate
+    if (dir === path.dirname(dir)) return undefined
+  }
+}
+
+function packageName(id: string): string | undefined {
+  return /^(?:@[a-z0-9][\w.-]*\/)?[a-z0-9][\w.-]*/i.exec(id)?.[0]
+}
+
+/**
+ * A bare id's twin: the same id under a package name of the same length that no folder up from
+ * the importer has, so the host answers as for a package that is missing (for one found above
+ * the workspace, Vite's resolver told "not exported" and bad manifests apart).
+ */
+export function packageTwin(id: string, importer: string): { id: string; map: TwinMap } {
+  const name = packageName(id)!
+  for (;;) {
+    const twin = name.replace(/[^@/]/g, () => String.fromCharCode(97 + randomInt(26)))
+    if (packageFolder(twin, importer) === undefined) return { id: twin + id.slice(name.length), map: [[twin, name]] }
+  }
 }
