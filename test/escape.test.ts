@@ -463,22 +463,22 @@ describe("escape attempts: the host's node_modules (the zero-copy dependency lay
   })
 
   it("sees none of the host's caches in its read-only dependencies, and writes its own there", async () => {
-    // Vitest 5's module cache (node_modules/.vitest-cache) holds the host's whole import.meta.env.
+    // Vitest's module caches (node_modules/.vitest-cache, 4.1's .experimental-vitest-cache) hold the host's whole import.meta.env.
     const project = path.join(hostDir, 'cache-project')
     const nm = path.join(project, 'node_modules')
     fs.mkdirSync(path.join(nm, 'dep'), { recursive: true })
     fs.writeFileSync(path.join(nm, 'dep/index.js'), 'module.exports = 1\n')
-    for (const c of ['.vitest-cache', '.cache', '.vite']) {
+    for (const c of ['.vitest-cache', '.experimental-vitest-cache', '.cache', '.vite']) {
       fs.mkdirSync(path.join(nm, c), { recursive: true })
       fs.writeFileSync(path.join(nm, c, 'entry.json'), `{"VITE_KEY":"${HOST_SECRET}"}`)
     }
     const engine = await startTestEngine({ allowHostLayers: true })
     try {
       const s = await engine.client.createSandbox({ hostLayers: [nm], readOnly: [nm] })
-      const r = await sh(`cd ${nm}; for c in .vitest-cache .cache .vite; do echo "$c: $(ls -A $c | tr '\\n' ' ')"; cat $c/entry.json 2>/dev/null; echo mine > $c/own && echo "$c writable"; done; cat dep/index.js`, s)
+      const r = await sh(`cd ${nm}; for c in .vitest-cache .experimental-vitest-cache .cache .vite; do echo "$c: $(ls -A $c | tr '\\n' ' ')"; cat $c/entry.json 2>/dev/null; echo mine > $c/own && echo "$c writable"; done; cat dep/index.js`, s)
       expect(r.stdout).not.toContain(HOST_SECRET)
       expect(r.stdout).toContain('.vitest-cache: \n')
-      expect(r.stdout).toMatch(/\.vitest-cache writable[\s\S]*\.cache writable[\s\S]*\.vite writable/)
+      expect(r.stdout).toMatch(/\.vitest-cache writable[\s\S]*\.experimental-vitest-cache writable[\s\S]*\.cache writable[\s\S]*\.vite writable/)
       expect(r.stdout).toContain('module.exports = 1')
       expect(fs.existsSync(path.join(nm, '.vitest-cache/own'))).toBe(false)
     } finally {

@@ -38,14 +38,14 @@ function filesUnder(dir: string): string[] {
 /** What the harness makes in the fixture (a run that was cut short may have left it). */
 /** Packages above the workspace (its root is this repository's), where the host's resolver also looks. */
 const ABOVE = path.join(path.dirname(REPO), 'node_modules')
-const ABOVE_PACKAGES = ['vps-above-pkg', 'vps-above-badjson']
-/** A file in a tool's cache in the fixture's node_modules (Vitest 5's module cache holds the host's env). */
-const CACHED = path.join(FIXTURE, 'node_modules/.cache/vps-planted.txt')
+const ABOVE_PACKAGES = ['vps-above-pkg', 'vps-above-badjson', '_vpsabove', 'q']
+/** Files in tools' caches in the fixture's node_modules (Vitest's module caches hold the host's env). */
+const CACHED = ['.cache', '.experimental-vitest-cache', '.vite/vitest'].map((c) => path.join(FIXTURE, 'node_modules', c, 'vps-planted.txt'))
 
 function removeMade(): void {
   for (const p of ABOVE_PACKAGES) fs.rmSync(path.join(ABOVE, p), { recursive: true, force: true })
   if (fs.existsSync(ABOVE) && !fs.readdirSync(ABOVE).length) fs.rmdirSync(ABOVE)
-  fs.rmSync(CACHED, { force: true })
+  for (const f of CACHED) fs.rmSync(f, { force: true })
   const written = ['build.rs', 'Rakefile', 'src/main.go', 'index.html', 'build.gradle', 'lefthook.yml', 'compose.yaml', 'Taskfile.yaml', 'src/tasks.yml'] // by an attack, if it worked
   for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
 }
@@ -65,8 +65,14 @@ beforeAll(() => {
   fs.writeFileSync(path.join(ABOVE, 'vps-above-pkg/a.js'), 'export const x = "attack-secret-above"\n')
   fs.mkdirSync(path.join(ABOVE, 'vps-above-badjson'), { recursive: true })
   fs.writeFileSync(path.join(ABOVE, 'vps-above-badjson/package.json'), 'attack-secret: not json')
-  fs.mkdirSync(path.dirname(CACHED), { recursive: true })
-  fs.writeFileSync(CACHED, 'VITE_KEY=attack-secret-in-a-cache\n')
+  for (const name of ['_vpsabove', 'q']) {
+    fs.mkdirSync(path.join(ABOVE, name), { recursive: true })
+    fs.writeFileSync(path.join(ABOVE, name, 'package.json'), JSON.stringify({ name, exports: { './a': './a.js' } }))
+  }
+  for (const f of CACHED) {
+    fs.mkdirSync(path.dirname(f), { recursive: true })
+    fs.writeFileSync(f, 'VITE_KEY=attack-secret-in-a-cache\n')
+  }
   // Links a project may hold (or a test may have made on a machine without sandboxes): names that
   // look harmless, leading to the config, into .github (dangling) and out of the project.
   fs.mkdirSync(path.join(FIXTURE, 'test/notes'), { recursive: true })

@@ -77,7 +77,10 @@ export const OWN_MARK = `${process.pid}-${startTicks(process.pid) ?? '0'}.`
 export function markAlive(name: string): boolean {
   const m = /^(\d+)-(?:(\d+)\.)?/.exec(name)
   if (!m) return false
-  return m[2] === undefined ? isAlive(Number(m[1])) : startTicks(Number(m[1])) === m[2]
+  if (m[2] === undefined) return isAlive(Number(m[1]))
+  // Where another user's processes are hidden (/proc with hidepid), a live pid is taken as the engine.
+  const ticks = startTicks(Number(m[1]))
+  return ticks === undefined ? isAlive(Number(m[1])) : ticks === m[2]
 }
 
 export function isAlive(pid: number): boolean {

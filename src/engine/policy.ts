@@ -23,7 +23,7 @@ const NODE_MOUNT = `${RUNTIME_MOUNT}/node`
 const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 /** Folders tools write inside a read-only dependency folder (caches), left writable. */
-export const CACHE_DIRS = ['.cache', '.vite', '.vite-temp', '.vitest', '.vitest-cache']
+export const CACHE_DIRS = ['.cache', '.vite', '.vite-temp', '.vitest', '.vitest-cache', '.experimental-vitest-cache']
 /** Where the package's copy of devalue (the cross-major codec) appears inside every sandbox. */
 const DEVALUE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('devalue'))), '..')
 

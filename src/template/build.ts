@@ -21,7 +21,7 @@ import type { TemplateProgress } from './progress.js'
 const BUILDER_TTL = 600
 
 /** Inside node_modules, caches that must not be frozen into a template. */
-const CACHE_DIRS = ['**/node_modules/.vite/**', '**/node_modules/.vitest/**', '**/node_modules/.cache/**', '**/node_modules/.vitest-cache/**']
+const CACHE_DIRS = ['**/node_modules/.vite/**', '**/node_modules/.vitest/**', '**/node_modules/.cache/**', '**/node_modules/.vitest-cache/**', '**/node_modules/.experimental-vitest-cache/**']
 
 /** Package manager caches and stores, kept out of the template (the install's own files stay). */
 const CACHE = `${STAGING}/install-cache`

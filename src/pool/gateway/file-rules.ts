@@ -27,8 +27,8 @@ export interface FileRules {
   changed(): void
 }
 
-/** Tools' caches under node_modules: no module of a dependency is there. */
-const NOT_DEPENDENCIES = new Set(['.cache', '.vitest-cache', '.vite-temp'])
+/** Folders with a dot under node_modules that hold dependencies (pnpm's store, the bin links). */
+const DOT_DEPENDENCIES = new Set(['.pnpm', '.bin'])
 
 /**
  * @param runtimeDirs host folders whose modules a sandbox may always get (Vitest itself, this
@@ -36,11 +36,12 @@ const NOT_DEPENDENCIES = new Set(['.cache', '.vitest-cache', '.vite-temp'])
  * @param readRoots Vite's root and public folder (it reads `/x` under each)
  */
 export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots: string[] = []): FileRules {
-  // Under node_modules, but not in a tool's cache there: Vitest 5's module cache holds transformed
-  // code with the host's whole `import.meta.env` in it (a sandbox fetched it `?raw`).
+  // Under node_modules, but in no tool's folder there (a name with a dot) other than the package
+  // managers' and Vite's prebundled deps: Vitest's module caches hold transformed code with the
+  // host's whole `import.meta.env` in it (a sandbox fetched it `?raw`).
   const underNodeModules = (file: string) => {
     const parts = workspace.relative(file)?.split('/') ?? []
-    return parts.includes('node_modules') && !parts.some((p, i) => parts[i - 1] === 'node_modules' && NOT_DEPENDENCIES.has(p))
+    return parts.includes('node_modules') && parts.every((p, i) => parts[i - 1] !== 'node_modules' || !p.startsWith('.') || DOT_DEPENDENCIES.has(p) || (p === '.vite' && parts[i + 1] === 'deps'))
   }
   // A dependency where it really is: a link under node_modules may lead anywhere, a workspace
   // package's link (npm, yarn and pnpm workspaces make them) to its files that are not given too.

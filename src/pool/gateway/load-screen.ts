@@ -26,7 +26,7 @@ import { defangLiterals } from './literal-scan.js'
 import { guardEvalValue } from './eval-guard.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
-import { fileOf, packageFolder } from './module-ids.js'
+import { fileOf, packageFolders } from './module-ids.js'
 import { sandboxModuleText } from './sandbox-modules.js'
 
 /** The part of a Vite environment this screen needs. */
@@ -96,8 +96,9 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
       // The resolver walks node_modules above the workspace too: what it threw about a package
       // there ("not exported", a manifest that is not JSON) is the answer for one that is missing.
       const rules = state.rules()
-      const found = packageFolder(id, rest[0])
-      if ((found && !rules.mayWord(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
+      const importer = typeof rest[0] === 'string' ? fileOf(rest[0]) : undefined
+      const from = [...(importer && path.isAbsolute(importer) && fs.existsSync(importer) ? [path.dirname(importer)] : []), ...rules.roots]
+      if (packageFolders(id, from).some((found) => !rules.mayWord(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
       throw error
     }
     const file = resolved && fileOf(resolved.id)

@@ -5,7 +5,7 @@
  * not know is refused. A canonical id then names the host paths Vite could read for it: both
  * readings of `/x` (root-relative, then absolute), with the extension and index lookups.
  */
-import { randomBytes, randomInt } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -172,30 +172,42 @@ export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMa
   return { id, map: [[ABSENT, '']] }
 }
 
-/** Where Node's lookup finds a bare id's package from its importer: the first `node_modules/<name>` up its folders. */
-export function packageFolder(id: string, importer: unknown): string | undefined {
+/**
+ * Where Node's lookup (and Vite's) may find a bare id's package: the first `node_modules/<name>` up
+ * from each folder it may start in (the importer's, or a root when the importer is no file).
+ */
+export function packageFolders(id: string, from: string[]): string[] {
   const name = packageName(id)
-  if (!name || typeof importer !== 'string' || !path.isAbsolute(fileOf(importer))) return undefined
-  for (let dir = path.dirname(fileOf(importer)); ; dir = path.dirname(dir)) {
-    const candidate = path.join(dir, 'node_modules', name)
-    if (fs.existsSync(candidate)) return candidate
-    if (dir === path.dirname(dir)) return undefined
+  if (!name) return []
+  const found: string[] = []
+  for (const start of from) {
+    for (let dir = start; ; dir = path.dirname(dir)) {
+      const candidate = path.join(dir, 'node_modules', name)
+      if (fs.existsSync(candidate)) {
+        found.push(candidate)
+        break
+      }
+      if (dir === path.dirname(dir)) break
+    }
   }
+  return found
 }
 
+/** A bare id's package name: its first path segment, or two for a scope. */
 function packageName(id: string): string | undefined {
-  return /^(?:@[a-z0-9][\w.-]*\/)?[a-z0-9][\w.-]*/i.exec(id)?.[0]
+  if (/^[.#/\\\0]|^[a-z][a-z0-9+.-]*:/i.test(id)) return undefined
+  const parts = fileOf(id).split('/')
+  const name = (id.startsWith('@') ? parts.slice(0, 2) : parts.slice(0, 1)).join('/')
+  return name && !name.split('/').some((p) => p === '' || p === '.' || p === '..') ? name : undefined
 }
 
 /**
- * A bare id's twin: the same id under a package name of the same length that no folder up from
- * the importer has, so the host answers as for a package that is missing (for one found above
- * the workspace, Vite's resolver told "not exported" and bad manifests apart).
+ * A bare id's twin: the same id under a package name that no folder has, so the host answers as
+ * for a package that is missing (for one found above the workspace, Vite's resolver told "not
+ * exported" and bad manifests apart). Long and random: it is mapped back in every string.
  */
-export function packageTwin(id: string, importer: string): { id: string; map: TwinMap } {
+export function packageTwin(id: string): { id: string; map: TwinMap } {
   const name = packageName(id)!
-  for (;;) {
-    const twin = name.replace(/[^@/]/g, () => String.fromCharCode(97 + randomInt(26)))
-    if (packageFolder(twin, importer) === undefined) return { id: twin + id.slice(name.length), map: [[twin, name]] }
-  }
+  const twin = `vps-absent-${randomBytes(8).toString('hex')}`
+  return { id: twin + id.slice(name.length), map: [[twin, name]] }
 }

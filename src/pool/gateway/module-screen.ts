@@ -12,7 +12,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { ABSENT, candidates, fileOf, packageFolder, packageTwin, readModuleId, twinOf, type TwinMap } from './module-ids.js'
+import { ABSENT, candidates, fileOf, packageFolders, packageTwin, readModuleId, twinOf, type TwinMap } from './module-ids.js'
 import { namesSandboxModule } from './sandbox-modules.js'
 import { screenImportMetaEnv } from './import-meta-env.js'
 import type { FileRules } from './file-rules.js'
@@ -194,11 +194,12 @@ export class ModuleScreen {
     const base: ScreenedCall = { method, asked, args: [id, importer.importer, ...rest], map: importer.map }
     if (read.kind === 'refused') return { ...base, answer: { error: notFound(id, typeof rawImporter === 'string' ? rawImporter : undefined) } }
     if (read.kind === 'other') {
-      // A package found up the folders outside what the sandbox may word is asked as a missing one.
-      const found = packageFolder(id, importer.path)
-      if (found === undefined || this.rules.mayWord(found) || importer.path === undefined) return base
+      // A package found up the folders (from the importer's, or from a root where the importer is
+      // no file, as Vite looks) outside what the sandbox may word is asked as a missing one.
+      const from = [...(importer.path && fs.existsSync(importer.path) ? [path.dirname(importer.path)] : []), ...this.rules.roots]
+      if (packageFolders(id, from).every((found) => this.rules.mayWord(found))) return base
       log('%s of %s: its package is not given, asking for a twin', method, id)
-      const twin = packageTwin(id, importer.path)
+      const twin = packageTwin(id)
       return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
     }
     if (read.id !== id) base.map = [...(base.map ?? []), [read.id, id]]
