@@ -134,16 +134,14 @@ function givenSources(map: Record<string, unknown>, file: string, rules: FileRul
   return sources
 }
 
-/** The largest source whose text the gateway puts into a map. */
-const MAX_SOURCE = 16 * 1024 * 1024
-
 /**
  * Vite fills a transform's map with the text of each source that has none, reading it from the
  * host's disk where the map says (`injectSourcesContent`, after the transforms and inside
  * `vite:css-post`). A map can come from what a module's text says (postcss takes a sheet's map
- * comment in), so the gateway fills every missing text first: a file the sandbox may name at a
- * plain path, read here, and an empty text for anything else. Vite then reads no source itself.
- * Returns the map (parsed, when it was JSON text).
+ * comment in), so each missing text is decided here first: Vite may read it only for a plain path
+ * (no scheme, no escapes, queries or backslashes, so it reads what is checked) to a file the
+ * sandbox may name; any other source gets an empty text, and Vite reads nothing for it. Returns
+ * the map (parsed, when it was JSON text).
  */
 export function withSourcesFilled(map: unknown, file: string, rules: FileRules): unknown {
   let parsed = map
@@ -161,24 +159,20 @@ export function withSourcesFilled(map: unknown, file: string, rules: FileRules):
   try {
     sourceRoot = fs.realpathSync(path.resolve(path.dirname(file), typeof m.sourceRoot === 'string' ? m.sourceRoot : ''))
   } catch {}
-  // Every source, whatever its form: Vite's idea of what it need not read is not the gateway's.
   m.sources.forEach((source, i) => {
     if (contents[i] != null) return
-    contents[i] = typeof source === 'string' && !/^[a-z][a-z0-9+.-]*:/i.test(source) ? sourceText(source, sourceRoot, rules) : ''
+    if (typeof source === 'string' && mayBeRead(source, sourceRoot, rules)) contents[i] = null
+    else contents[i] = ''
   })
   m.sourcesContent = contents
   return parsed
 }
 
-function sourceText(source: string, sourceRoot: string | undefined, rules: FileRules): string {
-  try {
-    const clean = fileOf(decodeURI(source))
-    const p = sourceRoot ? path.resolve(sourceRoot, clean) : path.resolve(clean)
-    if (!isPlainPath(p) || !rules.mayName(p) || !fs.statSync(p).isFile() || fs.statSync(p).size > MAX_SOURCE) return ''
-    return fs.readFileSync(p, 'utf8')
-  } catch {
-    return ''
-  }
+/** Does Vite read exactly this path for the source, and may the sandbox name it? */
+function mayBeRead(source: string, sourceRoot: string | undefined, rules: FileRules): boolean {
+  if (source === '' || /[%?#\\\0]|^[a-z][a-z0-9+.-]*:/i.test(source)) return false
+  const p = sourceRoot ? path.resolve(sourceRoot, source) : path.resolve(source)
+  return isPlainPath(p) && rules.mayName(p)
 }
 
 /** Is `p` under the workspace root? */
