@@ -16,7 +16,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { FileRules } from './file-rules.js'
-import { ownSourceMap, withSourcesFilled } from './source-maps.js'
+import { ownSourceMap, withSourcesDecided } from './source-maps.js'
 import { pathsIn } from './module-screen.js'
 import { realPath } from '../../workspace/collect.js'
 import { stripLiteral } from 'strip-literal'
@@ -77,11 +77,11 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
     if (result == null && !id.startsWith('\0') && !fs.existsSync(path.resolve(fileOf(id)))) throw missingFile(id)
     return result
   }
-  // What Vite would read for the map of what the plugins made: filled in by the gateway first.
+  // What Vite would read for the map of what the plugins made: decided by the gateway first.
   const transform = container.transform.bind(container)
   container.transform = async (code: string, id: string, ...rest: unknown[]) => {
     const result = await transform(code, id, ...rest)
-    if (result?.map) result.map = withSourcesFilled(result.map, fileOf(id), state.rules())
+    if (result?.map) result.map = withSourcesDecided(result.map, fileOf(id), state.rules())
     return result
   }
   // Imports inside given modules are resolved by the host too (import analysis, aliases, links
@@ -96,9 +96,8 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
       // The resolver walks node_modules above the workspace too: what it threw about a package
       // there ("not exported", a manifest that is not JSON) is the answer for one that is missing.
       const rules = state.rules()
-      const importer = typeof rest[0] === 'string' ? fileOf(rest[0]) : undefined
-      const from = [...(importer && path.isAbsolute(importer) && fs.existsSync(importer) ? [path.dirname(importer)] : []), ...rules.roots]
-      if (packageFolders(id, from).some((found) => !rules.mayWord(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
+      const importer = typeof rest[0] === 'string' ? rest[0] : undefined
+      if (packageFolders(id, importer, rules.roots).some((found) => !rules.mayWord(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
       throw error
     }
     const file = resolved && fileOf(resolved.id)

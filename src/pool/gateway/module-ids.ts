@@ -174,11 +174,14 @@ export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMa
 
 /**
  * Where Node's lookup (and Vite's) may find a bare id's package: the first `node_modules/<name>` up
- * from each folder it may start in (the importer's, or a root when the importer is no file).
+ * from each folder it may start in (the importer's, and each root: Vite starts there when the
+ * importer is no file).
  */
-export function packageFolders(id: string, from: string[]): string[] {
+export function packageFolders(id: string, importer: string | undefined, roots: string[]): string[] {
   const name = packageName(id)
   if (!name) return []
+  const file = importer === undefined ? undefined : fileOf(importer)
+  const from = [...(file && path.isAbsolute(file) && fs.existsSync(file) ? [path.dirname(file)] : []), ...roots]
   const found: string[] = []
   for (const start of from) {
     for (let dir = start; ; dir = path.dirname(dir)) {

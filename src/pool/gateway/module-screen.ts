@@ -196,8 +196,7 @@ export class ModuleScreen {
     if (read.kind === 'other') {
       // A package found up the folders (from the importer's, or from a root where the importer is
       // no file, as Vite looks) outside what the sandbox may word is asked as a missing one.
-      const from = [...(importer.path && fs.existsSync(importer.path) ? [path.dirname(importer.path)] : []), ...this.rules.roots]
-      if (packageFolders(id, from).every((found) => this.rules.mayWord(found))) return base
+      if (packageFolders(id, importer.path, this.rules.roots).every((found) => this.rules.mayWord(found))) return base
       log('%s of %s: its package is not given, asking for a twin', method, id)
       const twin = packageTwin(id)
       return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }

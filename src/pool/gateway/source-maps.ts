@@ -110,10 +110,7 @@ function readMap(code: string, file: string, rules: FileRules, read?: FrameRead)
 function givenSources(map: Record<string, unknown>, file: string, rules: FileRules): Array<string | null> | undefined {
   if (map.sections !== undefined || !Array.isArray(map.sources)) return undefined
   if (map.sourceRoot !== undefined && typeof map.sourceRoot !== 'string') return undefined
-  let sourceRoot: string | undefined
-  try {
-    sourceRoot = fs.realpathSync(path.resolve(path.dirname(file), (map.sourceRoot as string | undefined) || ''))
-  } catch {}
+  const sourceRoot = realSourceRoot(map.sourceRoot, file)
   const sources: Array<string | null> = []
   for (const source of map.sources as unknown[]) {
     if (source === null || (typeof source === 'string' && UNREAD_SOURCE.test(source))) {
@@ -143,7 +140,7 @@ function givenSources(map: Record<string, unknown>, file: string, rules: FileRul
  * sandbox may name; any other source gets an empty text, and Vite reads nothing for it. Returns
  * the map (parsed, when it was JSON text).
  */
-export function withSourcesFilled(map: unknown, file: string, rules: FileRules): unknown {
+export function withSourcesDecided(map: unknown, file: string, rules: FileRules): unknown {
   let parsed = map
   if (typeof map === 'string') {
     try {
@@ -155,10 +152,7 @@ export function withSourcesFilled(map: unknown, file: string, rules: FileRules):
   const m = parsed as { sources?: unknown; sourcesContent?: unknown; sourceRoot?: unknown } | null
   if (!m || typeof m !== 'object' || !Array.isArray(m.sources)) return map
   const contents: unknown[] = Array.isArray(m.sourcesContent) ? m.sourcesContent : []
-  let sourceRoot: string | undefined
-  try {
-    sourceRoot = fs.realpathSync(path.resolve(path.dirname(file), typeof m.sourceRoot === 'string' ? m.sourceRoot : ''))
-  } catch {}
+  const sourceRoot = realSourceRoot(m.sourceRoot, file)
   m.sources.forEach((source, i) => {
     if (contents[i] != null) return
     if (typeof source === 'string' && mayBeRead(source, sourceRoot, rules)) contents[i] = null
@@ -166,6 +160,15 @@ export function withSourcesFilled(map: unknown, file: string, rules: FileRules):
   })
   m.sourcesContent = contents
   return parsed
+}
+
+/** The folder Vite resolves a map's sources against (`computeSourceRoute`: the real path), if it has one. */
+function realSourceRoot(sourceRoot: unknown, file: string): string | undefined {
+  try {
+    return fs.realpathSync(path.resolve(path.dirname(file), typeof sourceRoot === 'string' ? sourceRoot : ''))
+  } catch {
+    return undefined
+  }
 }
 
 /** Does Vite read exactly this path for the source, and may the sandbox name it? */
