@@ -27,12 +27,12 @@ it('imports modules its tests wrote in their sandboxes, as forks does, each sand
     const client = (tests: typeof got) => Object.fromEntries(Object.entries(tests).filter(([name]) => name.includes('client.test.ts')))
     expect(Object.values(client(expected)).map((t) => t.status)).toEqual(['passed', 'passed', 'passed'])
     expect(client(got)).toEqual(client(expected))
-    // Written again, and written with other text by another file: each import gets the text its
+    // Written again, written with other text by another file, and JSON: each import gets the text its
     // sandbox holds. (`vitest run` under forks serves the first transform of a path: its watcher is off.)
     // A given file the test wrote again: the text it wrote, as under forks.
     expect(got['fixtures/generated/test/rewrite.test.ts > imports a file the host has as the test wrote it']?.status, sbx.output).toBe('passed')
     expect(expected['fixtures/generated/test/rewrite.test.ts > imports a file the host has as the test wrote it']?.status).toBe('passed')
-    for (const file of ['regenerate', 'shared-a', 'shared-b']) expect(got[`fixtures/generated/test/${file}.test.ts (file)`]?.status, sbx.output).toBe('passed')
+    for (const file of ['regenerate', 'shared-a', 'shared-b', 'json']) expect(got[`fixtures/generated/test/${file}.test.ts (file)`]?.status, sbx.output).toBe('passed')
     expect(sbx.output).toMatch(/sandbox: 2 sandboxes \(local\)/)
     expect(fs.readdirSync(GENERATED)).toEqual(['stale.ts'])
     expect(fs.readFileSync(path.join(GENERATED, 'stale.ts'), 'utf8')).toBe(stale)

@@ -2,13 +2,14 @@
  * Modules a test wrote inside its sandbox (sandbox-runtime/own-modules.ts sends their text with a
  * fetch the host could not answer, or whose file the test changed there). The host's Vite
  * transforms them as if they were at their path, from the text the sandbox sent, under an id of
- * their own (`<path>?vitest-sandbox-module=<hash>`): an entry of its own in the host's module
+ * their own (`<path>?vitest-sandbox-module=<hash><extension>`): an entry of its own in the host's module
  * graph for each text, so two sandboxes that write different text at one path each get theirs,
  * and a module written again is transformed again. Only a given path is taken: the sandbox has
  * the host's file there already, so its text tells nothing of the host's. The host's file system
  * is not asked; nothing is written to it.
  */
 import { createHash } from 'node:crypto'
+import path from 'node:path'
 import type { FileRules } from './file-rules.js'
 import { fileOf, isPlainPath } from './module-ids.js'
 
@@ -45,13 +46,14 @@ export function sandboxModuleId(made: unknown, rules: FileRules): { id: string; 
       held -= text.code.length
     }
   }
-  const query = `?${QUERY}=${hash}`
+  // The file's extension last, where Vite reads a module's type from (a JSON file's is not JS).
+  const query = `?${QUERY}=${hash}${path.extname(file)}`
   return { id: file + query, query }
 }
 
 /** The text a load of `id` gets, when it is one of these. */
 export function sandboxModuleText(id: string): string | undefined {
-  const hash = new RegExp(`\\?${QUERY}=([0-9a-f]{32})$`).exec(id)?.[1]
+  const hash = new RegExp(`\\?${QUERY}=([0-9a-f]{32})(?:\\.[^./?#]*)?$`).exec(id)?.[1]
   const text = hash === undefined ? undefined : texts.get(hash)
   return text && fileOf(id) === text.file ? text.code : undefined
 }
