@@ -155,6 +155,16 @@ it('listens for no debugger unless one is asked for', async () => {
   expect(reached).toBe(0)
 })
 
+it('runs each file debugged in a sandbox of its own: a process a file left there drives no later worker', async () => {
+  // From attack round 27: the inspector takes any client, and a file's leftover process drove the
+  // next file's worker in the same sandbox (one sandbox for the run, files one after the other).
+  const run = await runFixture('debugger', { pool: 'sandbox', args: [`--inspect=127.0.0.1:${await freePort()}`, '--no-file-parallelism'], env: { VPS_DEBUG_TAKEOVER: '1' } })
+  const tests = testsOf(run.json ?? { testResults: [] })
+  expect(Object.keys(tests).filter((k) => k.includes('/takeover/')).length, run.output).toBe(4)
+  for (const [name, t] of Object.entries(tests)) expect(t.status, `${name}\n${run.output}`).toBe('passed')
+  expect(run.output).toMatch(/sandbox: 2 sandboxes \(local\), 2 files/)
+})
+
 it('names the port and the fix when the debugger cannot be relayed there', async () => {
   const taken = net.createServer()
   await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r))

@@ -214,6 +214,17 @@ describe('the host gateway under random input', () => {
     for (const [n, g] of workers.entries()) fetch(g, `same${n}`, `${root}/src.ts`, 60 * MiB)
     fetch(workers[0], 'v1', `${root}/src.ts?v=1`, 60 * MiB)
     expect(() => fetch(workers[1], 'v2', `${root}/src.ts?v=2`, 1)).toThrow(/over 100 MiB of code of distinct modules sent to the run's workers together/)
+    // Code past Latin-1 counts as the host holds it, two bytes a character (a sandbox's generated
+    // modules of CJK text grew the host past its heap under a bound counted in characters).
+    const wide = new RunBudget({ ...RUN_LIMITS, moduleCode: 100 * MiB })
+    const [w1, w2] = [1, 2].map(() => new Gateway({ ...ctx, budget: wide }))
+    const send = (g: Gateway, i: string, id: string, code: string) => {
+      const asked = g.fromWorker({ t: 'q', i, m: 'fetch', a: [id, undefined, 'ssr', {}] }).toHost as { i: string }
+      g.fromHost({ t: 's', i: asked.i, r: { code, file: `${root}/src.ts`, id, url: '/src.ts', invalidate: false } })
+    }
+    send(w1, 'n1', `${root}/src.ts?n=1`, 'c'.repeat(60 * MiB))
+    send(w1, 'w1', `${root}/src.ts?w=1`, '中'.repeat(30 * MiB))
+    expect(() => send(w2, 'w2', `${root}/src.ts?w=2`, 'c')).toThrow(/over 100 MiB of code of distinct modules/)
     // Module ids: distinct ones add up over workers, the same one counts once.
     const ids = new RunBudget({ ...RUN_LIMITS, kept: MiB, moduleCode: MiB, moduleIds: MiB, coverage: MiB })
     const askers = [1, 2].map(() => new Gateway({ ...ctx, budget: ids }))

@@ -236,6 +236,16 @@ export class Fleet {
     }
   }
 
+  /**
+   * A sandbox a worker ran in with its inspector serves no later file: Node's inspector takes any
+   * client, and a process an earlier test file left in the sandbox drove the next file's worker
+   * through it. Ended, and replaced if files wait (Vitest runs one such worker at a time).
+   */
+  retire(host: SandboxHost): void {
+    host.usage.close()
+    host.link.lose('a worker ran in it with the inspector')
+  }
+
   /** Where the sandbox runtime (agent, worker entry) runs from inside the fleet's sandboxes. */
   get runtimeDir(): string {
     return this.session?.runtimeDir ?? STAGING

@@ -376,6 +376,7 @@ export class SandboxPoolWorker implements PoolWorker {
   private finished(): void {
     this.detachInspector?.()
     this.markExited?.()
+    if (this.detachInspector && this.lease) this.fleet.retire(this.lease.host)
     this.lease?.release()
   }
 

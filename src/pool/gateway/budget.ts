@@ -15,7 +15,7 @@ const MiB = 1024 * 1024
 
 /** Bytes of results, logs, errors and coverage one worker may send. */
 export const MAX_KEPT_BYTES = 256 * MiB
-/** Characters of module code one worker may be sent. */
+/** Bytes of module code one worker may be sent, as the host holds it (`heldBytes`). */
 export const MAX_MODULE_CODE = 512 * MiB
 /** Characters of module ids one worker may ask for (its externals, durations, `data:` ids too). */
 export const MAX_MODULE_IDS = 32 * MiB
@@ -31,7 +31,7 @@ const KEPT: ReadonlySet<Rule> = new Set(['tasks', 'errors', 'coverage'])
 export interface RunLimits {
   /** Bytes of results, logs and errors all workers of a run may send. */
   kept: number
-  /** Characters of code of the distinct modules the host transforms for workers. */
+  /** Bytes of code of the distinct modules the host transforms for workers, as the host holds it (`heldBytes`). */
   moduleCode: number
   /** Characters of the distinct module ids workers ask the host for. */
   moduleIds: number
@@ -48,7 +48,8 @@ export type Written = 'benchmark results' | 'snapshots' | 'attachments'
 
 export const RUN_LIMITS: RunLimits = {
   kept: 1024 * MiB,
-  moduleCode: 2048 * MiB,
+  // Each module's code is held more than once (Vite's graph, its map's sources): well under the host's heap.
+  moduleCode: 1024 * MiB,
   moduleIds: 128 * MiB,
   coverage: 8192 * MiB,
   output: 256 * MiB,
@@ -115,11 +116,11 @@ export class RunBudget {
   }
 
   /** The code of a module the host sent, by the id it was asked for (checked at the next module call). */
-  sent(environment: string, id: string, chars: number): void {
+  sent(environment: string, id: string, bytes: number): void {
     const key = `${environment}\0${id}`
-    if (!chars || this.modules.has(key)) return
+    if (!bytes || this.modules.has(key)) return
     this.modules.add(key)
-    this.code += chars
+    this.code += bytes
   }
 
   /** Before a module call: is there room for more module code? */
@@ -184,11 +185,11 @@ export class WorkerBudget {
 
   /** The host's answer to a module call (`args` as the host was asked). */
   answered(method: string, rule: Rule, args: unknown[], result: unknown): void {
-    const chars = codeLength(result)
-    this.code += chars
+    const bytes = codeBytes(result)
+    this.code += bytes
     if (method === 'resolve') return
     const [environment, [id]] = moduleIds(rule, args)
-    this.run.sent(environment, id, chars)
+    this.run.sent(environment, id, bytes)
   }
 }
 
@@ -197,10 +198,15 @@ function moduleIds(rule: Rule, args: unknown[]): [string, string[]] {
   return rule === 'warm' ? [String(args[0]), (args[1] as unknown[]).map(String)] : [String(args[2] ?? ''), [String(args[0])]]
 }
 
-/** The length of the module code in an answer (a fetch's, or each of a warm batch's). */
-function codeLength(result: unknown): number {
+/** The bytes of module code in an answer (a fetch's, or each of a warm batch's), as the host holds it. */
+function codeBytes(result: unknown): number {
   if (!result || typeof result !== 'object') return 0
   const code = (result as { code?: unknown }).code
-  if (typeof code === 'string') return code.length
-  return Object.values(result).reduce<number>((n, entry) => n + (entry && typeof entry === 'object' && typeof (entry as { code?: unknown }).code === 'string' ? (entry as { code: string }).code.length : 0), 0)
+  if (typeof code === 'string') return heldBytes(code)
+  return Object.values(result).reduce<number>((n, entry) => n + (entry && typeof entry === 'object' && typeof (entry as { code?: unknown }).code === 'string' ? heldBytes((entry as { code: string }).code) : 0), 0)
+}
+
+/** The bytes a string takes on the host's heap: two a character once one is past Latin-1 (a sandbox sent text of those to count half). */
+export function heldBytes(text: string): number {
+  return /[^\0-\xff]/.test(text) ? 2 * text.length : text.length
 }

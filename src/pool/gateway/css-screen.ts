@@ -71,7 +71,8 @@ export function screenCss(environment: CssEnvironment, rules: () => FileRules): 
       } catch (error) {
         throw ownError(error, file, r) ?? refused(file, r)
       }
-      if (read.some((f) => !r.mayName(f))) throw refused(file, r)
+      // A missing file under a link out is no more the sandbox's than one that is there.
+      if (read.some((f) => !r.mayName(f) || !r.mayReach(f))) throw refused(file, r)
       if (!mapOfCompile((result as { map?: unknown } | null)?.map, file, read)) throw refused(file, r)
       const out = (result as { code?: unknown } | null)?.code
       if (typeof out === 'string' && urlsOf(out).some((url) => !givenUrl(url, file, read, environment.config, r))) throw refused(file, r)
@@ -173,13 +174,13 @@ function givenUrl(raw: string, file: string, read: string[], config: CssEnvironm
   }
   const base = (config.base ?? '/').replace(/\/?$/, '/')
   if (read.some((f) => target === `${base}@fs${f}` || target === base + path.posix.relative(config.root, f))) return true
-  if (target.startsWith('/@fs/')) return rules.mayWord(target.slice(4))
+  if (target.startsWith('/@fs/')) return rules.mayReach(target.slice(4))
   // Vite left `/x` as written: it is a public file (Vite checks those first) or names nothing it found.
   if (target.startsWith('/')) return rules.roots.some((r) => rules.isGiven(path.join(r, target)) && fs.existsSync(path.join(r, target)))
   // A bare url Vite left as written: its resolver found no package by that name, where one above
   // the workspace would have become a refused `/@fs/` url. Refused alike.
   if (!target.startsWith('.')) return false
-  return rules.mayWord(path.resolve(path.dirname(file), target))
+  return rules.mayReach(path.resolve(path.dirname(file), target))
 }
 
 /** postcss-modules' loader for `composes … from` and `@value … from` another file: refused. */

@@ -21,6 +21,12 @@ export interface FileRules {
    * their path alone: an error that names another path would tell by its wording what Vite found.
    */
   mayWord(file: string): boolean
+  /**
+   * May Vite look for files from `file` (an importer's folder, a package's, a url's target)? It
+   * may be worded, and so may where its links lead: Vite's lookups follow them (a package.json
+   * above a link out was read).
+   */
+  mayReach(file: string): boolean
   /** Links in the workspace that lead to what is not given (a listing that walks them would show it). */
   outwardLinks: string[]
   /** A file was written or removed on the host: answers about what is there are asked again. */
@@ -55,10 +61,12 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots
   // file service (a snapshot made in the run) clears the answers.
   const answers = new Map<string, boolean>()
   const mayName = (file: string) => !fs.existsSync(file) || workspace.isGiven(file) || dependency(file) || runtime(file)
+  const mayWord = (file: string) => workspace.isGiven(file) || underNodeModules(file) || runtime(file)
   return {
     root: workspace.root,
     roots: [...new Set([workspace.root, ...readRoots])],
-    mayWord: (file) => workspace.isGiven(file) || underNodeModules(file) || runtime(file),
+    mayWord,
+    mayReach: (file) => mayWord(file) && mayWord(realPath(file)),
     outwardLinks: workspace.files.filter((f) => f.link !== undefined).map((f) => path.join(workspace.root, f.path)).filter((p) => !workspace.isGiven(p)),
     isGiven: (file) => workspace.isGiven(file),
     changed: () => answers.clear(),

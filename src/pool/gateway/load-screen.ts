@@ -18,7 +18,6 @@ import path from 'node:path'
 import type { FileRules } from './file-rules.js'
 import { ownSourceMap, withSourcesDecided } from './source-maps.js'
 import { pathsIn } from './module-screen.js'
-import { realPath } from '../../workspace/collect.js'
 import { stripLiteral } from 'strip-literal'
 import { aroundTransform } from './plugin-hooks.js'
 import { screenWorkerOptions } from './worker-options.js'
@@ -97,7 +96,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
       // there ("not exported", a manifest that is not JSON) is the answer for one that is missing.
       const rules = state.rules()
       const importer = typeof rest[0] === 'string' ? rest[0] : undefined
-      if (packageFolders(id, importer, rules.roots).some((found) => !rules.mayWord(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
+      if (packageFolders(id, importer, rules.roots).some((found) => !rules.mayReach(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
       throw error
     }
     const file = resolved && fileOf(resolved.id)
@@ -158,7 +157,7 @@ function checkAssetUrls(code: string, id: string, rules: FileRules): void {
     const target = url.startsWith('.') ? path.resolve(path.dirname(file), fileOf(url)) : undefined
     const rel = target && path.relative(rules.root, target)
     // By the path Vite will open: a link under node_modules may lead out, whatever is there.
-    if (target === undefined || !rel || rel.startsWith('..') || path.isAbsolute(rel) || !rules.mayWord(target) || !rules.mayWord(realPath(target))) {
+    if (target === undefined || !rel || rel.startsWith('..') || path.isAbsolute(rel) || !rules.mayReach(target)) {
       throw new Error(`vitest-pool-sandbox: new URL(${JSON.stringify(url).slice(0, 300)}, import.meta.url) in ${path.relative(rules.root, file)} names a file the sandbox is not given (only relative URLs to given files are turned into asset URLs)`)
     }
   }

@@ -175,15 +175,23 @@ export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMa
 /**
  * Where Node's lookup (and Vite's) may find a bare id's package: the first `node_modules/<name>` up
  * from each folder it may start in (the importer's, and each root: Vite starts there when the
- * importer is no file).
+ * importer is no file), and the nearest package.json when it has that name (a package imports
+ * itself by its name). A subpath import (`#x`): the importer's nearest package.json (a root's
+ * where the importer is none).
  */
 export function packageFolders(id: string, importer: string | undefined, roots: string[]): string[] {
+  const file = importer === undefined ? undefined : fileOf(importer)
+  if (id.startsWith('#')) {
+    const starts = file && path.isAbsolute(file) ? [path.dirname(file)] : roots
+    return starts.map(nearestManifest).filter((m) => m !== undefined)
+  }
   const name = packageName(id)
   if (!name) return []
-  const file = importer === undefined ? undefined : fileOf(importer)
   const from = [...(file && path.isAbsolute(file) && fs.existsSync(file) ? [path.dirname(file)] : []), ...roots]
   const found: string[] = []
   for (const start of from) {
+    const manifest = nearestManifest(start)
+    if (manifest && manifestName(manifest) === name) found.push(manifest)
     for (let dir = start; ; dir = path.dirname(dir)) {
       const candidate = path.join(dir, 'node_modules', name)
       if (fs.existsSync(candidate)) {
@@ -194,6 +202,23 @@ export function packageFolders(id: string, importer: string | undefined, roots: 
     }
   }
   return found
+}
+
+/** The nearest package.json up from `dir` (Vite's `findNearestPackageData`), if any. */
+function nearestManifest(dir: string): string | undefined {
+  for (let at = dir; ; at = path.dirname(at)) {
+    const manifest = path.join(at, 'package.json')
+    if (fs.existsSync(manifest)) return manifest
+    if (at === path.dirname(at)) return undefined
+  }
+}
+
+function manifestName(manifest: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(manifest, 'utf8'))?.name
+  } catch {
+    return undefined
+  }
 }
 
 /** A bare id's package name: its first path segment, or two for a scope. */
@@ -207,10 +232,11 @@ function packageName(id: string): string | undefined {
 /**
  * A bare id's twin: the same id under a package name that no folder has, so the host answers as
  * for a package that is missing (for one found above the workspace, Vite's resolver told "not
- * exported" and bad manifests apart). Long and random: it is mapped back in every string.
+ * exported" and bad manifests apart); a subpath import (`#x`) whole, as one no package.json maps.
+ * Long and random: it is mapped back in every string.
  */
 export function packageTwin(id: string): { id: string; map: TwinMap } {
-  const name = packageName(id)!
+  const name = id.startsWith('#') ? fileOf(id) : packageName(id)!
   const twin = `vps-absent-${randomBytes(8).toString('hex')}`
   return { id: twin + id.slice(name.length), map: [[twin, name]] }
 }

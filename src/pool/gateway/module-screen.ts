@@ -154,6 +154,11 @@ function pathOf(v: unknown): string | undefined {
   return path.isAbsolute(file) ? path.posix.normalize(file) : undefined
 }
 
+/** An importer read from under a folder that does not exist (mapped back in the answer). */
+function absentImporter(file: string): { importer: string; path: string; map: TwinMap } {
+  return { importer: ABSENT + file, path: ABSENT + file, map: [[ABSENT, '']] }
+}
+
 /** Fields of a fetch answer that hold the module's code, not paths. */
 const CODE_FIELDS = new Set(['code', 'map', 'sourceMap'])
 
@@ -172,18 +177,18 @@ export class ModuleScreen {
   }
 
   /**
-   * An importer as the host gets it: one the worker may word as is (a given file, a dependency,
-   * Vitest itself, a virtual module), whether it exists or not, read as Vite reads it (a path,
-   * whose folder relative ids and packages are looked for from); else the same path under a
-   * folder that does not exist, so no answer tells what the host has near it.
+   * An importer as the host gets it: one Vite may look for files from (a given file, a dependency,
+   * Vitest itself, a virtual module, through whatever links its path has), whether it exists or
+   * not, in its canonical form (Vite walks the folders of the path as written: `link/..` is the
+   * link's target's parent); else the same path under a folder that does not exist, so no answer
+   * tells what the host has near it.
    */
   private importer(importer: unknown): { importer: string | undefined; path?: string; map?: TwinMap } {
     if (typeof importer !== 'string') return { importer: undefined }
     const read = readModuleId(importer, undefined)
     if (read.kind === 'other') return { importer }
-    if (read.kind === 'file' && this.rules.mayWord(read.path)) return { importer, path: read.path }
-    const plain = read.kind === 'file' ? read.path : '/'
-    return { importer: ABSENT + plain, path: ABSENT + plain, map: [[ABSENT, '']] }
+    if (read.kind === 'file' && this.rules.mayReach(read.path)) return { importer: read.id, path: read.path }
+    return absentImporter(read.kind === 'file' ? read.path : '/')
   }
 
   /** A module call from the worker (`fetch(id, importer, …)`, `resolve(id, importer, …)`, `ensureModuleGraphEntry(id, importer)`), as it goes to the host. */
@@ -196,7 +201,7 @@ export class ModuleScreen {
     if (read.kind === 'other') {
       // A package found up the folders (from the importer's, or from a root where the importer is
       // no file, as Vite looks) outside what the sandbox may word is asked as a missing one.
-      if (packageFolders(id, importer.path, this.rules.roots).every((found) => this.rules.mayWord(found))) return base
+      if (packageFolders(id, importer.path, this.rules.roots).every((found) => this.rules.mayReach(found))) return base
       log('%s of %s: its package is not given, asking for a twin', method, id)
       const twin = packageTwin(id)
       return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }

@@ -10,16 +10,17 @@
  */
 import { createHash } from 'node:crypto'
 import path from 'node:path'
+import { heldBytes } from './budget.js'
 import type { FileRules } from './file-rules.js'
 import { fileOf, isPlainPath } from './module-ids.js'
 
 const QUERY = 'vitest-sandbox-module'
 /** The largest text taken (the runtime sends at most 8 MiB). */
 const MAX_TEXT = 8 * 1024 * 1024
-/** Characters of text the host keeps for them, the oldest let go first. */
+/** Bytes of text the host keeps for them (`heldBytes`), the oldest let go first. */
 const MAX_HELD = 256 * 1024 * 1024
 
-const texts = new Map<string, { file: string; code: string }>()
+const texts = new Map<string, { file: string; code: string; bytes: number }>()
 let held = 0
 
 /** Does a worker's id name one of these itself? Only the host makes them. */
@@ -38,12 +39,13 @@ export function sandboxModuleId(made: unknown, rules: FileRules): { id: string; 
   if (!isPlainPath(file) || !rules.isGiven(file)) return undefined
   const hash = createHash('sha256').update(file).update('\0').update(code).digest('hex').slice(0, 32)
   if (!texts.has(hash)) {
-    texts.set(hash, { file, code })
-    held += code.length
+    const bytes = heldBytes(code)
+    texts.set(hash, { file, code, bytes })
+    held += bytes
     for (const [old, text] of texts) {
       if (held <= MAX_HELD) break
       texts.delete(old)
-      held -= text.code.length
+      held -= text.bytes
     }
   }
   // The file's extension last, where Vite reads a module's type from (a JSON file's is not JS).
