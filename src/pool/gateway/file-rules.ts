@@ -60,23 +60,24 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots
   // One worker asks of the same paths again and again (stacks, task trees); a write of the host's
   // file service (a snapshot made in the run) clears the answers.
   const answers = new Map<string, boolean>()
+  const remembered = (key: string, ask: () => boolean) => {
+    let answer = answers.get(key)
+    if (answer === undefined) {
+      answer = ask()
+      if (answers.size < 10_000) answers.set(key, answer)
+    }
+    return answer
+  }
   const mayName = (file: string) => !fs.existsSync(file) || workspace.isGiven(file) || dependency(file) || runtime(file)
   const mayWord = (file: string) => workspace.isGiven(file) || underNodeModules(file) || runtime(file)
   return {
     root: workspace.root,
     roots: [...new Set([workspace.root, ...readRoots])],
     mayWord,
-    mayReach: (file) => mayWord(file) && mayWord(realPath(file)),
+    mayReach: (file) => remembered(`reach\0${file}`, () => mayWord(file) && mayWord(realPath(file))),
     outwardLinks: workspace.files.filter((f) => f.link !== undefined).map((f) => path.join(workspace.root, f.path)).filter((p) => !workspace.isGiven(p)),
     isGiven: (file) => workspace.isGiven(file),
     changed: () => answers.clear(),
-    mayName: (file) => {
-      let answer = answers.get(file)
-      if (answer === undefined) {
-        answer = mayName(file)
-        if (answers.size < 10_000) answers.set(file, answer)
-      }
-      return answer
-    },
+    mayName: (file) => remembered(file, () => mayName(file)),
   }
 }

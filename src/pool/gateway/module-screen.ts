@@ -154,11 +154,6 @@ function pathOf(v: unknown): string | undefined {
   return path.isAbsolute(file) ? path.posix.normalize(file) : undefined
 }
 
-/** An importer read from under a folder that does not exist (mapped back in the answer). */
-function absentImporter(file: string): { importer: string; path: string; map: TwinMap } {
-  return { importer: ABSENT + file, path: ABSENT + file, map: [[ABSENT, '']] }
-}
-
 /** Fields of a fetch answer that hold the module's code, not paths. */
 const CODE_FIELDS = new Set(['code', 'map', 'sourceMap'])
 
@@ -188,7 +183,8 @@ export class ModuleScreen {
     const read = readModuleId(importer, undefined)
     if (read.kind === 'other') return { importer }
     if (read.kind === 'file' && this.rules.mayReach(read.path)) return { importer: read.id, path: read.path }
-    return absentImporter(read.kind === 'file' ? read.path : '/')
+    const plain = read.kind === 'file' ? read.path : '/'
+    return { importer: ABSENT + plain, path: ABSENT + plain, map: [[ABSENT, '']] }
   }
 
   /** A module call from the worker (`fetch(id, importer, …)`, `resolve(id, importer, …)`, `ensureModuleGraphEntry(id, importer)`), as it goes to the host. */
