@@ -302,14 +302,8 @@ export class Fleet {
   async sync(): Promise<void> {
     if (!this.initializing || this.closed) return
     await this.init()
-    if (this.currentDependencyKey() !== this.dependencyKey) return this.replaceSandboxes()
-    await this.syncFiles()
-    // After the files: what a sandbox has from then on is the host's (own-modules.ts).
     for (const h of this.hosts) if (h.link.alive) h.link.clearModuleCache()
-  }
-
-  /** The workspace's changes since the last upload, to the warm sandboxes. */
-  private async syncFiles(): Promise<void> {
+    if (this.currentDependencyKey() !== this.dependencyKey) return this.replaceSandboxes()
     const before = new Map(this.workspace.files.map((f) => [f.path, signature(f)]))
     const next = await this.collect(this.workspace.root)
     const changed = next.files.filter((f) => before.get(f.path) !== signature(f))

@@ -13,7 +13,7 @@ import path from 'node:path'
 import { loadCodec, type Codec, type CodecName } from './codec.js'
 import { ModuleCache } from './module-cache.js'
 import { createTunnels } from './tunnels.js'
-import { createChunkReader, createDeframer, frame, GIVEN_AT_ENV, jsonFrame, Kind, type ForkSpec } from './wire.js'
+import { createChunkReader, createDeframer, frame, jsonFrame, Kind, type ForkSpec } from './wire.js'
 
 // A listener of its own keeps SIGUSR1 from opening Node's debugger in the agent, where a test
 // could rewrite what every later worker runs (local sandboxes refuse the signal outright).
@@ -22,10 +22,6 @@ const out = new net.Socket({ fd: 1, readable: false, writable: true })
 const input = new net.Socket({ fd: 0, readable: true, writable: false })
 const workers = new Map<number, { child: ChildProcess; toWorker: (bytes: Buffer) => void }>()
 const modules = new ModuleCache()
-// The workspace was unpacked just before the agent started, and each watch-mode change is applied
-// before the host clears the module cache: a given file whose status changed after this was
-// written by a test of this sandbox (own-modules.ts).
-let givenAt = Date.now()
 // Both codecs before any frame is read, so a fork never waits on an import (its input would).
 // Without devalue (staged by the pool), its workers are relayed uncached.
 const codecs: Partial<Record<CodecName, Codec>> = { v8: await loadCodec('v8'), devalue: await loadCodec('devalue').catch(() => undefined) }
@@ -63,7 +59,7 @@ function fork(id: number, spec: ForkSpec): void {
   try {
     child = spawn(process.execPath, [...spec.execArgv, spec.entry, ...spec.args], {
       cwd: spec.cwd,
-      env: { ...baseEnv, ...spec.env, [GIVEN_AT_ENV]: String(givenAt) },
+      env: { ...baseEnv, ...spec.env },
       // fd 3 is the worker's private channel: user code writes to stdout/stderr, never to it.
       stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
     })
@@ -100,7 +96,6 @@ function onFrame(id: number, kind: number, payload: Buffer): void {
     case Kind.TO_WORKER:
       return workers.get(id)?.toWorker(Buffer.from(payload))
     case Kind.CLEAR_MODULES:
-      givenAt = Date.now()
       return modules.clear()
     case Kind.KILL: {
       const w = workers.get(id)

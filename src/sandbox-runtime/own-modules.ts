@@ -1,16 +1,14 @@
 /**
- * Modules a test wrote inside its sandbox (a code generator's output, or a given file it
- * rewrote), which the host's Vite, which serves every module, does not have as the sandbox has
- * them. When the host answers a worker's `fetch` with an error and the module it asked for is a
- * file of this sandbox, or with the code of a file that changed here since it was given (its
- * status is newer than the agent's `GIVEN_AT_ENV`), the fetch is asked again with the file's text
+ * Modules a test wrote inside its sandbox (a code generator's output), which the host's Vite, which
+ * serves every module, does not have. When the host answers a worker's `fetch` with an error and
+ * the module it asked for is a file of this sandbox, the fetch is asked again with the file's text
  * (`sandboxModule` in its options): the host transforms it as if it were at that path. The worker
  * sees one answer, under its own id. Node built-ins only.
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { projectRoot } from './host-reads.js'
-import { GIVEN_AT_ENV, type RpcFrame } from './wire.js'
+import type { RpcFrame } from './wire.js'
 
 /** The largest module sent (the host counts it as module code). */
 const MAX_MODULE = 8 * 1024 * 1024
@@ -23,8 +21,6 @@ const fetching = new Map<Id, unknown[]>()
 /** The fetches asked again, by their own id: the worker's id they answer. */
 const again = new Map<string, Id>()
 let asked = 0
-const givenAt = Number(process.env[GIVEN_AT_ENV]) || Infinity
-delete process.env[GIVEN_AT_ENV]
 
 /** A call of the worker on its way to the host. */
 export function sent(call: RpcFrame): void {
@@ -44,21 +40,14 @@ export function answered(msg: RpcFrame, post: (call: RpcFrame) => void): RpcFram
   }
   const args = fetching.get(msg.i)
   fetching.delete(msg.i)
-  if (!args) return msg
-  const made = msg.e === undefined ? changedModule(msg.r) : ownModule(args[0], args[1])
+  if (!args || msg.e === undefined) return msg
+  const made = ownModule(args[0], args[1])
   if (!made) return msg
   const id = `vitest-sandbox-module-${++asked}`
   again.set(id, msg.i)
   const options = args[3] && typeof args[3] === 'object' ? args[3] : {}
   post({ t: 'q', i: id, m: 'fetch', a: [args[0], args[1], args[2], { ...options, sandboxModule: made }, args[4]] })
   return undefined
-}
-
-/** The file of a module the host answered with its code, when a test of this sandbox changed it since it was given. */
-function changedModule(answer: unknown): { path: string; code: string } | undefined {
-  const file = (answer as { file?: unknown; code?: unknown } | undefined)?.file
-  if (typeof file !== 'string' || typeof (answer as { code?: unknown }).code !== 'string' || !file.startsWith(`${projectRoot()}/`)) return undefined
-  return readable(file, (stat) => stat.ctimeMs > givenAt)
 }
 
 /** The file of this sandbox a fetch's url names (read as Vite reads it), with its text. */
@@ -73,20 +62,13 @@ function ownModule(url: unknown, importer: unknown): { path: string; code: strin
   else return undefined
   for (const base of bases) {
     for (const file of [base, ...EXTENSIONS.map((e) => base + e), ...EXTENSIONS.map((e) => path.join(base, `index${e}`))]) {
-      const made = readable(file)
-      if (made) return made
+      try {
+        const stat = fs.statSync(file)
+        if (stat.isFile() && stat.size <= MAX_MODULE) return { path: file, code: fs.readFileSync(file, 'utf8') }
+      } catch {
+        // Not this one.
+      }
     }
-  }
-  return undefined
-}
-
-/** A file of this sandbox that may be sent as a module (and passes `also`), with its text. */
-function readable(file: string, also: (stat: fs.Stats) => boolean = () => true): { path: string; code: string } | undefined {
-  try {
-    const stat = fs.statSync(file)
-    if (stat.isFile() && stat.size <= MAX_MODULE && also(stat)) return { path: file, code: fs.readFileSync(file, 'utf8') }
-  } catch {
-    // Not this one.
   }
   return undefined
 }

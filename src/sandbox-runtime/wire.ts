@@ -56,8 +56,6 @@ export type RpcFrame = { t?: string; i?: string | number; m?: string; a?: unknow
 
 /** The variable that tells a worker `<socket path>#<token>` of its direct channel (it removes it before Vitest runs). */
 export const DIRECT_ENV = 'VITEST_POOL_SANDBOX_CHANNEL'
-/** When the files this sandbox was given were last written (ms): a file changed after it was changed by a test. */
-export const GIVEN_AT_ENV = 'VITEST_POOL_SANDBOX_GIVEN_AT'
 
 export function frame(channel: number, kind: number, payload?: Uint8Array): Buffer {
   const len = payload?.length ?? 0

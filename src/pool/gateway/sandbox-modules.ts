@@ -1,14 +1,15 @@
 /**
  * Modules a test wrote inside its sandbox (sandbox-runtime/own-modules.ts sends their text with a
- * fetch the host could not answer, or whose file the test changed there). The host's Vite
- * transforms them as if they were at their path, from the text the sandbox sent, under an id of
- * their own (`<path>?vitest-sandbox-module=<hash><extension>`): an entry of its own in the host's module
+ * fetch the host could not answer). The host's Vite transforms them as if they were at their path,
+ * from the text the sandbox sent, under an id of their own
+ * (`<path>?vitest-sandbox-module=<hash><extension>`): an entry of its own in the host's module
  * graph for each text, so two sandboxes that write different text at one path each get theirs,
- * and a module written again is transformed again. Only a given path is taken: the sandbox has
- * the host's file there already, so its text tells nothing of the host's. The host's file system
- * is not asked; nothing is written to it.
+ * and a module written again is transformed again. The host's file system is asked only whether
+ * it has the path (one it has is served as the host has it: a test file could otherwise rewrite
+ * the code a later file of its sandbox runs); nothing is written to it.
  */
 import { createHash } from 'node:crypto'
+import fs from 'node:fs'
 import path from 'node:path'
 import { heldBytes } from './budget.js'
 import type { FileRules } from './file-rules.js'
@@ -30,13 +31,13 @@ export function namesSandboxModule(id: unknown): boolean {
 
 /**
  * The id the host's Vite loads a sandbox's module under, and the query to take out of its answer;
- * undefined when `made` is not a module at a given path.
+ * undefined when `made` is not a module the host lacks at a given path.
  */
 export function sandboxModuleId(made: unknown, rules: FileRules): { id: string; query: string } | undefined {
   if (!made || typeof made !== 'object') return undefined
   const { path: file, code } = made as { path?: unknown; code?: unknown }
   if (typeof file !== 'string' || typeof code !== 'string' || code.length > MAX_TEXT) return undefined
-  if (!isPlainPath(file) || !rules.isGiven(file)) return undefined
+  if (!isPlainPath(file) || !rules.isGiven(file) || fs.existsSync(file)) return undefined
   const hash = createHash('sha256').update(file).update('\0').update(code).digest('hex').slice(0, 32)
   if (!texts.has(hash)) {
     const bytes = heldBytes(code)
