@@ -163,6 +163,10 @@ it('runs each file debugged in a sandbox of its own: a process a file left there
   expect(Object.keys(tests).filter((k) => k.includes('/takeover/')).length, run.output).toBe(4)
   for (const [name, t] of Object.entries(tests)) expect(t.status, `${name}\n${run.output}`).toBe('passed')
   expect(run.output).toMatch(/sandbox: 2 sandboxes \(local\), 2 files/)
+  // The same when the workers open it through a flag of `test.execArgv` (attack round 28).
+  const flagged = await runFixture('debugger', { pool: 'sandbox', args: ['--no-file-parallelism'], env: { VPS_DEBUG_TAKEOVER: '1', VPS_DEBUG_EXECARGV: String(await freePort()) } })
+  for (const [name, t] of Object.entries(testsOf(flagged.json ?? { testResults: [] }))) expect(t.status, `${name}\n${flagged.output}`).toBe('passed')
+  expect(flagged.output).toMatch(/sandbox: 2 sandboxes \(local\), 2 files/)
 })
 
 it('names the port and the fix when the debugger cannot be relayed there', async () => {

@@ -47,7 +47,7 @@ function removeMade(): void {
   if (fs.existsSync(ABOVE) && !fs.readdirSync(ABOVE).length) fs.rmdirSync(ABOVE)
   for (const f of CACHED) fs.rmSync(f, { force: true })
   const written = ['build.rs', 'Rakefile', 'src/main.go', 'index.html', 'build.gradle', 'lefthook.yml', 'compose.yaml', 'Taskfile.yaml', 'src/tasks.yml'] // by an attack, if it worked
-  for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+  for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', 'lkthere', 'lknowhr', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
 }
 
 beforeAll(() => {
@@ -79,6 +79,9 @@ beforeAll(() => {
   fs.symlinkSync('../../vitest.config.ts', path.join(FIXTURE, 'test/notes/readme.txt'))
   fs.symlinkSync('../../.github/workflows/release.yml', path.join(FIXTURE, 'test/notes/changelog.txt'))
   fs.symlinkSync(hostDir, path.join(FIXTURE, 'hostlink'))
+  // Links out of it to a host file and to nothing: the wording of an answer told them apart.
+  fs.symlinkSync(path.join(hostDir, 'secret.js'), path.join(FIXTURE, 'lkthere'))
+  fs.symlinkSync(path.join(hostDir, 'nothere.js'), path.join(FIXTURE, 'lknowhr'))
   generateSourceMapAttacks()
   generateCssAttacks()
   generateCodeAttacks()
@@ -422,7 +425,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       if (!relayed) expect(tests['fixtures/gateway-attack/test/bounded/unread.test.ts (file)']?.status, run.output).toBe('passed')
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/') && !k.includes('/bounded/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(56)
+      expect(others.length, run.output).toBe(57)
       // A file that named itself by a path another reader takes for the victim: reported as itself.
       expect(tests['fixtures/gateway-attack/test/forge-path.test.ts (file)']?.status, run.output).toBe('passed')
       expect(run.output).not.toContain('attack-secret')

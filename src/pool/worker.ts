@@ -81,6 +81,8 @@ export class SandboxPoolWorker implements PoolWorker {
   /** The port the worker's inspector listens on in its sandbox and the host relays (when asked for). */
   private inspectPort?: number
   private detachInspector?: () => void
+  /** Its worker opens Node's inspector: its sandbox serves no later file (`Fleet.retire`). */
+  private inspectable = false
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
 
@@ -263,6 +265,8 @@ export class SandboxPoolWorker implements PoolWorker {
     const codec = (this.codec = await loadCodec(codecFor(host.node)))
     // Events of a worker that was replaced after a loss are dropped.
     const current = () => attempt === this.attempt
+    const env = workerEnv(this.options.env, this.settings.env, this.configuredEnv())
+    this.inspectable = this.inspectPort !== undefined || opensInspector(this.options.execArgv, env)
     const { channel, started } = host.link.fork(
       {
         entry: `${this.fleet.runtimeDir}/worker.js`,
@@ -270,7 +274,7 @@ export class SandboxPoolWorker implements PoolWorker {
         codec: codec.name,
         cacheScope: JSON.stringify([project.config.root, project.name]),
         execArgv: this.options.execArgv,
-        env: workerEnv(this.options.env, this.settings.env, this.configuredEnv()),
+        env,
         // Where forks would run it: the host's cwd (the same path exists in the sandbox).
         cwd: workspace.relative(process.cwd()) !== undefined ? process.cwd() : workspace.root,
       },
@@ -376,7 +380,7 @@ export class SandboxPoolWorker implements PoolWorker {
   private finished(): void {
     this.detachInspector?.()
     this.markExited?.()
-    if (this.detachInspector && this.lease) this.fleet.retire(this.lease.host)
+    if (this.inspectable && this.lease) this.fleet.retire(this.lease.host)
     this.lease?.release()
   }
 
@@ -514,4 +518,10 @@ export class SandboxPoolWorker implements PoolWorker {
     }
     lease.release()
   }
+}
+
+/** Does a worker started so open Node's inspector (Vitest's `--inspect`, a flag of `test.execArgv`, or `NODE_OPTIONS`)? */
+function opensInspector(execArgv: string[] = [], env: Record<string, string | undefined> = {}): boolean {
+  const flag = /^--inspect(-brk|-wait)?(=|$)/
+  return [...execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)].some((arg) => flag.test(arg))
 }

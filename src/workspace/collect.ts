@@ -124,16 +124,30 @@ export async function collectWorkspace(root: string, opts: WorkspaceOptions & Pi
   return { root, files, bytes, secrets: secrets.sort(), relative, whyNot, isGiven: (abs) => whyNot(abs) === undefined }
 }
 
-/** The real path of `abs`, or of its nearest existing ancestor joined with the rest (for files not made yet). */
-export function realPath(abs: string): string {
+/**
+ * The real path of `abs`, or of its nearest existing ancestor joined with the rest (for files not
+ * made yet). A link to nothing leads where its target would be, as a link to something does (else
+ * which of the two a path was under told whether the target exists).
+ */
+export function realPath(abs: string, links = 0): string {
   const rest: string[] = []
   for (let p = path.resolve(abs); ; p = path.dirname(p)) {
     try {
       return path.join(fs.realpathSync(p), ...rest)
     } catch {
+      const target = links < 40 ? linkTarget(p) : undefined
+      if (target !== undefined) return realPath(path.join(path.resolve(path.dirname(p), target), ...rest), links + 1)
       if (path.dirname(p) === p) return path.resolve(abs)
       rest.unshift(path.basename(p))
     }
+  }
+}
+
+function linkTarget(p: string): string | undefined {
+  try {
+    return fs.readlinkSync(p)
+  } catch {
+    return undefined
   }
 }
 

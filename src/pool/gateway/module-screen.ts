@@ -181,8 +181,9 @@ export class ModuleScreen {
   private importer(importer: unknown): { importer: string | undefined; path?: string; map?: TwinMap } {
     if (typeof importer !== 'string') return { importer: undefined }
     const read = readModuleId(importer, undefined)
-    if (read.kind === 'other') return { importer }
-    if (read.kind === 'file' && this.rules.mayReach(read.path)) return { importer: read.id, path: read.path }
+    // Vite takes the folder of an importer as written, query and all: `x?/../../d/x.js` is `d`.
+    if (read.kind === 'other' && !/(^|[/?#])\.\.?([/?#]|$)/.test(importer)) return { importer }
+    if (read.kind === 'file' && !read.tail.includes('/') && this.rules.mayReach(read.path)) return { importer: read.id, path: read.path }
     const plain = read.kind === 'file' ? read.path : '/'
     return { importer: ABSENT + plain, path: ABSENT + plain, map: [[ABSENT, '']] }
   }
