@@ -23,9 +23,10 @@ it('imports modules its tests wrote in their sandboxes, as forks does, each sand
     const client = (tests: typeof got) => Object.fromEntries(Object.entries(tests).filter(([name]) => name.includes('client.test.ts')))
     expect(Object.values(client(expected)).map((t) => t.status)).toEqual(['passed', 'passed', 'passed'])
     expect(client(got)).toEqual(client(expected))
-    // Written again, written with other text by another file, and JSON: each import gets the text its
+    // Written again, written with other text by another file, JSON, and one importing another by its
+    // output name in a web transform (Redocly's generated TanStack client): each import gets the text its
     // sandbox holds. (`vitest run` under forks serves the first transform of a path: its watcher is off.)
-    for (const file of ['regenerate', 'shared-a', 'shared-b', 'json']) expect(got[`fixtures/generated/test/${file}.test.ts (file)`]?.status, sbx.output).toBe('passed')
+    for (const file of ['regenerate', 'shared-a', 'shared-b', 'json', 'consumer']) expect(got[`fixtures/generated/test/${file}.test.ts (file)`]?.status, sbx.output).toBe('passed')
     expect(sbx.output).toMatch(/sandbox: 2 sandboxes \(local\)/)
     expect(fs.existsSync(GENERATED)).toBe(false)
   } finally {

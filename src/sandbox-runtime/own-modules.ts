@@ -15,6 +15,9 @@ const MAX_MODULE = 8 * 1024 * 1024
 /** What Vite's resolver tries after a path without its extension. */
 const EXTENSIONS = ['.ts', '.tsx', '.mts', '.cts', '.js', '.jsx', '.mjs', '.cjs', '.json']
 
+/** The TypeScript source of each JavaScript extension. */
+const TS_OF: Record<string, string> = { '.js': '.ts', '.jsx': '.tsx', '.mjs': '.mts', '.cjs': '.cts' }
+
 type Id = string | number
 /** The worker's fetches in flight, by its id. */
 const fetching = new Map<Id, unknown[]>()
@@ -61,7 +64,9 @@ function ownModule(url: unknown, importer: unknown): { path: string; code: strin
   else if ((bare.startsWith('./') || bare.startsWith('../')) && typeof importer === 'string' && importer.startsWith('/')) bases = [path.resolve(path.dirname(importer.replace(/[?#].*$/, '')), bare)]
   else return undefined
   for (const base of bases) {
-    for (const file of [base, ...EXTENSIONS.map((e) => base + e), ...EXTENSIONS.map((e) => path.join(base, `index${e}`))]) {
+    // A TypeScript module imported by its output's name (`./client.js` for client.ts), as Vite reads it.
+    const typed = TS_OF[path.extname(base)]
+    for (const file of [base, ...(typed ? [base.slice(0, -path.extname(base).length) + typed] : []), ...EXTENSIONS.map((e) => base + e), ...EXTENSIONS.map((e) => path.join(base, `index${e}`))]) {
       try {
         const stat = fs.statSync(file)
         if (stat.isFile() && stat.size <= MAX_MODULE) return { path: file, code: fs.readFileSync(file, 'utf8') }

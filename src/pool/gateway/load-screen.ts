@@ -25,7 +25,7 @@ import { defangLiterals } from './literal-scan.js'
 import { guardEvalValue } from './eval-guard.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
-import { fileOf, packageFolders } from './module-ids.js'
+import { fileOf, isPlainPath, packageFolders } from './module-ids.js'
 import { sandboxModuleText } from './sandbox-modules.js'
 
 /** The part of a Vite environment this screen needs. */
@@ -99,8 +99,11 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
       if (packageFolders(id, importer, rules.roots).some((found) => !rules.mayReach(found)) || [...pathsIn(error)].some((p) => !rules.mayWord(p))) return null
       throw error
     }
-    const file = resolved && fileOf(resolved.id)
-    if (!file || !path.isAbsolute(file)) return resolved
+    // A module a test wrote, importing another it wrote beside it (a generated client and its
+    // consumer): the host has neither, so the path, which the worker's fetch gets the sandbox's text for.
+    if (!resolved) return besideSandboxModule(id, rest[0], state.rules())
+    const file = fileOf(resolved.id)
+    if (!path.isAbsolute(file)) return resolved
     // Vite's asset plugin answers a path of the public folder as it is (`/x`) and reads it from there.
     return mayRead(file, state.rules()) ? resolved : null
   }
@@ -206,3 +209,10 @@ function loadGiven(id: string, rules: FileRules): unknown {
 
 /** Vite's own expressions (its glob and asset plugins), matched on the module with literals stripped, as Vite does. */
 const ASSET_URL = /\bnew\s+URL\s*\(\s*('[^']+'|"[^"]+"|`[^`]+`)\s*,\s*import\.meta\.url\s*(?:,\s*)?\)/dg
+
+/** A relative import of a module a sandbox sent, of a given path the host does not have: that path. */
+function besideSandboxModule(id: string, importer: unknown, rules: FileRules): { id: string } | null {
+  if (typeof importer !== 'string' || sandboxModuleText(importer) === undefined || !/^\.\.?\//.test(id)) return null
+  const file = path.resolve(path.dirname(fileOf(importer)), fileOf(id))
+  return isPlainPath(file) && rules.isGiven(file) && !fs.existsSync(file) ? { id: file + id.slice(fileOf(id).length) } : null
+}
