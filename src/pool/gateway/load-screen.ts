@@ -25,8 +25,8 @@ import { defangLiterals } from './literal-scan.js'
 import { guardEvalValue } from './eval-guard.js'
 import { screenCss, type CssEnvironment } from './css-screen.js'
 import { screenGlobs, type GlobContext } from './glob-screen.js'
-import { fileOf, isPlainPath, packageFolders } from './module-ids.js'
-import { sandboxModuleText } from './sandbox-modules.js'
+import { fileOf, packageFolders } from './module-ids.js'
+import { isSandboxOnly, sandboxModuleText } from './sandbox-modules.js'
 
 /** The part of a Vite environment this screen needs. */
 export interface LoadingEnvironment extends CssEnvironment {
@@ -214,5 +214,5 @@ const ASSET_URL = /\bnew\s+URL\s*\(\s*('[^']+'|"[^"]+"|`[^`]+`)\s*,\s*import\.me
 function besideSandboxModule(id: string, importer: unknown, rules: FileRules): { id: string } | null {
   if (typeof importer !== 'string' || sandboxModuleText(importer) === undefined || !/^\.\.?\//.test(id)) return null
   const file = path.resolve(path.dirname(fileOf(importer)), fileOf(id))
-  return isPlainPath(file) && rules.isGiven(file) && !fs.existsSync(file) ? { id: file + id.slice(fileOf(id).length) } : null
+  return isSandboxOnly(file, rules) ? { id: file + id.slice(fileOf(id).length) } : null
 }

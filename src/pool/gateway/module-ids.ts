@@ -213,12 +213,22 @@ function nearestManifest(dir: string): string | undefined {
   }
 }
 
+/** Manifests' names, read again only when a manifest changed (every bare import asks). */
+const names = new Map<string, { mtimeMs: number; name: unknown }>()
+
 function manifestName(manifest: string): unknown {
+  const mtimeMs = fs.statSync(manifest, { throwIfNoEntry: false })?.mtimeMs
+  if (mtimeMs === undefined) return undefined
+  const known = names.get(manifest)
+  if (known?.mtimeMs === mtimeMs) return known.name
+  let name: unknown
   try {
-    return JSON.parse(fs.readFileSync(manifest, 'utf8'))?.name
+    name = JSON.parse(fs.readFileSync(manifest, 'utf8'))?.name
   } catch {
-    return undefined
+    name = undefined
   }
+  names.set(manifest, { mtimeMs, name })
+  return name
 }
 
 /** A bare id's package name: its first path segment, or two for a scope. */

@@ -29,6 +29,11 @@ export function namesSandboxModule(id: unknown): boolean {
   return typeof id === 'string' && id.includes(QUERY)
 }
 
+/** Is this a given path the host does not have (the only paths a sandbox's text is taken for)? */
+export function isSandboxOnly(file: string, rules: FileRules): boolean {
+  return isPlainPath(file) && rules.isGiven(file) && !fs.existsSync(file)
+}
+
 /**
  * The id the host's Vite loads a sandbox's module under, and the query to take out of its answer;
  * undefined when `made` is not a module the host lacks at a given path.
@@ -37,7 +42,7 @@ export function sandboxModuleId(made: unknown, rules: FileRules): { id: string; 
   if (!made || typeof made !== 'object') return undefined
   const { path: file, code } = made as { path?: unknown; code?: unknown }
   if (typeof file !== 'string' || typeof code !== 'string' || code.length > MAX_TEXT) return undefined
-  if (!isPlainPath(file) || !rules.isGiven(file) || fs.existsSync(file)) return undefined
+  if (!isSandboxOnly(file, rules)) return undefined
   const hash = createHash('sha256').update(file).update('\0').update(code).digest('hex').slice(0, 32)
   if (!texts.has(hash)) {
     const bytes = heldBytes(code)
