@@ -59,6 +59,11 @@ beforeAll(() => {
   fs.writeFileSync(path.join(hostDir, 'node_modules/hostpkg/package.json'), JSON.stringify({ name: 'hostpkg', exports: { './listed': './listed.js' } }))
   fs.writeFileSync(path.join(hostDir, 'node_modules/hostpkg/listed.js'), 'export const x = "attack-secret-package"\n')
   fs.writeFileSync(path.join(hostDir, 'package.json'), JSON.stringify({ name: 'attack-secret-pkgname', imports: { '#listed': './secret.js' } }))
+  // tsconfig.json files the host's transform of a module at a path in this folder would look for.
+  fs.mkdirSync(path.join(hostDir, 'tsc/bad'), { recursive: true })
+  fs.writeFileSync(path.join(hostDir, 'tsc/bad/tsconfig.json'), '{ "compilerOptions": attack-secret-tsconfig')
+  fs.mkdirSync(path.join(hostDir, 'tsc/good'), { recursive: true })
+  fs.writeFileSync(path.join(hostDir, 'tsc/good/tsconfig.json'), JSON.stringify({ compilerOptions: { useDefineForClassFields: false, experimentalDecorators: true } }))
   fs.writeFileSync(path.join(FIXTURE, '.env'), 'VITE_DOTENV=attack-secret-vite-dotenv\n')
   fs.mkdirSync(path.join(ABOVE, 'vps-above-pkg'), { recursive: true })
   fs.writeFileSync(path.join(ABOVE, 'vps-above-pkg/package.json'), JSON.stringify({ name: 'vps-above-pkg', exports: { './a': './a.js' } }))
@@ -425,7 +430,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       if (!relayed) expect(tests['fixtures/gateway-attack/test/bounded/unread.test.ts (file)']?.status, run.output).toBe('passed')
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/') && !k.includes('/bounded/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(57)
+      expect(others.length, run.output).toBe(58)
       // A file that named itself by a path another reader takes for the victim: reported as itself.
       expect(tests['fixtures/gateway-attack/test/forge-path.test.ts (file)']?.status, run.output).toBe('passed')
       expect(run.output).not.toContain('attack-secret')

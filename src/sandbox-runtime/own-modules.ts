@@ -3,7 +3,10 @@
  * serves every module, does not have. When the host answers a worker's `fetch` with an error and
  * the module it asked for is a file of this sandbox, the fetch is asked again with the file's text
  * (`sandboxModule` in its options): the host transforms it as if it were at that path. The worker
- * sees one answer, under its own id. Node built-ins only.
+ * sees one answer, under its own id. A file outside the project (a test's temp folder) is sent as
+ * if it were in a folder of the project the host never has (`OUTSIDE`): the host's Vite then looks
+ * for its tsconfig and packages in the project, never in a host folder, and maps the answer back to
+ * the file's own path (its imports, `import.meta.url`, source map). Node built-ins only.
  */
 import fs from 'node:fs'
 import path from 'node:path'
@@ -17,6 +20,9 @@ const EXTENSIONS = ['.ts', '.tsx', '.mts', '.cts', '.js', '.jsx', '.mjs', '.cjs'
 
 /** The TypeScript source of each JavaScript extension. */
 const TS_OF: Record<string, string> = { '.js': '.ts', '.jsx': '.tsx', '.mjs': '.mts', '.cjs': '.cts' }
+
+/** The folder of the project, which the host never has, that files outside the project are sent under. */
+export const OUTSIDE = '.vitest-sandbox-outside'
 
 type Id = string | number
 /** The worker's fetches in flight, by its id. */
@@ -69,11 +75,16 @@ function ownModule(url: unknown, importer: unknown): { path: string; code: strin
     for (const file of [base, ...(typed ? [base.slice(0, -path.extname(base).length) + typed] : []), ...EXTENSIONS.map((e) => base + e), ...EXTENSIONS.map((e) => path.join(base, `index${e}`))]) {
       try {
         const stat = fs.statSync(file)
-        if (stat.isFile() && stat.size <= MAX_MODULE) return { path: file, code: fs.readFileSync(file, 'utf8') }
+        if (stat.isFile() && stat.size <= MAX_MODULE) return { path: sentPath(file), code: fs.readFileSync(file, 'utf8') }
       } catch {
         // Not this one.
       }
     }
   }
   return undefined
+}
+
+/** The path a file is sent under: its own in the project, under OUTSIDE beyond it. */
+function sentPath(file: string): string {
+  return path.relative(projectRoot(), file).startsWith('..') ? path.join(projectRoot(), OUTSIDE, file) : file
 }

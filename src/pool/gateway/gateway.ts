@@ -191,12 +191,12 @@ export class Gateway {
       case 'module': {
         if (call.method !== 'ensureModuleGraphEntry' && !ctx.environments().includes(args[2] as string)) throw new ProtocolViolation(`${call.method}: environment ${JSON.stringify(String(args[2]).slice(0, 80))} is not one of the host's`)
         // A module a test wrote in its sandbox, sent again with its text: loaded from that text.
-        const own = call.method === 'fetch' ? sandboxModuleId((args[3] as { sandboxModule?: unknown } | undefined)?.sandboxModule, ctx.rules) : undefined
+        const own = call.method === 'fetch' ? sandboxModuleId((args[3] as { sandboxModule?: unknown } | undefined)?.sandboxModule, ctx.rules, ctx.projectRoot) : undefined
         if (call.method === 'fetch') args.splice(3, 2, ...fetchOptions(args[3], args[4]))
         if (namesSandboxModule(args[0])) return { e: refusal(`Cannot find module '${String(args[0]).slice(0, 200)}'`) }
         if (own) args[0] = own.id
         call.screened = this.screen.call(call.method, args)
-        if (own) call.screened.map = [[own.query, ''], ...(call.screened.map ?? [])]
+        if (own) Object.assign(call.screened, { map: [[own.query, ''], ...(call.screened.map ?? [])], results: own.results })
         return call.screened.answer ? { e: call.screened.answer.error } : undefined
       }
       case 'warm':

@@ -101,7 +101,7 @@ export function screenLoads(environment: LoadingEnvironment, rules: () => FileRu
     }
     // A module a test wrote, importing another it wrote beside it (a generated client and its
     // consumer): the host has neither, so the path, which the worker's fetch gets the sandbox's text for.
-    if (!resolved) return besideSandboxModule(id, rest[0], state.rules())
+    if (!resolved) return besideSandboxModule(id, rest[0], state.rules(), environment.config.root)
     const file = fileOf(resolved.id)
     if (!path.isAbsolute(file)) return resolved
     // Vite's asset plugin answers a path of the public folder as it is (`/x`) and reads it from there.
@@ -211,8 +211,8 @@ function loadGiven(id: string, rules: FileRules): unknown {
 const ASSET_URL = /\bnew\s+URL\s*\(\s*('[^']+'|"[^"]+"|`[^`]+`)\s*,\s*import\.meta\.url\s*(?:,\s*)?\)/dg
 
 /** A relative import of a module a sandbox sent, of a given path the host does not have: that path. */
-function besideSandboxModule(id: string, importer: unknown, rules: FileRules): { id: string } | null {
+function besideSandboxModule(id: string, importer: unknown, rules: FileRules, projectRoot: string): { id: string } | null {
   if (typeof importer !== 'string' || sandboxModuleText(importer) === undefined || !/^\.\.?\//.test(id)) return null
   const file = path.resolve(path.dirname(fileOf(importer)), fileOf(id))
-  return isSandboxOnly(file, rules) ? { id: file + id.slice(fileOf(id).length) } : null
+  return isSandboxOnly(file, rules, projectRoot) ? { id: file + id.slice(fileOf(id).length) } : null
 }

@@ -32,6 +32,8 @@ export interface ScreenedCall {
   args: unknown[]
   /** Strings of the answer to map back (a twin id or a replaced importer). */
   map?: TwinMap
+  /** Strings of a result only (not of an error) to map back: paths of a sandbox's module outside the project. */
+  results?: TwinMap
   /** A call already answered by the gateway (a form it refuses): the error to give. */
   answer?: { error: Error }
 }
@@ -224,7 +226,7 @@ export class ModuleScreen {
     const inlined = this.withScreenedEnv(result && typeof result === 'object' ? inlineCached(result as Record<string, any>) : result)
     const named = this.filesOf(inlined, call.asked[0])
     const leak = [...named].find((f) => !this.rules.mayName(f) && !f.startsWith(ABSENT))
-    if (leak === undefined) return { result: mapped(inlined) }
+    if (leak === undefined) return { result: call.results ? mapStrings(mapped(inlined), (t) => untwin(t, call.results!)) : mapped(inlined) }
     log('%s of %s: the answer names %s, which is not given', call.method, call.asked[0], leak)
     const id = call.asked[0] as string
     const read = readModuleId(id, undefined)

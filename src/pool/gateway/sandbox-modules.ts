@@ -13,7 +13,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { heldBytes } from './budget.js'
 import type { FileRules } from './file-rules.js'
-import { fileOf, isPlainPath } from './module-ids.js'
+import { fileOf, isPlainPath, type TwinMap } from './module-ids.js'
+import { OUTSIDE } from '../../sandbox-runtime/own-modules.js'
 
 const QUERY = 'vitest-sandbox-module'
 /** The largest text taken (the runtime sends at most 8 MiB). */
@@ -29,20 +30,23 @@ export function namesSandboxModule(id: unknown): boolean {
   return typeof id === 'string' && id.includes(QUERY)
 }
 
-/** Is this a given path the host does not have (the only paths a sandbox's text is taken for)? */
-export function isSandboxOnly(file: string, rules: FileRules): boolean {
-  return isPlainPath(file) && rules.isGiven(file) && !fs.existsSync(file)
+/**
+ * Is this a path the host does not have that a sandbox's text is taken for: a given one, or one
+ * under the project's `OUTSIDE` folder (where the runtime sends files outside the project)?
+ */
+export function isSandboxOnly(file: string, rules: FileRules, projectRoot: string): boolean {
+  return isPlainPath(file) && (rules.isGiven(file) || file.startsWith(`${path.join(projectRoot, OUTSIDE)}/`)) && !fs.existsSync(file)
 }
 
 /**
  * The id the host's Vite loads a sandbox's module under, and the query to take out of its answer;
  * undefined when `made` is not a module the host lacks at a given path.
  */
-export function sandboxModuleId(made: unknown, rules: FileRules): { id: string; query: string } | undefined {
+export function sandboxModuleId(made: unknown, rules: FileRules, projectRoot: string): { id: string; query: string; results?: TwinMap } | undefined {
   if (!made || typeof made !== 'object') return undefined
   const { path: file, code } = made as { path?: unknown; code?: unknown }
   if (typeof file !== 'string' || typeof code !== 'string' || code.length > MAX_TEXT) return undefined
-  if (!isSandboxOnly(file, rules)) return undefined
+  if (!isSandboxOnly(file, rules, projectRoot)) return undefined
   const hash = createHash('sha256').update(file).update('\0').update(code).digest('hex').slice(0, 32)
   if (!texts.has(hash)) {
     const bytes = heldBytes(code)
@@ -56,7 +60,10 @@ export function sandboxModuleId(made: unknown, rules: FileRules): { id: string; 
   }
   // The file's extension last, where Vite reads a module's type from (a JSON file's is not JS).
   const query = `?${QUERY}=${hash}${path.extname(file)}`
-  return { id: file + query, query }
+  // One outside the project: the worker reads its paths as they are in the sandbox (its imports, its file, its map).
+  const outside = path.join(projectRoot, OUTSIDE)
+  const results: TwinMap | undefined = file.startsWith(`${outside}/`) ? [[`${outside}/`, '/'], [`/${OUTSIDE}/`, '/']] : undefined
+  return { id: file + query, query, results }
 }
 
 /** The text a load of `id` gets, when it is one of these. */
