@@ -47,7 +47,7 @@ function removeMade(): void {
   if (fs.existsSync(ABOVE) && !fs.readdirSync(ABOVE).length) fs.rmdirSync(ABOVE)
   for (const f of CACHED) fs.rmSync(f, { force: true })
   const written = ['build.rs', 'Rakefile', 'src/main.go', 'index.html', 'build.gradle', 'lefthook.yml', 'compose.yaml', 'Taskfile.yaml', 'src/tasks.yml'] // by an attack, if it worked
-  for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', 'lkthere', 'lknowhr', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+  for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', 'lkthere', 'lknowhr', 'loopy', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
 }
 
 beforeAll(() => {
@@ -87,6 +87,7 @@ beforeAll(() => {
   // Links out of it to a host file and to nothing: the wording of an answer told them apart.
   fs.symlinkSync(path.join(hostDir, 'secret.js'), path.join(FIXTURE, 'lkthere'))
   fs.symlinkSync(path.join(hostDir, 'nothere.js'), path.join(FIXTURE, 'lknowhr'))
+  fs.symlinkSync('loopy', path.join(FIXTURE, 'loopy'))
   generateSourceMapAttacks()
   generateCssAttacks()
   generateCodeAttacks()
@@ -149,6 +150,7 @@ function generateSourceMapAttacks(): void {
   fs.writeFileSync(path.join(FIXTURE, 'public/.env.local'), 'TOKEN=attack-secret-public\n')
   fs.mkdirSync(path.join(FIXTURE, 'test/node_modules'), { recursive: true })
   fs.symlinkSync(hostDir, path.join(FIXTURE, 'test/node_modules/evil'))
+  fs.symlinkSync(path.join(hostDir, 'node_modules/hostpkg'), path.join(FIXTURE, 'test/node_modules/evilpkg'))
   // A workspace package's link (npm, yarn and pnpm workspaces make them) leads to the package's
   // files in the project, given or not: only the given ones may be read through it.
   fs.mkdirSync(path.join(dir, 'pkg'))
@@ -430,7 +432,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       if (!relayed) expect(tests['fixtures/gateway-attack/test/bounded/unread.test.ts (file)']?.status, run.output).toBe('passed')
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/') && !k.includes('/bounded/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(58)
+      expect(others.length, run.output).toBe(60)
       // A file that named itself by a path another reader takes for the victim: reported as itself.
       expect(tests['fixtures/gateway-attack/test/forge-path.test.ts (file)']?.status, run.output).toBe('passed')
       expect(run.output).not.toContain('attack-secret')

@@ -127,29 +127,53 @@ export async function collectWorkspace(root: string, opts: WorkspaceOptions & Pi
 /**
  * The real path of `abs`, or of its nearest existing ancestor joined with the rest (for files not
  * made yet). A link to nothing leads where its target would be, as a link to something does (else
- * which of the two a path was under told whether the target exists).
+ * which of the two a path was under told whether the target exists); a relative target is read
+ * from the link's real folder. One walk down the path, at most 40 links followed (a loop of links
+ * under a path of thousands of folders cost the host seconds a call when each folder was resolved).
+ * A path of more than 256 folders leads nowhere given (`/`): no project nests so deep, and the
+ * kernel's work for each folder of one grows with its depth.
  */
-export function realPath(abs: string, links = 0): string {
-  const rest: string[] = []
-  for (let p = path.resolve(abs); ; p = path.dirname(p)) {
-    try {
-      return path.join(fs.realpathSync(p), ...rest)
-    } catch {
-      const target = links < 40 ? linkTarget(p) : undefined
-      if (target !== undefined) return realPath(path.join(path.resolve(path.dirname(p), target), ...rest), links + 1)
-      if (path.dirname(p) === p) return path.resolve(abs)
-      rest.unshift(path.basename(p))
-    }
+export function realPath(abs: string): string {
+  const whole = path.resolve(abs)
+  if (whole.split('/').length > MAX_DEPTH) return '/'
+  try {
+    return fs.realpathSync(whole)
+  } catch {
+    // Something on the way is missing, or a loop: walked below.
   }
+  const todo = whole.split('/').filter(Boolean)
+  let at = '/'
+  let links = 0
+  while (todo.length > 0) {
+    const name = todo.shift()!
+    if (name === '..') {
+      at = path.dirname(at)
+      continue
+    }
+    if (name === '.') continue
+    const next = path.join(at, name)
+    let target: string
+    try {
+      if (links === MAX_LINKS) throw new Error('not followed')
+      target = fs.readlinkSync(next)
+    } catch (error) {
+      // Nothing below a missing entry or a file exists: the rest is as written.
+      const code = (error as { code?: unknown }).code
+      if (code === 'ENOENT' || code === 'ENOTDIR') return path.join(next, ...todo)
+      at = next // a folder or file that is no link (or one past the limit)
+      continue
+    }
+    links++
+    todo.unshift(...target.split('/').filter(Boolean))
+    if (path.isAbsolute(target)) at = '/'
+  }
+  return at
 }
 
-function linkTarget(p: string): string | undefined {
-  try {
-    return fs.readlinkSync(p)
-  } catch {
-    return undefined
-  }
-}
+/** Links followed through one path, as the kernel follows (ELOOP past it). */
+const MAX_LINKS = 40
+/** Folders in a path the workspace's rules follow. */
+const MAX_DEPTH = 256
 
 function mib(n: number): string {
   return n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 / 1024).toFixed(1)} MiB`

@@ -68,7 +68,7 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots
     }
     return answer
   }
-  const mayName = (file: string) => !fs.existsSync(file) || workspace.isGiven(file) || dependency(file) || runtime(file)
+  const mayNameExisting = (file: string) => workspace.isGiven(file) || dependency(file) || runtime(file)
   const mayWord = (file: string) => workspace.isGiven(file) || underNodeModules(file) || runtime(file)
   return {
     root: workspace.root,
@@ -78,6 +78,7 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots
     outwardLinks: workspace.files.filter((f) => f.link !== undefined).map((f) => path.join(workspace.root, f.path)).filter((p) => !workspace.isGiven(p)),
     isGiven: (file) => workspace.isGiven(file),
     changed: () => answers.clear(),
-    mayName: (file) => remembered(file, () => mayName(file)),
+    // Whether it exists is asked each time: a file Vitest writes later in the run (its module cache) was missing once.
+    mayName: (file) => !fs.existsSync(file) || remembered(file, () => mayNameExisting(file)),
   }
 }

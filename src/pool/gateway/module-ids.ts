@@ -187,7 +187,8 @@ export function packageFolders(id: string, importer: string | undefined, roots: 
   }
   const name = packageName(id)
   if (!name) return []
-  const from = [...(file && path.isAbsolute(file) && fs.existsSync(file) ? [path.dirname(file)] : []), ...roots]
+  // From the importer's folder (Vite's resolver starts there whether or not the file exists) and from the roots.
+  const from = [...(file && path.isAbsolute(file) ? [path.dirname(file)] : []), ...roots]
   const found: string[] = []
   for (const start of from) {
     const manifest = nearestManifest(start)

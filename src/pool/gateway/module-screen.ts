@@ -11,6 +11,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { ABSENT, candidates, fileOf, packageFolders, packageTwin, readModuleId, twinOf, type TwinMap } from './module-ids.js'
 import { namesSandboxModule } from './sandbox-modules.js'
@@ -180,14 +181,36 @@ export class ModuleScreen {
    * link's target's parent); else the same path under a folder that does not exist, so no answer
    * tells what the host has near it.
    */
-  private importer(importer: unknown): { importer: string | undefined; path?: string; map?: TwinMap } {
+  private importer(importer: unknown): { importer: string | undefined; path?: string; from?: string; map?: TwinMap } {
     if (typeof importer !== 'string') return { importer: undefined }
     const read = readModuleId(importer, undefined)
-    // Vite takes the folder of an importer as written, query and all: `x?/../../d/x.js` is `d`.
-    if (read.kind === 'other' && !/(^|[/?#])\.\.?([/?#]|$)/.test(importer)) return { importer }
-    if (read.kind === 'file' && !read.tail.includes('/') && this.rules.mayReach(read.path)) return { importer: read.id, path: read.path }
+    // Vite takes the folder of an importer as written, query and all (`x?/../../d/x.js` is `d`),
+    // from the host's working folder for one that is no path (`link/x.js` is where the link leads).
+    if (read.kind === 'other' && !/(^|[/?#])\.\.?([/?#]|$)/.test(importer)) {
+      const from = path.resolve(fileOf(importer))
+      return this.rules.mayReach(from) ? { importer, from } : this.nowhere(importer)
+    }
+    // As a plain path: Vite walks the folders of a `/@fs/…`, `/@id/…` or `file:` importer as written (up to `/package.json`).
+    if (read.kind === 'file' && !read.tail.includes('/') && this.rules.mayReach(read.path)) return { importer: (read.head.includes('\0') ? '\0' : '') + read.path + read.tail, path: read.path, from: read.path }
     const plain = read.kind === 'file' ? read.path : '/'
     return { importer: ABSENT + plain, path: ABSENT + plain, map: [[ABSENT, '']] }
+  }
+
+  /**
+   * A bare importer whose folder leads out of the workspace (`link/x.js`), as one whose folder is
+   * not there: its first such name under random characters of the same length, so the answer reads
+   * as that of a missing folder's importer.
+   */
+  private nowhere(importer: string): { importer: string; map: TwinMap } {
+    const parts = importer.split('/')
+    const at = parts.findIndex((_, i) => !this.rules.mayReach(path.resolve(fileOf(parts.slice(0, i + 1).join('/')))))
+    const name = fileOf(parts[at] ?? '')
+    for (let attempt = 0; name.length >= 4 && attempt < 8; attempt++) {
+      const random = randomBytes(name.length).toString('hex').slice(0, name.length).replace(/^\d/, 'x')
+      const twin = [...parts.slice(0, at), random + parts[at].slice(name.length), ...parts.slice(at + 1)]
+      if (!fs.existsSync(path.resolve(fileOf(twin.slice(0, at + 1).join('/'))))) return { importer: twin.join('/'), map: [[random, name]] }
+    }
+    return { importer: ABSENT + '/', map: [[ABSENT, '']] }
   }
 
   /** A module call from the worker (`fetch(id, importer, …)`, `resolve(id, importer, …)`, `ensureModuleGraphEntry(id, importer)`), as it goes to the host. */
@@ -200,7 +223,7 @@ export class ModuleScreen {
     if (read.kind === 'other') {
       // A package found up the folders (from the importer's, or from a root where the importer is
       // no file, as Vite looks) outside what the sandbox may word is asked as a missing one.
-      if (packageFolders(id, importer.path, this.rules.roots).every((found) => this.rules.mayReach(found))) return base
+      if (packageFolders(id, importer.from, this.rules.roots).every((found) => this.rules.mayReach(found))) return base
       log('%s of %s: its package is not given, asking for a twin', method, id)
       const twin = packageTwin(id)
       return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
