@@ -47,7 +47,7 @@ function removeMade(): void {
   if (fs.existsSync(ABOVE) && !fs.readdirSync(ABOVE).length) fs.rmdirSync(ABOVE)
   for (const f of CACHED) fs.rmSync(f, { force: true })
   const written = ['build.rs', 'Rakefile', 'src/main.go', 'index.html', 'build.gradle', 'lefthook.yml', 'compose.yaml', 'Taskfile.yaml', 'src/tasks.yml'] // by an attack, if it worked
-  for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', 'lkthere', 'lknowhr', 'loopy', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
+  for (const f of ['.env', 'coverage', 'public', 'test/notes', 'hostlink', 'lkthere', 'lknowhr', 'loopy', 'test/kq.key', '.env.pp', '.github', '.vitest-attachments', 'test/generated', 'test/node_modules', 'src/generated-mapped.js', ...written]) fs.rmSync(path.join(FIXTURE, f), { recursive: true, force: true })
 }
 
 beforeAll(() => {
@@ -65,6 +65,8 @@ beforeAll(() => {
   fs.mkdirSync(path.join(hostDir, 'tsc/good'), { recursive: true })
   fs.writeFileSync(path.join(hostDir, 'tsc/good/tsconfig.json'), JSON.stringify({ compilerOptions: { useDefineForClassFields: false, experimentalDecorators: true } }))
   fs.writeFileSync(path.join(FIXTURE, '.env'), 'VITE_DOTENV=attack-secret-vite-dotenv\n')
+  fs.writeFileSync(path.join(FIXTURE, 'test/kq.key'), 'attack-secret-key\n')
+  fs.writeFileSync(path.join(FIXTURE, '.env.pp'), 'attack-secret-env-pp\n')
   fs.mkdirSync(path.join(ABOVE, 'vps-above-pkg'), { recursive: true })
   fs.writeFileSync(path.join(ABOVE, 'vps-above-pkg/package.json'), JSON.stringify({ name: 'vps-above-pkg', exports: { './a': './a.js' } }))
   fs.writeFileSync(path.join(ABOVE, 'vps-above-pkg/a.js'), 'export const x = "attack-secret-above"\n')
@@ -432,7 +434,7 @@ describe('the host gateway, attacked from sandboxed test code', () => {
       if (!relayed) expect(tests['fixtures/gateway-attack/test/bounded/unread.test.ts (file)']?.status, run.output).toBe('passed')
       const others = Object.entries(tests).filter(([k]) => !k.includes('/violation/') && !k.includes('/fuzz/') && !k.includes('/refused/') && !k.includes('/bounded/'))
       expect(others.filter(([, t]) => t.status !== 'passed'), run.output).toEqual([])
-      expect(others.length, run.output).toBe(60)
+      expect(others.length, run.output).toBe(63)
       // A file that named itself by a path another reader takes for the victim: reported as itself.
       expect(tests['fixtures/gateway-attack/test/forge-path.test.ts (file)']?.status, run.output).toBe('passed')
       expect(run.output).not.toContain('attack-secret')

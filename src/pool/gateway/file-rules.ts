@@ -79,6 +79,10 @@ export function fileRules(workspace: Workspace, runtimeDirs: string[], readRoots
     isGiven: (file) => workspace.isGiven(file),
     changed: () => answers.clear(),
     // Whether it exists is asked each time: a file Vitest writes later in the run (its module cache) was missing once.
-    mayName: (file) => !fs.existsSync(file) || remembered(file, () => mayNameExisting(file)),
+    // As the path it reads to (`/x/` is `/x`: a file with a slash after it does not exist, but is read).
+    mayName: (file) => {
+      const p = path.resolve(file)
+      return !fs.existsSync(p) || remembered(p, () => mayNameExisting(p))
+    },
   }
 }

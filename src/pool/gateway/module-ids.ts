@@ -160,7 +160,7 @@ export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMa
     const name = segments[at].slice(0, segments[at].indexOf('.', 1) >>> 0)
     if (name.length < 4 || name.startsWith('.')) continue
     for (let attempt = 0; attempt < 8; attempt++) {
-      const random = randomBytes(name.length).toString('hex').slice(0, name.length).replace(/^\d/, 'x')
+      const random = randomHex(name.length)
       const twinPath = [...segments.slice(0, at), random + segments[at].slice(name.length), ...segments.slice(at + 1)].join('/')
       const hostPath = plainPath(file.dir === undefined ? (file.head.endsWith('file://') ? fileURLToPath('file://' + twinPath) : twinPath) : path.posix.join(file.dir, twinPath))
       if (!candidates({ ...file, path: hostPath }, roots).some((c) => fs.existsSync(c))) {
@@ -170,6 +170,11 @@ export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMa
   }
   const id = file.dir === undefined ? file.head + ABSENT + file.path + file.tail : ABSENT + file.path + file.tail
   return { id, map: [[ABSENT, '']] }
+}
+
+/** Random letters and digits, not starting with a digit. */
+export function randomHex(length: number): string {
+  return randomBytes(length).toString('hex').slice(0, length).replace(/^\d/, 'x')
 }
 
 /**

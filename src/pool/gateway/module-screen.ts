@@ -11,9 +11,8 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { ABSENT, candidates, fileOf, packageFolders, packageTwin, readModuleId, twinOf, type TwinMap } from './module-ids.js'
+import { ABSENT, candidates, fileOf, isPlainPath, packageFolders, packageTwin, randomHex, readModuleId, twinOf, type TwinMap } from './module-ids.js'
 import { namesSandboxModule } from './sandbox-modules.js'
 import { screenImportMetaEnv } from './import-meta-env.js'
 import type { FileRules } from './file-rules.js'
@@ -191,7 +190,8 @@ export class ModuleScreen {
       return this.rules.mayReach(from) ? { importer, from } : this.nowhere(importer)
     }
     // As a plain path: Vite walks the folders of a `/@fs/…`, `/@id/…` or `file:` importer as written (up to `/package.json`).
-    if (read.kind === 'file' && !read.tail.includes('/') && this.rules.mayReach(read.path)) return { importer: (read.head.includes('\0') ? '\0' : '') + read.path + read.tail, path: read.path, from: read.path }
+    // Nor with `#` or `?` in its path (`%23` decoded): Vite cuts it there, where a link may be.
+    if (read.kind === 'file' && !read.tail.includes('/') && isPlainPath(read.path) && this.rules.mayReach(read.path)) return { importer: (read.head.includes('\0') ? '\0' : '') + read.path + read.tail, path: read.path, from: read.path }
     const plain = read.kind === 'file' ? read.path : '/'
     return { importer: ABSENT + plain, path: ABSENT + plain, map: [[ABSENT, '']] }
   }
@@ -206,7 +206,7 @@ export class ModuleScreen {
     const at = parts.findIndex((_, i) => !this.rules.mayReach(path.resolve(fileOf(parts.slice(0, i + 1).join('/')))))
     const name = fileOf(parts[at] ?? '')
     for (let attempt = 0; name.length >= 4 && attempt < 8; attempt++) {
-      const random = randomBytes(name.length).toString('hex').slice(0, name.length).replace(/^\d/, 'x')
+      const random = randomHex(name.length)
       const twin = [...parts.slice(0, at), random + parts[at].slice(name.length), ...parts.slice(at + 1)]
       if (!fs.existsSync(path.resolve(fileOf(twin.slice(0, at + 1).join('/'))))) return { importer: twin.join('/'), map: [[random, name]] }
     }
@@ -229,13 +229,21 @@ export class ModuleScreen {
       return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
     }
     if (read.id !== id) base.map = [...(base.map ?? []), [read.id, id]]
-    const named = candidates(read, this.rules.roots).filter((c) => !this.rules.mayName(c))
+    const named = candidates(read, this.rules.roots).filter((c) => (this.underRoot(c) ? !this.rules.mayReach(c) : !this.rules.mayName(c)))
     if (named.length === 0) return { ...base, args: [read.id, importer.importer, ...rest] }
     // Every module call of a file that is not given is asked for its twin (a missing file):
     // `ensureModuleGraphEntry` refused one that exists and made an entry for one that does not.
+    // Under a root, whether the file is there or not (which secrets a workspace holds is itself
+    // one): the twin of `.env` is of the root's folder, and Vite worded its url as a full path
+    // where it words a missing file's from the root.
     log('%s of %s: not given, asking for its twin', method, id)
     const twin = twinOf(read, this.rules.roots)
     return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
+  }
+
+  /** Is the path inside one of the roots (where Vite words files from the root)? */
+  private underRoot(file: string): boolean {
+    return this.rules.roots.some((root) => file.startsWith(`${root}/`))
   }
 
   /** The host's answer to a screened call. */
