@@ -150,17 +150,20 @@ export type TwinMap = Array<[twin: string, asked: string]>
  * A twin of a canonical file id: the same id with one name (the deepest whose part before any
  * extension has at least four characters, so that mapping it back cannot hit other text) replaced
  * by random characters of the same length, extensions kept, such that no path Vite may read for it exists. The same length keeps columns in
- * the twin's source maps true for the asked id. Falls back to a path under ABSENT.
+ * the twin's source maps true for the asked id; never a name the asked id or importer holds. Falls
+ * back to a path under ABSENT.
  */
-export function twinOf(file: FileId, roots: string[]): { id: string; map: TwinMap } {
+export function twinOf(file: FileId, roots: string[], asked = ''): { id: string; map: TwinMap } {
   const [idPath] = splitQuery(file.id.slice(file.head.length))
   const segments = idPath.split('/')
   for (let at = segments.length - 1; at >= 0; at--) {
     // The name without its extensions: Vite reads a file by its extension (`.txt` is an asset).
     const name = segments[at].slice(0, segments[at].indexOf('.', 1) >>> 0)
     if (name.length < 4 || name.startsWith('.')) continue
-    for (let attempt = 0; attempt < 8; attempt++) {
+    for (let attempt = 0; attempt < 32; attempt++) {
       const random = randomHex(name.length)
+      // Not in what the worker sent (a query Vite repeats in its answer would come back mapped).
+      if (asked.includes(random) || file.id.includes(random)) continue
       const twinPath = [...segments.slice(0, at), random + segments[at].slice(name.length), ...segments.slice(at + 1)].join('/')
       const hostPath = plainPath(file.dir === undefined ? (file.head.endsWith('file://') ? fileURLToPath('file://' + twinPath) : twinPath) : path.posix.join(file.dir, twinPath))
       if (!candidates({ ...file, path: hostPath }, roots).some((c) => fs.existsSync(c))) {

@@ -12,7 +12,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { ABSENT, candidates, fileOf, isPlainPath, packageFolders, packageTwin, randomHex, readModuleId, twinOf, type TwinMap } from './module-ids.js'
+import { ABSENT, candidates, fileOf, isPlainPath, packageFolders, packageTwin, randomHex, readModuleId, twinOf, type FileId, type TwinMap } from './module-ids.js'
 import { namesSandboxModule } from './sandbox-modules.js'
 import { screenImportMetaEnv } from './import-meta-env.js'
 import type { FileRules } from './file-rules.js'
@@ -207,6 +207,7 @@ export class ModuleScreen {
     const name = fileOf(parts[at] ?? '')
     for (let attempt = 0; name.length >= 4 && attempt < 8; attempt++) {
       const random = randomHex(name.length)
+      if (importer.includes(random)) continue
       const twin = [...parts.slice(0, at), random + parts[at].slice(name.length), ...parts.slice(at + 1)]
       if (!fs.existsSync(path.resolve(fileOf(twin.slice(0, at + 1).join('/'))))) return { importer: twin.join('/'), map: [[random, name]] }
     }
@@ -229,21 +230,27 @@ export class ModuleScreen {
       return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
     }
     if (read.id !== id) base.map = [...(base.map ?? []), [read.id, id]]
-    const named = candidates(read, this.rules.roots).filter((c) => (this.underRoot(c) ? !this.rules.mayReach(c) : !this.rules.mayName(c)))
-    if (named.length === 0) return { ...base, args: [read.id, importer.importer, ...rest] }
+    if (this.rules.mayReach(this.reading(read))) return { ...base, args: [read.id, importer.importer, ...rest] }
     // Every module call of a file that is not given is asked for its twin (a missing file):
     // `ensureModuleGraphEntry` refused one that exists and made an entry for one that does not.
-    // Under a root, whether the file is there or not (which secrets a workspace holds is itself
-    // one): the twin of `.env` is of the root's folder, and Vite worded its url as a full path
-    // where it words a missing file's from the root.
+    // Whether the file is there or not: a twin's answer and a missing file's differed in their
+    // wording (the twin of `.env` was of the root's folder, and Vite worded its url as a full path;
+    // Vite escapes a missing name's spaces, the twin's random name has none) and a query that
+    // held the twin's random name came back mapped.
     log('%s of %s: not given, asking for its twin', method, id)
-    const twin = twinOf(read, this.rules.roots)
+    const twin = twinOf(read, this.rules.roots, asked.map(String).join('\0'))
     return { ...base, args: [twin.id, importer.importer, ...rest], map: [...twin.map, ...(base.map ?? [])] }
   }
 
-  /** Is the path inside one of the roots (where Vite words files from the root)? */
-  private underRoot(file: string): boolean {
-    return this.rules.roots.some((root) => file.startsWith(`${root}/`))
+  /**
+   * The file Vite reads for a file id: the first of its readings that is there (a root-relative
+   * `/x` is read from each root first, then as it is; then with extensions, as a folder), else
+   * the one it names, so that a file that is not given and one that is missing are judged alike
+   * (Vite's own ids, `/@vite/…`, name one under the root).
+   */
+  private reading(read: FileId): string {
+    const all = candidates(read, this.rules.roots)
+    return all.find((c) => fs.existsSync(c)) ?? (read.rootRelative && read.path.startsWith('/@') ? all[0] : read.path)
   }
 
   /** The host's answer to a screened call. */
@@ -265,7 +272,7 @@ export class ModuleScreen {
       // A bare or aliased id, or a twin that still led to a host file: Vite's answer for a module that resolves to nothing.
       return { error: notFound(id, typeof call.asked[1] === 'string' ? call.asked[1] : undefined) }
     }
-    const twin = twinOf(read, this.rules.roots)
+    const twin = twinOf(read, this.rules.roots, call.asked.map(String).join('\0'))
     return { retry: { ...call, args: [twin.id, ...call.args.slice(1)], map: [...twin.map, ...(call.map ?? [])] } }
   }
 

@@ -59,6 +59,13 @@ export function checkErrorSignals(method: string, error: unknown, owner: TaskOwn
 }
 
 /** Task ids a call names must belong to the worker's own files (in place: the gateway's copy). */
+/**
+ * What the host keeps for each task it registers besides its fields (Vitest's id map, the state's
+ * and reporters' entities): 0.9 KB measured; 1.2 million tasks of 107 bytes on the wire each held
+ * 1.1 GB of the host under a bound counted on the wire.
+ */
+const TASK_HELD = 1024
+
 export function checkTasks(method: string, args: unknown[], owner: TaskOwner, budget = valueBudget()): void {
   const isOwn = ownTask(owner)
   const check = (id: unknown, what: string) => {
@@ -71,6 +78,7 @@ export function checkTasks(method: string, args: unknown[], owner: TaskOwner, bu
     if (seen.has(task)) throw new ProtocolViolation(`${method}: a task that is in its tree twice`)
     seen.add(task)
     check(task.id, 'task')
+    budget.bytes += TASK_HELD
     if (task.type !== 'test' && task.type !== 'suite') throw new ProtocolViolation(`${method}: a task of type ${JSON.stringify(String(task.type)).slice(0, 40)}`)
     if (typeof task.name !== 'string' || !TASK_MODES.has(task.mode)) throw new ProtocolViolation(`${method}: a task without a name or mode`)
     task.file = file
