@@ -11,7 +11,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { projectRoot } from './host-reads.js'
-import type { RpcFrame } from './wire.js'
+import { OUTSIDE, type RpcFrame } from './wire.js'
 
 /** The largest module sent (the host counts it as module code). */
 const MAX_MODULE = 8 * 1024 * 1024
@@ -20,9 +20,6 @@ const EXTENSIONS = ['.ts', '.tsx', '.mts', '.cts', '.js', '.jsx', '.mjs', '.cjs'
 
 /** The TypeScript source of each JavaScript extension. */
 const TS_OF: Record<string, string> = { '.js': '.ts', '.jsx': '.tsx', '.mjs': '.mts', '.cjs': '.cts' }
-
-/** The folder of the project, which the host never has, that files outside the project are sent under. */
-export const OUTSIDE = '.vitest-sandbox-outside'
 
 type Id = string | number
 /** The worker's fetches in flight, by its id. */

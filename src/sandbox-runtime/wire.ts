@@ -11,6 +11,9 @@
  */
 import type { CodecName } from './codec.js'
 
+/** The folder of the project, which the host never has, that a sandbox's files outside the project are sent under (own-modules.ts). */
+export const OUTSIDE = '.vitest-sandbox-outside'
+
 export const Kind = {
   // host -> agent
   FORK: 1, // JSON { entry, args, execArgv, env, cwd, codec, moduleCache? }

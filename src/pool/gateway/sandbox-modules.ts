@@ -14,7 +14,7 @@ import path from 'node:path'
 import { heldBytes } from './budget.js'
 import type { FileRules } from './file-rules.js'
 import { fileOf, isPlainPath, type TwinMap } from './module-ids.js'
-import { OUTSIDE } from '../../sandbox-runtime/own-modules.js'
+import { OUTSIDE } from '../../sandbox-runtime/wire.js'
 
 const QUERY = 'vitest-sandbox-module'
 /** The largest text taken (the runtime sends at most 8 MiB). */
@@ -35,7 +35,12 @@ export function namesSandboxModule(id: unknown): boolean {
  * under the project's `OUTSIDE` folder (where the runtime sends files outside the project)?
  */
 export function isSandboxOnly(file: string, rules: FileRules, projectRoot: string): boolean {
-  return isPlainPath(file) && (rules.isGiven(file) || file.startsWith(`${path.join(projectRoot, OUTSIDE)}/`)) && !fs.existsSync(file)
+  return isPlainPath(file) && (rules.isGiven(file) || file.startsWith(outsideFolder(projectRoot))) && !fs.existsSync(file)
+}
+
+/** The project's `OUTSIDE` folder, with its slash. */
+function outsideFolder(projectRoot: string): string {
+  return `${path.join(projectRoot, OUTSIDE)}/`
 }
 
 /**
@@ -61,8 +66,8 @@ export function sandboxModuleId(made: unknown, rules: FileRules, projectRoot: st
   // The file's extension last, where Vite reads a module's type from (a JSON file's is not JS).
   const query = `?${QUERY}=${hash}${path.extname(file)}`
   // One outside the project: the worker reads its paths as they are in the sandbox (its imports, its file, its map).
-  const outside = path.join(projectRoot, OUTSIDE)
-  const results: TwinMap | undefined = file.startsWith(`${outside}/`) ? [[`${outside}/`, '/'], [`/${OUTSIDE}/`, '/']] : undefined
+  const outside = outsideFolder(projectRoot)
+  const results: TwinMap | undefined = file.startsWith(outside) ? [[outside, '/'], [`/${OUTSIDE}/`, '/']] : undefined
   return { id: file + query, query, results }
 }
 
